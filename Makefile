@@ -1,0 +1,52 @@
+# llmos: the two set-up commands are `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+
+# torch: a CUDA build where an NVIDIA driver is present, else the CPU wheel (2.13.0).
+TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
+
+# llama-cpp-python builds from source. On x86-64 build portable AVX2 kernels: the native build
+# enables ggml's AMX kernels, which crash on virtual machines that advertise AMX (seen here).
+ifeq ($(shell uname -m),x86_64)
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+endif
+
+export HF_HUB_OFFLINE := 1
+
+.PHONY: run test quick bench install install-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel
+
+$(VENV)/.stamp-all: pyproject.toml | $(BIN)/python
+	$(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install -e ".[all]"
+	touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-all
+	$(PIP) install -e ".[all,dev]"
+	touch $@
+
+install: $(VENV)/.stamp-all
+install-dev: $(VENV)/.stamp-dev
+
+## make run: venv, install, boot llmos on the embedded model
+run: install
+	$(BIN)/llmos run "What is the capital of France?"
+
+## make test: install with the dev extras and run the whole suite
+test: install-dev
+	$(BIN)/python -m pytest
+
+## quick subset while iterating: no real model, no subprocess CLI
+quick: install-dev
+	$(BIN)/python -m pytest -m "not model and not cli"
+
+bench: install
+	$(BIN)/llmos bench
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

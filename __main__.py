@@ -1,0 +1,6 @@
+"""`python -m llmos` runs the CLI."""
+
+from llmos.shell.cli import main
+
+if __name__ == "__main__":
+    main()

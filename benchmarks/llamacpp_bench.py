@@ -1,0 +1,130 @@
+"""llama.cpp driver benchmarks (foundation issue): B1b, B3, B4.
+
+All use the embedded SmolLM2 model, greedy decoding and fixed output lengths (ignore_eos) so the
+baseline and the candidate generate the same number of tokens. Thread counts are equal on both
+sides: the ratios measure batching and scheduling, not thread settings.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from llmos.kernel.config import Config, available_cores
+
+from . import BenchContext, BenchResult, benchmark
+
+PROMPTS = [
+    "Write a short poem about the sea.", "Explain photosynthesis simply.", "List three uses of copper.",
+    "What is a prime number?", "Describe a cat to a child.", "Why is the sky blue?",
+    "Give a tip for learning to code.", "What does a compiler do?", "Name a famous painter and a work.",
+    "How do vaccines work?", "What is the speed of light?", "Summarize the plot of Cinderella.",
+    "Why do leaves change colour?", "What is an operating system?", "How does a bicycle stay upright?",
+    "What is the tallest mountain?",
+]
+
+
+def _kernel(ctx: BenchContext, **overrides):
+    import llmos
+
+    return llmos.boot(Config.load(ctx.home), load_entrypoints=False, **overrides)
+
+
+def _plain_llama(path: str):
+    from llama_cpp import Llama
+
+    return Llama(model_path=path, n_ctx=2048, n_threads=available_cores(), n_threads_batch=available_cores(),
+                 verbose=False)
+
+
+def _plain_generate(llm, prompt: str, n_tokens: int) -> tuple[int, float]:
+    """Generate exactly n_tokens greedily with the high-level API; returns (tokens, seconds to first)."""
+    tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+    llm.reset()
+    started = time.perf_counter()
+    first = None
+    count = 0
+    for _token in llm.generate(tokens, top_k=1, temp=0.0, reset=True):
+        if first is None:
+            first = time.perf_counter() - started
+        count += 1
+        if count >= n_tokens:
+            break
+    return count, first or 0.0
+
+
+@benchmark("B1b", "16 concurrent requests via the kernel vs 16 sequential via plain llama_cpp.Llama")
+def b1b(ctx: BenchContext) -> BenchResult:
+    n_tokens = 64
+    with _kernel(ctx, max_running=16) as kernel:
+        loaded = kernel.load("smollm2")
+        path = str(loaded.spec.path)
+        kernel.generate("warm up", max_tokens=4)
+        ctx.log("B1b: 16 concurrent requests through the kernel")
+        started = time.perf_counter()
+        handles = [kernel.submit(p, max_tokens=n_tokens, ignore_eos=True) for p in PROMPTS]
+        total = sum(len(h.result().token_ids) for h in handles)
+        candidate = total / (time.perf_counter() - started)
+    ctx.log("B1b: the same 16 one after another through plain Llama")
+    llm = _plain_llama(path)
+    _plain_generate(llm, "warm up", 4)
+    started = time.perf_counter()
+    total = sum(_plain_generate(llm, p, n_tokens)[0] for p in PROMPTS)
+    baseline = total / (time.perf_counter() - started)
+    llm.close()
+    return BenchResult("B1b", baseline, candidate, "tokens/s", 2.0,
+                       description="aggregate tokens/s, 16 requests x 64 tokens")
+
+
+SYSTEM_PROMPT = " ".join(
+    f"Rule {i}: answer politely, cite the source of every fact, and keep each answer short." for i in range(40)
+)
+
+
+def _ttft(kernel, n: int) -> list[float]:
+    out = []
+    for i in range(n):
+        messages = [{"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": f"Question {i}: {PROMPTS[i]}"}]
+        completion = kernel.chat(messages, max_tokens=1)
+        out.append(completion.metrics["ttft_s"])
+    return out
+
+
+@benchmark("B3", "8 requests sharing a 512-token system prompt: time to first token without vs with prefix reuse")
+def b3(ctx: BenchContext) -> BenchResult:
+    results = {}
+    for reuse in (False, True):
+        with _kernel(ctx, prefix_cache=reuse) as kernel:
+            loaded = kernel.load("smollm2")
+            n_sys = len(loaded.driver.tokenize(SYSTEM_PROMPT))
+            ctx.log(f"B3: prefix reuse {'on' if reuse else 'off'} (system prompt {n_sys} tokens)")
+            kernel.generate("warm up", max_tokens=2)
+            results[reuse] = statistics.mean(_ttft(kernel, 8))
+    return BenchResult("B3", results[False], results[True], "s mean TTFT", 4.0, higher_is_better=False,
+                       description="8 chat requests, shared system prompt")
+
+
+@benchmark("B4", "one request through the kernel vs direct llama_cpp.Llama")
+def b4(ctx: BenchContext) -> BenchResult:
+    n_tokens = 128
+    prompt = "Tell me a long story about a lighthouse keeper."
+    with _kernel(ctx) as kernel:
+        loaded = kernel.load("smollm2")
+        path = str(loaded.spec.path)
+        kernel.generate("warm up", max_tokens=4)
+        runs = []
+        for _ in range(3):
+            c = kernel.generate(prompt, max_tokens=n_tokens, ignore_eos=True)
+            runs.append(c.metrics["tokens_per_s"])
+        candidate = statistics.median(runs)
+    llm = _plain_llama(path)
+    _plain_generate(llm, "warm up", 4)
+    runs = []
+    for _ in range(3):
+        started = time.perf_counter()
+        count, first = _plain_generate(llm, prompt, n_tokens)
+        runs.append((count - 1) / (time.perf_counter() - started - first))
+    llm.close()
+    baseline = statistics.median(runs)
+    return BenchResult("B4", baseline, candidate, "tokens/s", 0.95, description="single request decode speed")

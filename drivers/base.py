@@ -1,0 +1,111 @@
+"""The driver contract: how the kernel runs a model on a device.
+
+A driver class declares what it can do as class attributes (`name`, `formats`, `supports_lora`),
+says whether it can run here (`probe()`), and an instance serves one model: `load()` ->
+`execute(SchedulerOutput) -> DriverOutput` (one engine step, any number of sequences) -> `unload()`.
+
+Drivers own tokenization and per-sequence device state (KV cache, samplers). They never decide
+what runs: the scheduler does. They are registered through the `register_drivers` plugin hook; the
+built-in ones ship that way too (plugins/builtin.py). Engine libraries (torch, llama_cpp) are
+imported lazily inside the driver modules, never by the kernel.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Sequence
+
+from llmos.kernel.detokenizer import DecodeDetokenizer, Detokenizer
+from llmos.kernel.interface import DriverOutput, SchedulerOutput
+from llmos.kernel.registry import ModelSpec
+
+#: called with a fraction in [0, 1] while a model loads
+ProgressCallback = Callable[[float], None]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    available: bool
+    devices: tuple[str, ...] = ()
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class DriverOptions:
+    """Resource knobs the kernel passes to a driver instance (from Config)."""
+
+    n_threads: int = 1
+    max_seqs: int = 16
+    n_ctx: int = 8192
+    max_batched_tokens: int = 512
+    prefix_cache: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the kernel needs to know about a loaded model."""
+
+    context_length: int  # longest sequence (prompt + output) one request may have
+    kv_capacity: int  # KV cells shared by all sequences of this instance
+    max_seqs: int  # sequences decoded together
+    eos_token_ids: frozenset[int]
+    vocab_size: int
+    device: str
+    has_chat_template: bool
+    memory_bytes: int
+
+
+class Driver(abc.ABC):
+    #: short name used in config, CLI (--driver) and ps
+    name: ClassVar[str]
+    #: model formats this driver loads ("gguf", "hf")
+    formats: ClassVar[frozenset[str]]
+    supports_lora: ClassVar[bool] = False
+
+    def __init__(self, spec: ModelSpec, options: DriverOptions) -> None:
+        self.spec = spec
+        self.options = options
+        self.info: ModelInfo | None = None
+
+    @classmethod
+    @abc.abstractmethod
+    def probe(cls) -> ProbeResult:
+        """Can this driver run here, and on which devices? Must be cheap and never raise."""
+
+    @abc.abstractmethod
+    def load(self, progress: ProgressCallback | None = None) -> ModelInfo:
+        """Load the model; raise ModelLoadError/ModelFormatError with a message naming the fix."""
+
+    @abc.abstractmethod
+    def execute(self, batch: SchedulerOutput) -> DriverOutput:
+        """Release `batch.released`, then compute `batch.num_scheduled_tokens` and sample."""
+
+    @abc.abstractmethod
+    def unload(self) -> None:
+        """Free the model and all device memory; the instance may be `load()`ed again."""
+
+    @abc.abstractmethod
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        """Text to token ids (special tokens written in the text are parsed)."""
+
+    @abc.abstractmethod
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Token ids to text."""
+
+    @abc.abstractmethod
+    def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
+        """Render chat messages with the model's template, ending with the assistant's turn."""
+
+    def tokenize_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+        """Chat messages to the token ids of a prompt that ends with the assistant's turn."""
+        return self.tokenize(self.apply_chat_template(messages), add_special=False)
+
+    def detokenizer(self, prompt_ids: Sequence[int]) -> Detokenizer:
+        """A fresh incremental detokenizer for one request."""
+        return DecodeDetokenizer(self.decode, prompt_ids)
+
+    def stats(self) -> dict[str, Any]:
+        """Driver-specific figures for ps/top (slots in use, prefix cache hits, ...)."""
+        return {}

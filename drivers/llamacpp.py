@@ -1,0 +1,301 @@
+"""The llama.cpp driver: many sequences per step through llama-cpp-python's batch API.
+
+Each running request owns a llama.cpp sequence id ("slot") in one context whose KV cache is shared
+by all slots (kv_unified). A step packs every scheduled token of every sequence into llama_batch
+calls of at most n_batch tokens; rows that reach the end of their known tokens get logits and are
+sampled by their own sampler chain. Requests join and leave between steps (continuous batching).
+
+Prefix reuse: a finished sequence's slot keeps its KV as a cache entry (LRU). A new sequence whose
+prompt shares a prefix with any resident sequence copies that prefix (`seq_cp`, no compute) and
+computes only the rest. New sequences of the same step that share a prefix are split in two
+phases, so the second one copies what the first just computed.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from llmos.kernel.detokenizer import ByteDetokenizer, Detokenizer
+from llmos.kernel.errors import ModelLoadError
+from llmos.kernel.interface import DriverOutput, NewSequence, SchedulerOutput
+from llmos.kernel.registry import check_gguf
+
+from .base import Driver, DriverOptions, ModelInfo, ProbeResult, ProgressCallback
+
+#: a same-step donor must beat resident KV by this many tokens to split the step in two phases
+MIN_PHASE_GAIN = 16
+
+
+@dataclass
+class _Seq:
+    request_id: str
+    slot: int
+    tokens: list[int]
+    n_past: int  # tokens whose KV is in the cache for this slot
+    sched_pos: int  # tokens the scheduler believes are computed
+    sampler: Any
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class LlamaCppDriver(Driver):
+    name = "llamacpp"
+    formats = frozenset({"gguf"})
+    supports_lora = False
+
+    @classmethod
+    def probe(cls) -> ProbeResult:
+        try:
+            from . import llamacpp_lib as lib
+        except Exception as exc:  # noqa: BLE001 - a broken install must not crash probing
+            return ProbeResult(False, (), f"llama-cpp-python is not importable: {exc}")
+        devices = ("cpu", "gpu") if lib.gpu_offload() else ("cpu",)
+        return ProbeResult(True, devices)
+
+    def __init__(self, spec, options: DriverOptions) -> None:
+        super().__init__(spec, options)
+        self._model = None
+        self._seqs: dict[str, _Seq] = {}
+        self._cache: OrderedDict[int, list[int]] = OrderedDict()  # slot -> tokens with KV (LRU)
+        self._free: list[int] = []
+        self._formatter = None
+        self._batch = None
+        self.prefix_hits = 0
+        self.prefix_tokens_reused = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def load(self, progress: ProgressCallback | None = None) -> ModelInfo:
+        from . import llamacpp_lib as lib
+
+        path = self.spec.path
+        check_gguf(path)
+        opts = self.options
+        n_slots = opts.max_seqs * 2 if opts.prefix_cache else opts.max_seqs
+        self._model = lib.LlamaModel(
+            str(path), n_ctx=opts.n_ctx, n_batch=opts.max_batched_tokens, n_seq_max=n_slots,
+            n_threads=opts.n_threads, progress=progress,
+        )
+        m = self._model
+        self._free = list(range(n_slots - 1, -1, -1))
+        self._batch = lib.Batch(m.n_batch)
+        self._formatter = m.chat_formatter()
+        self.info = ModelInfo(
+            context_length=min(m.n_ctx_train or m.n_ctx, m.n_ctx),
+            kv_capacity=m.n_ctx,
+            max_seqs=opts.max_seqs,
+            eos_token_ids=m.eog_ids,
+            vocab_size=m.n_vocab,
+            device="gpu" if lib.gpu_offload() else "cpu",
+            has_chat_template=self._formatter is not None,
+            memory_bytes=m.size_bytes,
+        )
+        return self.info
+
+    def unload(self) -> None:
+        for seq in self._seqs.values():
+            seq.sampler.free()
+        self._seqs.clear()
+        self._cache.clear()
+        if self._batch is not None:
+            self._batch.free()
+            self._batch = None
+        if self._model is not None:
+            self._model.close()
+            self._model = None
+
+    # -- tokenizer -----------------------------------------------------------------------------
+
+    def _require(self):
+        if self._model is None:
+            raise ModelLoadError(f"model {self.spec.name} is not loaded")
+        return self._model
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        return self._require().tokenize(text, add_special=add_special)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self._require().detokenize(token_ids)
+
+    def detokenizer(self, prompt_ids: Sequence[int]) -> Detokenizer:
+        model = self._require()
+        return ByteDetokenizer(model.piece)
+
+    def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
+        if self._formatter is None:  # a base model without a template: a plain transcript
+            lines = [f"{m['role']}: {m['content']}" for m in messages]
+            return "\n".join(lines) + "\nassistant:"
+        return self._formatter(messages=messages).prompt
+
+    def tokenize_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+        text = self.apply_chat_template(messages)
+        model = self._require()
+        bos = model.bos_text
+        has_bos = bool(bos) and text.startswith(bos)
+        return model.tokenize(text, add_special=not has_bos)
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def execute(self, batch: SchedulerOutput) -> DriverOutput:
+        model = self._require()
+        out = DriverOutput()
+        # 1. Release finished/preempted sequences (their KV stays as prefix cache).
+        for rid in batch.released:
+            self._release(rid)
+        # 2. Place new sequences into slots, reusing resident prefixes.
+        deferred: dict[str, str] = {}  # rid -> same-step donor rid (second phase)
+        for new in batch.new:
+            donor = self._same_step_donor(new, batch)
+            if donor is not None:
+                deferred[new.request_id] = donor
+                continue
+            self._place(new, out)
+        # 3. Compute: phase one, then deferred sequences that copy a prefix computed in phase one.
+        first = [rid for rid in batch.num_scheduled_tokens if rid not in deferred]
+        self._compute(model, batch, first, out)
+        if deferred:
+            by_id = {n.request_id: n for n in batch.new}
+            for rid, donor in deferred.items():
+                self._place(by_id[rid], out, donor=self._seqs.get(donor))
+            self._compute(model, batch, list(deferred), out)
+        return out
+
+    def _compute(self, model, batch: SchedulerOutput, rids: list[str], out: DriverOutput) -> None:
+        work: list[tuple[_Seq, int, int, bool]] = []  # seq, start, end, wants logits
+        for rid in rids:
+            seq = self._seqs.get(rid)
+            if seq is None:
+                out.failed[rid] = "the driver has no state for this sequence"
+                continue
+            end = seq.sched_pos + batch.num_scheduled_tokens[rid]
+            seq.sched_pos = end
+            start = seq.n_past
+            if start < end:
+                work.append((seq, start, end, end == len(seq.tokens)))
+        self._ensure_kv_room(sum(e - s for _, s, e, _ in work))
+        pending: list[tuple[_Seq, int]] = []  # sequences to sample after the current decode
+        b = self._batch
+        b.clear()
+        for seq, start, end, wants in work:
+            for pos in range(start, end):
+                if b.n == b.capacity:
+                    self._flush(model, pending, out)
+                last = pos == end - 1
+                idx = b.add(seq.tokens[pos], pos, seq.slot, wants and last)
+                if wants and last:
+                    pending.append((seq, idx))
+            seq.n_past = end
+        if b.n:
+            self._flush(model, pending, out)
+
+    def _flush(self, model, pending: list[tuple[_Seq, int]], out: DriverOutput) -> None:
+        rc = self._batch.decode(model)
+        if rc == 1:  # no room in the KV cache: drop every cached prefix and retry once
+            self._evict_cache(len(self._cache))
+            rc = self._batch.decode(model)
+        if rc != 0:
+            self._batch.clear()
+            raise RuntimeError(f"llama_decode failed with code {rc}")
+        for seq, idx in pending:
+            token = seq.sampler.sample(model, idx)
+            seq.tokens.append(token)
+            out.sampled[seq.request_id] = token
+        pending.clear()
+        self._batch.clear()
+
+    # -- slots and prefix cache ----------------------------------------------------------------
+
+    def _place(self, new: NewSequence, out: DriverOutput, donor: _Seq | None = None) -> None:
+        from .llamacpp_lib import Sampler
+
+        model = self._model
+        tokens = list(new.token_ids)
+        limit = len(tokens) - 1  # the last prompt token is always computed, for its logits
+        reuse, src_slot, cached_slot = 0, None, None
+        if self.options.prefix_cache:
+            candidates = [(s.tokens[: s.n_past], s.slot, False) for s in self._seqs.values()]
+            candidates += [(toks, slot, True) for slot, toks in self._cache.items()]
+            if donor is not None:
+                candidates = [(donor.tokens[: donor.n_past], donor.slot, False)]
+            for toks, slot, is_cached in candidates:
+                n = min(_common_prefix(toks, tokens), limit)
+                if n > reuse:
+                    reuse, src_slot, cached_slot = n, slot, slot if is_cached else None
+        if cached_slot is not None:
+            slot = cached_slot  # take over the cache entry's slot, cut its KV after the prefix
+            del self._cache[slot]
+            model.seq_rm(slot, reuse, -1)
+        else:
+            slot = self._take_slot()
+            model.seq_rm(slot, 0, -1)
+            if reuse:
+                model.seq_cp(src_slot, slot, 0, reuse)
+        if reuse:
+            self.prefix_hits += 1
+            self.prefix_tokens_reused += reuse
+            out.cached_tokens[new.request_id] = reuse
+        self._seqs[new.request_id] = _Seq(new.request_id, slot, tokens, reuse, 0, Sampler(new.sampling, tokens))
+
+    def _same_step_donor(self, new: NewSequence, batch: SchedulerOutput) -> str | None:
+        """Another new sequence of this step worth waiting for (it computes a long shared prefix)."""
+        if not self.options.prefix_cache:
+            return None
+        resident = [s.tokens[: s.n_past] for s in self._seqs.values()] + list(self._cache.values())
+        best_resident = max((_common_prefix(t, new.token_ids) for t in resident), default=0)
+        for other in batch.new:
+            if other.request_id == new.request_id:
+                break
+            shared = min(_common_prefix(other.token_ids, new.token_ids),
+                         batch.num_scheduled_tokens.get(other.request_id, 0), len(new.token_ids) - 1)
+            if shared >= best_resident + MIN_PHASE_GAIN and other.request_id in self._seqs:
+                return other.request_id
+        return None
+
+    def _take_slot(self) -> int:
+        if not self._free:
+            self._evict_cache(1)
+        if not self._free:
+            raise RuntimeError("no free llama.cpp sequence slot: more sequences than max_seqs")
+        return self._free.pop()
+
+    def _release(self, rid: str) -> None:
+        seq = self._seqs.pop(rid, None)
+        if seq is None:
+            return
+        seq.sampler.free()
+        if self.options.prefix_cache and seq.n_past > 0:
+            self._cache[seq.slot] = seq.tokens[: seq.n_past]
+            self._cache.move_to_end(seq.slot)
+        else:
+            self._model.seq_rm(seq.slot, 0, -1)
+            self._free.append(seq.slot)
+
+    def _evict_cache(self, count: int) -> None:
+        for _ in range(min(count, len(self._cache))):
+            slot, _tokens = self._cache.popitem(last=False)
+            self._model.seq_rm(slot, 0, -1)
+            self._free.append(slot)
+
+    def _ensure_kv_room(self, incoming: int) -> None:
+        """Evict cached prefixes (LRU) while the KV cells in use plus `incoming` exceed the context."""
+        def used() -> int:
+            return sum(s.n_past for s in self._seqs.values()) + sum(len(t) for t in self._cache.values())
+
+        while self._cache and used() + incoming > self._model.n_ctx:
+            self._evict_cache(1)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "active_sequences": len(self._seqs),
+            "cached_prefixes": len(self._cache),
+            "prefix_hits": self.prefix_hits,
+            "prefix_tokens_reused": self.prefix_tokens_reused,
+        }

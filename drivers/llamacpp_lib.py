@@ -1,0 +1,226 @@
+"""Thin, typed helpers over llama-cpp-python's low-level (ctypes) API.
+
+Boundaries: this module is the only place that touches `llama_cpp.llama_cpp` pointers for model,
+context, vocab, batch and sampler objects; drivers/llamacpp.py composes them into a driver. It is
+imported lazily (only when the llama.cpp driver loads a model).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from typing import Any, Callable, Sequence
+
+import llama_cpp
+import llama_cpp._logger as llama_logger
+from llama_cpp import llama_cpp as C
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from llmos.kernel.errors import ModelLoadError
+from llmos.kernel.request import SamplingParams
+
+llama_logger.set_verbose(False)  # llama.cpp's own logging goes to stderr only for errors
+
+
+@functools.lru_cache(maxsize=1)
+def backend_init() -> None:
+    C.llama_backend_init()
+
+
+def gpu_offload() -> bool:
+    return bool(C.llama_supports_gpu_offload())
+
+
+class LlamaModel:
+    """A loaded GGUF model plus one multi-sequence context with a unified KV cache."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        n_ctx: int,
+        n_batch: int,
+        n_seq_max: int,
+        n_threads: int,
+        progress: Callable[[float], None] | None = None,
+    ) -> None:
+        backend_init()
+        mparams = C.llama_model_default_params()
+        mparams.n_gpu_layers = -1 if gpu_offload() else 0
+        if progress is not None:
+            def _cb(fraction: float, _user: Any) -> bool:
+                progress(float(fraction))
+                return True
+
+            self._progress_cb = C.llama_progress_callback(_cb)  # keep a reference alive
+            mparams.progress_callback = self._progress_cb
+        self.model = C.llama_model_load_from_file(path.encode(), mparams)
+        if not self.model:
+            raise ModelLoadError(f"llama.cpp could not load {path}: the file may be truncated or unsupported")
+        self.vocab = C.llama_model_get_vocab(self.model)
+        self.n_ctx_train = int(C.llama_model_n_ctx_train(self.model))
+        cparams = C.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = n_batch
+        cparams.n_seq_max = n_seq_max
+        cparams.kv_unified = True  # sequences share cells, so seq_cp of a prefix costs nothing
+        cparams.n_threads = n_threads
+        cparams.n_threads_batch = n_threads
+        cparams.no_perf = True
+        self.ctx = C.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            C.llama_model_free(self.model)
+            raise ModelLoadError(f"llama.cpp could not create a context of {n_ctx} tokens for {path}")
+        self.memory = C.llama_get_memory(self.ctx)
+        self.n_ctx = int(C.llama_n_ctx(self.ctx))
+        self.n_batch = n_batch
+        self.n_vocab = int(C.llama_vocab_n_tokens(self.vocab))
+        self.size_bytes = int(C.llama_model_size(self.model))
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._pieces: dict[int, bytes] = {}
+        self.eog_ids = frozenset(t for t in range(self.n_vocab) if C.llama_vocab_is_eog(self.vocab, t))
+
+    def close(self) -> None:
+        if getattr(self, "ctx", None):
+            C.llama_free(self.ctx)
+            self.ctx = None
+        if getattr(self, "model", None):
+            C.llama_model_free(self.model)
+            self.model = None
+
+    # -- vocabulary ----------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8", errors="replace")
+        n_max = len(data) + 8
+        buf = (C.llama_token * n_max)()
+        n = C.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, parse_special)
+        if n < 0:
+            n_max = -n
+            buf = (C.llama_token * n_max)()
+            n = C.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, parse_special)
+        return list(buf[:n])
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        """The raw bytes of one token (cached; special tokens render empty unless asked)."""
+        key = token if not special else -token - 1
+        cached = self._pieces.get(key)
+        if cached is not None:
+            return cached
+        n = C.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, special)
+        if n < 0:
+            big = ctypes.create_string_buffer(-n)
+            n = C.llama_token_to_piece(self.vocab, token, big, -n, 0, special)
+            data = big.raw[:n]
+        else:
+            data = self._piece_buf.raw[:n]
+        self._pieces[key] = data
+        return data
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(65536)
+        n = C.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            C.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace")
+
+    def chat_formatter(self) -> Jinja2ChatFormatter | None:
+        template = self.meta("tokenizer.chat_template")
+        if not template:
+            return None
+        bos = self.piece(C.llama_vocab_bos(self.vocab), special=True).decode("utf-8", "replace")
+        eos = self.piece(C.llama_vocab_eos(self.vocab), special=True).decode("utf-8", "replace")
+        return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+
+    @property
+    def bos_text(self) -> str:
+        bos = C.llama_vocab_bos(self.vocab)
+        return self.piece(bos, special=True).decode("utf-8", "replace") if bos >= 0 else ""
+
+    # -- KV cache ------------------------------------------------------------------------------
+
+    def seq_rm(self, seq: int, p0: int = 0, p1: int = -1) -> None:
+        C.llama_memory_seq_rm(self.memory, seq, p0, p1)
+
+    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
+        C.llama_memory_seq_cp(self.memory, src, dst, p0, p1)
+
+    def clear(self) -> None:
+        C.llama_memory_clear(self.memory, True)
+
+
+class Batch:
+    """A reusable llama_batch of up to `capacity` tokens, one sequence id per token."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.batch = C.llama_batch_init(capacity, 0, 1)
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        i = self.n
+        b = self.batch
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq
+        b.logits[i] = logits
+        self.n = i + 1
+        return i
+
+    def decode(self, model: LlamaModel) -> int:
+        self.batch.n_tokens = self.n
+        return int(C.llama_decode(model.ctx, self.batch))
+
+    def free(self) -> None:
+        if self.batch is not None:
+            C.llama_batch_free(self.batch)
+            self.batch = None
+
+
+class Sampler:
+    """A per-sequence llama.cpp sampler chain built from SamplingParams."""
+
+    PENALTY_LAST_N = 64
+
+    def __init__(self, params: SamplingParams, history: Sequence[int] = ()) -> None:
+        self.chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        add = functools.partial(C.llama_sampler_chain_add, self.chain)
+        if params.repetition_penalty != 1.0:
+            add(C.llama_sampler_init_penalties(self.PENALTY_LAST_N, params.repetition_penalty, 0.0, 0.0))
+        if params.greedy:
+            add(C.llama_sampler_init_greedy())
+        else:
+            if params.top_k > 0:
+                add(C.llama_sampler_init_top_k(params.top_k))
+            if params.top_p < 1.0:
+                add(C.llama_sampler_init_top_p(params.top_p, 1))
+            if params.min_p > 0.0:
+                add(C.llama_sampler_init_min_p(params.min_p, 1))
+            add(C.llama_sampler_init_temp(params.temperature))
+            seed = params.seed if params.seed is not None else C.LLAMA_DEFAULT_SEED
+            add(C.llama_sampler_init_dist(seed))
+        if params.repetition_penalty != 1.0:
+            for token in history[-self.PENALTY_LAST_N :]:
+                C.llama_sampler_accept(self.chain, token)
+
+    def sample(self, model: LlamaModel, index: int) -> int:
+        return int(C.llama_sampler_sample(self.chain, model.ctx, index))
+
+    def free(self) -> None:
+        if self.chain is not None:
+            C.llama_sampler_free(self.chain)
+            self.chain = None
+
+
+__all__ = ["LlamaModel", "Batch", "Sampler", "backend_init", "gpu_offload", "llama_cpp"]

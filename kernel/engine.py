@@ -1,0 +1,157 @@
+"""The engine loop: one thread per loaded model instance, driving scheduler and driver.
+
+Boundaries: the engine owns the thread, the lock around the scheduler and the delivery of events to
+request handles. It never interprets tokens (scheduler) nor touches the device (driver).
+
+A driver exception fails only the requests of that step (FINISHED_FAILED with the error); the other
+running requests are preempted so they are rebuilt from scratch, the driver is reloaded, and the loop
+keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from .errors import KernelShutdownError
+from .handle import RequestHandle
+from .interface import SchedulerOutput
+from .request import Request, RequestStatus
+from .scheduler import RequestOutput, Scheduler
+
+log = logging.getLogger("llmos.engine")
+
+#: longest idle wait; bounded so deadlines of waiting requests are noticed
+IDLE_POLL_S = 0.25
+
+
+class Engine:
+    def __init__(self, name: str, driver, scheduler: Scheduler,
+                 on_finish: Callable[[Request], None] | None = None) -> None:
+        self.name = name
+        self.driver = driver
+        self.scheduler = scheduler
+        self._on_finish = on_finish
+        self._cond = threading.Condition()
+        self._handles: dict[str, RequestHandle] = {}
+        self._stopping = False
+        self.steps = 0
+        self.failures = 0
+        self.last_used = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name=f"llmos-engine-{name}", daemon=True)
+        self._thread.start()
+
+    # -- API used by the kernel (any thread) ---------------------------------------------------------
+
+    def submit(self, request: Request, handle: RequestHandle) -> None:
+        with self._cond:
+            if self._stopping:
+                raise KernelShutdownError("the kernel is shutting down: no new requests")
+            self.scheduler.add_request(request)  # may raise QueueFullError / PromptTooLongError
+            self._handles[request.request_id] = handle
+            self.last_used = time.monotonic()
+            self._cond.notify_all()
+
+    def cancel(self, request_id: str, status: RequestStatus = RequestStatus.FINISHED_CANCELLED,
+               reason: str | None = None) -> bool:
+        with self._cond:
+            if self.scheduler.get(request_id) is None:
+                return False
+            self.scheduler.finish_requests([request_id], status, reason or "cancelled")
+            events = self.scheduler.drain()
+            self._cond.notify_all()
+        self._dispatch(events)
+        return True
+
+    @property
+    def active(self) -> int:
+        with self._cond:
+            return len(self._handles)
+
+    def requests(self) -> list[Request]:
+        with self._cond:
+            return self.scheduler.requests()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cancel everything still queued or running, then join the loop thread."""
+        with self._cond:
+            self._stopping = True
+            ids = [r.request_id for r in self.scheduler.requests()]
+            self.scheduler.finish_requests(ids, RequestStatus.FINISHED_CANCELLED, "kernel shutdown")
+            events = self.scheduler.drain()
+            self._cond.notify_all()
+        self._dispatch(events)
+        self._thread.join(timeout)
+
+    # -- the loop (engine thread) ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self.scheduler.has_requests() and not self._stopping:
+                    self._cond.wait()
+                if self._stopping and not self.scheduler.has_requests():
+                    return
+                # 1. Decide this step.
+                sched = self.scheduler.schedule()
+                events = self.scheduler.drain()
+            self._dispatch(events)
+            if sched.is_empty:
+                self._idle_wait()
+                continue
+            # 2. Run it on the device, outside the lock so submits and cancels never wait on it.
+            try:
+                output = self.driver.execute(sched)
+            except Exception as exc:  # noqa: BLE001 - any driver failure ends in FINISHED_FAILED
+                self._recover(sched, exc)
+                continue
+            # 3. Fold the results back in and stream them out.
+            with self._cond:
+                self.scheduler.update_from_output(sched, output)
+                events = self.scheduler.drain()
+                self.steps += 1
+            self._dispatch(events)
+
+    def _idle_wait(self) -> None:
+        with self._cond:
+            deadline = self.scheduler.next_deadline()
+            wait = IDLE_POLL_S if deadline is None else max(0.0, min(IDLE_POLL_S, deadline - time.monotonic()))
+            self._cond.wait(wait)
+
+    def _recover(self, sched: SchedulerOutput, exc: Exception) -> None:
+        self.failures += 1
+        message = f"driver {self.driver.name} failed: {type(exc).__name__}: {exc}"
+        log.error("%s (step %d); reloading the driver", message, sched.step)
+        with self._cond:
+            self.scheduler.finish_requests(list(sched.num_scheduled_tokens), RequestStatus.FINISHED_FAILED, message)
+            self.scheduler.preempt_all()
+            events = self.scheduler.drain()
+        self._dispatch(events)
+        try:
+            self.driver.unload()
+            self.driver.load()
+        except Exception as reload_exc:  # noqa: BLE001
+            log.error("reloading driver %s failed: %s", self.driver.name, reload_exc)
+            with self._cond:
+                ids = [r.request_id for r in self.scheduler.requests()]
+                self.scheduler.finish_requests(ids, RequestStatus.FINISHED_FAILED,
+                                               f"{message}; reload failed: {reload_exc}")
+                events = self.scheduler.drain()
+            self._dispatch(events)
+
+    def _dispatch(self, events: list[RequestOutput]) -> None:
+        for event in events:
+            handle = self._handles.get(event.request_id)
+            if handle is None:
+                continue
+            if event.finished:
+                with self._cond:
+                    self._handles.pop(event.request_id, None)
+            handle.deliver(event)
+            if event.finished and self._on_finish is not None:
+                try:
+                    self._on_finish(handle.request)
+                except Exception:  # noqa: BLE001 - an observer must not break the loop
+                    log.exception("on_finish observer failed")

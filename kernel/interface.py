@@ -1,0 +1,66 @@
+"""The scheduler <-> driver contract: plain dataclasses, nothing else crosses this line.
+
+One engine step is `scheduler.schedule() -> SchedulerOutput`, `driver.execute(SchedulerOutput) ->
+DriverOutput`, `scheduler.update_from_output(SchedulerOutput, DriverOutput)`.
+
+The driver keeps its own per-sequence state keyed by `request_id`: it learns a sequence from
+`NewSequence`, appends the tokens it samples itself, and drops the sequence when its id appears in
+`SchedulerOutput.released`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .request import SamplingParams
+
+
+@dataclass(frozen=True)
+class NewSequence:
+    """A sequence the driver has not seen (or must rebuild after a preemption).
+
+    `token_ids` are all tokens known so far: the prompt, plus the output of a resumed request.
+    """
+
+    request_id: str
+    token_ids: tuple[int, ...]
+    sampling: SamplingParams
+    adapter: str | None = None
+
+
+@dataclass(frozen=True)
+class SchedulerOutput:
+    """What the driver must do in one step.
+
+    `num_scheduled_tokens[rid]` tokens of sequence `rid` are to be computed, continuing from what the
+    driver already holds for it. When that reaches the end of the sequence's known tokens, the driver
+    samples one new token for it. A partial prefill (chunked) samples nothing.
+    """
+
+    step: int
+    new: tuple[NewSequence, ...] = ()
+    num_scheduled_tokens: dict[str, int] = field(default_factory=dict)
+    released: tuple[str, ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.num_scheduled_tokens and not self.released
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.num_scheduled_tokens.values())
+
+
+@dataclass
+class DriverOutput:
+    """What the driver did in one step.
+
+    `sampled[rid]` is the token sampled for each sequence that finished its scheduled tokens at the
+    end of its known tokens. `cached_tokens[rid]` counts prompt tokens whose KV was reused from the
+    driver's prefix cache instead of computed. `failed[rid]` holds a per-sequence error message: that
+    request ends FINISHED_FAILED while the others continue.
+    """
+
+    sampled: dict[str, int] = field(default_factory=dict)
+    cached_tokens: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,217 @@
+"""The kernel: the public, in-process API of llmos.
+
+`llmos.boot(config) -> Kernel`. Every front end (CLI, shell, HTTP server, agents) goes through these
+methods; none reaches into engines or drivers directly. Sync and async variants share one path:
+`submit()` validates, tokenizes and queues a request and returns a `RequestHandle`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, AsyncIterator, Iterator, Sequence
+
+from .config import Config
+from .errors import InvalidRequestError, KernelShutdownError, PromptTooLongError, UnknownAdapterError
+from .handle import Completion, RequestHandle
+from .models import LoadProgress, ModelManager
+from .registry import ModelRegistry, ModelSpec
+from .request import Priority, Request, SamplingParams, validate_messages
+
+log = logging.getLogger("llmos.kernel")
+
+_SAMPLING_KEYS = {f for f in SamplingParams.__dataclass_fields__}
+
+
+class Kernel:
+    def __init__(self, config: Config | None = None, *, plugins=None,
+                 progress: LoadProgress | None = None, load_entrypoints: bool = True) -> None:
+        from llmos.plugins.manager import PluginManager
+
+        self.config = config or Config.load()
+        self.plugins = plugins or PluginManager(load_entrypoints=load_entrypoints)
+        self.registry = ModelRegistry(self.config.home, self.config.models)
+        self.drivers = self.plugins.collect_drivers()
+        self._models = ModelManager(self.config, self.registry, self.drivers, progress)
+        self._closed = False
+        self._lock = threading.Lock()
+        self.started = time.monotonic()
+        self.plugins.hook.kernel_booted(kernel=self)
+
+    # -- models ------------------------------------------------------------------------------------
+
+    def models(self) -> list[ModelSpec]:
+        return self.registry.list()
+
+    def models_info(self) -> list[dict[str, Any]]:
+        """Each resolvable model as a dict (name, format, drivers, path, size, loaded)."""
+        loaded = {m.spec.name: m.driver_name for m in self._models.loaded()}
+        out = []
+        for spec in self.models():
+            row = spec.as_dict(self._models.drivers_for(spec))
+            row["loaded_on"] = loaded.get(spec.name)
+            out.append(row)
+        return out
+
+    def load(self, model: str | None = None, *, driver: str | None = None):
+        """Load a model now (otherwise it loads on first request)."""
+        self._check_open()
+        return self._models.get(model or self.config.default_model, driver)
+
+    def unload(self, model: str) -> int:
+        return self._models.unload(model)
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[dict[str, Any]] | None = None,
+        model: str | None = None,
+        driver: str | None = None,
+        adapter: str | None = None,
+        priority: Priority | int | str = Priority.NORMAL,
+        owner: str = "default",
+        timeout: float | None = None,
+        **sampling: Any,
+    ) -> RequestHandle:
+        """Queue a request and return its handle at once (tokens stream as they are produced)."""
+        self._check_open()
+        unknown = set(sampling) - _SAMPLING_KEYS
+        if unknown:
+            raise InvalidRequestError(f"unknown parameter(s) {sorted(unknown)}", param=sorted(unknown)[0])
+        params = SamplingParams(**sampling)
+        prio = Priority.parse(priority)
+        if (prompt is None) == (messages is None):
+            raise InvalidRequestError("give either a prompt or messages (exactly one)", param="prompt")
+        chat = validate_messages(messages) if messages is not None else None
+        if prompt is not None:
+            _check_prompt(prompt)
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise InvalidRequestError(f"timeout must be a positive number of seconds, got {timeout!r}", param="timeout")
+        loaded = self._models.get(model or self.config.default_model, driver)
+        if adapter is not None:
+            raise UnknownAdapterError(adapter, [])
+        drv = loaded.driver
+        tokens = drv.tokenize_chat(chat) if chat is not None else drv.tokenize(prompt)
+        if not tokens:
+            raise InvalidRequestError("prompt is empty after tokenization: give some text", param="prompt")
+        limit = loaded.info.context_length
+        if len(tokens) + params.max_tokens > limit:
+            raise PromptTooLongError(len(tokens), params.max_tokens, limit)
+        request = Request(
+            prompt_token_ids=tokens, sampling=params, model=loaded.spec.name, adapter=adapter,
+            priority=prio, owner=owner, prompt=prompt, messages=chat,
+            deadline=None if timeout is None else time.monotonic() + timeout,
+        )
+        handle = RequestHandle(request, self.cancel)
+        loaded.engine.submit(request, handle)
+        return handle
+
+    def generate(self, prompt: str, **kwargs: Any) -> Completion:
+        """Complete `prompt` and wait for the whole answer."""
+        return self.submit(prompt, **kwargs).result()
+
+    def chat(self, messages: Sequence[dict[str, Any]], **kwargs: Any) -> Completion:
+        """Answer chat `messages` (rendered with the model's chat template)."""
+        return self.submit(messages=messages, **kwargs).result()
+
+    def stream(self, prompt: str | None = None, **kwargs: Any) -> Iterator[str]:
+        """Yield the answer's text as it is produced; closing the iterator cancels the request."""
+        handle = self.submit(prompt, **kwargs)
+        try:
+            yield from handle.stream()
+        finally:
+            handle.cancel()
+
+    async def agenerate(self, prompt: str, **kwargs: Any) -> Completion:
+        return await self.submit(prompt, **kwargs).aresult()
+
+    async def achat(self, messages: Sequence[dict[str, Any]], **kwargs: Any) -> Completion:
+        return await self.submit(messages=messages, **kwargs).aresult()
+
+    async def astream(self, prompt: str | None = None, **kwargs: Any) -> AsyncIterator[str]:
+        handle = self.submit(prompt, **kwargs)
+        try:
+            async for chunk in handle.astream():
+                yield chunk
+        finally:
+            handle.cancel()
+
+    def cancel(self, request_id: str) -> bool:
+        """Cancel a waiting or running request by id; False if it is unknown or already finished."""
+        return any(m.engine.cancel(request_id) for m in self._models.loaded())
+
+    # -- introspection -----------------------------------------------------------------------------
+
+    def ps(self) -> list[dict[str, Any]]:
+        """Live requests of every loaded model, most urgent first."""
+        now = time.monotonic()
+        rows = []
+        for loaded in self._models.loaded():
+            for req in loaded.engine.requests():
+                m = req.metrics
+                rows.append({
+                    "id": req.request_id, "owner": req.owner, "model": req.model,
+                    "driver": loaded.driver_name, "adapter": req.adapter,
+                    "state": req.status.name.lower(), "priority": req.priority.name.lower(),
+                    "prompt_tokens": m.prompt_tokens, "output_tokens": m.output_tokens,
+                    "age_s": now - m.arrival, "queue_wait_s": m.queue_wait, "ttft_s": m.ttft,
+                    "tokens_per_s": m.tokens_per_second,
+                })
+        return rows
+
+    def engines(self) -> list[dict[str, Any]]:
+        """Loaded models with their driver, queue and step figures."""
+        out = []
+        for loaded in self._models.loaded():
+            eng = loaded.engine
+            out.append({
+                "model": loaded.spec.name, "driver": loaded.driver_name, "device": loaded.info.device,
+                "running": eng.scheduler.num_running, "waiting": eng.scheduler.num_waiting,
+                "steps": eng.steps, "failures": eng.failures, "load_s": loaded.load_seconds,
+                **loaded.driver.stats(),
+            })
+        return out
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise KernelShutdownError("the kernel is shut down: boot a new one")
+
+    def shutdown(self) -> None:
+        """Cancel in-flight requests, stop every engine and unload every model. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.plugins.hook.kernel_shutdown(kernel=self)
+        self._models.shutdown()
+
+    def __enter__(self) -> "Kernel":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+def _check_prompt(prompt: Any) -> None:
+    if not isinstance(prompt, str):
+        raise InvalidRequestError(f"prompt must be a string, got {type(prompt).__name__}", param="prompt")
+    if not prompt.strip():
+        raise InvalidRequestError("prompt is empty: give some text", param="prompt")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequestError(f"prompt is not valid UTF-8 text ({exc.reason} at {exc.start})",
+                                  param="prompt") from None
+
+
+def boot(config: Config | None = None, **overrides: Any) -> Kernel:
+    """Start a kernel: `llmos.boot()` uses `$LLMOS_HOME/llmos.toml`; keyword overrides win."""
+    kernel_kwargs = {k: overrides.pop(k) for k in ("plugins", "progress", "load_entrypoints") if k in overrides}
+    cfg = config.with_overrides(**overrides) if config is not None else Config.load(**overrides)
+    return Kernel(cfg, **kernel_kwargs)

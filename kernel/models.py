@@ -1,0 +1,156 @@
+"""Loaded models: one engine (driver instance + scheduler + loop thread) per (model, driver).
+
+Models load lazily on first use, with progress reported through a callback, and are unloaded least
+recently used first when the loaded set exceeds `memory_budget_mb` (never one with requests in
+flight). Driver choice: the caller's `driver=` if given, else the first available registered driver
+that loads the model's format.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .config import Config
+from .engine import Engine
+from .errors import DriverUnavailableError, InvalidRequestError, LlmosError, ModelLoadError
+from .registry import ModelRegistry, ModelSpec
+from .request import Request
+from .scheduler import Scheduler, SchedulerConfig
+
+log = logging.getLogger("llmos.models")
+
+#: progress(model_name, fraction in [0, 1]); 1.0 means loaded
+LoadProgress = Callable[[str, float], None]
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    driver_name: str
+    engine: Engine
+    load_seconds: float
+
+    @property
+    def info(self):
+        return self.engine.driver.info
+
+    @property
+    def driver(self):
+        return self.engine.driver
+
+
+class ModelManager:
+    def __init__(self, config: Config, registry: ModelRegistry, drivers: dict[str, type],
+                 progress: LoadProgress | None = None,
+                 on_finish: Callable[[Request], None] | None = None) -> None:
+        self.config = config
+        self.registry = registry
+        self.drivers = drivers
+        self._progress = progress
+        self._on_finish = on_finish
+        self._loaded: dict[tuple[str, str], LoadedModel] = {}
+        self._lock = threading.RLock()
+
+    def drivers_for(self, spec: ModelSpec) -> list[str]:
+        return [name for name, cls in self.drivers.items() if spec.format in cls.formats]
+
+    def choose_driver(self, spec: ModelSpec, driver: str | None) -> type:
+        if driver is not None:
+            cls = self.drivers.get(driver)
+            if cls is None:
+                raise InvalidRequestError(
+                    f"unknown driver {driver!r}: installed drivers are {sorted(self.drivers)}", param="driver")
+            if spec.format not in cls.formats:
+                raise InvalidRequestError(
+                    f"driver {driver} cannot load {spec.format} models like {spec.name}", param="driver")
+            probe = cls.probe()
+            if not probe.available:
+                raise DriverUnavailableError(f"driver {driver} cannot run here: {probe.reason}")
+            return cls
+        reasons = []
+        for name in self.drivers_for(spec):
+            probe = self.drivers[name].probe()
+            if probe.available:
+                return self.drivers[name]
+            reasons.append(f"{name}: {probe.reason}")
+        hint = "; ".join(reasons) or "install the extra that provides one (e.g. pip install 'llmos[torch]')"
+        raise DriverUnavailableError(f"no available driver loads {spec.format} models such as {spec.name}: {hint}")
+
+    def get(self, model: str, driver: str | None = None) -> LoadedModel:
+        spec = self.registry.resolve(model)
+        with self._lock:
+            cls = self.choose_driver(spec, driver)
+            key = (spec.name, cls.name)
+            loaded = self._loaded.get(key)
+            if loaded is None:
+                loaded = self._load(spec, cls)
+                self._loaded[key] = loaded
+                self._enforce_budget(keep=key)
+            loaded.engine.last_used = time.monotonic()
+            return loaded
+
+    def _load(self, spec: ModelSpec, cls: type) -> LoadedModel:
+        from llmos.drivers.base import DriverOptions
+
+        cfg = self.config
+        options = DriverOptions(n_threads=cfg.threads, max_seqs=cfg.max_running, n_ctx=cfg.n_ctx,
+                                max_batched_tokens=cfg.max_batched_tokens, prefix_cache=cfg.prefix_cache)
+        driver = cls(spec, options)
+        report = self._progress or (lambda _name, _f: None)
+        report(spec.name, 0.0)
+        started = time.monotonic()
+        try:
+            info = driver.load(progress=lambda f: report(spec.name, min(f, 0.99)))
+        except LlmosError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"driver {cls.name} failed to load {spec.name}: {exc}") from exc
+        seconds = time.monotonic() - started
+        report(spec.name, 1.0)
+        log.info("loaded %s on %s in %.2fs", spec.name, cls.name, seconds)
+        scheduler = Scheduler(
+            SchedulerConfig(max_running=info.max_seqs, max_waiting=cfg.max_queue,
+                            max_batched_tokens=cfg.max_batched_tokens, kv_capacity=info.kv_capacity,
+                            max_model_len=info.context_length),
+            eos_token_ids=info.eos_token_ids,
+            detokenizer_factory=lambda req: driver.detokenizer(req.prompt_token_ids),
+        )
+        engine = Engine(f"{spec.name}@{cls.name}", driver, scheduler, on_finish=self._on_finish)
+        return LoadedModel(spec, cls.name, engine, seconds)
+
+    def _enforce_budget(self, keep: tuple[str, str]) -> None:
+        budget = self.config.memory_budget_mb * 1024 * 1024
+        while sum(m.info.memory_bytes for m in self._loaded.values()) > budget:
+            idle = [(k, m) for k, m in self._loaded.items() if k != keep and m.engine.active == 0]
+            if not idle:
+                return
+            key, victim = min(idle, key=lambda km: km[1].engine.last_used)
+            log.info("memory budget: unloading %s", key)
+            self._unload(key)
+
+    def _unload(self, key: tuple[str, str]) -> None:
+        loaded = self._loaded.pop(key)
+        loaded.engine.stop()
+        loaded.driver.unload()
+
+    def unload(self, model: str) -> int:
+        """Unload every instance of `model`; returns how many were unloaded."""
+        spec = self.registry.resolve(model)
+        with self._lock:
+            keys = [k for k in self._loaded if k[0] == spec.name]
+            for key in keys:
+                self._unload(key)
+            return len(keys)
+
+    def loaded(self) -> list[LoadedModel]:
+        with self._lock:
+            return list(self._loaded.values())
+
+    def shutdown(self) -> None:
+        with self._lock:
+            for key in list(self._loaded):
+                self._unload(key)

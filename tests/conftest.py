@@ -1,0 +1,36 @@
+"""Test setup: offline, an isolated LLMOS_HOME, no installed plugins, shared real-model kernels.
+
+Markers: `model` (loads a real model), `cli` (runs the installed `llmos` command). A quick run:
+`pytest -m "not model and not cli"`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_HOME = Path(tempfile.mkdtemp(prefix="llmos-test-home-"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["LLMOS_HOME"] = str(_HOME)
+os.environ["LLMOS_PLUGINS"] = ""
+for _var in [v for v in os.environ if v.startswith("LLMOS_") and v not in ("LLMOS_HOME", "LLMOS_PLUGINS")]:
+    del os.environ[_var]
+
+
+@pytest.fixture(scope="session")
+def llmos_home() -> Path:
+    return _HOME
+
+
+@pytest.fixture(scope="session")
+def kernel():
+    """One real kernel (SmolLM2 on llama.cpp) shared by the model tests."""
+    import llmos
+
+    k = llmos.boot(load_entrypoints=False, max_running=8, n_ctx=4096)
+    k.load("smollm2")
+    yield k
+    k.shutdown()

@@ -1,0 +1,92 @@
+"""The installed `llmos` command, run in a subprocess like a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.cli
+
+LLMOS = shutil.which("llmos", path=str(Path(sys.executable).parent)) or "llmos"
+
+
+def llmos(*args: str, stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([LLMOS, *args], input=stdin, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"})
+
+
+def test_version_and_help():
+    from llmos import __version__
+
+    assert llmos("--version").stdout.strip() == f"llmos {__version__}"
+    bare = llmos()
+    assert "run" in bare.stdout + bare.stderr and "models" in bare.stdout + bare.stderr
+
+
+def test_run_answers_with_the_embedded_model():
+    r = llmos("run", "What is the capital of France?")
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
+
+
+def test_run_reads_stdin_and_prints_json():
+    r = llmos("run", "-", "--json", "--max-tokens", "8", stdin="Name a planet.")
+    assert r.returncode == 0, r.stderr
+    body = json.loads(r.stdout)
+    assert body["text"] and body["model"] == "smollm2" and body["usage"]["completion_tokens"] <= 8
+    assert body["finish_reason"] in ("stop", "length")
+
+
+def test_models_json_lists_builtins():
+    r = llmos("models", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {m["name"]: m for m in json.loads(r.stdout)}
+    assert {"smollm2", "gemma3-270m"} <= set(rows)
+    assert rows["smollm2"]["drivers"] == ["llamacpp"] and rows["smollm2"]["path"].endswith(".gguf")
+    assert rows["smollm2"]["size_bytes"] > 50_000_000
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["run", ""], "prompt is empty"),
+    (["run", "hi", "--max-tokens", "-3"], "max_tokens"),
+    (["run", "hi", "--temperature", "5"], "temperature must be between"),
+    (["run", "hi", "--model", "nope"], "unknown model 'nope'"),
+])
+def test_bad_input_is_one_line_error_exit_2(args, needle):
+    r = llmos(*args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr
+
+
+def test_non_gguf_model_file(tmp_path):
+    bad = tmp_path / "model.bin"
+    bad.write_text("not a model")
+    r = llmos("run", "hi", "--model", str(bad), "--json")
+    assert r.returncode == 2
+    assert json.loads(r.stdout)["error"]["code"] == "invalid_model_file"
+
+
+def test_prompt_too_long_names_the_fix():
+    r = llmos("run", "--raw", "word " * 9000)
+    assert r.returncode == 2 and "shorten the prompt or lower max_tokens" in r.stderr
+
+
+def test_bench_unknown_name():
+    r = llmos("bench", "B99")
+    assert r.returncode == 2 and "B1b" in r.stderr
+
+
+def test_bench_json_shape():
+    r = llmos("bench", "B4", "--json", timeout=600)
+    assert r.returncode == 0, r.stderr
+    [row] = json.loads(r.stdout)
+    assert set(row) >= {"name", "baseline", "candidate", "unit", "ratio", "target"}
+    assert row["name"] == "B4" and row["baseline"] > 0 and row["candidate"] > 0
+    assert abs(row["ratio"] - row["candidate"] / row["baseline"]) < 0.01

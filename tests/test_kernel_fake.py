@@ -1,0 +1,211 @@
+"""Kernel, engine loop and handles end to end with the fake driver (registered through the plugin
+hook, as third-party drivers are): no model needed."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+import llmos
+from llmos.kernel.errors import (InvalidRequestError, KernelShutdownError, ModelFormatError, QueueFullError,
+                                 RequestCancelledError, RequestFailedError, RequestTimeoutError,
+                                 UnknownAdapterError, UnknownModelError)
+from llmos.kernel.request import RequestStatus
+from llmos.plugins.hookspecs import hookimpl
+from llmos.plugins.manager import PluginManager
+
+from .fakes import FakeDriver
+
+
+class GatedDriver(FakeDriver):
+    """Blocks in execute until the test opens the gate: lets tests observe queued/running states."""
+
+    name = "gated"
+    gate = threading.Event()
+
+    def execute(self, batch):
+        type(self).gate.wait(10)
+        return super().execute(batch)
+
+
+class BigDriver(FakeDriver):
+    name = "big"
+
+    def load(self, progress=None):
+        info = super().load(progress)
+        from dataclasses import replace
+
+        self.info = replace(info, memory_bytes=700 * 1024)
+        return self.info
+
+
+def wait_for(condition, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def plugin_manager(*drivers):
+    class Plugin:
+        @hookimpl
+        def register_drivers(self, register):
+            for d in drivers:
+                register(d)
+
+    pm = PluginManager(load_entrypoints=False)
+    pm.register(Plugin(), name="test-drivers")
+    return pm
+
+
+@pytest.fixture
+def gguf(tmp_path):
+    def make(name="fake.gguf"):
+        path = tmp_path / name
+        path.write_bytes(b"GGUF" + b"\0" * 64)
+        return str(path)
+    return make
+
+
+@pytest.fixture
+def fake_kernel(gguf, tmp_path):
+    FakeDriver.fail_next = False
+    FakeDriver.loads = 0
+    progress = []
+    k = llmos.boot(home=tmp_path / "home", plugins=plugin_manager(FakeDriver, GatedDriver, BigDriver),
+                   progress=lambda m, f: progress.append(f), default_model=gguf(), max_running=2, max_queue=2)
+    k.test_progress = progress
+    yield k
+    GatedDriver.gate.set()
+    k.shutdown()
+
+
+def test_generate_stream_and_async_agree(fake_kernel):
+    c = fake_kernel.generate("hello", driver="fake", max_tokens=6)
+    assert c.status == RequestStatus.FINISHED_LENGTH and len(c.text) == 6 and c.finish_reason == "length"
+    assert "".join(fake_kernel.stream("hello", driver="fake", max_tokens=6)) == c.text
+
+    async def both():
+        chunks = [x async for x in fake_kernel.astream("hello", driver="fake", max_tokens=6)]
+        return "".join(chunks), (await fake_kernel.agenerate("hello", driver="fake", max_tokens=6)).text
+
+    assert asyncio.run(both()) == (c.text, c.text)
+    assert fake_kernel.test_progress[0] == 0.0 and fake_kernel.test_progress[-1] == 1.0
+
+
+def test_chat_uses_the_drivers_template(fake_kernel):
+    c = fake_kernel.chat([{"role": "user", "content": "hi"}], driver="fake", max_tokens=3)
+    assert c.metrics["prompt_tokens"] == len("<user>hi<assistant>")
+
+
+def test_driver_fault_fails_only_that_step_and_reloads(fake_kernel):
+    fake_kernel.generate("warm", driver="fake", max_tokens=2)
+    FakeDriver.fail_next = True
+    with pytest.raises(RequestFailedError, match="injected fault"):
+        fake_kernel.generate("boom", driver="fake", max_tokens=5)
+    assert fake_kernel.generate("after", driver="fake", max_tokens=3).text
+    assert FakeDriver.loads == 2
+    assert fake_kernel.engines()[0]["failures"] == 1
+
+
+def test_queue_full_cancel_and_ps(fake_kernel):
+    GatedDriver.gate.clear()
+    handles = [fake_kernel.submit("x", driver="gated", max_tokens=3, owner=f"u{i}") for i in range(2)]
+    wait_for(lambda: [r["state"] for r in fake_kernel.ps()] == ["running", "running"])
+    handles += [fake_kernel.submit("x", driver="gated", max_tokens=3, owner=f"u{i}") for i in range(2, 4)]
+    with pytest.raises(QueueFullError):
+        fake_kernel.submit("x", driver="gated", max_tokens=3)
+    states = {row["id"]: row["state"] for row in fake_kernel.ps()}
+    assert sorted(states.values()) == ["running", "running", "waiting", "waiting"]
+    handles[3].cancel()
+    handles[0].cancel()
+    GatedDriver.gate.set()
+    with pytest.raises(RequestCancelledError):
+        handles[3].result(5)
+    assert handles[0].result(5, check=False).status == RequestStatus.FINISHED_CANCELLED
+    for h in handles[1:3]:
+        assert h.result(5).status == RequestStatus.FINISHED_LENGTH
+    assert fake_kernel.ps() == []
+
+
+def test_request_timeout(fake_kernel):
+    GatedDriver.gate.clear()
+    h = fake_kernel.submit("x", driver="gated", max_tokens=3, timeout=0.2)
+    threading.Timer(0.6, GatedDriver.gate.set).start()
+    with pytest.raises(RequestTimeoutError):
+        h.result(5)
+
+
+def test_memory_budget_unloads_least_recently_used(gguf, tmp_path):
+    k = llmos.boot(home=tmp_path / "h2", plugins=plugin_manager(BigDriver), memory_budget_mb=1)
+    try:
+        a, b = gguf("a.gguf"), gguf("b.gguf")
+        k.generate("x", model=a, driver="big", max_tokens=1)
+        k.generate("x", model=b, driver="big", max_tokens=1)
+        assert [e["model"] for e in k.engines()] == [b]
+    finally:
+        k.shutdown()
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    (dict(prompt=""), "prompt"),
+    (dict(prompt="   "), "prompt"),
+    (dict(prompt="\ud800 bad surrogate"), "prompt"),
+    (dict(prompt="hi", max_tokens=0), "max_tokens"),
+    (dict(prompt="hi", max_tokens=-5), "max_tokens"),
+    (dict(prompt="hi", max_tokens=10**6), "max_tokens"),
+    (dict(prompt="hi", temperature=5.0), "temperature"),
+    (dict(prompt="hi", top_p=0.0), "top_p"),
+    (dict(prompt="hi", top_k=-1), "top_k"),
+    (dict(prompt="hi", priority="urgent"), "priority"),
+    (dict(prompt="hi", timeout=-1), "timeout"),
+    (dict(prompt="hi", bogus=1), "bogus"),
+    (dict(prompt="hi", driver="nope"), "driver"),
+    (dict(messages=[]), "messages"),
+    (dict(messages=[{"role": "wizard", "content": "x"}]), "messages"),
+])
+def test_bad_input_gets_typed_error_naming_the_field(fake_kernel, kwargs, param):
+    kwargs.setdefault("driver", "fake")
+    with pytest.raises(InvalidRequestError) as info:
+        fake_kernel.submit(**kwargs)
+    assert info.value.param == param
+    assert fake_kernel.generate("still serving", driver="fake", max_tokens=2).text
+
+
+def test_prompt_too_long(fake_kernel):
+    with pytest.raises(InvalidRequestError, match="context window is 512"):
+        fake_kernel.submit("x" * 600, driver="fake")
+
+
+def test_unknown_model_lists_available(fake_kernel):
+    with pytest.raises(UnknownModelError) as info:
+        fake_kernel.submit("hi", model="no-such-model")
+    assert "smollm2" in str(info.value)
+
+
+def test_non_gguf_file_is_refused(fake_kernel, tmp_path):
+    bad = tmp_path / "model.gguf"
+    bad.write_text("this is not a model")
+    with pytest.raises(ModelFormatError, match="not a GGUF file"):
+        fake_kernel.submit("hi", model=str(bad))
+
+
+def test_unknown_adapter(fake_kernel):
+    with pytest.raises(UnknownAdapterError):
+        fake_kernel.submit("hi", driver="fake", adapter="nope")
+
+
+def test_shutdown_cancels_in_flight_and_refuses_new(gguf, tmp_path):
+    GatedDriver.gate.clear()
+    k = llmos.boot(home=tmp_path / "h3", plugins=plugin_manager(GatedDriver), default_model=gguf())
+    k.load(driver="gated")
+    h = k.submit("x", driver="gated", max_tokens=50)
+    threading.Timer(0.3, GatedDriver.gate.set).start()
+    k.shutdown()
+    assert h.result(5, check=False).status == RequestStatus.FINISHED_CANCELLED
+    with pytest.raises(KernelShutdownError):
+        k.submit("x")
+    k.shutdown()  # idempotent

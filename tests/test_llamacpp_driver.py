@@ -1,0 +1,131 @@
+"""The llama.cpp driver against the real embedded model (SmolLM2-135M-Instruct Q4_1)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+import llmos
+from llmos.kernel.errors import PromptTooLongError, RequestCancelledError
+from llmos.kernel.request import Priority, RequestStatus
+
+pytestmark = pytest.mark.model
+
+QUESTIONS = [
+    "What is the capital of France?", "Name a primary colour.", "What is 2 plus 2?",
+    "Say hello in Spanish.", "What animal says moo?", "What is the opposite of hot?",
+    "Name a planet.", "What do bees make?",
+]
+
+
+def ask(kernel, q, **kw):
+    kw.setdefault("max_tokens", 24)
+    return kernel.chat([{"role": "user", "content": q}], **kw)
+
+
+def test_greedy_answer_is_nonempty_deterministic_and_right(kernel):
+    a = ask(kernel, "What is the capital of France?")
+    b = ask(kernel, "What is the capital of France?")
+    assert a.text.strip() and a.text == b.text and a.token_ids == b.token_ids
+    assert "Paris" in a.text
+    assert a.metrics["ttft_s"] > 0 and a.usage["completion_tokens"] == len(a.token_ids)
+
+
+def test_concurrent_requests_match_running_alone(kernel):
+    alone = [ask(kernel, q).text for q in QUESTIONS]
+    handles = [kernel.submit(messages=[{"role": "user", "content": q}], max_tokens=24) for q in QUESTIONS]
+    together = [h.result(120).text for h in handles]
+    assert together == alone
+    # they really ran together: the engine batched several sequences in one step
+    assert max(h.request.metrics.first_scheduled for h in handles) < min(
+        h.request.metrics.finished for h in handles)
+
+
+def test_joining_a_running_batch_mid_flight(kernel):
+    ref = [ask(kernel, q, max_tokens=32).text for q in QUESTIONS[:3]]
+    first = kernel.submit(messages=[{"role": "user", "content": QUESTIONS[0]}], max_tokens=32)
+    while first.request.metrics.output_tokens < 5 and not first.done:
+        time.sleep(0.005)
+    late = [kernel.submit(messages=[{"role": "user", "content": q}], max_tokens=32) for q in QUESTIONS[1:3]]
+    assert [first.result(60).text] + [h.result(60).text for h in late] == ref
+
+
+def test_streaming_chunks_join_to_the_final_text(kernel):
+    h = kernel.submit(messages=[{"role": "user", "content": "Count from one to five."}], max_tokens=30)
+    chunks = list(h.stream())
+    assert len(chunks) > 3 and "".join(chunks) == h.result().text
+
+
+def test_async_api(kernel):
+    async def go():
+        chunks = [c async for c in kernel.astream(messages=[{"role": "user", "content": "Name a planet."}],
+                                                  max_tokens=16)]
+        done = await kernel.achat([{"role": "user", "content": "Name a planet."}], max_tokens=16)
+        return "".join(chunks), done.text
+    streamed, final = asyncio.run(go())
+    assert streamed == final and final
+
+
+def test_cancel_frees_the_sequence_slot(kernel):
+    engine = kernel.load("smollm2").engine
+    h = kernel.submit("Write a very long essay about the ocean.", max_tokens=400, ignore_eos=True)
+    while h.request.metrics.output_tokens < 3:
+        time.sleep(0.005)
+    h.cancel()
+    with pytest.raises(RequestCancelledError):
+        h.result(10)
+    deadline = time.monotonic() + 5
+    while engine.driver.stats()["active_sequences"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.driver.stats()["active_sequences"] == 0
+    assert len(h.result(0, check=False).token_ids) < 400
+    assert "Paris" in ask(kernel, "What is the capital of France?").text
+
+
+def test_prefix_reuse_gives_identical_output(kernel):
+    system = "You are a terse assistant. " * 20
+    msgs = lambda q: [{"role": "system", "content": system}, {"role": "user", "content": q}]  # noqa: E731
+    first = kernel.chat(msgs("Name a colour."), max_tokens=16)
+    second = kernel.chat(msgs("Name a fruit."), max_tokens=16)
+    assert second.metrics["cached_prompt_tokens"] > 100
+    with llmos.boot(load_entrypoints=False, prefix_cache=False, n_ctx=4096) as cold:
+        assert cold.chat(msgs("Name a fruit."), max_tokens=16).text == second.text
+        assert cold.chat(msgs("Name a colour."), max_tokens=16).text == first.text
+
+
+def test_preempted_request_resumes_with_the_same_text():
+    with llmos.boot(load_entrypoints=False, max_running=1, max_batched_tokens=64, n_ctx=2048) as k:
+        q = [{"role": "user", "content": "Describe the moon."}]
+        ref = k.chat(q, max_tokens=40).text
+        low = k.submit(messages=q, max_tokens=40, priority=Priority.LOW)
+        while low.request.metrics.output_tokens < 5:
+            time.sleep(0.005)
+        high = k.submit(messages=[{"role": "user", "content": "Name a planet."}], max_tokens=8, priority="high")
+        high.result(60)
+        assert low.result(60).text == ref
+        assert low.request.metrics.preemptions >= 1
+
+
+def test_stop_sequences_and_sampling_with_seed(kernel):
+    full = ask(kernel, "Count from one to ten, separated by commas.", max_tokens=40).text
+    cut = full.strip()[3:6]
+    stopped = ask(kernel, "Count from one to ten, separated by commas.", max_tokens=40, stop=[cut])
+    assert stopped.finish_reason == "stop" and cut not in stopped.text
+    a = ask(kernel, "Tell me a story.", temperature=0.9, top_p=0.9, seed=7, max_tokens=20)
+    b = ask(kernel, "Tell me a story.", temperature=0.9, top_p=0.9, seed=7, max_tokens=20)
+    assert a.text == b.text
+
+
+def test_prompt_longer_than_context_is_refused_and_kernel_keeps_serving(kernel):
+    with pytest.raises(PromptTooLongError, match="context window"):
+        kernel.generate("word " * 5000, max_tokens=8)
+    assert ask(kernel, "What is 2 plus 2?").status in (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH)
+
+
+def test_gemma_base_model_generates():
+    with llmos.boot(load_entrypoints=False, n_ctx=1024, max_running=2) as k:
+        c = k.generate("The capital of France is", model="gemma3-270m", max_tokens=8)
+        assert c.text.strip()
+        assert any(m["name"] == "gemma3-270m" and m["loaded_on"] == "llamacpp" for m in k.models_info())

@@ -1,0 +1,58 @@
+"""Layout and packaging: the repo root is the `llmos` package, in editable and wheel installs;
+the kernel never imports an engine library."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENGINES = ("torch", "llama_cpp", "faiss", "transformers", "sentence_transformers")
+
+
+def test_kernel_sources_import_no_engine():
+    for path in (ROOT / "kernel").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            assert not [n for n in names if n.split(".")[0] in ENGINES], f"{path} imports {names}"
+
+
+def test_importing_the_api_loads_no_engine():
+    code = ("import sys, llmos, llmos.kernel; "
+            f"print([m for m in sys.modules if m.split('.')[0] in {ENGINES!r}])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_editable_install_maps_the_repo_root():
+    import llmos
+
+    assert Path(llmos.__file__).resolve() == ROOT / "__init__.py"
+
+
+@pytest.mark.cli
+def test_wheel_contains_and_installs_the_package(tmp_path):
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(ROOT)],
+                   check=True, capture_output=True)
+    wheel = next(tmp_path.glob("llmos-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for sub in ("kernel", "drivers", "plugins", "shell", "benchmarks"):
+        assert f"llmos/{sub}/__init__.py" in names
+    assert not any(n.startswith("llmos/tests/") for n in names)
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    code = "import llmos.kernel, llmos; print(llmos.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(target)})
+    assert out.stdout.strip().startswith(str(target))
