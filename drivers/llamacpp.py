@@ -80,8 +80,8 @@ class LlamaCppDriver(Driver):
         check_gguf(path)
         opts = self.options
         n_slots = opts.max_seqs * 2 if opts.prefix_cache else opts.max_seqs
-        self._model = lib.LlamaModel(
-            str(path), n_ctx=opts.n_ctx, n_batch=opts.max_batched_tokens, n_seq_max=n_slots,
+        self._model = lib.on_device(
+            lib.LlamaModel, str(path), n_ctx=opts.n_ctx, n_batch=opts.max_batched_tokens, n_seq_max=n_slots,
             n_threads=opts.n_threads, progress=progress,
         )
         m = self._model
@@ -101,6 +101,11 @@ class LlamaCppDriver(Driver):
         return self.info
 
     def unload(self) -> None:
+        from .llamacpp_lib import on_device
+
+        on_device(self._unload)
+
+    def _unload(self) -> None:
         for seq in self._seqs.values():
             seq.sampler.free()
         self._seqs.clear()
@@ -145,6 +150,11 @@ class LlamaCppDriver(Driver):
     # -- one step ------------------------------------------------------------------------------
 
     def execute(self, batch: SchedulerOutput) -> DriverOutput:
+        from .llamacpp_lib import on_device
+
+        return on_device(self._execute, batch)
+
+    def _execute(self, batch: SchedulerOutput) -> DriverOutput:
         model = self._require()
         out = DriverOutput()
         # 1. Release finished/preempted sequences (their KV stays as prefix cache).

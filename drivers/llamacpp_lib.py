@@ -7,9 +7,12 @@ imported lazily (only when the llama.cpp driver loads a model).
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import functools
-from typing import Any, Callable, Sequence
+import logging
+import threading
+from typing import Any, Callable, Sequence, TypeVar
 
 import llama_cpp
 import llama_cpp._logger as llama_logger
@@ -19,12 +22,40 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llmos.kernel.errors import ModelLoadError
 from llmos.kernel.request import SamplingParams
 
-llama_logger.set_verbose(False)  # llama.cpp's own logging goes to stderr only for errors
+T = TypeVar("T")
+
+_log = logging.getLogger("llmos.llamacpp")
+
+
+@C.llama_log_callback
+def _route_log(level: int, text: bytes, _user: Any) -> None:
+    """llama.cpp/ggml messages go to Python logging ("llmos.llamacpp"), not straight to stderr."""
+    # ggml levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation; model-file warnings are noise here
+    _log.log(logging.ERROR if level == 4 else logging.DEBUG, "%s", text.decode("utf-8", "replace").rstrip())
+
+
+llama_logger.set_verbose(False)
+C.llama_log_set(_route_log, ctypes.c_void_p(0))
 
 
 @functools.lru_cache(maxsize=1)
 def backend_init() -> None:
     C.llama_backend_init()
+
+
+_device = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmos-llamacpp")
+
+
+def on_device(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run llama.cpp compute on the one process-wide llama.cpp thread.
+
+    ggml's OpenMP keeps a thread team per calling thread; with more teams than cores libgomp stops
+    spinning and every graph pays futex wake-ups (decode speed fell ~2.5x here). One compute thread
+    per process keeps one team, whatever number of models or kernels is loaded.
+    """
+    if threading.current_thread().name.startswith("llmos-llamacpp"):
+        return fn(*args, **kwargs)
+    return _device.submit(fn, *args, **kwargs).result()
 
 
 def gpu_offload() -> bool:

@@ -11,6 +11,7 @@
     n_ctx = 8192             # KV cache size in tokens per loaded model
     memory_budget_mb = 4096  # loaded models beyond this are unloaded, least recently used first
     prefix_cache = true
+    system_prompt = "..."    # prepended to chat requests that bring no system message ("" = none)
 
     [models.mymodel]         # extra names for the model registry
     path = "/models/foo.gguf"
@@ -56,6 +57,7 @@ class Config:
     n_ctx: int = 8192
     memory_budget_mb: int = 4096
     prefix_cache: bool = True
+    system_prompt: str = "You are a helpful assistant. Answer briefly and accurately."
     models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sections: Mapping[str, Any] = field(default_factory=dict)
 

@@ -87,6 +87,8 @@ class Kernel:
         if (prompt is None) == (messages is None):
             raise InvalidRequestError("give either a prompt or messages (exactly one)", param="prompt")
         chat = validate_messages(messages) if messages is not None else None
+        if chat is not None and self.config.system_prompt and not any(m["role"] == "system" for m in chat):
+            chat.insert(0, {"role": "system", "content": self.config.system_prompt})
         if prompt is not None:
             _check_prompt(prompt)
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
