@@ -159,7 +159,13 @@ class Scheduler:
         new: list[NewSequence] = []
         self._running.sort(key=self._sort_key)
 
-        # 2. Running sequences: decodes first (one token each), then prefill chunks.
+        # 2. A full batch yields to more urgent waiting requests before anything is scheduled.
+        while self._num_waiting and len(self._running) >= self.config.max_running:
+            if self._peek_waiting().priority >= self._running[-1].priority:
+                break
+            self._preempt(self._running[-1])
+
+        # 3. Running sequences: decodes first (one token each), then prefill chunks.
         for decoding in (True, False):
             for req in list(self._running):
                 need = req.num_tokens - req.num_computed_tokens
@@ -171,7 +177,7 @@ class Scheduler:
                 scheduled[req.request_id] = n
                 budget -= n
 
-        # 3. Admit waiting requests while capacity, budget and KV allow; preempt for priority.
+        # 4. Admit waiting requests while capacity, budget and KV allow; preempt for priority.
         while budget > 0 and self._num_waiting:
             cand = self._peek_waiting()
             if len(self._running) >= self.config.max_running:

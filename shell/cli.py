@@ -112,6 +112,8 @@ def run(
     """Generate an answer, streaming it to stdout."""
     if prompt == "-":
         prompt = sys.stdin.read()
+    if not prompt.strip():
+        raise fail(InvalidRequestError("prompt is empty: give some text", param="prompt"), as_json)
     sampling = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                     stop=tuple(stop or ()))
     if raw:

@@ -90,3 +90,19 @@ def test_bench_json_shape():
     assert set(row) >= {"name", "baseline", "candidate", "unit", "ratio", "target"}
     assert row["name"] == "B4" and row["baseline"] > 0 and row["candidate"] > 0
     assert abs(row["ratio"] - row["candidate"] / row["baseline"]) < 0.01
+
+
+def test_ctrl_c_stops_generation_cleanly():
+    import signal
+    import time
+
+    proc = subprocess.Popen([LLMOS, "run", "--max-tokens", "3000", "--raw", "Once upon a time"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "NO_COLOR": "1"})
+    first = proc.stdout.read(20)  # generation is under way
+    assert first
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err

@@ -42,10 +42,10 @@ class BigDriver(FakeDriver):
         return self.info
 
 
-def wait_for(condition, timeout=5.0):
+def wait_for(condition, timeout=5.0, msg=lambda: ""):
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
+        assert time.monotonic() < deadline, f"condition not reached: {msg()}"
         time.sleep(0.01)
 
 
@@ -98,7 +98,11 @@ def test_generate_stream_and_async_agree(fake_kernel):
 
 def test_chat_uses_the_drivers_template(fake_kernel):
     c = fake_kernel.chat([{"role": "user", "content": "hi"}], driver="fake", max_tokens=3)
-    assert c.metrics["prompt_tokens"] == len("<user>hi<assistant>")
+    default = fake_kernel.config.system_prompt
+    assert default and c.metrics["prompt_tokens"] == len(f"<system>{default}<user>hi<assistant>")
+    own = fake_kernel.chat([{"role": "system", "content": "S"}, {"role": "user", "content": "hi"}],
+                           driver="fake", max_tokens=3)
+    assert own.metrics["prompt_tokens"] == len("<system>S<user>hi<assistant>")
 
 
 def test_driver_fault_fails_only_that_step_and_reloads(fake_kernel):
@@ -113,21 +117,20 @@ def test_driver_fault_fails_only_that_step_and_reloads(fake_kernel):
 
 def test_queue_full_cancel_and_ps(fake_kernel):
     GatedDriver.gate.clear()
-    handles = [fake_kernel.submit("x", driver="gated", max_tokens=3, owner=f"u{i}") for i in range(2)]
-    wait_for(lambda: [r["state"] for r in fake_kernel.ps()] == ["running", "running"])
-    handles += [fake_kernel.submit("x", driver="gated", max_tokens=3, owner=f"u{i}") for i in range(2, 4)]
+    handles = [fake_kernel.submit("x", driver="gated", max_tokens=3, owner="u0")]
+    wait_for(lambda: [r["state"] for r in fake_kernel.ps()] == ["running"], msg=fake_kernel.ps)
+    # the engine is now blocked inside execute: new requests queue up to max_queue (2)
+    handles += [fake_kernel.submit("x", driver="gated", max_tokens=3, owner=f"u{i}") for i in (1, 2)]
     with pytest.raises(QueueFullError):
         fake_kernel.submit("x", driver="gated", max_tokens=3)
-    states = {row["id"]: row["state"] for row in fake_kernel.ps()}
-    assert sorted(states.values()) == ["running", "running", "waiting", "waiting"]
-    handles[3].cancel()
+    assert [row["state"] for row in fake_kernel.ps()] == ["running", "waiting", "waiting"]
+    handles[2].cancel()
     handles[0].cancel()
     GatedDriver.gate.set()
     with pytest.raises(RequestCancelledError):
-        handles[3].result(5)
+        handles[2].result(5)
     assert handles[0].result(5, check=False).status == RequestStatus.FINISHED_CANCELLED
-    for h in handles[1:3]:
-        assert h.result(5).status == RequestStatus.FINISHED_LENGTH
+    assert handles[1].result(5).status == RequestStatus.FINISHED_LENGTH
     assert fake_kernel.ps() == []
 
 
