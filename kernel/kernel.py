@@ -121,12 +121,10 @@ class Kernel:
         return self.submit(messages=messages, **kwargs).result()
 
     def stream(self, prompt: str | None = None, **kwargs: Any) -> Iterator[str]:
-        """Yield the answer's text as it is produced; closing the iterator cancels the request."""
-        handle = self.submit(prompt, **kwargs)
-        try:
-            yield from handle.stream()
-        finally:
-            handle.cancel()
+        """Yield the answer's text as it is produced; closing the iterator cancels the request.
+
+        The request is validated and queued before this returns, so bad input raises here."""
+        return _cancel_on_close(self.submit(prompt, **kwargs))
 
     async def agenerate(self, prompt: str, **kwargs: Any) -> Completion:
         return await self.submit(prompt, **kwargs).aresult()
@@ -134,13 +132,9 @@ class Kernel:
     async def achat(self, messages: Sequence[dict[str, Any]], **kwargs: Any) -> Completion:
         return await self.submit(messages=messages, **kwargs).aresult()
 
-    async def astream(self, prompt: str | None = None, **kwargs: Any) -> AsyncIterator[str]:
-        handle = self.submit(prompt, **kwargs)
-        try:
-            async for chunk in handle.astream():
-                yield chunk
-        finally:
-            handle.cancel()
+    def astream(self, prompt: str | None = None, **kwargs: Any) -> AsyncIterator[str]:
+        """Async twin of `stream` (`async for chunk in kernel.astream(...)`)."""
+        return _acancel_on_close(self.submit(prompt, **kwargs))
 
     def cancel(self, request_id: str) -> bool:
         """Cancel a waiting or running request by id; False if it is unknown or already finished."""
@@ -198,6 +192,21 @@ class Kernel:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+def _cancel_on_close(handle: RequestHandle) -> Iterator[str]:
+    try:
+        yield from handle.stream()
+    finally:
+        handle.cancel()
+
+
+async def _acancel_on_close(handle: RequestHandle) -> AsyncIterator[str]:
+    try:
+        async for chunk in handle.astream():
+            yield chunk
+    finally:
+        handle.cancel()
 
 
 def _check_prompt(prompt: Any) -> None:

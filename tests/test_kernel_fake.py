@@ -212,3 +212,10 @@ def test_shutdown_cancels_in_flight_and_refuses_new(gguf, tmp_path):
     with pytest.raises(KernelShutdownError):
         k.submit("x")
     k.shutdown()  # idempotent
+
+
+def test_stream_validates_before_returning(fake_kernel):
+    with pytest.raises(InvalidRequestError):
+        fake_kernel.stream("", driver="fake")
+    with pytest.raises(InvalidRequestError):
+        fake_kernel.astream("hi", driver="fake", temperature=9)
