@@ -98,7 +98,8 @@ class ModelManager:
 
         cfg = self.config
         options = DriverOptions(n_threads=cfg.threads, max_seqs=cfg.max_running, n_ctx=cfg.n_ctx,
-                                max_batched_tokens=cfg.max_batched_tokens, prefix_cache=cfg.prefix_cache)
+                                max_batched_tokens=cfg.max_batched_tokens, prefix_cache=cfg.prefix_cache,
+                                extra={"cache_dir": cfg.home / "cache"})
         driver = cls(spec, options)
         report = self._progress or (lambda _name, _f: None)
         report(spec.name, 0.0)

@@ -8,5 +8,7 @@ from .hookspecs import hookimpl
 @hookimpl
 def register_drivers(register):
     from llmos.drivers.llamacpp import LlamaCppDriver
+    from llmos.drivers.torch_driver import TorchDriver
 
-    register(LlamaCppDriver)
+    register(LlamaCppDriver)  # first: the default for GGUF files
+    register(TorchDriver)

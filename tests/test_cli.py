@@ -48,7 +48,7 @@ def test_models_json_lists_builtins():
     assert r.returncode == 0, r.stderr
     rows = {m["name"]: m for m in json.loads(r.stdout)}
     assert {"smollm2", "gemma3-270m"} <= set(rows)
-    assert rows["smollm2"]["drivers"] == ["llamacpp"] and rows["smollm2"]["path"].endswith(".gguf")
+    assert rows["smollm2"]["drivers"][0] == "llamacpp" and rows["smollm2"]["path"].endswith(".gguf")
     assert rows["smollm2"]["size_bytes"] > 50_000_000
 
 

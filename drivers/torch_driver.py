@@ -1,0 +1,242 @@
+"""The torch/transformers driver: any causal LM transformers loads, with continuous batching.
+
+Loading: a Hugging Face directory directly; a GGUF file through `from_pretrained(dir,
+gguf_file=...)`, dequantized once and cached as safetensors under `$LLMOS_HOME/cache/torch/` so
+later loads take a fraction of a second. Device by probe: CUDA, then MPS, then CPU (bf16/fp16 on
+accelerators, fp32 on CPU); torch uses all available cores.
+
+One step (`execute`): 1. drop released sequences (their batch rows go); 2. one forward for every
+decoding row of the shared padded batch (drivers/torch_batch.py); 3. prefill chunks of new
+sequences, each on its private cache; a sequence whose prompt is complete samples its first token
+and joins the batch for the next step. Sampling is per row (drivers/torch_sampling.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from llmos.kernel.errors import ModelLoadError
+from llmos.kernel.interface import DriverOutput, NewSequence, SchedulerOutput
+from llmos.kernel.request import SamplingParams
+
+from .base import Driver, DriverOptions, ModelInfo, ProbeResult, ProgressCallback
+
+log = logging.getLogger("llmos.torch")
+
+
+@dataclass
+class _Seq:
+    request_id: str
+    tokens: list[int]
+    params: SamplingParams
+    generator: Any
+    n_past: int = 0
+    sched_pos: int = 0
+    cache: Any = None  # private cache while prefilling; None once in the batch
+    adapter: str | None = None
+    history: list[int] = field(default_factory=list)
+
+
+def pick_device() -> tuple[str, Any]:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps", torch.float16
+    return "cpu", torch.float32
+
+
+class TorchDriver(Driver):
+    name = "torch"
+    formats = frozenset({"hf", "gguf"})
+    supports_lora = True
+
+    @classmethod
+    def probe(cls) -> ProbeResult:
+        try:
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+        except Exception as exc:  # noqa: BLE001
+            return ProbeResult(False, (), f"torch/transformers are not installed ({exc}): pip install 'llmos[torch]'")
+        return ProbeResult(True, (pick_device()[0],))
+
+    def __init__(self, spec, options: DriverOptions) -> None:
+        super().__init__(spec, options)
+        self.model = None
+        self.tokenizer = None
+        self._seqs: dict[str, _Seq] = {}
+        self._batch = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def load(self, progress: ProgressCallback | None = None) -> ModelInfo:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        from .torch_batch import PaddedBatch
+
+        report = progress or (lambda _f: None)
+        hf_logging.disable_progress_bar()
+        device, dtype = pick_device()
+        torch.set_num_threads(self.options.n_threads)
+        source = self._source_dir(report)
+        report(0.8)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            self.model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device).eval()
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"transformers could not load {self.spec.name} from {source}: {exc}") from exc
+        self.device = torch.device(device)
+        self._batch = PaddedBatch(self.device)
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5
+        cfg = self.model.config
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            eos_ids.add(self.tokenizer.eos_token_id)
+        context = min(getattr(cfg, "max_position_embeddings", 2048) or 2048, self.options.n_ctx)
+        self.info = ModelInfo(
+            context_length=context, kv_capacity=self.options.n_ctx, max_seqs=self.options.max_seqs,
+            eos_token_ids=frozenset(eos_ids), vocab_size=cfg.vocab_size, device=device,
+            has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)),
+            memory_bytes=sum(p.numel() * p.element_size() for p in self.model.parameters()),
+        )
+        report(1.0)
+        return self.info
+
+    def _source_dir(self, report: ProgressCallback) -> Path:
+        """The HF directory to load: the spec's own, or the safetensors cache of a GGUF file."""
+        path = self.spec.path
+        if self.spec.format == "hf":
+            return path
+        stat = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        cache_root = self.options.extra.get("cache_dir") or (Path.home() / ".cache" / "llmos")
+        target = Path(cache_root) / "torch" / f"{path.stem}-{key}"
+        if (target / "config.json").exists():
+            return target
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("dequantizing %s once into %s", path, target)
+        report(0.1)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        except Exception as exc:  # noqa: BLE001 - transformers raises many types for bad files
+            raise ModelLoadError(f"transformers could not read the GGUF file {path}: {exc}") from exc
+        report(0.6)
+        model.hf_quantizer = None  # the weights are plain tensors now: save them as such
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = target.with_name(target.name + ".part")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(target)  # atomic: a crash never leaves a half-written cache that looks complete
+        return target
+
+    def unload(self) -> None:
+        self._seqs.clear()
+        self.model = None
+        self.tokenizer = None
+        self._batch = None
+
+    # -- tokenizer -----------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
+        if not getattr(self.tokenizer, "chat_template", None):
+            return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def execute(self, batch: SchedulerOutput) -> DriverOutput:
+        import torch
+
+        out = DriverOutput()
+        # 1. Released sequences leave the batch.
+        gone = {rid for rid in batch.released if self._seqs.pop(rid, None) is not None}
+        self._batch.leave(gone)
+        for new in batch.new:
+            self._admit(new)
+        with torch.inference_mode():
+            # 2. One forward for all decoding rows.
+            decoding = [rid for rid in batch.num_scheduled_tokens if rid in self._batch]
+            if decoding:
+                self._decode(set(decoding), out)
+            # 3. Prefill chunks; completed prompts sample and join the batch.
+            for rid, n in batch.num_scheduled_tokens.items():
+                if rid not in self._batch and rid in self._seqs:
+                    self._prefill(self._seqs[rid], n, out)
+                elif rid not in self._seqs:
+                    out.failed[rid] = "the driver has no state for this sequence"
+        return out
+
+    def _admit(self, new: NewSequence) -> None:
+        from .torch_batch import new_cache
+        from .torch_sampling import make_generator
+
+        self._seqs[new.request_id] = _Seq(
+            new.request_id, list(new.token_ids), new.sampling, make_generator(new.sampling, self.device),
+            cache=new_cache(), adapter=new.adapter)
+
+    def _forward(self, input_ids, cache, position_ids, attention_mask=None):
+        kwargs = {self._cache_kw: cache}
+        return self.model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                          use_cache=True, logits_to_keep=1, **kwargs).logits[:, -1, :]
+
+    def _decode(self, scheduled: set[str], out: DriverOutput) -> None:
+        import torch
+
+        rows = [self._seqs[rid] for rid in self._batch.rows]
+        active = torch.tensor([s.request_id in scheduled for s in rows], device=self.device)
+        ids = torch.tensor([[s.tokens[s.n_past] if s.request_id in scheduled else 0] for s in rows], device=self.device)
+        pos = torch.tensor([[s.n_past] for s in rows], device=self.device)
+        mask = self._batch.step_mask(active)
+        logits = self._forward(ids, self._batch.cache, pos, mask)
+        picked = [i for i, s in enumerate(rows) if s.request_id in scheduled]
+        for s in (rows[i] for i in picked):
+            s.n_past += 1
+            s.sched_pos += 1
+        self._sample([rows[i] for i in picked], logits[picked], out)
+
+    def _prefill(self, seq: _Seq, n: int, out: DriverOutput) -> None:
+        import torch
+
+        end = seq.sched_pos + n
+        seq.sched_pos = end
+        chunk = seq.tokens[seq.n_past:end]
+        ids = torch.tensor([chunk], device=self.device)
+        pos = torch.arange(seq.n_past, end, device=self.device).unsqueeze(0)
+        logits = self._forward(ids, seq.cache, pos)
+        seq.n_past = end
+        if end == len(seq.tokens):
+            self._sample([seq], logits, out)
+            self._batch.join(seq.request_id, seq.cache, seq.n_past)
+            seq.cache = None
+
+    def _sample(self, seqs: list[_Seq], logits, out: DriverOutput) -> None:
+        from .torch_sampling import sample_rows
+
+        tokens = sample_rows(logits, [s.params for s in seqs], [s.tokens for s in seqs], [s.generator for s in seqs])
+        for seq, token in zip(seqs, tokens):
+            seq.tokens.append(token)
+            out.sampled[seq.request_id] = token
+
+    def stats(self) -> dict[str, Any]:
+        return {"active_sequences": len(self._seqs), "batch_rows": len(self._batch.rows) if self._batch else 0,
+                "batch_length": self._batch.length if self._batch else 0}

@@ -1,0 +1,95 @@
+"""The torch/transformers driver against the real model (SmolLM2 GGUF, dequantized and cached)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import llmos
+from llmos.kernel.errors import RequestCancelledError
+
+pytestmark = pytest.mark.model
+
+QUESTIONS = [
+    "What is the capital of France?", "Name a primary colour.", "What is 2 plus 2?",
+    "Say hello in Spanish.", "What animal says moo?", "What is the opposite of hot?",
+]
+
+
+@pytest.fixture(scope="module")
+def torch_kernel(kernel):
+    kernel.load("smollm2", driver="torch")
+    return kernel
+
+
+def ask(kernel, q, **kw):
+    kw.setdefault("max_tokens", 20)
+    return kernel.chat([{"role": "user", "content": q}], driver="torch", **kw)
+
+
+def test_greedy_answer(torch_kernel):
+    a, b = ask(torch_kernel, QUESTIONS[0]), ask(torch_kernel, QUESTIONS[0])
+    assert "Paris" in a.text and a.token_ids == b.token_ids
+
+
+def test_continuous_batching_matches_running_alone(torch_kernel):
+    alone = [ask(torch_kernel, q).token_ids for q in QUESTIONS]
+    handles = [torch_kernel.submit(messages=[{"role": "user", "content": q}], max_tokens=20, driver="torch")
+               for q in QUESTIONS]
+    assert [h.result(120).token_ids for h in handles] == alone
+
+
+def test_requests_join_and_leave_mid_flight(torch_kernel):
+    ref = [ask(torch_kernel, q, max_tokens=n).token_ids for q, n in zip(QUESTIONS[:4], (30, 5, 30, 12))]
+    first = torch_kernel.submit(messages=[{"role": "user", "content": QUESTIONS[0]}], max_tokens=30, driver="torch")
+    while first.request.metrics.output_tokens < 4 and not first.done:
+        time.sleep(0.005)
+    late = [torch_kernel.submit(messages=[{"role": "user", "content": q}], max_tokens=n, driver="torch")
+            for q, n in zip(QUESTIONS[1:4], (5, 30, 12))]
+    assert [h.result(120).token_ids for h in [first] + late] == ref
+
+
+def test_cancel_frees_rows(torch_kernel):
+    driver = torch_kernel.load("smollm2", driver="torch").driver
+    h = torch_kernel.submit("Write a long essay about rivers.", max_tokens=300, ignore_eos=True, driver="torch")
+    while h.request.metrics.output_tokens < 3:
+        time.sleep(0.005)
+    h.cancel()
+    with pytest.raises(RequestCancelledError):
+        h.result(10)
+    deadline = time.monotonic() + 5
+    while driver.stats()["active_sequences"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert driver.stats()["active_sequences"] == 0 and driver.stats()["batch_rows"] == 0
+
+
+def test_sampling_with_seed_and_stop(torch_kernel):
+    a = ask(torch_kernel, "Tell me a story.", temperature=0.8, top_k=40, top_p=0.9, seed=3)
+    b = ask(torch_kernel, "Tell me a story.", temperature=0.8, top_k=40, top_p=0.9, seed=3)
+    assert a.text == b.text
+    full = ask(torch_kernel, "Count from one to ten, separated by commas.", max_tokens=40).text
+    cut = full.strip()[3:6]
+    stopped = ask(torch_kernel, "Count from one to ten, separated by commas.", max_tokens=40, stop=[cut])
+    assert stopped.finish_reason == "stop" and cut not in stopped.text
+
+
+def test_same_model_on_both_drivers_and_dequantized_cache(torch_kernel, llmos_home):
+    both = {e["driver"] for e in torch_kernel.engines() if e["model"] == "smollm2"}
+    assert both == {"llamacpp", "torch"}
+    cached = list((llmos_home / "cache" / "torch").glob("SmolLM2*/model.safetensors"))
+    assert cached, "the dequantized GGUF should be cached as safetensors"
+    with llmos.boot(load_entrypoints=False) as again:   # loads from the cache this time
+        assert "Paris" in ask(again, QUESTIONS[0]).text
+
+
+def test_cuda_path():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine: the CUDA path runs where one is present")
+    from llmos.drivers.torch_driver import pick_device
+
+    assert pick_device()[0] == "cuda"
+    with llmos.boot(load_entrypoints=False) as k:
+        c = k.chat([{"role": "user", "content": QUESTIONS[0]}], driver="torch", max_tokens=12)
+        assert c.text and k.engines()[0]["device"] == "cuda"
