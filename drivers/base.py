@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
+from llmos.kernel.errors import DriverUnavailableError
 from llmos.kernel.detokenizer import DecodeDetokenizer, Detokenizer
 from llmos.kernel.interface import DriverOutput, SchedulerOutput
 from llmos.kernel.registry import ModelSpec
@@ -63,6 +65,8 @@ class Driver(abc.ABC):
     #: model formats this driver loads ("gguf", "hf")
     formats: ClassVar[frozenset[str]]
     supports_lora: ClassVar[bool] = False
+    #: rows of one step may use different adapters (else the scheduler groups steps by adapter)
+    mixed_adapters: ClassVar[bool] = False
 
     def __init__(self, spec: ModelSpec, options: DriverOptions) -> None:
         self.spec = spec
@@ -105,6 +109,14 @@ class Driver(abc.ABC):
     def detokenizer(self, prompt_ids: Sequence[int]) -> Detokenizer:
         """A fresh incremental detokenizer for one request."""
         return DecodeDetokenizer(self.decode, prompt_ids)
+
+    def load_adapter(self, name: str, path: Path) -> int:
+        """Load adapter `name` from `path` (called between steps); returns the bytes it occupies."""
+        raise DriverUnavailableError(f"the {self.name} driver does not load adapters")
+
+    def unload_adapter(self, name: str) -> None:
+        """Unload adapter `name` (called between steps, when no running request uses it)."""
+        raise DriverUnavailableError(f"the {self.name} driver does not load adapters")
 
     def stats(self) -> dict[str, Any]:
         """Driver-specific figures for ps/top (slots in use, prefix cache hits, ...)."""

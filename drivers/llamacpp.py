@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from llmos.kernel.detokenizer import ByteDetokenizer, Detokenizer
@@ -36,6 +37,7 @@ class _Seq:
     n_past: int  # tokens whose KV is in the cache for this slot
     sched_pos: int  # tokens the scheduler believes are computed
     sampler: Any
+    adapter: str | None = None
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -49,7 +51,8 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class LlamaCppDriver(Driver):
     name = "llamacpp"
     formats = frozenset({"gguf"})
-    supports_lora = False
+    supports_lora = True
+    mixed_adapters = False  # llama.cpp applies LoRA adapters per context, not per sequence
 
     @classmethod
     def probe(cls) -> ProbeResult:
@@ -64,7 +67,10 @@ class LlamaCppDriver(Driver):
         super().__init__(spec, options)
         self._model = None
         self._seqs: dict[str, _Seq] = {}
-        self._cache: OrderedDict[int, list[int]] = OrderedDict()  # slot -> tokens with KV (LRU)
+        self._cache: OrderedDict[int, tuple[str | None, list[int]]] = OrderedDict()  # slot -> (adapter, tokens)
+        self._adapters: dict[str, Any] = {}  # name -> llama_adapter_lora pointer
+        self._adapter_paths: dict[str, Path] = {}  # kept across reloads
+        self._active_adapter: str | None = None
         self._free: list[int] = []
         self._formatter = None
         self._batch = None
@@ -88,6 +94,9 @@ class LlamaCppDriver(Driver):
         self._free = list(range(n_slots - 1, -1, -1))
         self._batch = lib.Batch(m.n_batch)
         self._formatter = m.chat_formatter()
+        self._active_adapter = None
+        for name, apath in list(self._adapter_paths.items()):  # a reload keeps the adapters
+            self._adapters[name] = self._init_adapter(apath)
         self.info = ModelInfo(
             context_length=min(m.n_ctx_train or m.n_ctx, m.n_ctx),
             kv_capacity=m.n_ctx,
@@ -110,6 +119,7 @@ class LlamaCppDriver(Driver):
             seq.sampler.free()
         self._seqs.clear()
         self._cache.clear()
+        self._adapters.clear()  # freed with the model
         if self._batch is not None:
             self._batch.free()
             self._batch = None
@@ -154,12 +164,59 @@ class LlamaCppDriver(Driver):
 
         return on_device(self._execute, batch)
 
+    # -- adapters (GGUF LoRA) --------------------------------------------------------------------
+
+    def load_adapter(self, name: str, path: Path) -> int:
+        from .llamacpp_lib import on_device
+
+        self._adapters[name] = on_device(self._init_adapter, path)
+        self._adapter_paths[name] = path
+        return path.stat().st_size
+
+    def _init_adapter(self, path: Path):
+        ptr = self._require().lora_init(str(path))
+        if ptr is None:
+            raise ModelLoadError(f"llama.cpp refused the LoRA adapter {path}: it does not match "
+                                 f"{self.spec.name}'s architecture and shapes, or the file is corrupt")
+        return ptr
+
+    def unload_adapter(self, name: str) -> None:
+        from .llamacpp_lib import on_device
+
+        ptr = self._adapters.pop(name)
+        self._adapter_paths.pop(name, None)
+
+        def free() -> None:
+            if self._active_adapter == name:
+                self._use_adapter(None)
+            for slot in [s for s, (a, _t) in self._cache.items() if a == name]:
+                del self._cache[slot]
+                self._model.seq_rm(slot, 0, -1)
+                self._free.append(slot)
+            self._model.lora_free(ptr)
+
+        on_device(free)
+
+    def _use_adapter(self, name: str | None) -> None:
+        if name != self._active_adapter:
+            self._model.set_lora(None if name is None else self._adapters[name])
+            self._active_adapter = name
+
+    # -- one step (on the llama.cpp thread) --------------------------------------------------------
+
     def _execute(self, batch: SchedulerOutput) -> DriverOutput:
         model = self._require()
         out = DriverOutput()
         # 1. Release finished/preempted sequences (their KV stays as prefix cache).
         for rid in batch.released:
             self._release(rid)
+        # The scheduler groups steps by adapter: every scheduled sequence uses the same one.
+        adapters = {n.adapter for n in batch.new} | {
+            self._seqs[r].adapter for r in batch.num_scheduled_tokens if r in self._seqs}
+        if len(adapters) > 1:
+            raise RuntimeError(f"one step mixes adapters {sorted(map(str, adapters))}: llama.cpp cannot")
+        if adapters:
+            self._use_adapter(next(iter(adapters)))
         # 2. Place new sequences into slots, reusing resident prefixes.
         deferred: dict[str, str] = {}  # rid -> same-step donor rid (second phase)
         for new in batch.new:
@@ -230,9 +287,10 @@ class LlamaCppDriver(Driver):
         tokens = list(new.token_ids)
         limit = len(tokens) - 1  # the last prompt token is always computed, for its logits
         reuse, src_slot, cached_slot = 0, None, None
-        if self.options.prefix_cache:
-            candidates = [(s.tokens[: s.n_past], s.slot, False) for s in self._seqs.values()]
-            candidates += [(toks, slot, True) for slot, toks in self._cache.items()]
+        if self.options.prefix_cache:  # KV computed under another adapter is not reusable
+            candidates = [(s.tokens[: s.n_past], s.slot, False) for s in self._seqs.values()
+                          if s.adapter == new.adapter]
+            candidates += [(toks, slot, True) for slot, (a, toks) in self._cache.items() if a == new.adapter]
             if donor is not None:
                 candidates = [(donor.tokens[: donor.n_past], donor.slot, False)]
             for toks, slot, is_cached in candidates:
@@ -252,17 +310,21 @@ class LlamaCppDriver(Driver):
             self.prefix_hits += 1
             self.prefix_tokens_reused += reuse
             out.cached_tokens[new.request_id] = reuse
-        self._seqs[new.request_id] = _Seq(new.request_id, slot, tokens, reuse, 0, Sampler(new.sampling, tokens))
+        self._seqs[new.request_id] = _Seq(new.request_id, slot, tokens, reuse, 0, Sampler(new.sampling, tokens),
+                                          new.adapter)
 
     def _same_step_donor(self, new: NewSequence, batch: SchedulerOutput) -> str | None:
         """Another new sequence of this step worth waiting for (it computes a long shared prefix)."""
         if not self.options.prefix_cache:
             return None
-        resident = [s.tokens[: s.n_past] for s in self._seqs.values()] + list(self._cache.values())
+        resident = [s.tokens[: s.n_past] for s in self._seqs.values() if s.adapter == new.adapter]
+        resident += [t for a, t in self._cache.values() if a == new.adapter]
         best_resident = max((_common_prefix(t, new.token_ids) for t in resident), default=0)
         for other in batch.new:
             if other.request_id == new.request_id:
                 break
+            if other.adapter != new.adapter:
+                continue
             shared = min(_common_prefix(other.token_ids, new.token_ids),
                          batch.num_scheduled_tokens.get(other.request_id, 0), len(new.token_ids) - 1)
             if shared >= best_resident + MIN_PHASE_GAIN and other.request_id in self._seqs:
@@ -282,7 +344,7 @@ class LlamaCppDriver(Driver):
             return
         seq.sampler.free()
         if self.options.prefix_cache and seq.n_past > 0:
-            self._cache[seq.slot] = seq.tokens[: seq.n_past]
+            self._cache[seq.slot] = (seq.adapter, seq.tokens[: seq.n_past])
             self._cache.move_to_end(seq.slot)
         else:
             self._model.seq_rm(seq.slot, 0, -1)
@@ -297,7 +359,7 @@ class LlamaCppDriver(Driver):
     def _ensure_kv_room(self, incoming: int) -> None:
         """Evict cached prefixes (LRU) while the KV cells in use plus `incoming` exceed the context."""
         def used() -> int:
-            return sum(s.n_past for s in self._seqs.values()) + sum(len(t) for t in self._cache.values())
+            return sum(s.n_past for s in self._seqs.values()) + sum(len(t) for _a, t in self._cache.values())
 
         while self._cache and used() + incoming > self._model.n_ctx:
             self._evict_cache(1)

@@ -175,6 +175,26 @@ class LlamaModel:
         bos = C.llama_vocab_bos(self.vocab)
         return self.piece(bos, special=True).decode("utf-8", "replace") if bos >= 0 else ""
 
+    # -- LoRA adapters -------------------------------------------------------------------------
+
+    def lora_init(self, path: str) -> Any:
+        """Load a GGUF LoRA for this model; None when llama.cpp refuses it (wrong base, corrupt)."""
+        return C.llama_adapter_lora_init(self.model, path.encode()) or None
+
+    def set_lora(self, adapter: Any) -> None:
+        """Apply one adapter (scale 1) to the whole context, or none."""
+        if adapter is None:
+            rc = C.llama_set_adapters_lora(self.ctx, None, 0, None)
+        else:
+            ptrs = (C.llama_adapter_lora_p_ctypes * 1)(adapter)
+            rc = C.llama_set_adapters_lora(self.ctx, ptrs, 1, (ctypes.c_float * 1)(1.0))
+        if rc != 0:
+            raise RuntimeError(f"llama_set_adapters_lora failed with code {rc}")
+
+    @staticmethod
+    def lora_free(adapter: Any) -> None:
+        C.llama_adapter_lora_free(adapter)
+
     # -- KV cache ------------------------------------------------------------------------------
 
     def seq_rm(self, seq: int, p0: int = 0, p1: int = -1) -> None:

@@ -56,6 +56,7 @@ class TorchDriver(Driver):
     name = "torch"
     formats = frozenset({"hf", "gguf"})
     supports_lora = True
+    mixed_adapters = True  # PEFT LoRA applies per row (adapter_names)
 
     @classmethod
     def probe(cls) -> ProbeResult:
@@ -72,6 +73,8 @@ class TorchDriver(Driver):
         self.tokenizer = None
         self._seqs: dict[str, _Seq] = {}
         self._batch = None
+        self._peft = None  # PeftModel wrapping self.model once an adapter is loaded
+        self._adapter_paths: dict[str, Path] = {}  # kept across reloads
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -109,6 +112,9 @@ class TorchDriver(Driver):
             has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)),
             memory_bytes=sum(p.numel() * p.element_size() for p in self.model.parameters()),
         )
+        self._peft = None
+        for name, apath in list(self._adapter_paths.items()):  # a reload keeps the adapters
+            self.load_adapter(name, apath)
         report(1.0)
         return self.info
 
@@ -145,9 +151,41 @@ class TorchDriver(Driver):
 
     def unload(self) -> None:
         self._seqs.clear()
+        self._peft = None
         self.model = None
         self.tokenizer = None
         self._batch = None
+
+    # -- adapters (PEFT LoRA, mixed per row) ------------------------------------------------------
+
+    BASE = "__base__"  # PEFT's name for "no adapter" in adapter_names
+
+    def load_adapter(self, name: str, path: Path) -> int:
+        from peft import PeftModel
+
+        try:
+            if self._peft is None:
+                self._peft = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+            else:
+                self._peft.load_adapter(str(path), adapter_name=name)
+        except (ValueError, RuntimeError, KeyError, OSError) as exc:
+            raise ModelLoadError(f"PEFT could not load adapter {name} from {path} onto {self.spec.name}: {exc}") from exc
+        self._peft.eval()
+        self._adapter_paths[name] = path
+        return sum(p.numel() * p.element_size() for n, p in self._peft.named_parameters() if f".{name}." in n)
+
+    def unload_adapter(self, name: str) -> None:
+        self._adapter_paths.pop(name, None)
+        if self._peft is None:
+            return
+        if not self._adapter_paths:
+            self.model = self._peft.unload()  # back to the plain base model
+            self._peft = None
+            return
+        remaining = next(iter(self._adapter_paths))
+        if name in self._peft.active_adapters:
+            self._peft.set_adapter(remaining)
+        self._peft.delete_adapter(name)
 
     # -- tokenizer -----------------------------------------------------------------------------
 
@@ -194,9 +232,13 @@ class TorchDriver(Driver):
             new.request_id, list(new.token_ids), new.sampling, make_generator(new.sampling, self.device),
             cache=new_cache(), adapter=new.adapter)
 
-    def _forward(self, input_ids, cache, position_ids, attention_mask=None):
+    def _forward(self, input_ids, cache, position_ids, adapters: list[str | None], attention_mask=None):
         kwargs = {self._cache_kw: cache}
-        return self.model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+        model = self.model
+        if self._peft is not None:
+            model = self._peft
+            kwargs["adapter_names"] = [a or self.BASE for a in adapters]
+        return model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                           use_cache=True, logits_to_keep=1, **kwargs).logits[:, -1, :]
 
     def _decode(self, scheduled: set[str], out: DriverOutput) -> None:
@@ -207,7 +249,7 @@ class TorchDriver(Driver):
         ids = torch.tensor([[s.tokens[s.n_past] if s.request_id in scheduled else 0] for s in rows], device=self.device)
         pos = torch.tensor([[s.n_past] for s in rows], device=self.device)
         mask = self._batch.step_mask(active)
-        logits = self._forward(ids, self._batch.cache, pos, mask)
+        logits = self._forward(ids, self._batch.cache, pos, [s.adapter for s in rows], mask)
         picked = [i for i, s in enumerate(rows) if s.request_id in scheduled]
         for s in (rows[i] for i in picked):
             s.n_past += 1
@@ -222,7 +264,7 @@ class TorchDriver(Driver):
         chunk = seq.tokens[seq.n_past:end]
         ids = torch.tensor([chunk], device=self.device)
         pos = torch.arange(seq.n_past, end, device=self.device).unsqueeze(0)
-        logits = self._forward(ids, seq.cache, pos)
+        logits = self._forward(ids, seq.cache, pos, [seq.adapter])
         seq.n_past = end
         if end == len(seq.tokens):
             self._sample([seq], logits, out)

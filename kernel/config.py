@@ -11,6 +11,7 @@
     n_ctx = 8192             # KV cache size in tokens per loaded model
     memory_budget_mb = 4096  # loaded models beyond this are unloaded, least recently used first
     prefix_cache = true
+    max_loaded_modules = 8   # adapters loaded at once; idle ones beyond this are unloaded (LRU)
     system_prompt = "..."    # prepended to chat requests that bring no system message ("" = none)
 
     [models.mymodel]         # extra names for the model registry
@@ -57,13 +58,15 @@ class Config:
     n_ctx: int = 8192
     memory_budget_mb: int = 4096
     prefix_cache: bool = True
+    max_loaded_modules: int = 8
     system_prompt: str = "You are a helpful assistant. Answer briefly and accurately."
     models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sections: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, lo in (("max_running", 1), ("max_queue", 1), ("max_batched_tokens", 16),
-                         ("n_ctx", 256), ("memory_budget_mb", 1), ("n_threads", 0)):
+                         ("n_ctx", 256), ("memory_budget_mb", 1), ("n_threads", 0),
+                         ("max_loaded_modules", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
                 raise ConfigError(f"{name} must be an integer >= {lo}, got {value!r}")

@@ -10,10 +10,12 @@ keeps serving.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 import time
-from typing import Callable
+from collections import deque
+from typing import Any, Callable
 
 from .errors import KernelShutdownError
 from .handle import RequestHandle
@@ -37,6 +39,7 @@ class Engine:
         self._cond = threading.Condition()
         self._handles: dict[str, RequestHandle] = {}
         self._stopping = False
+        self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
         self.steps = 0
         self.failures = 0
         self.last_used = time.monotonic()
@@ -65,6 +68,31 @@ class Engine:
         self._dispatch(events)
         return True
 
+    def call(self, fn: Callable[[], Any], timeout: float | None = 300) -> Any:
+        """Run `fn` on the engine thread between two steps (never during a driver step) and return
+        its result: how adapters are loaded into a driver that is serving requests."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            if self._stopping:
+                raise KernelShutdownError("the engine is stopping")
+            self._calls.append((fn, future))
+            self._cond.notify_all()
+        return future.result(timeout)
+
+    def _run_calls(self) -> None:
+        while True:
+            with self._cond:
+                if not self._calls:
+                    return
+                fn, future = self._calls.popleft()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:  # noqa: BLE001 - delivered to the caller
+                    future.set_exception(exc)
+
     @property
     def active(self) -> int:
         with self._cond:
@@ -84,14 +112,22 @@ class Engine:
             self._cond.notify_all()
         self._dispatch(events)
         self._thread.join(timeout)
+        with self._cond:
+            pending, self._calls = list(self._calls), deque()
+        for _fn, future in pending:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(KernelShutdownError("the engine stopped"))
 
     # -- the loop (engine thread) ------------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
+            self._run_calls()
             with self._cond:
-                while not self.scheduler.has_requests() and not self._stopping:
+                while not self.scheduler.has_requests() and not self._stopping and not self._calls:
                     self._cond.wait()
+                if self._calls:
+                    continue
                 if self._stopping and not self.scheduler.has_requests():
                     return
                 # 1. Decide this step.

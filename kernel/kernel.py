@@ -13,9 +13,11 @@ import time
 from typing import Any, AsyncIterator, Iterator, Sequence
 
 from .config import Config
-from .errors import InvalidRequestError, KernelShutdownError, PromptTooLongError, UnknownAdapterError
+from .errors import InvalidRequestError, KernelShutdownError, PromptTooLongError
 from .handle import Completion, RequestHandle
+from .module_table import ModuleTable
 from .models import LoadProgress, ModelManager
+from .modules import Manifest, ModuleStore
 from .registry import ModelRegistry, ModelSpec
 from .request import Priority, Request, SamplingParams, validate_messages
 
@@ -33,7 +35,10 @@ class Kernel:
         self.plugins = plugins or PluginManager(load_entrypoints=load_entrypoints)
         self.registry = ModelRegistry(self.config.home, self.config.models)
         self.drivers = self.plugins.collect_drivers()
-        self._models = ModelManager(self.config, self.registry, self.drivers, progress)
+        self._models = ModelManager(self.config, self.registry, self.drivers, progress, on_finish=self._on_finish)
+        self.module_store = ModuleStore(self.config.home, self.registry)
+        self.modules = ModuleTable(self.module_store, self._models, self.config.max_loaded_modules, self.cancel)
+        self._models.on_unload = self.modules.forget_engine
         self._closed = False
         self._lock = threading.Lock()
         self.started = time.monotonic()
@@ -93,9 +98,14 @@ class Kernel:
             _check_prompt(prompt)
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
             raise InvalidRequestError(f"timeout must be a positive number of seconds, got {timeout!r}", param="timeout")
+        if adapter is not None:
+            manifest = self.module_store.get(adapter)  # UnknownAdapterError lists what is installed
+            model = model or manifest.base_model
+            self.module_store.check_base(manifest, self.registry.resolve(model))
+            driver = self.modules.driver_for(manifest, driver)
         loaded = self._models.get(model or self.config.default_model, driver)
         if adapter is not None:
-            raise UnknownAdapterError(adapter, [])
+            self.modules.insmod(adapter, driver=loaded.driver_name)
         drv = loaded.driver
         tokens = drv.tokenize_chat(chat) if chat is not None else drv.tokenize(prompt)
         if not tokens:
@@ -109,8 +119,60 @@ class Kernel:
             deadline=None if timeout is None else time.monotonic() + timeout,
         )
         handle = RequestHandle(request, self.cancel)
-        loaded.engine.submit(request, handle)
+        if adapter is not None:
+            self.modules.acquire(adapter, loaded.driver_name, request.request_id)
+        try:
+            loaded.engine.submit(request, handle)
+        except BaseException:
+            self.modules.release(request.request_id)
+            raise
         return handle
+
+    def _on_finish(self, request: Request) -> None:
+        if request.adapter is not None:
+            self.modules.release(request.request_id)
+
+    # -- modules (adapters) ------------------------------------------------------------------------
+
+    def install_module(self, path: str, *, name: str | None = None, base: str | None = None) -> Manifest:
+        """Verify an adapter (PEFT dir or GGUF LoRA) and copy it into $LLMOS_HOME/modules/."""
+        return self.module_store.install(path, name=name, base=base)
+
+    def insmod(self, name: str, *, driver: str | None = None) -> dict[str, Any]:
+        """Load an installed module into the driver serving its base model."""
+        return self.modules.insmod(name, driver=driver).as_dict()
+
+    def rmmod(self, name: str, *, force: bool = False) -> list[str]:
+        """Unload a module; refused while in use unless `force` (which cancels its requests)."""
+        return self.modules.rmmod(name, force=force)
+
+    def lsmod(self) -> list[dict[str, Any]]:
+        """Loaded modules with base model, driver, memory and use count."""
+        return self.modules.lsmod()
+
+    def modules_info(self) -> list[dict[str, Any]]:
+        """Installed modules, each with where it is loaded (driver, memory, use count)."""
+        loaded = self.lsmod()
+        return [{**m.as_dict(), "loaded": [row for row in loaded if row["name"] == m.name]}
+                for m in self.module_store.list()]
+
+    def export_module(self, name: str, fmt: str = "gguf") -> Manifest:
+        """Add a GGUF LoRA form to a PEFT module so the llama.cpp driver can mount it too."""
+        if fmt != "gguf":
+            raise InvalidRequestError(f"modules export to gguf only, not {fmt!r}", param="format")
+        import tempfile
+        from pathlib import Path
+
+        from llmos.drivers.gguf_lora import export_peft_to_gguf
+
+        manifest = self.module_store.get(name)
+        spec = self.registry.resolve(manifest.base_model)
+        if spec.format != "gguf":
+            raise InvalidRequestError(f"{spec.name} is not a GGUF model: llama.cpp cannot run it", param="name")
+        with tempfile.TemporaryDirectory() as tmp:
+            out = export_peft_to_gguf(self.module_store.weights_path(manifest, "peft"), spec.path,
+                                      Path(tmp) / "adapter.gguf")
+            return self.module_store.add_form(name, "gguf", out)
 
     def generate(self, prompt: str, **kwargs: Any) -> Completion:
         """Complete `prompt` and wait for the whole answer."""

@@ -54,6 +54,8 @@ class ModelManager:
         self._on_finish = on_finish
         self._loaded: dict[tuple[str, str], LoadedModel] = {}
         self._lock = threading.RLock()
+        #: called with each LoadedModel that is unloaded (the module table forgets its adapters)
+        self.on_unload: Callable[[LoadedModel], None] = lambda _loaded: None
 
     def drivers_for(self, spec: ModelSpec) -> list[str]:
         return [name for name, cls in self.drivers.items() if spec.format in cls.formats]
@@ -83,6 +85,10 @@ class ModelManager:
     def get(self, model: str, driver: str | None = None) -> LoadedModel:
         spec = self.registry.resolve(model)
         with self._lock:
+            if driver is None:  # already served by several drivers: route to the least loaded one
+                serving = [m for (name, _d), m in self._loaded.items() if name == spec.name]
+                if serving:
+                    driver = min(serving, key=lambda m: m.engine.active).driver_name
             cls = self.choose_driver(spec, driver)
             key = (spec.name, cls.name)
             loaded = self._loaded.get(key)
@@ -116,7 +122,7 @@ class ModelManager:
         scheduler = Scheduler(
             SchedulerConfig(max_running=info.max_seqs, max_waiting=cfg.max_queue,
                             max_batched_tokens=cfg.max_batched_tokens, kv_capacity=info.kv_capacity,
-                            max_model_len=info.context_length),
+                            max_model_len=info.context_length, mixed_adapters=cls.mixed_adapters),
             eos_token_ids=info.eos_token_ids,
             detokenizer_factory=lambda req: driver.detokenizer(req.prompt_token_ids),
         )
@@ -137,6 +143,7 @@ class ModelManager:
         loaded = self._loaded.pop(key)
         loaded.engine.stop()
         loaded.driver.unload()
+        self.on_unload(loaded)
 
     def unload(self, model: str) -> int:
         """Unload every instance of `model`; returns how many were unloaded."""

@@ -37,6 +37,8 @@ class SchedulerConfig:
     max_batched_tokens: int = 512
     kv_capacity: int = 8192
     max_model_len: int = 8192
+    #: the driver can run rows with different adapters in one step; if not, steps are grouped
+    mixed_adapters: bool = True
 
     def __post_init__(self) -> None:
         if self.max_batched_tokens < self.max_running:
@@ -159,11 +161,19 @@ class Scheduler:
         new: list[NewSequence] = []
         self._running.sort(key=self._sort_key)
 
-        # 2. A full batch yields to more urgent waiting requests before anything is scheduled.
-        while self._num_waiting and len(self._running) >= self.config.max_running:
-            if self._peek_waiting().priority >= self._running[-1].priority:
+        # 2. A full batch yields to more urgent waiting requests before anything is scheduled
+        #    (without mixed adapters, a more urgent request of another adapter clears the batch).
+        while self._num_waiting and self._running:
+            best, worst = self._peek_waiting(), self._running[-1]
+            if best.priority >= worst.priority:
                 break
-            self._preempt(self._running[-1])
+            if not self._fits_group(best):
+                for req in [r for r in self._running if r.priority > best.priority]:
+                    self._preempt(req)
+                break
+            if len(self._running) < self.config.max_running:
+                break
+            self._preempt(worst)
 
         # 3. Running sequences: decodes first (one token each), then prefill chunks.
         for decoding in (True, False):
@@ -180,6 +190,8 @@ class Scheduler:
         # 4. Admit waiting requests while capacity, budget and KV allow; preempt for priority.
         while budget > 0 and self._num_waiting:
             cand = self._peek_waiting()
+            if not self._fits_group(cand):
+                break  # the running batch (another adapter) drains first, then this group runs
             if len(self._running) >= self.config.max_running:
                 victim = self._running[-1]
                 if cand.priority >= victim.priority:
@@ -228,6 +240,10 @@ class Scheduler:
 
     def _sort_key(self, req: Request) -> tuple[int, int]:
         return (int(req.priority), self._order[req.request_id])
+
+    def _fits_group(self, req: Request) -> bool:
+        """Without mixed-adapter support, a step only runs requests of one adapter (or none)."""
+        return self.config.mixed_adapters or not self._running or self._running[0].adapter == req.adapter
 
     def _kv_used(self, scheduled: dict[str, int]) -> int:
         return sum(r.num_computed_tokens + scheduled.get(r.request_id, 0) for r in self._running)

@@ -9,29 +9,21 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import llmos
 from llmos.kernel.errors import InvalidRequestError, LlmosError
 
+from .cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, STATE, boot_or_fail, err, fail, kernel_session, out
+from .cli_modules import mod_app
+
 app = typer.Typer(
     name="llmos", no_args_is_help=True, add_completion=False,
     help="llmos: an LLM operating system runtime (kernel, drivers, modules, memory, plugins).",
 )
-err = Console(stderr=True)
-out = Console()
-
-EXIT_BAD_INPUT = 2
-EXIT_FAILURE = 1
-EXIT_INTERRUPTED = 130
-
-
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"llmos {llmos.__version__}")
@@ -44,54 +36,9 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     """llmos: an LLM operating system runtime."""
-    _STATE["home"] = home
+    STATE["home"] = home
 
 
-_STATE: dict[str, Optional[str]] = {"home": None}
-
-
-def fail(exc: LlmosError, as_json: bool) -> "typer.Exit":
-    code = EXIT_BAD_INPUT if isinstance(exc, (InvalidRequestError, LookupError)) or exc.code in (
-        "invalid_model_file", "invalid_config", "queue_full") else EXIT_FAILURE
-    if as_json:
-        body = {"error": {"code": exc.code, "message": str(exc), "param": getattr(exc, "param", None)}}
-        typer.echo(json.dumps(body))
-    else:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
-    return typer.Exit(code)
-
-
-@contextmanager
-def load_progress() -> Iterator:
-    """A progress bar for model loads on a terminal; silent when stderr is not a terminal."""
-    if not err.is_terminal:
-        yield None
-        return
-    with Progress(TextColumn("loading [bold]{task.fields[model]}"), BarColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as progress:
-        tasks: dict[str, int] = {}
-
-        def report(model: str, fraction: float) -> None:
-            if model not in tasks:
-                tasks[model] = progress.add_task("load", total=1.0, model=model)
-            progress.update(tasks[model], completed=fraction)
-
-        yield report
-
-
-@contextmanager
-def kernel_session(as_json: bool, **overrides) -> Iterator[llmos.Kernel]:
-    with load_progress() as report:
-        try:
-            kernel = llmos.boot(home=_STATE["home"], progress=report, **overrides)
-        except LlmosError as exc:
-            raise fail(exc, as_json) from None
-        try:
-            yield kernel
-        except LlmosError as exc:
-            raise fail(exc, as_json) from None
-        finally:
-            kernel.shutdown()
 
 
 @app.command()
@@ -107,6 +54,7 @@ def run(
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop sequence (repeatable)."),
     system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
     raw: bool = typer.Option(False, "--raw", help="Send the prompt as is, without the chat template."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help="An installed module (see `llmos mod ls`)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
 ) -> None:
     """Generate an answer, streaming it to stdout."""
@@ -124,7 +72,7 @@ def run(
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         request = dict(messages=messages)
     with kernel_session(as_json) as kernel:
-        handle = kernel.submit(**request, model=model, driver=driver, owner="cli", **sampling)
+        handle = kernel.submit(**request, model=model, driver=driver, adapter=adapter, owner="cli", **sampling)
         try:
             if as_json:
                 completion = handle.result(check=False)
@@ -146,10 +94,7 @@ def run(
 @app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="Print a JSON list.")) -> None:
     """List the models llmos can resolve, with driver, path and size."""
-    try:
-        kernel = llmos.boot(home=_STATE["home"])
-    except LlmosError as exc:
-        raise fail(exc, as_json) from None
+    kernel = boot_or_fail(as_json)
     try:
         rows = kernel.models_info()
     except LlmosError as exc:
@@ -175,7 +120,7 @@ def bench(
     from llmos.benchmarks import run_benchmarks
 
     try:
-        results = run_benchmarks(names or None, home=_STATE["home"], progress=None if as_json else err)
+        results = run_benchmarks(names or None, home=STATE["home"], progress=None if as_json else err)
     except LlmosError as exc:
         raise fail(exc, as_json) from None
     if as_json:
@@ -186,6 +131,9 @@ def bench(
         table.add_row(r.name, f"{r.baseline:.3g}", f"{r.candidate:.3g}", r.unit, f"{r.ratio:.2f}x",
                       f">= {r.target:g}x", "yes" if r.met else "no")
     out.print(table)
+
+
+app.add_typer(mod_app, name="mod")
 
 
 def main() -> None:

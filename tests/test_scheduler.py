@@ -239,3 +239,42 @@ def test_prompt_longer_than_context_is_refused_at_add():
     s, _, _ = make(max_model_len=32)
     with pytest.raises(PromptTooLongError):
         s.add_request(req("x" * 40))
+
+
+def test_without_mixed_adapters_steps_are_grouped_by_adapter():
+    s, state, _ = make(max_running=4, mixed_adapters=False)
+    reqs = [req(max_tokens=3, adapter=a) for a in ("A", "B", "A", None, "B")]
+    for r in reqs:
+        s.add_request(r)
+    seen_groups = []
+    while s.has_requests():
+        out, _ = step(s, state)
+        groups = {s_.adapter for s_ in reqs if s_.request_id in out.num_scheduled_tokens}
+        assert len(groups) <= 1, groups
+        if groups and (not seen_groups or seen_groups[-1] != groups):
+            seen_groups.append(groups)
+    assert all(r.status == RequestStatus.FINISHED_LENGTH for r in reqs)
+    # A runs first; B (the next by arrival) waits for A's batch to drain, but no request starves
+    assert seen_groups[0] == {"A"} and len(seen_groups) >= 3
+
+
+def test_urgent_request_of_another_adapter_clears_the_batch():
+    s, state, _ = make(max_running=4, mixed_adapters=False)
+    low = [req(max_tokens=20, adapter="A", priority=Priority.LOW) for _ in range(2)]
+    for r in low:
+        s.add_request(r)
+    step(s, state)
+    urgent = req(max_tokens=2, adapter="B", priority=Priority.HIGH)
+    s.add_request(urgent)
+    out, _ = step(s, state)
+    assert set(out.released) == {r.request_id for r in low}
+    assert [n.request_id for n in out.new] == [urgent.request_id]
+
+
+def test_mixed_adapters_share_a_step():
+    s, state, _ = make(max_running=4)
+    reqs = [req(max_tokens=3, adapter=a) for a in ("A", "B", None)]
+    for r in reqs:
+        s.add_request(r)
+    out, _ = step(s, state)
+    assert len(out.num_scheduled_tokens) == 3

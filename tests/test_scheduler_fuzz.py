@@ -14,18 +14,19 @@ from .fakes import fake_execute
 
 op = st.one_of(
     st.tuples(st.just("add"), st.integers(1, 30), st.integers(1, 12), st.sampled_from(list(Priority)),
-              st.sampled_from(["a", "b", "c"])),
+              st.sampled_from(["a", "b", "c"]), st.sampled_from([None, "x", "y"])),
     st.tuples(st.just("cancel"), st.integers(0, 50)),
     st.tuples(st.just("step"), st.integers(1, 4)),
 )
 
 
 @settings(max_examples=300, deadline=None)
-@given(ops=st.lists(op, max_size=60), max_running=st.integers(1, 4), budget=st.integers(4, 40))
-def test_invariants(ops, max_running, budget):
+@given(ops=st.lists(op, max_size=60), max_running=st.integers(1, 4), budget=st.integers(4, 40),
+       mixed=st.booleans())
+def test_invariants(ops, max_running, budget, mixed):
     budget = max(budget, max_running)
     cfg = SchedulerConfig(max_running=max_running, max_waiting=8, max_batched_tokens=budget,
-                          kv_capacity=120, max_model_len=60)
+                          kv_capacity=120, max_model_len=60, mixed_adapters=mixed)
     s = Scheduler(cfg, eos_token_ids=())
     state: dict = {}
     added: list[Request] = []
@@ -34,14 +35,16 @@ def test_invariants(ops, max_running, budget):
     def step():
         out = s.schedule()
         assert out.total_tokens <= budget
+        if not mixed:
+            assert len({r.adapter for r in added if r.request_id in out.num_scheduled_tokens}) <= 1
         assert s.num_running <= max_running
         running = [r for r in added if r.status == RequestStatus.RUNNING]
         assert sum(r.num_computed_tokens + out.num_scheduled_tokens.get(r.request_id, 0) for r in running) <= 120
         if running and s.num_waiting:
             # nothing waiting is more urgent than everything running while the batch is full
             waiting_best = min(r.priority for r in added if r.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED))
-            if s.num_running == max_running:
-                assert waiting_best >= min(r.priority for r in running)
+            if s.num_running == max_running and mixed:
+                assert waiting_best >= max(r.priority for r in running)
         s.update_from_output(out, fake_execute(state, out))
         for e in s.drain():
             if e.finished:
@@ -49,9 +52,9 @@ def test_invariants(ops, max_running, budget):
 
     for item in ops:
         if item[0] == "add":
-            _, plen, max_tokens, prio, owner = item
+            _, plen, max_tokens, prio, owner, adapter = item
             r = Request(prompt_token_ids=[97] * plen, sampling=SamplingParams(max_tokens=max_tokens),
-                        priority=prio, owner=owner)
+                        priority=prio, owner=owner, adapter=adapter)
             try:
                 s.add_request(r)
                 added.append(r)
