@@ -1,8 +1,14 @@
-"""torch driver benchmarks (torch-driver issue): B1a."""
+"""torch driver benchmarks (torch-driver issue): B1a, B2, B2b."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import time
+from pathlib import Path
+
+from llmos.kernel.config import Config
 
 from . import BenchContext, BenchResult, benchmark
 from .llamacpp_bench import PROMPTS, _kernel
@@ -35,3 +41,77 @@ def b1a(ctx: BenchContext) -> BenchResult:
         baseline = total / (time.perf_counter() - started)
     return BenchResult("B1a", baseline, candidate, "tokens/s", 4.0,
                        description="aggregate tokens/s, 16 requests, 16-64 new tokens each")
+
+
+N_ADAPTERS = 8
+
+
+@contextlib.contextmanager
+def _kernel_with_adapters(ctx: BenchContext, n: int):
+    """A kernel on a scratch home (sharing the real dequantization cache) with `n` LoRA modules."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    import llmos
+
+    real = Config.load(ctx.home).home
+    with tempfile.TemporaryDirectory(prefix="llmos-bench-") as tmp:
+        (real / "cache").mkdir(parents=True, exist_ok=True)
+        os.symlink(real / "cache", Path(tmp) / "cache")
+        with llmos.boot(Config.load(tmp), load_entrypoints=False, max_running=16) as kernel:
+            src = kernel.load("smollm2", driver="torch").driver.model_dir
+            ctx.log(f"B2: making {n} LoRA adapters")
+            for i in range(n):
+                torch.manual_seed(i)
+                model = get_peft_model(AutoModelForCausalLM.from_pretrained(src),
+                                       LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+                model.save_pretrained(Path(tmp) / f"lora{i}")
+                kernel.install_module(str(Path(tmp) / f"lora{i}"), name=f"lora{i}", base="smollm2")
+                kernel.insmod(f"lora{i}")
+            yield kernel, Path(tmp)
+
+
+def _run_batch(kernel, adapters: list[str]) -> float:
+    started = time.perf_counter()
+    handles = [kernel.submit(p, adapter=a, max_tokens=n, ignore_eos=True)
+               for p, n, a in zip(PROMPTS, OUTPUT_LENGTHS, adapters)]
+    total = sum(len(h.result().token_ids) for h in handles)
+    return total / (time.perf_counter() - started)
+
+
+@benchmark("B2", "16 requests spread over 8 adapters vs the same requests all on one adapter (torch)")
+def b2(ctx: BenchContext) -> BenchResult:
+    with _kernel_with_adapters(ctx, N_ADAPTERS) as (kernel, _tmp):
+        kernel.generate("warm up", adapter="lora0", max_tokens=4)
+        baseline = _run_batch(kernel, ["lora0"] * len(PROMPTS))
+        candidate = _run_batch(kernel, [f"lora{i % N_ADAPTERS}" for i in range(len(PROMPTS))])
+    return BenchResult("B2", baseline, candidate, "tokens/s", 0.85, description="mixed adapters in one batch")
+
+
+@benchmark("B2b", "16 requests over 8 adapters: mixed batches vs PEFT set_adapter switching per request")
+def b2b(ctx: BenchContext) -> BenchResult:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _kernel_with_adapters(ctx, N_ADAPTERS) as (kernel, tmp):
+        kernel.generate("warm up", adapter="lora0", max_tokens=4)
+        names = [f"lora{i % N_ADAPTERS}" for i in range(len(PROMPTS))]
+        candidate = _run_batch(kernel, names)
+        src = kernel.load("smollm2", driver="torch").driver.model_dir
+        ctx.log("B2b: the same requests one at a time, switching adapters with set_adapter")
+        tok = AutoTokenizer.from_pretrained(src)
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(src), tmp / "lora0", adapter_name="lora0")
+        for i in range(1, N_ADAPTERS):
+            model.load_adapter(tmp / f"lora{i}", adapter_name=f"lora{i}")
+        model.eval()
+        started = time.perf_counter()
+        total = 0
+        with torch.inference_mode():
+            for p, n, name in zip(PROMPTS, OUTPUT_LENGTHS, names):
+                model.set_adapter(name)
+                ids = tok(p, return_tensors="pt").input_ids
+                total += model.generate(input_ids=ids, max_new_tokens=n, min_new_tokens=n, do_sample=False).shape[1] - ids.shape[1]
+        baseline = total / (time.perf_counter() - started)
+    return BenchResult("B2b", baseline, candidate, "tokens/s", 3.0, description="mixed-adapter serving vs switching")

@@ -74,6 +74,7 @@ class TorchDriver(Driver):
         self._seqs: dict[str, _Seq] = {}
         self._batch = None
         self._peft = None  # PeftModel wrapping self.model once an adapter is loaded
+        self.model_dir: Path | None = None
         self._adapter_paths: dict[str, Path] = {}  # kept across reloads
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -90,6 +91,7 @@ class TorchDriver(Driver):
         device, dtype = pick_device()
         torch.set_num_threads(self.options.n_threads)
         source = self._source_dir(report)
+        self.model_dir = source  # the HF directory the weights come from (for tools such as fine-tuning)
         report(0.8)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source)

@@ -106,3 +106,39 @@ def test_ctrl_c_stops_generation_cleanly():
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def lora_dir(llmos_home, tmp_path_factory):
+    import llmos
+
+    from .lora import make_lora, torch_model_dir
+
+    with llmos.boot(load_entrypoints=False) as k:
+        src = torch_model_dir(k, llmos_home)
+    return make_lora(src, tmp_path_factory.mktemp("cli-lora"), seed=2, targets=["k_proj", "o_proj", "up_proj"],
+                     scale=4.0)
+
+
+def test_module_lifecycle_from_the_cli(lora_dir):
+    q = "What is the capital of France?"
+    r = llmos("mod", "install", str(lora_dir), "--name", "cli-lora", "--base", "smollm2", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["formats"] == ["peft"]
+    [row] = [m for m in json.loads(llmos("mod", "ls", "--json").stdout) if m["name"] == "cli-lora"]
+    assert row["base_model"] == "smollm2" and row["rank"] == 8 and row["loaded"] == []
+    base = llmos("run", "--driver", "torch", "--max-tokens", "12", q)
+    tuned = llmos("run", "--adapter", "cli-lora", "--max-tokens", "12", q)
+    assert base.returncode == tuned.returncode == 0, tuned.stderr
+    assert tuned.stdout != base.stdout
+    refused = llmos("run", "--driver", "llamacpp", "--adapter", "cli-lora", q)
+    assert refused.returncode == 2 and "llmos mod export" in refused.stderr
+    r = llmos("mod", "export", "cli-lora", "--gguf", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["formats"] == ["peft", "gguf"]
+    on_llama = llmos("run", "--driver", "llamacpp", "--adapter", "cli-lora", "--max-tokens", "12", q)
+    llama_base = llmos("run", "--driver", "llamacpp", "--max-tokens", "12", q)
+    assert on_llama.returncode == 0 and on_llama.stdout != llama_base.stdout
+    assert llmos("mod", "rm", "cli-lora").returncode == 0
+    gone = llmos("run", "--adapter", "cli-lora", q)
+    assert gone.returncode == 2 and "unknown adapter 'cli-lora'" in gone.stderr

@@ -14,6 +14,8 @@ from llmos.kernel.module_table import ModuleBusyError
 from llmos.kernel.modules import BaseModelMismatchError, ModuleError, ModuleStore, check_safetensors
 from llmos.kernel.registry import ModelRegistry
 
+from .lora import make_lora, torch_model_dir
+
 Q = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -75,24 +77,12 @@ def test_install_is_atomic_and_names_are_checked(tmp_path):
 @pytest.fixture(scope="module")
 def peft_adapters(kernel, llmos_home, tmp_path_factory):
     """Two LoRA adapters with fixed non-zero weights for SmolLM2, made with peft in the test."""
-    torch = pytest.importorskip("torch")
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    kernel.load("smollm2", driver="torch")
-    [src] = [p for p in (llmos_home / "cache" / "torch").glob("SmolLM2*") if (p / "config.json").exists()]
+    pytest.importorskip("peft")
+    src = torch_model_dir(kernel, llmos_home)
     out = {}
     for name, seed, targets, scale in (("alpha", 1, ["q_proj", "v_proj"], 0.3),
                                        ("beta", 2, ["k_proj", "o_proj", "up_proj"], 4.0)):
-        torch.manual_seed(seed)
-        base = AutoModelForCausalLM.from_pretrained(src)
-        model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=targets, init_lora_weights=False))
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if "lora_" in n:
-                    p.mul_(scale)  # strong enough to change the greedy answer
-        path = tmp_path_factory.mktemp(name)
-        model.save_pretrained(path)
+        path = make_lora(src, tmp_path_factory.mktemp(name), seed=seed, targets=targets, scale=scale)
         out[name] = kernel.install_module(str(path), name=name, base="smollm2")
     return out
 
