@@ -17,7 +17,7 @@ from rich.table import Table
 import llmos
 from llmos.kernel.errors import InvalidRequestError, LlmosError
 
-from .cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, STATE, boot_or_fail, err, fail, kernel_session, out
+from .cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, STATE, err, fail, kernel_session, out
 from .cli_modules import mod_app
 
 app = typer.Typer(
@@ -94,13 +94,8 @@ def run(
 @app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="Print a JSON list.")) -> None:
     """List the models llmos can resolve, with driver, path and size."""
-    kernel = boot_or_fail(as_json)
-    try:
+    with kernel_session(as_json) as kernel:
         rows = kernel.models_info()
-    except LlmosError as exc:
-        raise fail(exc, as_json) from None
-    finally:
-        kernel.shutdown()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

@@ -69,10 +69,3 @@ def kernel_session(as_json: bool, **overrides) -> Iterator[llmos.Kernel]:
 
 
 
-
-def boot_or_fail(as_json: bool, **overrides) -> llmos.Kernel:
-    """A kernel for a one-shot command; llmos errors become a one-line message and exit code."""
-    try:
-        return llmos.boot(home=STATE["home"], **overrides)
-    except LlmosError as exc:
-        raise fail(exc, as_json) from None

@@ -8,9 +8,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from llmos.kernel.errors import LlmosError
+from llmos.kernel.errors import InvalidRequestError
 
-from .cli_common import STATE, boot_or_fail, fail, out
+from .cli_common import fail, kernel_session, out
 
 mod_app = typer.Typer(help="Adapter modules: install, list, remove, export.", no_args_is_help=True)
 
@@ -23,13 +23,8 @@ def install(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Verify an adapter and copy it into $LLMOS_HOME/modules/."""
-    kernel = boot_or_fail(as_json)
-    try:
+    with kernel_session(as_json) as kernel:
         manifest = kernel.install_module(path, name=name, base=base)
-    except LlmosError as exc:
-        raise fail(exc, as_json) from None
-    finally:
-        kernel.shutdown()
     if as_json:
         typer.echo(json.dumps(manifest.as_dict()))
     else:
@@ -40,13 +35,8 @@ def install(
 @mod_app.command("ls")
 def ls(as_json: bool = typer.Option(False, "--json")) -> None:
     """List installed modules and where they are loaded."""
-    kernel = boot_or_fail(as_json)
-    try:
+    with kernel_session(as_json) as kernel:
         rows = kernel.modules_info()
-    except LlmosError as exc:
-        raise fail(exc, as_json) from None
-    finally:
-        kernel.shutdown()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -61,13 +51,8 @@ def ls(as_json: bool = typer.Option(False, "--json")) -> None:
 @mod_app.command("rm")
 def rm(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """Remove an installed module from disk."""
-    kernel = boot_or_fail(as_json)
-    try:
+    with kernel_session(as_json) as kernel:
         kernel.module_store.remove(name)
-    except LlmosError as exc:
-        raise fail(exc, as_json) from None
-    finally:
-        kernel.shutdown()
     typer.echo(json.dumps({"removed": name}) if as_json else f"removed module {name}")
 
 
@@ -79,15 +64,8 @@ def export(
 ) -> None:
     """Export a PEFT module to another form, installed under the same name."""
     if not gguf:
-        raise fail(LlmosError("choose a format to export to: --gguf"), as_json)
-    kernel = boot_or_fail(as_json)
-    try:
+        raise fail(InvalidRequestError("choose a format to export to: --gguf", param="format"), as_json)
+    with kernel_session(as_json) as kernel:
         manifest = kernel.export_module(name, "gguf")
-    except LlmosError as exc:
-        raise fail(exc, as_json) from None
-    finally:
-        kernel.shutdown()
     typer.echo(json.dumps(manifest.as_dict()) if as_json else f"module {name} now has forms {manifest.formats}")
 
-
-__all__ = ["mod_app", "STATE"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 
@@ -18,6 +17,7 @@ from llmos.plugins.hookspecs import hookimpl
 from llmos.plugins.manager import PluginManager
 
 from .fakes import FakeDriver
+from .util import wait_for
 
 
 class GatedDriver(FakeDriver):
@@ -40,13 +40,6 @@ class BigDriver(FakeDriver):
 
         self.info = replace(info, memory_bytes=700 * 1024)
         return self.info
-
-
-def wait_for(condition, timeout=5.0, msg=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"condition not reached: {msg()}"
-        time.sleep(0.01)
 
 
 def plugin_manager(*drivers):

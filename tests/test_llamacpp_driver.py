@@ -8,8 +8,10 @@ import time
 import pytest
 
 import llmos
-from llmos.kernel.errors import PromptTooLongError, RequestCancelledError
+from llmos.kernel.errors import PromptTooLongError
 from llmos.kernel.request import Priority, RequestStatus
+
+from .util import cancel_mid_stream
 
 pytestmark = pytest.mark.model
 
@@ -113,18 +115,7 @@ def test_async_api(kernel):
 
 
 def test_cancel_frees_the_sequence_slot(kernel):
-    engine = kernel.load("smollm2").engine
-    h = kernel.submit("Write a very long essay about the ocean.", max_tokens=400, ignore_eos=True)
-    while h.request.metrics.output_tokens < 3:
-        time.sleep(0.005)
-    h.cancel()
-    with pytest.raises(RequestCancelledError):
-        h.result(10)
-    deadline = time.monotonic() + 5
-    while engine.driver.stats()["active_sequences"] and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert engine.driver.stats()["active_sequences"] == 0
-    assert len(h.result(0, check=False).token_ids) < 400
+    cancel_mid_stream(kernel, kernel.load("smollm2").driver, "Write a very long essay about the ocean.")
     assert "Paris" in ask(kernel, "What is the capital of France?").text
 
 

@@ -7,7 +7,8 @@ import time
 import pytest
 
 import llmos
-from llmos.kernel.errors import RequestCancelledError
+
+from .util import cancel_mid_stream
 
 pytestmark = pytest.mark.model
 
@@ -52,16 +53,8 @@ def test_requests_join_and_leave_mid_flight(torch_kernel):
 
 def test_cancel_frees_rows(torch_kernel):
     driver = torch_kernel.load("smollm2", driver="torch").driver
-    h = torch_kernel.submit("Write a long essay about rivers.", max_tokens=300, ignore_eos=True, driver="torch")
-    while h.request.metrics.output_tokens < 3:
-        time.sleep(0.005)
-    h.cancel()
-    with pytest.raises(RequestCancelledError):
-        h.result(10)
-    deadline = time.monotonic() + 5
-    while driver.stats()["active_sequences"] and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert driver.stats()["active_sequences"] == 0 and driver.stats()["batch_rows"] == 0
+    cancel_mid_stream(torch_kernel, driver, "Write a long essay about rivers.", driver="torch")
+    assert driver.stats()["batch_rows"] == 0
 
 
 def test_sampling_with_seed_and_stop(torch_kernel):

@@ -1,0 +1,28 @@
+"""Small helpers shared by tests."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from llmos.kernel.errors import RequestCancelledError
+
+
+def wait_for(condition, timeout: float = 5.0, msg=lambda: "") -> None:
+    """Poll `condition` until true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"condition not reached: {msg()}"
+        time.sleep(0.005)
+
+
+def cancel_mid_stream(kernel, drv, prompt: str, **kw) -> None:
+    """Start a long request, cancel it after a few tokens, and check the driver freed its state."""
+    h = kernel.submit(prompt, max_tokens=300, ignore_eos=True, **kw)
+    wait_for(lambda: h.request.metrics.output_tokens >= 3, timeout=60)
+    h.cancel()
+    with pytest.raises(RequestCancelledError):
+        h.result(10)
+    wait_for(lambda: drv.stats()["active_sequences"] == 0, msg=drv.stats)
+    assert len(h.result(0, check=False).token_ids) < 300
