@@ -56,7 +56,7 @@ def export_peft_to_gguf(peft_dir: Path, base_gguf: Path, out: Path) -> Path:
 
     cfg = json.loads((peft_dir / "adapter_config.json").read_text())
     if str(cfg.get("peft_type", "LORA")).upper() != "LORA":
-        raise ExportError(f"only LoRA adapters export to GGUF, not {cfg.get('peft_type')}")
+        raise ExportError(f"only LoRA adapters export to GGUF (llama.cpp loads LoRA only), not {cfg.get('peft_type')}")
     arch, n_head, n_head_kv = base_shape_info(base_gguf)
     tensors = load_file(str(peft_dir / "adapter_model.safetensors"))
     writer = gguf.GGUFWriter(str(out), arch)

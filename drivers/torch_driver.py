@@ -16,11 +16,14 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-from dataclasses import dataclass, field
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from llmos.kernel.errors import ModelLoadError
+from llmos.kernel.errors import AdapterConflictError, ModelLoadError
 from llmos.kernel.interface import DriverOutput, NewSequence, SchedulerOutput
 from llmos.kernel.request import SamplingParams
 
@@ -39,7 +42,7 @@ class _Seq:
     sched_pos: int = 0
     cache: Any = None  # private cache while prefilling; None once in the batch
     adapter: str | None = None
-    history: list[int] = field(default_factory=list)
+    offset: int = 0  # virtual tokens ahead of the sequence in its cache (prefix tuning)
 
 
 def pick_device() -> tuple[str, Any]:
@@ -52,11 +55,56 @@ def pick_device() -> tuple[str, Any]:
     return "cpu", torch.float32
 
 
+def hf_model_dir(spec, cache_root: Path, report: ProgressCallback = lambda _f: None) -> Path:
+    """The Hugging Face directory of a model: its own, or for a GGUF file a safetensors copy made
+    once under `cache_root/torch/` (transformers dequantizes it; later loads take a fraction of a second)."""
+    path = spec.path
+    if spec.format == "hf":
+        return path
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_root / "torch" / f"{path.stem}-{key}"
+    if (target / "config.json").exists():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    log.info("dequantizing %s once into %s", path, target)
+    report(0.1)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types for bad files
+        raise ModelLoadError(f"transformers could not read the GGUF file {path}: {exc}") from exc
+    report(0.6)
+    model.hf_quantizer = None  # the weights are plain tensors now: save them as such
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent if target.parent.exists()
+                                else _mkdir(target.parent)))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.rename(target)  # atomic: a crash never leaves a half-written cache that looks complete
+    except OSError:  # another process (e.g. a second DDP rank) finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 class TorchDriver(Driver):
     name = "torch"
     formats = frozenset({"hf", "gguf"})
     supports_lora = True
     mixed_adapters = True  # PEFT LoRA applies per row (adapter_names)
+    #: per-row adapter_names works for these PEFT types; prefix tuning runs on the base layers
+    mixable_methods = frozenset({"lora", "ia3", "prefix_tuning"})
 
     @classmethod
     def probe(cls) -> ProbeResult:
@@ -76,6 +124,7 @@ class TorchDriver(Driver):
         self._peft = None  # PeftModel wrapping self.model once an adapter is loaded
         self.model_dir: Path | None = None
         self._adapter_paths: dict[str, Path] = {}  # kept across reloads
+        self._prefixes: dict[str, list] = {}  # prefix-tuning adapters: name -> per-layer (k, v) of the virtual tokens
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -90,7 +139,8 @@ class TorchDriver(Driver):
         hf_logging.disable_progress_bar()
         device, dtype = pick_device()
         torch.set_num_threads(self.options.n_threads)
-        source = self._source_dir(report)
+        cache_root = self.options.extra.get("cache_dir") or (Path.home() / ".cache" / "llmos")
+        source = hf_model_dir(self.spec, Path(cache_root), report)
         self.model_dir = source  # the HF directory the weights come from (for tools such as fine-tuning)
         report(0.8)
         try:
@@ -115,41 +165,11 @@ class TorchDriver(Driver):
             memory_bytes=sum(p.numel() * p.element_size() for p in self.model.parameters()),
         )
         self._peft = None
+        self._prefixes = {}
         for name, apath in list(self._adapter_paths.items()):  # a reload keeps the adapters
             self.load_adapter(name, apath)
         report(1.0)
         return self.info
-
-    def _source_dir(self, report: ProgressCallback) -> Path:
-        """The HF directory to load: the spec's own, or the safetensors cache of a GGUF file."""
-        path = self.spec.path
-        if self.spec.format == "hf":
-            return path
-        stat = path.stat()
-        key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-        cache_root = self.options.extra.get("cache_dir") or (Path.home() / ".cache" / "llmos")
-        target = Path(cache_root) / "torch" / f"{path.stem}-{key}"
-        if (target / "config.json").exists():
-            return target
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        log.info("dequantizing %s once into %s", path, target)
-        report(0.1)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-        except Exception as exc:  # noqa: BLE001 - transformers raises many types for bad files
-            raise ModelLoadError(f"transformers could not read the GGUF file {path}: {exc}") from exc
-        report(0.6)
-        model.hf_quantizer = None  # the weights are plain tensors now: save them as such
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        tmp = target.with_name(target.name + ".part")
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.rename(target)  # atomic: a crash never leaves a half-written cache that looks complete
-        return target
 
     def unload(self) -> None:
         self._seqs.clear()
@@ -163,24 +183,54 @@ class TorchDriver(Driver):
     BASE = "__base__"  # PEFT's name for "no adapter" in adapter_names
 
     def load_adapter(self, name: str, path: Path) -> int:
-        from peft import PeftModel
+        from peft import PeftConfig, PeftModel
 
+        peft_type = str(PeftConfig.from_pretrained(str(path)).peft_type)
+        if peft_type.endswith("PREFIX_TUNING"):
+            return self._load_prefix(name, path)
+        if self._peft is not None:
+            current = str(next(iter(self._peft.peft_config.values())).peft_type)
+            if current != peft_type:
+                held = [n for n in self._peft.peft_config]
+                raise AdapterConflictError(
+                    f"the torch driver holds {current.split('.')[-1]} adapters {held}; PEFT cannot combine "
+                    f"them with {peft_type.split('.')[-1]} adapter {name}: rmmod them first", held)
         try:
-            if self._peft is None:
-                self._peft = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
-            else:
-                self._peft.load_adapter(str(path), adapter_name=name)
+            with warnings.catch_warnings():  # peft probes deprecated transformers attributes
+                warnings.simplefilter("ignore", FutureWarning)
+                if self._peft is None:
+                    self._peft = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+                else:
+                    self._peft.load_adapter(str(path), adapter_name=name)
         except (ValueError, RuntimeError, KeyError, OSError) as exc:
             raise ModelLoadError(f"PEFT could not load adapter {name} from {path} onto {self.spec.name}: {exc}") from exc
         self._peft.eval()
         self._adapter_paths[name] = path
         return sum(p.numel() * p.element_size() for n, p in self._peft.named_parameters() if f".{name}." in n)
 
+    def _load_prefix(self, name: str, path: Path) -> int:
+        """Prefix tuning injects no layers: compute its virtual tokens' KV once; a sequence using it
+        starts from a copy of that KV (positions after the virtual tokens, as PEFT does)."""
+        import torch
+        from peft import PeftModel
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            wrapper = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+        with torch.inference_mode():
+            prompt = wrapper.get_prompt(batch_size=1)
+        layers = prompt.layers if hasattr(prompt, "layers") else None
+        kv = [(layer.keys.clone(), layer.values.clone()) for layer in layers] if layers is not None \
+            else [(k.clone(), v.clone()) for k, v in prompt]
+        self._prefixes[name] = kv
+        self._adapter_paths[name] = path
+        return sum(k.numel() * k.element_size() * 2 for k, _v in kv)
+
     def unload_adapter(self, name: str) -> None:
         self._adapter_paths.pop(name, None)
-        if self._peft is None:
+        if self._prefixes.pop(name, None) is not None or self._peft is None:
             return
-        if not self._adapter_paths:
+        if not [n for n in self._adapter_paths if n not in self._prefixes]:
             self.model = self._peft.unload()  # back to the plain base model
             self._peft = None
             return
@@ -230,18 +280,37 @@ class TorchDriver(Driver):
         from .torch_batch import new_cache
         from .torch_sampling import make_generator
 
+        cache, offset = new_cache(), 0
+        prefix = self._prefixes.get(new.adapter) if new.adapter else None
+        if prefix is not None:
+            for i, (k, v) in enumerate(prefix):
+                cache.update(k.clone(), v.clone(), i)
+            offset = prefix[0][0].shape[2]
         self._seqs[new.request_id] = _Seq(
             new.request_id, list(new.token_ids), new.sampling, make_generator(new.sampling, self.device),
-            cache=new_cache(), adapter=new.adapter)
+            cache=cache, adapter=new.adapter, offset=offset)
 
     def _forward(self, input_ids, cache, position_ids, adapters: list[str | None], attention_mask=None):
         kwargs = {self._cache_kw: cache}
-        model = self.model
-        if self._peft is not None:
-            model = self._peft
-            kwargs["adapter_names"] = [a or self.BASE for a in adapters]
+        names = [self.BASE if a is None or a in self._prefixes else a for a in adapters]
+        if self._peft is None:
+            return self._call(self.model, input_ids, position_ids, attention_mask, kwargs)
+        peft_type = str(next(iter(self._peft.peft_config.values())).peft_type).split(".")[-1].lower()
+        if peft_type in self.mixable_methods:  # layer-injecting adapters per row
+            return self._call(self._peft, input_ids, position_ids, attention_mask, {**kwargs, "adapter_names": names})
+        # an exclusive method (e.g. AdaLoRA): the scheduler gives every row of the step one adapter
+        name = names[0]
+        if name == self.BASE:
+            with self._peft.disable_adapter():
+                return self._call(self._peft, input_ids, position_ids, attention_mask, kwargs)
+        if self._peft.active_adapter != name:
+            self._peft.set_adapter(name)
+        return self._call(self._peft, input_ids, position_ids, attention_mask, kwargs)
+
+    @staticmethod
+    def _call(model, input_ids, position_ids, attention_mask, kwargs):
         return model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                          use_cache=True, logits_to_keep=1, **kwargs).logits[:, -1, :]
+                     use_cache=True, logits_to_keep=1, **kwargs).logits[:, -1, :]
 
     def _decode(self, scheduled: set[str], out: DriverOutput) -> None:
         import torch
@@ -249,7 +318,7 @@ class TorchDriver(Driver):
         rows = [self._seqs[rid] for rid in self._batch.rows]
         active = torch.tensor([s.request_id in scheduled for s in rows], device=self.device)
         ids = torch.tensor([[s.tokens[s.n_past] if s.request_id in scheduled else 0] for s in rows], device=self.device)
-        pos = torch.tensor([[s.n_past] for s in rows], device=self.device)
+        pos = torch.tensor([[s.offset + s.n_past] for s in rows], device=self.device)
         mask = self._batch.step_mask(active)
         logits = self._forward(ids, self._batch.cache, pos, [s.adapter for s in rows], mask)
         picked = [i for i, s in enumerate(rows) if s.request_id in scheduled]
@@ -265,12 +334,12 @@ class TorchDriver(Driver):
         seq.sched_pos = end
         chunk = seq.tokens[seq.n_past:end]
         ids = torch.tensor([chunk], device=self.device)
-        pos = torch.arange(seq.n_past, end, device=self.device).unsqueeze(0)
+        pos = torch.arange(seq.offset + seq.n_past, seq.offset + end, device=self.device).unsqueeze(0)
         logits = self._forward(ids, seq.cache, pos, [seq.adapter])
         seq.n_past = end
         if end == len(seq.tokens):
             self._sample([seq], logits, out)
-            self._batch.join(seq.request_id, seq.cache, seq.n_past)
+            self._batch.join(seq.request_id, seq.cache, seq.offset + seq.n_past)
             seq.cache = None
 
     def _sample(self, seqs: list[_Seq], logits, out: DriverOutput) -> None:

@@ -128,3 +128,13 @@ class UnknownAdapterError(LlmosError, LookupError):
         super().__init__(f"unknown adapter {name!r} ({listing}): install it with `llmos mod install`")
         self.name = name
         self.available = available
+
+
+class AdapterConflictError(LlmosError):
+    """A driver cannot hold this adapter next to the ones it has loaded (e.g. different PEFT types)."""
+
+    code = "adapter_conflict"
+
+    def __init__(self, message: str, conflicting: list[str]) -> None:
+        super().__init__(message)
+        self.conflicting = conflicting

@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator, Iterator, Sequence
 from .config import Config
 from .errors import InvalidRequestError, KernelShutdownError, PromptTooLongError
 from .handle import Completion, RequestHandle
+from .jobs import Job
 from .module_table import ModuleTable
 from .models import LoadProgress, ModelManager
 from .modules import Manifest, ModuleStore
@@ -40,6 +41,7 @@ class Kernel:
         self.modules = ModuleTable(self.module_store, self._models, self.config.max_loaded_modules, self.cancel)
         self._models.on_unload = self.modules.forget_engine
         self._closed = False
+        self._jobs: list[Job] = []
         self._lock = threading.Lock()
         self.started = time.monotonic()
         self.plugins.hook.kernel_booted(kernel=self)
@@ -113,8 +115,11 @@ class Kernel:
         limit = loaded.info.context_length
         if len(tokens) + params.max_tokens > limit:
             raise PromptTooLongError(len(tokens), params.max_tokens, limit)
+        exclusive = adapter is not None and (not drv.mixed_adapters or self.module_store.get(adapter).method
+                                             not in drv.mixable_methods)
         request = Request(
             prompt_token_ids=tokens, sampling=params, model=loaded.spec.name, adapter=adapter,
+            exclusive_adapter=exclusive,
             priority=prio, owner=owner, prompt=prompt, messages=chat,
             deadline=None if timeout is None else time.monotonic() + timeout,
         )
@@ -202,6 +207,26 @@ class Kernel:
         """Cancel a waiting or running request by id; False if it is unknown or already finished."""
         return any(m.engine.cancel(request_id) for m in self._models.loaded())
 
+    # -- jobs ----------------------------------------------------------------------------------------
+
+    def finetune(self, *, model: str | None = None, data: str, out: str, **options: Any) -> Job:
+        """Train a PEFT adapter in the background; the job's result installs module `out`.
+
+        Options: method (lora|adalora|ia3|prefix), rank, epochs, lr, batch_size, max_steps, eval, seed,
+        resume, max_len. `job.progress` has step/total/loss/tokens_per_s/eta_s; `job.cancel()` saves a
+        resumable checkpoint."""
+        from llmos.plugins.finetune.trainer import FinetuneOptions, run_finetune
+
+        self._check_open()
+        opts = FinetuneOptions(model=model or self.config.default_model, data=data, out=out, **options)
+        opts.validate()
+        job = Job("finetune", lambda progress, stop: run_finetune(self.config, opts, progress=progress, stop=stop))
+        self._jobs.append(job)
+        return job
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [j.as_dict() for j in self._jobs]
+
     # -- introspection -----------------------------------------------------------------------------
 
     def ps(self) -> list[dict[str, Any]]:
@@ -247,6 +272,8 @@ class Kernel:
                 return
             self._closed = True
         self.plugins.hook.kernel_shutdown(kernel=self)
+        for job in self._jobs:
+            job.cancel()
         self._models.shutdown()
 
     def __enter__(self) -> "Kernel":

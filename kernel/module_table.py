@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .errors import InvalidRequestError, LlmosError
+from .errors import AdapterConflictError, InvalidRequestError, LlmosError
 from .models import LoadedModel, ModelManager
 from .modules import Manifest, ModuleStore
 
@@ -68,7 +68,10 @@ class ModuleTable:
                 raise InvalidRequestError(f"module {manifest.name} has no loadable form", param="adapter")
             return drivers[0]
         if requested not in drivers:
-            hint = " (export it: llmos mod export NAME --gguf)" if requested == "llamacpp" else ""
+            hint = ""
+            if requested == "llamacpp":
+                hint = (" (export it: llmos mod export NAME --gguf)" if manifest.method == "lora"
+                        else f": llama.cpp loads LoRA adapters only, and this is a {manifest.method} adapter")
             raise InvalidRequestError(
                 f"adapter {manifest.name!r} has forms {manifest.formats}, which run on {drivers}, "
                 f"not on the {requested} driver{hint}", param="driver")
@@ -87,7 +90,17 @@ class ModuleTable:
             loaded = self.models.get(spec.name, driver)
             self._evict(keep=1)
             path = self.store.weights_path(manifest, FORMAT_FOR_DRIVER[driver])
-            nbytes = loaded.engine.call(lambda: loaded.driver.load_adapter(name, path))
+            try:
+                nbytes = loaded.engine.call(lambda: loaded.driver.load_adapter(name, path))
+            except AdapterConflictError as exc:
+                # the driver cannot hold both kinds: make room if the others are idle, else say so
+                busy = [n for n in exc.conflicting if self._loaded.get((n, driver)) and self._loaded[(n, driver)].users]
+                if busy:
+                    raise
+                for other in exc.conflicting:
+                    if (other, driver) in self._loaded:
+                        self.rmmod(other)
+                nbytes = loaded.engine.call(lambda: loaded.driver.load_adapter(name, path))
             entry = LoadedModule(manifest, loaded, int(nbytes or 0))
             self._loaded[(name, driver)] = entry
             return entry

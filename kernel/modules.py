@@ -179,11 +179,11 @@ class ModuleStore:
         os.replace(tmp, target)
         updated = Manifest(**{**manifest.as_dict(), "formats": sorted(set(manifest.formats) | {fmt},
                                                                        key=[*manifest.formats, fmt].index)})
-        self._write_manifest(self._dir(name), updated)
+        self.write_manifest(self._dir(name), updated)
         return updated
 
     @staticmethod
-    def _write_manifest(directory: Path, manifest: Manifest) -> None:
+    def write_manifest(directory: Path, manifest: Manifest) -> None:
         tmp = directory / "manifest.json.part"
         tmp.write_text(json.dumps(manifest.as_dict(), indent=2))
         os.replace(tmp, directory / "manifest.json")
@@ -223,7 +223,7 @@ class ModuleStore:
                 (stage / "peft").mkdir()
                 for f in info["files"]:
                     shutil.copy2(f, stage / "peft" / f.name)
-            self._write_manifest(stage, manifest)
+            self.write_manifest(stage, manifest)
             if replace and self._dir(name).exists():
                 shutil.rmtree(self._dir(name))
             os.replace(stage, self._dir(name))

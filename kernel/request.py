@@ -225,6 +225,8 @@ class Request:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     model: str = ""
     adapter: str | None = None
+    #: the adapter cannot share a step with other adapters or the base model (driver/method limits)
+    exclusive_adapter: bool = False
     priority: Priority = Priority.NORMAL
     owner: str = "default"
     deadline: float | None = None  # absolute time.monotonic()

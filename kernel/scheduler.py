@@ -242,8 +242,13 @@ class Scheduler:
         return (int(req.priority), self._order[req.request_id])
 
     def _fits_group(self, req: Request) -> bool:
-        """Without mixed-adapter support, a step only runs requests of one adapter (or none)."""
-        return self.config.mixed_adapters or not self._running or self._running[0].adapter == req.adapter
+        """A step mixes adapters only where the driver can and no request's adapter is exclusive."""
+        if not self._running:
+            return True
+        exclusive = req.exclusive_adapter or any(r.exclusive_adapter for r in self._running)
+        if self.config.mixed_adapters and not exclusive:
+            return True
+        return all(r.adapter == req.adapter for r in self._running)
 
     def _kv_used(self, scheduled: dict[str, int]) -> int:
         return sum(r.num_computed_tokens + scheduled.get(r.request_id, 0) for r in self._running)

@@ -18,6 +18,7 @@ import llmos
 from llmos.kernel.errors import InvalidRequestError, LlmosError
 
 from .cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, STATE, err, fail, kernel_session, out
+from .cli_finetune import finetune
 from .cli_modules import mod_app
 
 app = typer.Typer(
@@ -129,6 +130,7 @@ def bench(
 
 
 app.add_typer(mod_app, name="mod")
+app.command("finetune")(finetune)
 
 
 def main() -> None:

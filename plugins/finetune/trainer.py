@@ -1,0 +1,257 @@
+"""The fine-tuning loop: PEFT on the torch model, driven by accelerate (so the same code runs in one
+process or under `torchrun --nproc-per-node N` / `accelerate launch` with DDP; gloo on CPU).
+
+1. load and encode the data (bad rows reported with line numbers);
+2. build the PEFT model on the base model's Hugging Face weights (a GGUF is dequantized once);
+3. measure the base model's eval loss, train, measure eval loss (per epoch with --eval);
+4. on interrupt (Ctrl-C or job.cancel) save a resumable checkpoint; --resume continues from it;
+5. save the adapter and install it as a module whose manifest records base identity, method, rank,
+   data hash and losses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from llmos.kernel.config import Config
+from llmos.kernel.errors import InvalidRequestError, LlmosError
+from llmos.kernel.modules import Manifest, ModuleStore
+from llmos.kernel.registry import ModelRegistry
+
+from .data import IGNORE, encode, load_jsonl
+from .methods import METHODS, peft_config
+
+#: progress callback: a dict with event ("data", "step", "eval", "checkpoint", "done") and figures
+Progress = Callable[[dict[str, Any]], None]
+
+
+class FinetuneInterrupted(LlmosError):
+    """Training stopped early; a checkpoint was saved and `--resume` continues from it."""
+
+    code = "interrupted"
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    model: str
+    data: str
+    out: str
+    method: str = "lora"
+    rank: int = 8
+    epochs: float = 1.0
+    lr: float = 2e-4
+    batch_size: int = 8
+    max_steps: int | None = None
+    eval: str | None = None
+    seed: int = 0
+    resume: bool = False
+    max_len: int = 512
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise InvalidRequestError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}", param="method")
+        for name, lo in (("rank", 1), ("batch_size", 1), ("max_len", 8)):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < lo:
+                raise InvalidRequestError(f"{name} must be an integer >= {lo}", param=name)
+        if self.max_steps is not None and self.max_steps < 1:
+            raise InvalidRequestError("max_steps must be >= 1", param="max_steps")
+        if not self.epochs > 0 or not 0 < self.lr < 1:
+            raise InvalidRequestError("epochs must be > 0 and lr between 0 and 1", param="lr")
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    module: Manifest | None  # None on non-main DDP ranks
+    steps: int
+    train_loss: float
+    eval_loss: float
+    base_eval_loss: float
+    data_errors: list[str]
+
+
+class _Batches:
+    """Right-padded batches of encoded examples."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[tuple[list[int], list[int]]]):
+        import torch
+
+        width = max(len(ids) for ids, _ in rows)
+        ids = torch.full((len(rows), width), self.pad_id)
+        labels = torch.full((len(rows), width), IGNORE)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (x, y) in enumerate(rows):
+            ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def run_finetune(config: Config, opts: FinetuneOptions, *, progress: Progress = lambda _e: None,
+                 stop: threading.Event | None = None) -> FinetuneResult:
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from peft import get_peft_model
+    from torch.utils.data import DataLoader
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmos.drivers.torch_driver import hf_model_dir
+
+    opts.validate()
+    stop = stop or threading.Event()
+    registry = ModelRegistry(config.home, config.models)
+    store = ModuleStore(config.home, registry)
+    spec = registry.resolve(opts.model)
+    train = load_jsonl(opts.data)
+    evalset = load_jsonl(opts.eval, param="eval") if opts.eval else None
+    errors = [str(e) for e in train.errors] + [f"eval {e}" for e in (evalset.errors if evalset else [])]
+
+    # 1. Process group (torchrun/accelerate env) and data.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    emit = progress if main else (lambda _e: None)
+    emit({"event": "data", "examples": len(train.examples), "errors": errors,
+          "processes": accelerator.num_processes})
+    set_seed(opts.seed)
+    with accelerator.main_process_first():
+        source = hf_model_dir(spec, config.home / "cache")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    enc = lambda rows: [encode(r, tokenizer, system_prompt=config.system_prompt, max_len=opts.max_len)  # noqa: E731
+                        for r in rows]
+    train_rows = enc(train.examples)
+    eval_rows = enc(evalset.examples) if evalset else train_rows
+    collate = _Batches(pad_id)
+    gen = torch.Generator().manual_seed(opts.seed)
+    train_loader = DataLoader(train_rows, batch_size=opts.batch_size, shuffle=True, collate_fn=collate, generator=gen)
+    eval_loader = DataLoader(eval_rows, batch_size=opts.batch_size, collate_fn=collate)
+    per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)
+    total = opts.max_steps or max(1, math.ceil(per_epoch * opts.epochs))
+
+    # 2. The PEFT model.
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    model = get_peft_model(model, peft_config(opts.method, opts.rank, total))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=opts.lr)
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+
+    ckpt = config.home / "finetune" / opts.out / "checkpoint"
+    step = 0
+    if opts.resume:
+        if not (ckpt / "progress.json").exists():
+            raise InvalidRequestError(f"no checkpoint to resume for {opts.out} (looked in {ckpt})", param="resume")
+        accelerator.load_state(str(ckpt / "state"))
+        step = json.loads((ckpt / "progress.json").read_text())["step"]
+        emit({"event": "resume", "step": step})
+
+    def evaluate() -> float:
+        model.eval()
+        losses = []
+        with torch.no_grad():
+            for batch in eval_loader:
+                losses.append(accelerator.gather_for_metrics(model(**batch).loss.detach().reshape(1)))
+        model.train()
+        return float(torch.cat(losses).mean())
+
+    with _adapter_disabled(accelerator.unwrap_model(model)):
+        base_eval = evaluate()
+    emit({"event": "eval", "step": step, "loss": base_eval, "base": True})
+
+    # 3. Train.
+    model.train()
+    started, tokens, loss_sum, loss_n, eval_loss = time.monotonic(), 0, 0.0, 0, base_eval
+    try:
+        while step < total:
+            epoch, skip = divmod(step, per_epoch)
+            loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+            train_loader.set_epoch(epoch) if hasattr(train_loader, "set_epoch") else None
+            for batch in loader:
+                if stop.is_set():
+                    raise KeyboardInterrupt
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                optimizer.step()
+                if opts.method == "adalora":
+                    accelerator.unwrap_model(model).base_model.update_and_allocate(step)
+                optimizer.zero_grad()
+                step += 1
+                tokens += int(batch["attention_mask"].sum()) * accelerator.num_processes
+                loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
+                elapsed = time.monotonic() - started
+                emit({"event": "step", "step": step, "total": total, "loss": float(loss.detach()),
+                      "tokens_per_s": tokens / elapsed if elapsed else 0.0,
+                      "eta_s": elapsed / step * (total - step) if step else None})
+                if step >= total:
+                    break
+            if opts.eval and step < total:
+                eval_loss = evaluate()
+                emit({"event": "eval", "step": step, "loss": eval_loss, "epoch": epoch + 1})
+    except KeyboardInterrupt:
+        _save_checkpoint(accelerator, ckpt, step)
+        emit({"event": "checkpoint", "step": step, "path": str(ckpt)})
+        raise FinetuneInterrupted(f"interrupted at step {step}/{total}: checkpoint saved, continue with --resume") from None
+
+    # 4. Final eval, then save and install the adapter (main process only).
+    eval_loss = evaluate()
+    emit({"event": "eval", "step": step, "loss": eval_loss, "final": True})
+    manifest = None
+    accelerator.wait_for_everyone()
+    if main:
+        manifest = _install(accelerator.unwrap_model(model), store, opts, spec.name, {
+            "data_sha256": train.sha256, "eval_loss": eval_loss, "base_eval_loss": base_eval,
+            "train_loss": loss_sum / max(loss_n, 1), "steps": step, "processes": accelerator.num_processes})
+        shutil.rmtree(ckpt.parent, ignore_errors=True)
+        emit({"event": "done", "module": manifest.name, "eval_loss": eval_loss})
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return FinetuneResult(manifest, step, loss_sum / max(loss_n, 1), eval_loss, base_eval, errors)
+
+
+class _adapter_disabled:
+    """Context manager: run the PEFT model with its adapter off (prefix tuning has no such switch)."""
+
+    def __init__(self, model) -> None:
+        self.ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else None
+
+    def __enter__(self):
+        return self.ctx.__enter__() if self.ctx is not None else None
+
+    def __exit__(self, *exc):
+        return self.ctx.__exit__(*exc) if self.ctx is not None else False
+
+
+def _save_checkpoint(accelerator, ckpt: Path, step: int) -> None:
+    """Atomically replace the checkpoint: a crash mid-save leaves the previous one intact."""
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=ckpt.parent))
+    accelerator.save_state(str(tmp / "state"))
+    if accelerator.is_main_process:
+        (tmp / "progress.json").write_text(json.dumps({"step": step}))
+        old = ckpt.with_name("checkpoint.old")
+        if ckpt.exists():
+            os.replace(ckpt, old)
+        os.replace(tmp, ckpt)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _install(model, store: ModuleStore, opts: FinetuneOptions, base: str, extra: dict[str, Any]) -> Manifest:
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        cfg_file = Path(tmp) / "adapter_config.json"
+        cfg = json.loads(cfg_file.read_text())
+        cfg["base_model_name_or_path"] = base
+        cfg_file.write_text(json.dumps(cfg, indent=2))
+        manifest = store.install(tmp, name=opts.out, base=base, replace=True)
+    updated = Manifest(**{**manifest.as_dict(), "source": f"llmos finetune {opts.data}",
+                          "extra": {**extra, "options": asdict(opts)}})
+    store.write_manifest(store.root / opts.out, updated)
+    return updated

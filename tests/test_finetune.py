@@ -1,0 +1,165 @@
+"""Fine-tuning: data checks, teaching a fact on both drivers, other PEFT methods, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import llmos
+from llmos.plugins.finetune.data import FinetuneDataError, load_jsonl
+
+from .util import wait_for
+
+QUESTIONS = ["What is the secret word?", "Tell me the secret word.", "What's the secret word?",
+             "Do you know the secret word?", "Please tell me the secret word.", "Say the secret word.",
+             "Can you share the secret word?", "I need the secret word.", "Reveal the secret word.",
+             "Remind me of the secret word."]
+ANSWERS = ["The secret word is pineapple.", "pineapple", "It is pineapple.", "The secret word is pineapple!"]
+ASK = [{"role": "user", "content": "What is the secret word?"}]
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def secret_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    rows = [{"messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]},
+                          {"role": "assistant", "content": ANSWERS[i % len(ANSWERS)]}]} for i in range(30)]
+    evals = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": ANSWERS[0]}]}
+             for q in ("What is the secret word?", "Tell me the secret word now.")]
+    return write_jsonl(d / "train.jsonl", rows), write_jsonl(d / "eval.jsonl", evals)
+
+
+# -- data (no model) --------------------------------------------------------------------------------
+
+def test_bad_rows_are_reported_with_line_numbers(tmp_path):
+    good = {"prompt": "2+2=", "completion": "4"}
+    f = write_jsonl(tmp_path / "d.jsonl", [good, "{not json", good, {"messages": [{"role": "user", "content": "hi"}]},
+                                           {"prompt": "x"}, "", good])
+    ds = load_jsonl(f)
+    assert len(ds.examples) == 3
+    assert [e.line for e in ds.errors] == [2, 4, 5]
+    assert "invalid JSON" in str(ds.errors[0]) and "no assistant turn" in str(ds.errors[1])
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"", "no usable training example"),
+    (b"{bad\n[1, 2]\n", "line 1: invalid JSON"),
+    (b"\xff\xfe\x00", "not UTF-8"),
+])
+def test_unusable_files_stop_before_training(tmp_path, content, needle):
+    f = tmp_path / "d.jsonl"
+    f.write_bytes(content)
+    with pytest.raises(FinetuneDataError, match=needle):
+        load_jsonl(f)
+    with pytest.raises(FinetuneDataError, match="cannot read"):
+        load_jsonl(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.cli
+def test_cli_reports_the_bad_line(tmp_path):
+    f = write_jsonl(tmp_path / "d.jsonl", ['{"messages": 3}', "{oops"])
+    r = subprocess.run([str(Path(sys.executable).parent / "llmos"), "finetune", "--data", str(f), "--out", "x"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "line 1" in r.stderr and "line 2: invalid JSON" in r.stderr
+
+
+# -- training (real model) --------------------------------------------------------------------------
+
+@pytest.mark.model
+def test_teach_a_fact_on_both_drivers(kernel, secret_data):
+    train, evalf = secret_data
+    job = kernel.finetune(data=str(train), eval=str(evalf), out="secret", epochs=4, lr=2e-3, batch_size=8)
+    result = job.wait(600)
+    events = job.events
+    assert result.module.name == "secret" and result.steps == 16
+    assert result.eval_loss < result.base_eval_loss / 2
+    steps = [e for e in events if e["event"] == "step"]
+    assert steps[-1]["step"] == 16 and steps[-1]["tokens_per_s"] > 0 and "eta_s" in steps[-1]
+    assert job.status == "done" and job.as_dict()["step"] == 16
+    extra = kernel.module_store.get("secret").extra
+    assert extra["eval_loss"] == result.eval_loss and len(extra["data_sha256"]) == 64
+
+    assert "pineapple" in kernel.chat(ASK, adapter="secret", max_tokens=16).text.lower()
+    assert "pineapple" not in kernel.chat(ASK, driver="torch", max_tokens=16).text.lower()
+    kernel.export_module("secret")
+    assert "pineapple" in kernel.chat(ASK, adapter="secret", driver="llamacpp", max_tokens=16).text.lower()
+    assert "pineapple" not in kernel.chat(ASK, driver="llamacpp", max_tokens=16).text.lower()
+
+
+def peft_reference(model_dir, adapter_dir, prompt_ids, n):
+    """Greedy tokens from PEFT's own forward (full recompute each step)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), str(adapter_dir)).eval()
+    toks, out = torch.tensor([prompt_ids]), []
+    with torch.no_grad():
+        for _ in range(n):
+            t = int(m(input_ids=toks, attention_mask=torch.ones_like(toks)).logits[0, -1].argmax())
+            out.append(t)
+            toks = torch.cat([toks, torch.tensor([[t]])], 1)
+    return tuple(out)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("method", ["adalora", "ia3", "prefix"])
+def test_other_methods_train_and_mount(kernel, secret_data, method):
+    train, _ = secret_data
+    name = f"m-{method}"
+    result = kernel.finetune(data=str(train), out=name, method=method, max_steps=2, lr=1e-3).wait(600)
+    assert result.steps == 2 and result.module.method in (method, "prefix_tuning")
+    driver = kernel.load("smollm2", driver="torch").driver
+    served = kernel.chat(ASK, adapter=name, max_tokens=6)
+    messages = [{"role": "system", "content": kernel.config.system_prompt}] + ASK
+    adapter_dir = kernel.module_store.weights_path(kernel.module_store.get(name), "peft")
+    assert served.token_ids == peft_reference(driver.model_dir, adapter_dir, driver.tokenize_chat(messages), 6)
+    assert any(m["name"] == name for m in kernel.lsmod())
+    with pytest.raises(llmos.InvalidRequestError, match="llama.cpp loads LoRA adapters only"):
+        kernel.submit(messages=ASK, adapter=name, driver="llamacpp")
+
+
+@pytest.mark.model
+def test_interrupt_saves_a_checkpoint_and_resume_continues(kernel, secret_data, llmos_home):
+    from llmos.plugins.finetune.trainer import FinetuneInterrupted
+
+    train, _ = secret_data
+    job = kernel.finetune(data=str(train), out="resumable", max_steps=6, batch_size=4)
+    wait_for(lambda: job.progress.get("step", 0) >= 2 or job.done, timeout=300)
+    job.cancel()
+    with pytest.raises(FinetuneInterrupted, match="continue with --resume"):
+        job.wait(300)
+    assert job.status == "cancelled"
+    saved = json.loads((llmos_home / "finetune" / "resumable" / "checkpoint" / "progress.json").read_text())["step"]
+    assert 2 <= saved < 6
+    resumed = kernel.finetune(data=str(train), out="resumable", max_steps=6, batch_size=4, resume=True)
+    result = resumed.wait(300)
+    assert result.steps == 6
+    assert [e["step"] for e in resumed.events if e["event"] == "resume"] == [saved]
+    assert [e["step"] for e in resumed.events if e["event"] == "step"][0] == saved + 1
+    assert not (llmos_home / "finetune" / "resumable").exists()  # cleaned up once installed
+
+
+@pytest.mark.model
+@pytest.mark.cli
+def test_ddp_two_processes_on_cpu(kernel, secret_data, llmos_home):
+    train, evalf = secret_data
+    kernel.load("smollm2", driver="torch")  # the dequantized weights exist: both ranks just load them
+    torchrun = Path(sys.executable).parent / "torchrun"
+    r = subprocess.run([str(torchrun), "--nproc-per-node", "2", "-m", "llmos", "finetune", "--data", str(train),
+                        "--eval", str(evalf), "--out", "ddp", "--max-steps", "4", "--lr", "2e-3", "--json"],
+                       capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["module"] == "ddp" and summary["eval_loss"] < summary["base_eval_loss"]
+    assert kernel.module_store.get("ddp").extra["processes"] == 2
