@@ -16,11 +16,12 @@ from .config import Config
 from .errors import InvalidRequestError, KernelShutdownError, PromptTooLongError
 from .handle import Completion, RequestHandle
 from .jobs import Job
+from .toolbox import ToolBox
 from .module_table import ModuleTable
 from .models import LoadProgress, ModelManager
 from .modules import Manifest, ModuleStore
 from .registry import ModelRegistry, ModelSpec
-from .request import Priority, Request, SamplingParams, validate_messages
+from .request import Priority, PromptEnvelope, Request, SamplingParams, validate_messages
 
 log = logging.getLogger("llmos.kernel")
 
@@ -36,6 +37,7 @@ class Kernel:
         self.plugins = plugins or PluginManager(load_entrypoints=load_entrypoints)
         self.registry = ModelRegistry(self.config.home, self.config.models)
         self.drivers = self.plugins.collect_drivers()
+        self.tools = ToolBox(self)
         self._models = ModelManager(self.config, self.registry, self.drivers, progress, on_finish=self._on_finish)
         self.module_store = ModuleStore(self.config.home, self.registry)
         self.modules = ModuleTable(self.module_store, self._models, self.config.max_loaded_modules, self.cancel)
@@ -106,6 +108,7 @@ class Kernel:
             self.module_store.check_base(manifest, self.registry.resolve(model))
             driver = self.modules.driver_for(manifest, driver)
         loaded = self._models.get(model or self.config.default_model, driver)
+        prompt, chat = self._prepare_prompt(prompt, chat, loaded.spec.name, owner, adapter)
         if adapter is not None:
             self.modules.insmod(adapter, driver=loaded.driver_name)
         drv = loaded.driver
@@ -131,11 +134,32 @@ class Kernel:
         except BaseException:
             self.modules.release(request.request_id)
             raise
+        self.plugins.call_each("request_submitted", request={
+            "id": request.request_id, "owner": owner, "model": request.model, "adapter": adapter,
+            "priority": prio.name.lower(), "prompt_tokens": len(tokens)})
         return handle
+
+    def _prepare_prompt(self, prompt, chat, model: str, owner: str, adapter: str | None):
+        """Let plugins inspect or rewrite the prompt (the prepare_prompt hook); a failing plugin is
+        reported and the prompt goes on unchanged."""
+        envelope = PromptEnvelope(text=prompt, messages=[dict(m) for m in chat] if chat else None, model=model,
+                                  owner=owner, adapter=adapter)
+        try:
+            self.plugins.hook.prepare_prompt(prompt=envelope)
+        except Exception as exc:  # noqa: BLE001
+            self.plugins.report_failure("prepare_prompt", exc)
+            return prompt, chat
+        messages = validate_messages(envelope.messages) if envelope.messages is not None else None
+        if envelope.text is not None:
+            _check_prompt(envelope.text)
+        return envelope.text, messages
 
     def _on_finish(self, request: Request) -> None:
         if request.adapter is not None:
             self.modules.release(request.request_id)
+        self.plugins.call_each("request_finished", request={
+            "id": request.request_id, "owner": request.owner, "model": request.model, "adapter": request.adapter,
+            "status": request.status.name.lower(), "error": request.error, "metrics": request.metrics.as_dict()})
 
     # -- modules (adapters) ------------------------------------------------------------------------
 
@@ -227,6 +251,20 @@ class Kernel:
     def jobs(self) -> list[dict[str, Any]]:
         return [j.as_dict() for j in self._jobs]
 
+    # -- plugins, tools, tasks -----------------------------------------------------------------------
+
+    def plugins_info(self) -> list[dict[str, Any]]:
+        """Loaded plugins: name, version, source, hooks, error (None when it loaded)."""
+        return self.plugins.info()
+
+    def call_tool(self, name: str, args: Any, **kwargs: Any):
+        """Validate, authorize, run and audit a tool call (see kernel/toolbox.py)."""
+        return self.tools.call(name, args, **kwargs)
+
+    def run_task(self, name: str, params: Any) -> Any:
+        """Run a registered task with validated parameters; returns its JSON-serialisable result."""
+        return self.tools.run_task(name, params)
+
     # -- introspection -----------------------------------------------------------------------------
 
     def ps(self) -> list[dict[str, Any]]:
@@ -275,6 +313,7 @@ class Kernel:
         for job in self._jobs:
             job.cancel()
         self._models.shutdown()
+        self.tools.close()
 
     def __enter__(self) -> "Kernel":
         return self

@@ -164,6 +164,17 @@ def validate_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]
 
 
 @dataclass
+class PromptEnvelope:
+    """What the prepare_prompt hook sees and may rewrite: the prompt text or chat messages."""
+
+    text: str | None
+    messages: list[dict[str, Any]] | None
+    model: str
+    owner: str
+    adapter: str | None = None
+
+
+@dataclass
 class RequestMetrics:
     """Timestamps (time.monotonic) and derived figures of one request."""
 

@@ -1,8 +1,9 @@
 """The llmos plugin API: every hook a plugin may implement, and nothing else.
 
-Plugins mark implementations with `llmos.hookimpl` (pluggy project name "llmos"). Registration hooks
-receive a `register` callback so the kernel owns naming, duplicates and conflicts. The built-in
-drivers ship as a plugin through these same hooks (plugins/builtin.py).
+Mark implementations with `from llmos import hookimpl` (pluggy project name "llmos"). Registration
+hooks receive a `register` callback, so the kernel owns naming, duplicates and conflicts. The
+built-in drivers, tools and tasks ship as plugins through these same hooks (plugins/builtin*.py).
+Observer hooks must not block: they run on the kernel's threads.
 """
 
 from __future__ import annotations
@@ -16,8 +17,38 @@ hookimpl = pluggy.HookimplMarker("llmos")
 
 
 @hookspec
+def register_tools(register: Callable[..., None]) -> None:
+    """Register tools: `register(fn, name=None, capabilities=None)`, fn typed and documented."""
+
+
+@hookspec
+def register_tasks(register: Callable[..., None]) -> None:
+    """Register tasks: `register(name, fn, description=None)`, fn(kernel, **params) -> JSON-able."""
+
+
+@hookspec
 def register_drivers(register: Callable[[type], None]) -> None:
     """Register device driver classes (subclasses of llmos.drivers.base.Driver)."""
+
+
+@hookspec
+def register_commands(register: Callable[..., None]) -> None:
+    """Register shell/CLI commands: `register(name, handler, help=None)`, handler(kernel, args) -> str."""
+
+
+@hookspec
+def prepare_prompt(prompt: Any) -> None:
+    """Inspect or rewrite a request's `prompt.text` / `prompt.messages` before tokenization (use wrapper=True to run around other plugins)."""
+
+
+@hookspec
+def request_submitted(request: dict[str, Any]) -> None:
+    """Observe a request accepted by the kernel (id, owner, model, adapter, priority)."""
+
+
+@hookspec
+def request_finished(request: dict[str, Any]) -> None:
+    """Observe a finished request (id, owner, model, status, error, and its metrics)."""
 
 
 @hookspec

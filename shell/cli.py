@@ -20,6 +20,7 @@ from llmos.kernel.errors import InvalidRequestError, LlmosError
 from .cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, STATE, err, fail, kernel_session, out
 from .cli_finetune import finetune
 from .cli_modules import mod_app
+from .cli_plugins import add_plugin_commands, audit, plugins, task_app, tasks, tools_app
 
 app = typer.Typer(
     name="llmos", no_args_is_help=True, add_completion=False,
@@ -131,7 +132,13 @@ def bench(
 
 app.add_typer(mod_app, name="mod")
 app.command("finetune")(finetune)
+app.command("plugins")(plugins)
+app.add_typer(tools_app, name="tools")
+app.command("tasks")(tasks)
+app.add_typer(task_app, name="task")
+app.command("audit")(audit)
 
 
 def main() -> None:
+    add_plugin_commands(app)
     app()

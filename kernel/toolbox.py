@@ -1,0 +1,81 @@
+"""The kernel's toolbox: tools, tasks and commands registered by plugins (and MCP servers), with
+capability checks and the audit log on every tool call. Reached as `kernel.tools`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from .capabilities import Approver, AuditLog, Grants, ToolDeniedError
+from .errors import LlmosError
+from .tools import Task, Tool, ToolResult, UnknownToolError, run_with_timeout
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class ToolBox:
+    def __init__(self, kernel: "Kernel") -> None:
+        from llmos.plugins.mcp_tools import McpTools
+
+        self.kernel = kernel
+        plugins = kernel.plugins
+        self._tools: dict[str, Tool] = plugins.collect(
+            "register_tools", lambda plugin, fn, name=None, capabilities=None:
+            Tool.from_function(fn, name=name, capabilities=capabilities, plugin=plugin))
+        self.tasks: dict[str, Task] = plugins.collect(
+            "register_tasks", lambda plugin, name, fn, description=None:
+            Task.from_function(name, fn, description=description, plugin=plugin))
+        self.commands = plugins.collect_commands()
+        self.grants = Grants(kernel.config.sections.get("capabilities"))
+        self.audit = AuditLog(kernel.config.home / "audit.jsonl")
+        self.mcp = McpTools(kernel.config.sections.get("mcp", {}))
+
+    # -- tools -------------------------------------------------------------------------------------
+
+    def all(self) -> dict[str, Tool]:
+        """Plugin tools plus the tools of configured MCP servers (started on demand)."""
+        return {**self._tools, **self.mcp.tools()}
+
+    def get(self, name: str) -> Tool:
+        tool = self._tools.get(name) or self.mcp.tools().get(name)
+        if tool is None:
+            raise UnknownToolError(f"unknown tool {name!r}: available are {sorted(self.all())}")
+        return tool
+
+    def call(self, name: str, args: Any, *, owner: str = "default", approve: Approver | None = None,
+             timeout: float = DEFAULT_TIMEOUT_S) -> ToolResult:
+        """Validate, check capabilities, run and audit one tool call.
+
+        Unknown tools, bad arguments and denials raise typed errors; a tool that fails or times out
+        returns `ToolResult(ok=False, error=...)`."""
+        tool = self.get(name)
+        entry: dict[str, Any] = {"who": owner, "tool": name, "args": args, "capabilities": sorted(tool.capabilities)}
+        try:
+            params = tool.validate(args)
+            entry["decision"] = self.grants.decide(name, tool.plugin, tool.capabilities, approve)
+        except ToolDeniedError:
+            self.audit.record(**entry, decision="denied", outcome="denied", duration_s=0.0)
+            raise
+        except LlmosError as exc:
+            self.audit.record(**entry, decision="invalid", outcome="invalid", error=str(exc), duration_s=0.0)
+            raise
+        started = time.monotonic()
+        ok, value, error = run_with_timeout(lambda: tool.fn(**params), timeout)
+        duration = time.monotonic() - started
+        self.audit.record(**entry, outcome="ok" if ok else "error", error=error, duration_s=round(duration, 4))
+        return ToolResult(ok, value, error, duration)
+
+    # -- tasks -------------------------------------------------------------------------------------
+
+    def run_task(self, name: str, params: Any) -> Any:
+        task = self.tasks.get(name)
+        if task is None:
+            raise UnknownToolError(f"unknown task {name!r}: available are {sorted(self.tasks)}")
+        return task.fn(self.kernel, **task.validate(params))
+
+    def close(self) -> None:
+        self.mcp.close()
