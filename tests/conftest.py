@@ -7,6 +7,7 @@ Markers: `model` (loads a real model), `cli` (runs the installed `llmos` command
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -34,3 +35,8 @@ def kernel():
     k.load("smollm2")
     yield k
     k.shutdown()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The isolated home holds a dequantized model copy (hundreds of MB): never leave it behind."""
+    shutil.rmtree(_HOME, ignore_errors=True)
