@@ -27,6 +27,7 @@ class Completion:
     status: RequestStatus
     error: str | None
     metrics: dict[str, Any] = field(default_factory=dict)
+    sources: tuple[str, ...] = ()
 
     @property
     def finish_reason(self) -> str | None:
@@ -42,7 +43,7 @@ class Completion:
         return {
             "id": self.request_id, "model": self.model, "text": self.text,
             "finish_reason": self.finish_reason, "status": self.status.name.lower(),
-            "error": self.error, "usage": self.usage, "metrics": self.metrics,
+            "error": self.error, "usage": self.usage, "metrics": self.metrics, "sources": list(self.sources),
         }
 
 
@@ -178,5 +179,5 @@ class RequestHandle:
         return Completion(
             request_id=self.id, model=self.request.model, text="".join(self._chunks),
             token_ids=tuple(self._tokens), status=final.status, error=final.error,
-            metrics=self.request.metrics.as_dict(),
+            metrics=self.request.metrics.as_dict(), sources=tuple(self.request.sources),
         )

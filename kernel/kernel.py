@@ -20,6 +20,7 @@ from .toolbox import ToolBox
 from .module_table import ModuleTable
 from .models import LoadProgress, ModelManager
 from .modules import Manifest, ModuleStore
+from .rag import with_passages
 from .registry import ModelRegistry, ModelSpec
 from .request import Priority, PromptEnvelope, Request, SamplingParams, validate_messages
 
@@ -43,6 +44,7 @@ class Kernel:
         self.modules = ModuleTable(self.module_store, self._models, self.config.max_loaded_modules, self.cancel)
         self._models.on_unload = self.modules.forget_engine
         self._closed = False
+        self._mem = None
         self._jobs: list[Job] = []
         self._lock = threading.Lock()
         self.started = time.monotonic()
@@ -81,6 +83,7 @@ class Kernel:
         model: str | None = None,
         driver: str | None = None,
         adapter: str | None = None,
+        rag: str | None = None,
         priority: Priority | int | str = Priority.NORMAL,
         owner: str = "default",
         timeout: float | None = None,
@@ -112,6 +115,16 @@ class Kernel:
         if adapter is not None:
             self.modules.insmod(adapter, driver=loaded.driver_name)
         drv = loaded.driver
+        sources: list[str] = []
+        if rag is not None:
+            if chat is None:
+                chat = [{"role": "user", "content": prompt}]
+                prompt = None
+            if self.config.system_prompt and not any(m["role"] == "system" for m in chat):
+                chat.insert(0, {"role": "system", "content": self.config.system_prompt})
+            budget = loaded.info.context_length - params.max_tokens - len(drv.tokenize_chat(chat)) - 32
+            chat, sources = with_passages(self.mem, chat, rag, lambda t: len(drv.tokenize(t, add_special=False)),
+                                          budget)
         tokens = drv.tokenize_chat(chat) if chat is not None else drv.tokenize(prompt)
         if not tokens:
             raise InvalidRequestError("prompt is empty after tokenization: give some text", param="prompt")
@@ -124,7 +137,7 @@ class Kernel:
             prompt_token_ids=tokens, sampling=params, model=loaded.spec.name, adapter=adapter,
             exclusive_adapter=exclusive,
             priority=prio, owner=owner, prompt=prompt, messages=chat,
-            deadline=None if timeout is None else time.monotonic() + timeout,
+            deadline=None if timeout is None else time.monotonic() + timeout, sources=sources,
         )
         handle = RequestHandle(request, self.cancel)
         if adapter is not None:
@@ -231,6 +244,18 @@ class Kernel:
         """Cancel a waiting or running request by id; False if it is unknown or already finished."""
         return any(m.engine.cancel(request_id) for m in self._models.loaded())
 
+    # -- memory ------------------------------------------------------------------------------------
+
+    @property
+    def mem(self):
+        """Retrieval memory (memfs): write/append/cat/ls/stat/mv/rm/find/grep/import_dir/fsck."""
+        from .memfs import MemFS
+
+        with self._lock:
+            if self._mem is None:
+                self._mem = MemFS(self.config.home / "memfs")
+            return self._mem
+
     # -- jobs ----------------------------------------------------------------------------------------
 
     def finetune(self, *, model: str | None = None, data: str, out: str, **options: Any) -> Job:
@@ -314,6 +339,8 @@ class Kernel:
             job.cancel()
         self._models.shutdown()
         self.tools.close()
+        if self._mem is not None:
+            self._mem.close()
 
     def __enter__(self) -> "Kernel":
         return self

@@ -244,6 +244,7 @@ class Request:
     request_id: str = field(default_factory=next_request_id)
     prompt: str | None = None
     messages: list[dict[str, Any]] | None = None
+    sources: list[str] = field(default_factory=list)  # memfs paths given to the model (RAG)
     status: RequestStatus = RequestStatus.WAITING
     output_token_ids: list[int] = field(default_factory=list)
     output_text: str = ""

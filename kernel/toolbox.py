@@ -64,7 +64,8 @@ class ToolBox:
             self.audit.record(**entry, decision="invalid", outcome="invalid", error=str(exc), duration_s=0.0)
             raise
         started = time.monotonic()
-        ok, value, error = run_with_timeout(lambda: tool.fn(**params), timeout)
+        call = (lambda: tool.fn(self.kernel, **params)) if tool.takes_kernel else (lambda: tool.fn(**params))
+        ok, value, error = run_with_timeout(call, timeout)
         duration = time.monotonic() - started
         self.audit.record(**entry, outcome="ok" if ok else "error", error=error, duration_s=round(duration, 4))
         return ToolResult(ok, value, error, duration)

@@ -102,15 +102,17 @@ class Tool:
     capabilities: frozenset[str]
     plugin: str
     _model: type[pydantic.BaseModel] = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+    takes_kernel: bool = False  # fn(kernel, **args): a first parameter named `kernel` gets the kernel
 
     @classmethod
     def from_function(cls, fn: Callable, *, name: str | None, capabilities, plugin: str) -> "Tool":
         name = name or fn.__name__
         if not name or set(name) - NAME_CHARS:
             raise ValueError(f"tool name {name!r} may use letters, digits, '_', '.', '-' only")
-        description, model = _describe(fn, skip_first=False)
+        takes_kernel = list(inspect.signature(fn).parameters)[:1] == ["kernel"]  # passed by the toolbox
+        description, model = _describe(fn, skip_first=takes_kernel)
         caps = frozenset([capabilities] if isinstance(capabilities, str) else capabilities or ())
-        return cls(name, fn, description, _schema(model), caps, plugin, model)
+        return cls(name, fn, description, _schema(model), caps, plugin, model, takes_kernel)
 
     def validate(self, args: Any) -> dict[str, Any]:
         if self._model is None:  # a tool that brings its own JSON schema (MCP)

@@ -44,10 +44,28 @@ def finetune_task(kernel, data: str, out: str, model: Optional[str] = None, meth
             "base_eval_loss": result.base_eval_loss, "data_errors": result.data_errors}
 
 
+def mem_find(kernel, query: str, within: str = "/", k: int = 5) -> list:
+    """Search memory (memfs) by meaning: the best passage per file, with its path and score."""
+    return kernel.mem.find(query, within, k)
+
+
+def mem_cat(kernel, path: str) -> str:
+    """Read a file from memory (memfs)."""
+    return kernel.mem.cat(path)
+
+
+def mem_write(kernel, path: str, text: str) -> dict:
+    """Write (create or replace) a file in memory (memfs)."""
+    return kernel.mem.write(path, text)
+
+
 @hookimpl
 def register_tools(register):
     register(calculator)
     register(now)
+    register(mem_find, capabilities=["memfs.read"])
+    register(mem_cat, capabilities=["memfs.read"])
+    register(mem_write, capabilities=["memfs.write"])
 
 
 @hookimpl

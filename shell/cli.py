@@ -19,6 +19,7 @@ from llmos.kernel.errors import InvalidRequestError, LlmosError
 
 from .cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, STATE, err, fail, kernel_session, out
 from .cli_finetune import finetune
+from .cli_mem import mem_app
 from .cli_modules import mod_app
 from .cli_plugins import add_plugin_commands, audit, plugins, task_app, tasks, tools_app
 
@@ -57,6 +58,7 @@ def run(
     system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
     raw: bool = typer.Option(False, "--raw", help="Send the prompt as is, without the chat template."),
     adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help="An installed module (see `llmos mod ls`)."),
+    rag: Optional[str] = typer.Option(None, "--rag", help="Answer from memfs passages under this directory."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
 ) -> None:
     """Generate an answer, streaming it to stdout."""
@@ -74,7 +76,10 @@ def run(
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         request = dict(messages=messages)
     with kernel_session(as_json) as kernel:
-        handle = kernel.submit(**request, model=model, driver=driver, adapter=adapter, owner="cli", **sampling)
+        if rag is not None and raw:
+            raise fail(InvalidRequestError("--rag works with chat prompts, not --raw", param="rag"), as_json)
+        handle = kernel.submit(**request, model=model, driver=driver, adapter=adapter, rag=rag, owner="cli",
+                               **sampling)
         try:
             if as_json:
                 completion = handle.result(check=False)
@@ -86,6 +91,8 @@ def run(
                 sys.stdout.write(chunk)
                 sys.stdout.flush()
             sys.stdout.write("\n")
+            if handle.request.sources:
+                sys.stdout.write("Sources: " + " ".join(f"[{p}]" for p in handle.request.sources) + "\n")
         except KeyboardInterrupt:
             handle.cancel()
             sys.stdout.write("\n")
@@ -131,6 +138,7 @@ def bench(
 
 
 app.add_typer(mod_app, name="mod")
+app.add_typer(mem_app, name="mem")
 app.command("finetune")(finetune)
 app.command("plugins")(plugins)
 app.add_typer(tools_app, name="tools")

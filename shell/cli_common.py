@@ -31,7 +31,7 @@ def fail(exc: LlmosError, as_json: bool) -> "typer.Exit":
         body = {"error": {"code": exc.code, "message": str(exc), "param": getattr(exc, "param", None)}}
         typer.echo(json.dumps(body))
     else:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code)
 
 

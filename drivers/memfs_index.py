@@ -1,0 +1,115 @@
+"""The vector index behind memfs (FAISS): exact while small, HNSW when large.
+
+Vectors are L2-normalized float32, scored by inner product (cosine). Ids are the chunk rows' ids in
+SQLite, so moves never touch the index and deletes remove exactly those ids. The exact index
+(Flat/IP) deletes in place; HNSW cannot, so deletes there are tombstones filtered out of results,
+and the index is rebuilt once they pile up. `VectorIndex.build` picks the kind from the size.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+#: above this many vectors a volume switches from the exact index to HNSW
+HNSW_THRESHOLD = 20_000
+HNSW_M = 32
+HNSW_EF_SEARCH = 128
+#: rebuild an HNSW index when this fraction of its vectors is deleted
+TOMBSTONE_REBUILD = 0.2
+
+
+class VectorIndex:
+    def __init__(self, dim: int, kind: str = "flat") -> None:
+        self.dim = dim
+        self.kind = kind
+        self._index = self._new(kind)
+        self._ids: set[int] = set()
+        self._dead: set[int] = set()
+        self.lock = threading.RLock()
+
+    def _new(self, kind: str):
+        if kind == "flat":
+            return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+        if kind == "hnsw":
+            inner = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            inner.hnsw.efSearch = HNSW_EF_SEARCH
+            return faiss.IndexIDMap2(inner)
+        raise ValueError(f"unknown index kind {kind!r}")
+
+    @classmethod
+    def build(cls, dim: int, ids: np.ndarray, vectors: np.ndarray, threshold: int = HNSW_THRESHOLD) -> "VectorIndex":
+        index = cls(dim, "hnsw" if len(ids) > threshold else "flat")
+        index.add(ids, vectors)
+        return index
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def ids(self) -> set[int]:
+        with self.lock:
+            return set(self._ids)
+
+    @property
+    def needs_rebuild(self) -> bool:
+        """True when the kind no longer fits the size, or tombstones pile up."""
+        n = len(self._ids)
+        wrong_kind = (self.kind == "flat") == (n > HNSW_THRESHOLD)
+        return wrong_kind or len(self._dead) > TOMBSTONE_REBUILD * max(n, 1)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
+        with self.lock:
+            self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
+                                     np.ascontiguousarray(ids, dtype=np.int64))
+            self._ids.update(int(i) for i in ids)
+
+    def remove(self, ids) -> None:
+        ids = [int(i) for i in ids if int(i) in self._ids]
+        if not ids:
+            return
+        with self.lock:
+            if self.kind == "flat":
+                self._index.remove_ids(np.asarray(ids, dtype=np.int64))
+            else:
+                self._dead.update(ids)
+            self._ids.difference_update(ids)
+
+    def search(self, vector: np.ndarray, k: int, subset: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """Best `k` (id, score) pairs, optionally among the ids in `subset` only."""
+        with self.lock:
+            if not self._ids:
+                return []
+            want = min(k + len(self._dead), len(self._ids) + len(self._dead))
+            params = None
+            if subset is not None:
+                if len(subset) == 0:
+                    return []
+                sel = faiss.IDSelectorBatch(np.ascontiguousarray(subset, dtype=np.int64))
+                params = (faiss.SearchParametersHNSW(sel=sel, efSearch=max(HNSW_EF_SEARCH, want))
+                          if self.kind == "hnsw" else faiss.SearchParameters(sel=sel))
+            scores, ids = self._index.search(np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32), want,
+                                             params=params)
+        hits = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0 and int(i) not in self._dead]
+        return hits[:k]
+
+    def save(self, path: Path) -> None:
+        """Write atomically (temp file + rename)."""
+        tmp = path.with_name(path.name + ".tmp")
+        with self.lock:
+            faiss.write_index(self._index, str(tmp))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path, dim: int) -> "VectorIndex":
+        raw = faiss.read_index(str(path))
+        if raw.d != dim:
+            raise ValueError(f"index dimension {raw.d} does not match the embedder's {dim}")
+        index = cls(dim, "hnsw" if "HNSW" in type(faiss.downcast_index(raw.index)).__name__ else "flat")
+        index._index = faiss.downcast_index(raw) if not isinstance(raw, faiss.IndexIDMap2) else raw
+        index._ids = {int(i) for i in faiss.vector_to_array(index._index.id_map)}
+        return index
