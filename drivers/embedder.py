@@ -78,7 +78,8 @@ class SentenceEmbedder:
                 break
         return chunks
 
-    def embed(self, texts: list[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
+    def embed(self, texts: list[str], batch_size: int = BATCH_SIZE, **_scheduling) -> np.ndarray:
+        """Vectors for `texts` (scheduling hints such as priority are for the kernel's queue)."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         vectors = self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True,

@@ -43,8 +43,9 @@ class VectorIndex:
         raise ValueError(f"unknown index kind {kind!r}")
 
     @classmethod
-    def build(cls, dim: int, ids: np.ndarray, vectors: np.ndarray, threshold: int = HNSW_THRESHOLD) -> "VectorIndex":
-        index = cls(dim, "hnsw" if len(ids) > threshold else "flat")
+    def build(cls, dim: int, ids: np.ndarray, vectors: np.ndarray, threshold: int | None = None) -> "VectorIndex":
+        limit = HNSW_THRESHOLD if threshold is None else threshold
+        index = cls(dim, "hnsw" if len(ids) > limit else "flat")
         index.add(ids, vectors)
         return index
 

@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, Iterator, Sequence
 
 from .config import Config
 from .errors import InvalidRequestError, KernelShutdownError, PromptTooLongError
+from .embedding import EmbeddingService
 from .handle import Completion, RequestHandle
 from .jobs import Job
 from .toolbox import ToolBox
@@ -45,6 +46,7 @@ class Kernel:
         self._models.on_unload = self.modules.forget_engine
         self._closed = False
         self._mem = None
+        self._embedding: EmbeddingService | None = None
         self._jobs: list[Job] = []
         self._lock = threading.Lock()
         self.started = time.monotonic()
@@ -251,9 +253,16 @@ class Kernel:
         """Retrieval memory (memfs): write/append/cat/ls/stat/mv/rm/find/grep/import_dir/fsck."""
         from .memfs import MemFS
 
+        def backends():
+            from .memfs.fs import default_backends
+
+            embedder, index_cls = default_backends()
+            self._embedding = EmbeddingService(embedder)  # embedding is kernel work: queued, in ps
+            return self._embedding, index_cls
+
         with self._lock:
             if self._mem is None:
-                self._mem = MemFS(self.config.home / "memfs")
+                self._mem = MemFS(self.config.home / "memfs", backends)
             return self._mem
 
     # -- jobs ----------------------------------------------------------------------------------------
@@ -293,7 +302,7 @@ class Kernel:
     # -- introspection -----------------------------------------------------------------------------
 
     def ps(self) -> list[dict[str, Any]]:
-        """Live requests of every loaded model, most urgent first."""
+        """Live requests of every loaded model, most urgent first, then queued embedding work."""
         now = time.monotonic()
         rows = []
         for loaded in self._models.loaded():
@@ -307,6 +316,8 @@ class Kernel:
                     "age_s": now - m.arrival, "queue_wait_s": m.queue_wait, "ttft_s": m.ttft,
                     "tokens_per_s": m.tokens_per_second,
                 })
+        if self._embedding is not None:
+            rows += self._embedding.ps()
         return rows
 
     def engines(self) -> list[dict[str, Any]]:

@@ -80,6 +80,12 @@ def _validate(model: type[pydantic.BaseModel], args: Any, what: str) -> dict[str
         raise ToolArgumentError(f"{what}: {param} {kind}", param=param) from None
 
 
+def _check_name(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not name or set(name) - NAME_CHARS:
+        raise ValueError(f"{kind} name {name!r} may use letters, digits, '_', '.', '-' only")
+    return name
+
+
 def _validate_schema(schema: dict[str, Any], args: Any, what: str) -> dict[str, Any]:
     import jsonschema
 
@@ -106,9 +112,7 @@ class Tool:
 
     @classmethod
     def from_function(cls, fn: Callable, *, name: str | None, capabilities, plugin: str) -> "Tool":
-        name = name or fn.__name__
-        if not name or set(name) - NAME_CHARS:
-            raise ValueError(f"tool name {name!r} may use letters, digits, '_', '.', '-' only")
+        name = _check_name("tool", name or fn.__name__)
         takes_kernel = list(inspect.signature(fn).parameters)[:1] == ["kernel"]  # passed by the toolbox
         description, model = _describe(fn, skip_first=takes_kernel)
         caps = frozenset([capabilities] if isinstance(capabilities, str) else capabilities or ())
@@ -135,8 +139,7 @@ class Task:
 
     @classmethod
     def from_function(cls, name: str, fn: Callable, *, description: str | None, plugin: str) -> "Task":
-        if not name or set(name) - NAME_CHARS:
-            raise ValueError(f"task name {name!r} may use letters, digits, '_', '.', '-' only")
+        _check_name("task", name)
         doc, model = _describe(fn, skip_first=True)  # fn(kernel, **params)
         return cls(name, fn, description or doc, _schema(model), plugin, model)
 

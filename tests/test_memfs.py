@@ -207,3 +207,36 @@ def test_mem_cli_and_rag(tmp_path):
     answer = llmos(home, "run", "--rag", "/notes", "When was the Eiffel tower finished?")
     assert answer.returncode == 0, answer.stderr
     assert "1889" in answer.stdout and "Sources: [/notes/travel/paris.txt]" in answer.stdout
+
+
+def test_index_switches_kind_in_the_background(tmp_path, monkeypatch):
+    import llmos.drivers.memfs_index as vi
+
+    monkeypatch.setattr(vi, "HNSW_THRESHOLD", 3)
+    fs = MemFS(tmp_path)
+    for i, topic in enumerate(["rivers", "mountains", "deserts", "oceans", "forests"]):
+        fs.write(f"/geo/{i}.md", f"Facts about {topic} and the animals living there.")
+    vol, _, _ = fs.resolve("/geo")
+    if vol.rebuild_thread is not None:
+        vol.rebuild_thread.join(60)
+    assert vol.index.kind == "hnsw" and len(vol.index) == 5
+    assert fs.find("sand dunes", k=1)[0]["path"] == "/geo/2.md"
+    fs.close()
+
+
+def test_embedding_is_kernel_work_visible_in_ps(tmp_path):
+    import threading
+
+    import llmos
+
+    with llmos.boot(home=tmp_path, load_entrypoints=False) as k:
+        k.mem.write("/warm.md", "warm up the embedder")
+        seen = []
+        writer = threading.Thread(target=lambda: [k.mem.write(f"/bulk/{i}.md", "lorem ipsum " * 300)
+                                                  for i in range(6)])
+        writer.start()
+        while writer.is_alive():
+            seen += [r for r in k.ps() if r["driver"] == "embedder"]
+        writer.join()
+        assert seen and {r["model"] for r in seen} == {"all-minilm-l6-v2"}
+        assert {r["state"] for r in seen} <= {"waiting", "running"}

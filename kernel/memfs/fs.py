@@ -167,10 +167,9 @@ class MemFS:
         targets = [self.resolve(within, "within")]
         if within == "/":  # search every volume and merge
             targets = [(self._volume(n), "/", p) for n, p in self.mounts().items()]
-        vector = self._embedder.embed([query])[0] if self._embedder else None
+        vector = self._embedder.embed([query], priority="high")[0]  # a user is waiting: ahead of imports
         hits = []
         for vol, inner, point in targets:
-            vector = vector if vector is not None else vol.embedder.embed([query])[0]
             hits += [self._fix(h, point) for h in vol.find(query, inner, k, vector=vector)]
         return sorted(hits, key=lambda h: -h["score"])[:k]
 

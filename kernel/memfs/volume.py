@@ -65,6 +65,8 @@ class Volume:
         self._version = None
         self._saved = time.monotonic()
         self._dirty = False
+        self._rebuilding = False
+        self.rebuild_thread: threading.Thread | None = None
         self._load_index()
 
     # -- index upkeep ------------------------------------------------------------------------------
@@ -103,7 +105,7 @@ class Volume:
                 self._add_from_rows(sorted(missing))
                 self._dirty = True
             if repair and self.index.needs_rebuild:
-                self._rebuild()
+                self._rebuild_in_background()
             self._version = self._db_version()
             if self._dirty:
                 self._save(force=True)
@@ -128,17 +130,43 @@ class Volume:
             if rows:
                 self.index.add(np.array([r[0] for r in rows]), np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
 
-    def _rebuild(self) -> None:
-        rows = self.db.execute("SELECT id, vector FROM chunks").fetchall()
-        ids = np.array([r[0] for r in rows], dtype=np.int64)
-        vecs = np.stack([np.frombuffer(r[1], np.float32) for r in rows]) if rows else np.zeros((0, self.embedder.dim))
-        self.index = self.index_cls.build(self.embedder.dim, ids, vecs)
-        self._dirty = True
+    def _rebuild_in_background(self) -> None:
+        """Build an index of the right kind from the stored vectors on a thread; searches keep using
+        the current one until the new one is swapped in (then it catches up with later writes)."""
+        if self._rebuilding:
+            return
+        self._rebuilding = True
+
+        def work() -> None:
+            try:
+                with self.lock:
+                    rows = self.db.execute("SELECT id, vector FROM chunks").fetchall()
+                ids = np.array([r[0] for r in rows], dtype=np.int64)
+                vecs = np.stack([np.frombuffer(r[1], np.float32) for r in rows]) if rows \
+                    else np.zeros((0, self.embedder.dim), np.float32)
+                fresh = self.index_cls.build(self.embedder.dim, ids, vecs)
+                with self.lock:
+                    self.index, self._dirty = fresh, True
+                    self.reconcile()
+                log.info("memfs volume %s: index rebuilt as %s over %d vectors", self.name, fresh.kind, len(ids))
+            except Exception:  # noqa: BLE001 - the old index keeps serving
+                log.exception("memfs volume %s: index rebuild failed", self.name)
+            finally:
+                self._rebuilding = False
+
+        self.rebuild_thread = threading.Thread(target=work, name=f"llmos-memfs-rebuild-{self.name}", daemon=True)
+        self.rebuild_thread.start()
 
     def _save(self, force: bool = False) -> None:
         if self._dirty and (force or time.monotonic() - self._saved > SAVE_EVERY_S):
             self.index.save(self.index_file)
             self._saved, self._dirty = time.monotonic(), False
+
+    def _after_change(self) -> None:
+        self._version, self._dirty = self._db_version(), True
+        if self.index.needs_rebuild:
+            self._rebuild_in_background()
+        self._save()
 
     def _sync(self) -> None:
         """Pick up writes made by other processes since this one last looked."""
@@ -203,8 +231,7 @@ class Volume:
                 raise
             self.index.remove(stale)
             self.index.add(np.array(ids, dtype=np.int64), vectors)
-            self._version, self._dirty = self._db_version(), True
-            self._save()
+            self._after_change()
         return self.stat(path)
 
     def prepare(self, text: str):
@@ -300,8 +327,7 @@ class Volume:
                 self.db.execute("ROLLBACK")
                 raise
             self.index.remove(ids)
-            self._version, self._dirty = self._db_version(), True
-            self._save()
+            self._after_change()
             return count
 
     # -- search ------------------------------------------------------------------------------------
@@ -346,10 +372,11 @@ class Volume:
 
 
 def batch_prepare(embedder, texts: list[str], progress: Callable[[int], None] | None = None):
-    """Chunk several texts and embed all their chunks in shared batches (the fast path for import)."""
+    """Chunk several texts and embed all their chunks in shared batches (the fast path for import,
+    queued at BATCH priority so interactive searches go first)."""
     per_text = [embedder.chunk(t) for t in texts]
     flat = [c.text for chunks in per_text for c in chunks]
-    vectors = embedder.embed(flat)
+    vectors = embedder.embed(flat, priority="batch")
     out, offset = [], 0
     for chunks in per_text:
         out.append((chunks, vectors[offset:offset + len(chunks)]))
