@@ -48,7 +48,7 @@ class Kernel:
         self._mem = None
         self._embedding: EmbeddingService | None = None
         self._jobs: list[Job] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.started = time.monotonic()
         self.plugins.hook.kernel_booted(kernel=self)
 
@@ -256,14 +256,32 @@ class Kernel:
         def backends():
             from .memfs.fs import default_backends
 
-            embedder, index_cls = default_backends()
-            self._embedding = EmbeddingService(embedder)  # embedding is kernel work: queued, in ps
-            return self._embedding, index_cls
+            _embedder, index_cls = default_backends()
+            return self.embedding, index_cls
 
         with self._lock:
             if self._mem is None:
                 self._mem = MemFS(self.config.home / "memfs", backends)
             return self._mem
+
+    @property
+    def mem_opened(self) -> bool:
+        return self._mem is not None
+
+    @property
+    def embedding(self) -> EmbeddingService:
+        """The kernel's embedding service (all-MiniLM-L6-v2): a priority queue visible in ps."""
+        with self._lock:
+            if self._embedding is None:
+                from llmos.drivers.embedder import SentenceEmbedder
+
+                self._embedding = EmbeddingService(SentenceEmbedder())
+            return self._embedding
+
+    def embed(self, texts: list[str], *, priority: Priority | str = Priority.NORMAL, owner: str = "api"):
+        """Embedding vectors (float32 rows, L2-normalized) for `texts`."""
+        self._check_open()
+        return self.embedding.embed(list(texts), priority=priority, owner=owner)
 
     # -- jobs ----------------------------------------------------------------------------------------
 

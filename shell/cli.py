@@ -22,6 +22,7 @@ from .cli_finetune import finetune
 from .cli_mem import mem_app
 from .cli_modules import mod_app
 from .cli_plugins import add_plugin_commands, audit, plugins, task_app, tasks, tools_app
+from .cli_serve import serve
 
 app = typer.Typer(
     name="llmos", no_args_is_help=True, add_completion=False,
@@ -145,6 +146,7 @@ app.add_typer(tools_app, name="tools")
 app.command("tasks")(tasks)
 app.add_typer(task_app, name="task")
 app.command("audit")(audit)
+app.command("serve")(serve)
 
 
 def main() -> None:

@@ -27,7 +27,8 @@ TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".json", ".toml", ".yaml", ".yml"
 
 
 def default_backends():
-    """(embedder, index class): sentence-transformers + FAISS, from drivers/ (imported lazily)."""
+    """(embedder, index class): sentence-transformers + FAISS, from drivers/ (imported lazily; the
+    model itself loads on first use)."""
     from llmos.drivers.embedder import SentenceEmbedder
     from llmos.drivers.memfs_index import VectorIndex
 

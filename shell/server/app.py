@@ -1,0 +1,213 @@
+"""The OpenAI-compatible HTTP API over a running kernel (FastAPI).
+
+Endpoints: POST /v1/chat/completions and /v1/completions (SSE streaming or not), POST /v1/embeddings
+(the memfs embedder), GET /v1/models (models, and installed adapters as `base:adapter`), GET /health,
+GET /metrics (Prometheus). Errors use OpenAI's error shape with the matching status: 400 bad
+parameter (named), 401 bad/missing key, 404 unknown model or adapter, 413 prompt too long for the
+context, 429 queue full (Retry-After), 503 shutting down. A client that disconnects cancels its
+request in the kernel. The server holds no model logic: it only calls the kernel's public API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from llmos.kernel.errors import (InvalidRequestError, KernelShutdownError, LlmosError, PromptTooLongError,
+                                 QueueFullError, UnknownAdapterError, UnknownModelError)
+
+from .metrics import Metrics
+from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+
+EMBEDDING_MODEL = "all-minilm-l6-v2"
+MAX_BODY_BYTES = 4 << 20
+
+
+def _error(status: int, message: str, kind: str, param: str | None = None, code: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                        status_code=status, headers=headers)
+
+
+def error_response(exc: LlmosError) -> JSONResponse:
+    param = getattr(exc, "param", None)
+    if isinstance(exc, PromptTooLongError):
+        return _error(413, str(exc), "invalid_request_error", param, exc.code)
+    if isinstance(exc, (UnknownModelError, UnknownAdapterError)):
+        return _error(404, str(exc), "invalid_request_error", "model", exc.code)
+    if isinstance(exc, QueueFullError):
+        return _error(429, str(exc), "rate_limit_error", None, exc.code,
+                      headers={"Retry-After": str(max(1, round(exc.retry_after)))})
+    if isinstance(exc, KernelShutdownError):
+        return _error(503, str(exc), "server_error", None, exc.code)
+    if isinstance(exc, InvalidRequestError):
+        return _error(400, str(exc), "invalid_request_error", param, exc.code)
+    return _error(500, str(exc), "server_error", None, exc.code)
+
+
+def split_model(model: str) -> tuple[str, str | None]:
+    """`base:adapter` -> (base, adapter); a bare name has no adapter (paths may contain ':' only once)."""
+    base, sep, adapter = model.rpartition(":")
+    return (base, adapter) if sep and base and adapter and "/" not in adapter else (model, None)
+
+
+def create_app(kernel, *, api_key: str | None = None, max_body: int = MAX_BODY_BYTES) -> FastAPI:
+    app = FastAPI(title="llmos", version=getattr(__import__("llmos"), "__version__", "0"),
+                  description="OpenAI-compatible API of an llmos kernel.")
+    metrics = Metrics(kernel)
+    app.state.kernel = kernel
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if int(request.headers.get("content-length") or 0) > max_body:
+            return _error(413, f"request body over {max_body} bytes", "invalid_request_error", None, "body_too_large")
+        if api_key and request.url.path not in ("/health", "/metrics"):
+            given = request.headers.get("authorization", "")
+            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return _error(401, "missing or wrong API key: send Authorization: Bearer <key>",
+                              "invalid_request_error", None, "invalid_api_key")
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(_request: Request, exc: RequestValidationError):
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"] if p != "body") or None
+        return _error(400, f"{param}: {first['msg']}", "invalid_request_error", param, "invalid_request")
+
+    @app.exception_handler(LlmosError)
+    async def llmos_error(_request: Request, exc: LlmosError):
+        return error_response(exc)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "models_loaded": [e["model"] for e in kernel.engines()]}
+
+    @app.get("/metrics")
+    async def scrape() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        now = int(time.time())
+        data = [{"id": m.name, "object": "model", "created": now, "owned_by": "llmos"} for m in kernel.models()]
+        data += [{"id": f"{m.base_model}:{m.name}", "object": "model", "created": int(m.created),
+                  "owned_by": "llmos", "parent": m.base_model} for m in kernel.module_store.list()]
+        data.append({"id": EMBEDDING_MODEL, "object": "model", "created": now, "owned_by": "llmos"})
+        return {"object": "list", "data": data}
+
+    async def run(request: Request, body, **submit: Any):
+        if body.n != 1:
+            raise InvalidRequestError("only n=1 is supported", param="n")
+        model, adapter = split_model(body.model)
+        handle = await asyncio.to_thread(kernel.submit, model=model, adapter=adapter, owner=body.user or "api",
+                                         **submit, **body.sampling())
+        metrics.submitted(handle)
+        if body.stream:
+            return StreamingResponse(_sse(request, handle, body.model, submit), media_type="text/event-stream")
+        try:
+            completion = await _until_done(request, handle)
+        finally:
+            metrics.finished(handle)
+        return completion
+
+    async def _until_done(request: Request, handle):
+        waiter = asyncio.ensure_future(handle.aresult(check=False))
+        while not waiter.done():
+            await asyncio.wait({waiter}, timeout=0.5)
+            if not waiter.done() and await request.is_disconnected():
+                handle.cancel()  # the client went away: free the slot
+        return waiter.result()
+
+    async def _sse(request: Request, handle, model: str, submit: dict[str, Any]):
+        chat = "messages" in submit
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+
+        def event(delta_text: str | None, finish: str | None) -> str:
+            if chat:
+                delta = {"role": "assistant", "content": delta_text} if delta_text is not None else {}
+                choice = {"index": 0, "delta": delta, "finish_reason": finish}
+                obj = "chat.completion.chunk"
+            else:
+                choice = {"index": 0, "text": delta_text or "", "finish_reason": finish}
+                obj = "text_completion"
+            return "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": model,
+                                          "choices": [choice]}) + "\n\n"
+
+        try:
+            async for chunk in handle.astream():
+                if await request.is_disconnected():
+                    handle.cancel()
+                    return
+                yield event(chunk, None)
+            done = handle.result(0, check=False)
+            yield event(None if chat else "", _finish(done))
+        except LlmosError as exc:
+            yield "data: " + json.dumps({"error": {"message": str(exc), "type": "server_error",
+                                                   "code": exc.code}}) + "\n\n"
+        finally:
+            handle.cancel()
+            metrics.finished(handle)
+        yield "data: [DONE]\n\n"
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request, body: ChatCompletionRequest):
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in body.messages]
+        result = await run(request, body, messages=messages)
+        if isinstance(result, StreamingResponse):
+            return result
+        return _completion_body(result, body.model, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request, body: CompletionRequest):
+        if isinstance(body.prompt, list):
+            if len(body.prompt) != 1:
+                raise InvalidRequestError("give one prompt per request", param="prompt")
+            body.prompt = body.prompt[0]
+        result = await run(request, body, prompt=body.prompt)
+        if isinstance(result, StreamingResponse):
+            return result
+        return _completion_body(result, body.model, chat=False)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest):
+        if body.model != EMBEDDING_MODEL:
+            raise UnknownModelError(body.model, [EMBEDDING_MODEL])
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts or any(not isinstance(t, str) or not t for t in texts):
+            raise InvalidRequestError("input must be a non-empty string or list of strings", param="input")
+        vectors = await asyncio.to_thread(kernel.embed, texts)
+        return {"object": "list", "model": EMBEDDING_MODEL,
+                "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)],
+                "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+
+    return app
+
+
+def _finish(completion) -> str:
+    reason = completion.finish_reason
+    return reason if reason in ("stop", "length") else "stop"
+
+
+def _completion_body(completion, model: str, *, chat: bool) -> JSONResponse | dict[str, Any]:
+    if completion.error and completion.finish_reason not in ("stop", "length"):
+        status = 503 if completion.finish_reason == "cancelled" else 500
+        return _error(status, completion.error, "server_error", None, completion.status.name.lower())
+    base = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{completion.request_id}", "created": int(time.time()),
+            "model": model, "usage": completion.usage}
+    if chat:
+        choice = {"index": 0, "message": {"role": "assistant", "content": completion.text},
+                  "finish_reason": _finish(completion)}
+        return {**base, "object": "chat.completion", "choices": [choice]}
+    return {**base, "object": "text_completion",
+            "choices": [{"index": 0, "text": completion.text, "finish_reason": _finish(completion)}]}

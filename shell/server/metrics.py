@@ -1,0 +1,49 @@
+"""Prometheus metrics of a served kernel: requests by status, queue depth, TTFT and tokens/s
+histograms per model and driver, loaded modules, memfs sizes (prometheus-client, own registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self, kernel) -> None:
+        self.kernel = kernel
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("llmos_requests", "Requests by final status", ["model", "status"], registry=r)
+        self.ttft = Histogram("llmos_time_to_first_token_seconds", "Time to first token", ["model", "driver"],
+                              registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+        self.tps = Histogram("llmos_tokens_per_second", "Decode speed per request", ["model", "driver"], registry=r,
+                             buckets=(1, 5, 10, 25, 50, 100, 200, 400))
+        self.queue = Gauge("llmos_queue_depth", "Waiting requests", ["model", "driver"], registry=r)
+        self.running = Gauge("llmos_running_requests", "Running requests", ["model", "driver"], registry=r)
+        self.modules = Gauge("llmos_loaded_modules", "Loaded adapter modules", registry=r)
+        self.memfs = Gauge("llmos_memfs_files", "Files per memfs volume", ["volume"], registry=r)
+        self._drivers: dict[str, str] = {}
+
+    def submitted(self, handle) -> None:
+        self._drivers[handle.id] = next((e["driver"] for e in self.kernel.engines()
+                                         if e["model"] == handle.request.model), "?")
+
+    def finished(self, handle) -> None:
+        driver = self._drivers.pop(handle.id, None)
+        if driver is None:  # counted already
+            return
+        req = handle.request
+        self.requests.labels(req.model, req.status.name.lower()).inc()
+        m = req.metrics
+        if m.ttft is not None:
+            self.ttft.labels(req.model, driver).observe(m.ttft)
+        if m.tokens_per_second is not None:
+            self.tps.labels(req.model, driver).observe(m.tokens_per_second)
+
+    def render(self) -> tuple[bytes, str]:
+        for e in self.kernel.engines():
+            self.queue.labels(e["model"], e["driver"]).set(e["waiting"])
+            self.running.labels(e["model"], e["driver"]).set(e["running"])
+        self.modules.set(len(self.kernel.lsmod()))
+        if self.kernel.mem_opened:
+            for v in self.kernel.mem.volumes():
+                self.memfs.labels(v["name"]).set(v["files"])
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,63 @@
+"""Request bodies of the OpenAI-compatible API (pydantic), validated before anything reaches the kernel."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="allow")  # OpenAI clients send fields we do not use
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: Optional[Union[str, list[dict[str, Any]]]] = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # content parts: keep the text ones
+            return "".join(p.get("text", "") for p in self.content if isinstance(p, dict))
+        return self.content or ""
+
+
+class _Sampling(_Body):
+    model: str = Field(min_length=1)
+    max_tokens: Optional[int] = None
+    max_completion_tokens: Optional[int] = None
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    seed: Optional[int] = None
+    stop: Optional[Union[str, list[str]]] = None
+    stream: bool = False
+    n: int = 1
+    user: Optional[str] = None
+
+    def sampling(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        limit = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        if limit is not None:
+            out["max_tokens"] = limit
+        if self.temperature is not None:
+            out["temperature"] = self.temperature
+        if self.top_p is not None:
+            out["top_p"] = self.top_p
+        if self.seed is not None:
+            out["seed"] = self.seed
+        if self.stop is not None:
+            out["stop"] = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return out
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[str, list[str]]
+
+
+class EmbeddingRequest(_Body):
+    model: str = Field(min_length=1)
+    input: Union[str, list[str]]

@@ -1,0 +1,139 @@
+"""`llmos serve` on loopback with the real SmolLM2, driven by the official openai client and httpx."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.model, pytest.mark.cli]
+
+KEY = "test-key-123"
+LLMOS = str(Path(sys.executable).parent / "llmos")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(tmp_path, *args: str, env: dict | None = None):
+    port = free_port()
+    proc = subprocess.Popen([LLMOS, "serve", "--port", str(port), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "LLMOS_HOME": str(tmp_path / "home"), **(env or {})})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            time.sleep(0.2)
+        if proc.poll() is not None:
+            raise AssertionError(proc.stderr.read())
+    raise AssertionError("server did not become healthy")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    proc, base = start(tmp_path_factory.mktemp("srv"), "--api-key", KEY)
+    yield base
+    proc.terminate()
+    proc.wait(30)
+
+
+@pytest.fixture
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0)
+
+
+def test_openai_client_round_trips(client):
+    r = client.chat.completions.create(model="smollm2", max_tokens=16,
+                                       messages=[{"role": "user", "content": "What is the capital of France?"}])
+    assert "Paris" in r.choices[0].message.content and r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 0
+    stream = client.chat.completions.create(model="smollm2", max_tokens=16, stream=True,
+                                            messages=[{"role": "user", "content": "What is the capital of France?"}])
+    chunks = [c.choices[0].delta.content or "" for c in stream]
+    assert "".join(chunks) == r.choices[0].message.content and len(chunks) > 3
+    text = client.completions.create(model="smollm2", prompt="One, two, three,", max_tokens=4).choices[0].text
+    assert text.strip()
+    ids = [m.id for m in client.models.list().data]
+    assert {"smollm2", "gemma3-270m", "all-minilm-l6-v2"} <= set(ids)
+    emb = client.embeddings.create(model="all-minilm-l6-v2", input=["a cat", "a kitten", "a truck"])
+    vecs = [d.embedding for d in emb.data]
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
+    assert len(vecs[0]) == 384 and dot(vecs[0], vecs[1]) > dot(vecs[0], vecs[2])
+
+
+def test_errors_have_the_openai_shape_and_status(server, client):
+    import openai
+
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="smollm2", temperature=9, messages=[{"role": "user", "content": "x"}])
+    assert info.value.body["param"] == "temperature"
+    bad_key = openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad_key.models.list()
+    assert httpx.get(f"{server}/v1/models").status_code == 401
+    assert httpx.get(f"{server}/health").status_code == 200
+    h = {"Authorization": f"Bearer {KEY}"}
+    r = httpx.post(f"{server}/v1/chat/completions", headers=h, json={"model": "smollm2", "messages": []})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    r = httpx.post(f"{server}/v1/completions", headers=h, json={"model": "smollm2", "prompt": "word " * 9000})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "context_length_exceeded"
+    r = httpx.post(f"{server}/v1/completions", headers={**h, "content-type": "application/json"},
+                   content=b"{" + b" " * (5 << 20) + b"}")
+    assert r.status_code == 413
+    assert "llmos_requests_total" in httpx.get(f"{server}/metrics").text
+
+
+def test_disconnect_cancels_the_request(server):
+    h = {"Authorization": f"Bearer {KEY}"}
+    body = {"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 2000, "stream": True}
+    with httpx.stream("POST", f"{server}/v1/completions", headers=h, json=body, timeout=60) as r:
+        for i, _line in enumerate(r.iter_lines()):
+            if i > 5:
+                break
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        metrics = httpx.get(f"{server}/metrics").text
+        if 'status="finished_cancelled"' in metrics:
+            break
+        time.sleep(0.2)
+    assert 'llmos_requests_total{model="smollm2",status="finished_cancelled"}' in metrics
+
+
+def test_full_queue_gives_429_with_retry_after(tmp_path):
+    proc, base = start(tmp_path, "--max-queue", "1", env={"LLMOS_MAX_RUNNING": "1"})
+    try:
+        body = {"model": "smollm2", "prompt": "Tell me a story", "max_tokens": 150}
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(lambda _i: httpx.post(f"{base}/v1/completions", json=body, timeout=120),
+                                      range(6)))
+        codes = sorted(r.status_code for r in responses)
+        assert 200 in codes and 429 in codes, codes
+        limited = next(r for r in responses if r.status_code == 429)
+        assert limited.headers["retry-after"] and limited.json()["error"]["type"] == "rate_limit_error"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_public_address_without_key_is_refused(tmp_path):
+    r = subprocess.run([LLMOS, "serve", "--host", "0.0.0.0", "--port", str(free_port())], capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "LLMOS_HOME": str(tmp_path)})
+    assert r.returncode == 2 and "without an API key" in r.stderr
