@@ -137,3 +137,18 @@ def test_public_address_without_key_is_refused(tmp_path):
     r = subprocess.run([LLMOS, "serve", "--host", "0.0.0.0", "--port", str(free_port())], capture_output=True,
                        text=True, timeout=60, env={**os.environ, "LLMOS_HOME": str(tmp_path)})
     assert r.returncode == 2 and "without an API key" in r.stderr
+
+
+def test_llmos_extras(server):
+    h = {"Authorization": f"Bearer {KEY}"}
+    w = httpx.put(f"{server}/llmos/mem/write", headers=h, json={"path": "/api/note.md", "text": "Owls hunt at night."})
+    assert w.status_code == 200 and w.json()["path"] == "/api/note.md"
+    assert httpx.get(f"{server}/llmos/mem/cat", headers=h, params={"path": "/api/note.md"}).json()["text"] == \
+        "Owls hunt at night."
+    hits = httpx.post(f"{server}/llmos/mem/find", headers=h, json={"query": "nocturnal birds"}).json()
+    assert hits[0]["path"] == "/api/note.md"
+    bad = httpx.get(f"{server}/llmos/mem/cat", headers=h, params={"path": "/../etc/passwd"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "path"
+    assert isinstance(httpx.get(f"{server}/llmos/ps", headers=h).json(), list)
+    assert httpx.post(f"{server}/llmos/kill/req-nope", headers=h).status_code == 400
+    assert httpx.get(f"{server}/llmos/modules", headers=h).json() == []

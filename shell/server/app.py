@@ -2,7 +2,7 @@
 
 Endpoints: POST /v1/chat/completions and /v1/completions (SSE streaming or not), POST /v1/embeddings
 (the memfs embedder), GET /v1/models (models, and installed adapters as `base:adapter`), GET /health,
-GET /metrics (Prometheus). Errors use OpenAI's error shape with the matching status: 400 bad
+GET /metrics (Prometheus), and llmos extras under /llmos/ (extras.py: ps, kill, modules, memfs). Errors use OpenAI's error shape with the matching status: 400 bad
 parameter (named), 401 bad/missing key, 404 unknown model or adapter, 413 prompt too long for the
 context, 429 queue full (Retry-After), 503 shutting down. A client that disconnects cancels its
 request in the kernel. The server holds no model logic: it only calls the kernel's public API.
@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from llmos.kernel.errors import (InvalidRequestError, KernelShutdownError, LlmosError, PromptTooLongError,
                                  QueueFullError, UnknownAdapterError, UnknownModelError)
 
+from .extras import extras_router
 from .metrics import Metrics
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
@@ -85,6 +86,8 @@ def create_app(kernel, *, api_key: str | None = None, max_body: int = MAX_BODY_B
     @app.exception_handler(LlmosError)
     async def llmos_error(_request: Request, exc: LlmosError):
         return error_response(exc)
+
+    app.include_router(extras_router(kernel))
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

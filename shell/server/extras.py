@@ -1,0 +1,68 @@
+"""llmos-specific endpoints under /llmos/: processes, modules and memfs of the served kernel."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from llmos.kernel.errors import InvalidRequestError
+
+
+class MemWrite(BaseModel):
+    path: str
+    text: str
+    tags: list[str] = Field(default_factory=list)
+
+
+class MemFind(BaseModel):
+    query: str
+    within: str = "/"
+    k: int = 5
+
+
+def extras_router(kernel) -> APIRouter:
+    r = APIRouter(prefix="/llmos")
+    run = asyncio.to_thread  # the kernel API blocks: keep the event loop free
+
+    @r.get("/ps")
+    async def ps() -> list[dict[str, Any]]:
+        return kernel.ps()
+
+    @r.post("/kill/{request_id}")
+    async def kill(request_id: str) -> dict[str, Any]:
+        if not kernel.cancel(request_id):
+            raise InvalidRequestError(f"no running request {request_id!r}", param="request_id")
+        return {"killed": request_id}
+
+    @r.get("/modules")
+    async def modules() -> list[dict[str, Any]]:
+        return await run(kernel.modules_info)
+
+    @r.post("/modules/{name}/load")
+    async def insmod(name: str) -> dict[str, Any]:
+        return await run(kernel.insmod, name)
+
+    @r.post("/modules/{name}/unload")
+    async def rmmod(name: str, force: bool = False) -> dict[str, Any]:
+        return {"unloaded": name, "cancelled": await run(kernel.rmmod, name, force=force)}
+
+    @r.get("/mem/ls")
+    async def mem_ls(path: str = "/", recursive: bool = False) -> list[dict[str, Any]]:
+        return await run(kernel.mem.ls, path, recursive)
+
+    @r.get("/mem/cat")
+    async def mem_cat(path: str) -> dict[str, Any]:
+        return {"path": path, "text": await run(kernel.mem.cat, path)}
+
+    @r.put("/mem/write")
+    async def mem_write(body: MemWrite) -> dict[str, Any]:
+        return await run(kernel.mem.write, body.path, body.text, tags=body.tags)
+
+    @r.post("/mem/find")
+    async def mem_find(body: MemFind) -> list[dict[str, Any]]:
+        return await run(kernel.mem.find, body.query, body.within, body.k)
+
+    return r
