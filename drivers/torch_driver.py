@@ -230,11 +230,12 @@ class TorchDriver(Driver):
         self._adapter_paths.pop(name, None)
         if self._prefixes.pop(name, None) is not None or self._peft is None:
             return
-        if not [n for n in self._adapter_paths if n not in self._prefixes]:
+        held = [n for n in self._adapter_paths if n not in self._prefixes]  # the ones PEFT holds
+        if not held:
             self.model = self._peft.unload()  # back to the plain base model
             self._peft = None
             return
-        remaining = next(iter(self._adapter_paths))
+        remaining = held[0]
         if name in self._peft.active_adapters:
             self._peft.set_adapter(remaining)
         self._peft.delete_adapter(name)

@@ -102,8 +102,9 @@ class Engine:
         with self._cond:
             return self.scheduler.requests()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Cancel everything still queued or running, then join the loop thread."""
+    def stop(self, timeout: float = 120.0) -> bool:
+        """Cancel everything still queued or running, then join the loop thread; False if it is
+        still inside a driver step after `timeout` (the caller must not unload the driver then)."""
         with self._cond:
             self._stopping = True
             ids = [r.request_id for r in self.scheduler.requests()]
@@ -112,43 +113,59 @@ class Engine:
             self._cond.notify_all()
         self._dispatch(events)
         self._thread.join(timeout)
+        stopped = not self._thread.is_alive()
         with self._cond:
             pending, self._calls = list(self._calls), deque()
         for _fn, future in pending:
             if future.set_running_or_notify_cancel():
                 future.set_exception(KernelShutdownError("the engine stopped"))
+        return stopped
 
     # -- the loop (engine thread) ------------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
-            self._run_calls()
-            with self._cond:
-                while not self.scheduler.has_requests() and not self._stopping and not self._calls:
-                    self._cond.wait()
-                if self._calls:
-                    continue
-                if self._stopping and not self.scheduler.has_requests():
-                    return
-                # 1. Decide this step.
-                sched = self.scheduler.schedule()
-                events = self.scheduler.drain()
-            self._dispatch(events)
-            if sched.is_empty:
-                self._idle_wait()
-                continue
-            # 2. Run it on the device, outside the lock so submits and cancels never wait on it.
             try:
-                output = self.driver.execute(sched)
-            except Exception as exc:  # noqa: BLE001 - any driver failure ends in FINISHED_FAILED
-                self._recover(sched, exc)
-                continue
-            # 3. Fold the results back in and stream them out.
-            with self._cond:
-                self.scheduler.update_from_output(sched, output)
-                events = self.scheduler.drain()
-                self.steps += 1
-            self._dispatch(events)
+                if not self._step():
+                    return
+            except Exception:  # noqa: BLE001 - a bug must not kill the model's only thread
+                log.exception("engine %s: unexpected error; failing the requests in flight", self.name)
+                with self._cond:
+                    ids = [r.request_id for r in self.scheduler.requests()]
+                    self.scheduler.finish_requests(ids, RequestStatus.FINISHED_FAILED, "internal engine error")
+                    events = self.scheduler.drain()
+                self._dispatch(events)
+
+    def _step(self) -> bool:
+        """One loop iteration; False when the engine has stopped."""
+        self._run_calls()
+        with self._cond:
+            while not self.scheduler.has_requests() and not self._stopping and not self._calls:
+                self._cond.wait()
+            if self._calls:
+                return True
+            if self._stopping and not self.scheduler.has_requests():
+                return False
+            # 1. Decide this step.
+            sched = self.scheduler.schedule()
+            events = self.scheduler.drain()
+        self._dispatch(events)
+        if sched.is_empty:
+            self._idle_wait()
+            return True
+        # 2. Run it on the device, outside the lock so submits and cancels never wait on it.
+        try:
+            output = self.driver.execute(sched)
+        except Exception as exc:  # noqa: BLE001 - any driver failure ends in FINISHED_FAILED
+            self._recover(sched, exc)
+            return True
+        # 3. Fold the results back in and stream them out.
+        with self._cond:
+            self.scheduler.update_from_output(sched, output)
+            events = self.scheduler.drain()
+            self.steps += 1
+        self._dispatch(events)
+        return True
 
     def _idle_wait(self) -> None:
         with self._cond:
@@ -165,6 +182,8 @@ class Engine:
             self.scheduler.preempt_all()
             events = self.scheduler.drain()
         self._dispatch(events)
+        if self._stopping:  # being unloaded: no reload
+            return
         try:
             self.driver.unload()
             self.driver.load()

@@ -95,7 +95,12 @@ class RequestHandle:
             self._cond.notify_all()
             listeners = list(self._listeners)
         for loop, queue in listeners:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+            except RuntimeError:  # that reader's event loop is closed: forget it
+                with self._cond:
+                    if (loop, queue) in self._listeners:
+                        self._listeners.remove((loop, queue))
 
     # -- sync consumption ------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from .models import LoadProgress, ModelManager
 from .modules import Manifest, ModuleStore
 from .rag import with_passages
 from .registry import ModelRegistry, ModelSpec
-from .request import Priority, PromptEnvelope, Request, SamplingParams, validate_messages
+from .request import Priority, PromptEnvelope, Request, SamplingParams, next_request_id, validate_messages
 
 log = logging.getLogger("llmos.kernel")
 
@@ -114,8 +114,16 @@ class Kernel:
             driver = self.modules.driver_for(manifest, driver)
         loaded = self._models.get(model or self.config.default_model, driver)
         prompt, chat = self._prepare_prompt(prompt, chat, loaded.spec.name, owner, adapter)
-        if adapter is not None:
-            self.modules.insmod(adapter, driver=loaded.driver_name)
+        rid = next_request_id()
+        if adapter is not None:  # loads it if needed and holds a reference for this request
+            self.modules.insmod(adapter, driver=loaded.driver_name, user=rid)
+        try:
+            return self._submit(rid, loaded, prompt, chat, params, prio, owner, adapter, rag, timeout)
+        except BaseException:
+            self.modules.release(rid)
+            raise
+
+    def _submit(self, rid, loaded, prompt, chat, params, prio, owner, adapter, rag, timeout) -> RequestHandle:
         drv = loaded.driver
         sources: list[str] = []
         if rag is not None:
@@ -139,16 +147,10 @@ class Kernel:
             prompt_token_ids=tokens, sampling=params, model=loaded.spec.name, adapter=adapter,
             exclusive_adapter=exclusive,
             priority=prio, owner=owner, prompt=prompt, messages=chat,
-            deadline=None if timeout is None else time.monotonic() + timeout, sources=sources,
+            deadline=None if timeout is None else time.monotonic() + timeout, sources=sources, request_id=rid,
         )
         handle = RequestHandle(request, self.cancel)
-        if adapter is not None:
-            self.modules.acquire(adapter, loaded.driver_name, request.request_id)
-        try:
-            loaded.engine.submit(request, handle)
-        except BaseException:
-            self.modules.release(request.request_id)
-            raise
+        loaded.engine.submit(request, handle)
         self.plugins.call_each("request_submitted", request={
             "id": request.request_id, "owner": owner, "model": request.model, "adapter": adapter,
             "priority": prio.name.lower(), "prompt_tokens": len(tokens)})

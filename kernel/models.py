@@ -141,8 +141,10 @@ class ModelManager:
 
     def _unload(self, key: tuple[str, str]) -> None:
         loaded = self._loaded.pop(key)
-        loaded.engine.stop()
-        loaded.driver.unload()
+        if loaded.engine.stop():
+            loaded.driver.unload()
+        else:
+            log.warning("engine %s is stuck in a driver step: leaving its model loaded", loaded.engine.name)
         self.on_unload(loaded)
 
     def unload(self, model: str) -> int:
@@ -155,8 +157,8 @@ class ModelManager:
             return len(keys)
 
     def loaded(self) -> list[LoadedModel]:
-        with self._lock:
-            return list(self._loaded.values())
+        # no lock: cancel/ps must not wait while another model loads (a dict copy is atomic here)
+        return list(self._loaded.copy().values())
 
     def shutdown(self) -> None:
         with self._lock:

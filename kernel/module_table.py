@@ -58,7 +58,10 @@ class ModuleTable:
         self.max_loaded = max_loaded
         self._cancel = cancel
         self._loaded: dict[tuple[str, str], LoadedModule] = {}  # (module, driver) -> entry
+        # _lock serializes insmod/rmmod (which wait on engine threads); _state guards the table and
+        # user sets and is the only lock engine threads and the model manager ever take here.
         self._lock = threading.RLock()
+        self._state = threading.Lock()
 
     def driver_for(self, manifest: Manifest, requested: str | None = None) -> str:
         """The driver that runs this module: the requested one if the module has its form."""
@@ -77,14 +80,18 @@ class ModuleTable:
                 f"not on the {requested} driver{hint}", param="driver")
         return requested
 
-    def insmod(self, name: str, *, driver: str | None = None) -> LoadedModule:
+    def insmod(self, name: str, *, driver: str | None = None, user: str | None = None) -> LoadedModule:
+        """Load a module (no-op if loaded); with `user`, that request holds a reference from now on."""
         with self._lock:
             manifest = self.store.get(name)
             driver = self.driver_for(manifest, driver)
-            entry = self._loaded.get((name, driver))
-            if entry is not None:
-                entry.last_used = time.monotonic()
-                return entry
+            with self._state:
+                entry = self._loaded.get((name, driver))
+                if entry is not None:
+                    entry.last_used = time.monotonic()
+                    if user is not None:
+                        entry.users.add(user)
+                    return entry
             spec = self.models.registry.resolve(manifest.base_model)
             self.store.check_base(manifest, spec)
             loaded = self.models.get(spec.name, driver)
@@ -94,7 +101,8 @@ class ModuleTable:
                 nbytes = loaded.engine.call(lambda: loaded.driver.load_adapter(name, path))
             except AdapterConflictError as exc:
                 # the driver cannot hold both kinds: make room if the others are idle, else say so
-                busy = [n for n in exc.conflicting if self._loaded.get((n, driver)) and self._loaded[(n, driver)].users]
+                with self._state:
+                    busy = [n for n in exc.conflicting if (e := self._loaded.get((n, driver))) and e.users]
                 if busy:
                     raise
                 for other in exc.conflicting:
@@ -102,54 +110,55 @@ class ModuleTable:
                         self.rmmod(other)
                 nbytes = loaded.engine.call(lambda: loaded.driver.load_adapter(name, path))
             entry = LoadedModule(manifest, loaded, int(nbytes or 0))
-            self._loaded[(name, driver)] = entry
+            with self._state:
+                self._loaded[(name, driver)] = entry
+                if user is not None:
+                    entry.users.add(user)
             return entry
 
     def rmmod(self, name: str, *, force: bool = False) -> list[str]:
         """Unload a module from every driver; returns the ids of requests a forced removal cancelled."""
         with self._lock:
-            keys = [k for k in self._loaded if k[0] == name]
+            with self._state:
+                keys = [k for k in self._loaded if k[0] == name]
+                users = sorted(set().union(*(self._loaded[k].users for k in keys))) if keys else []
             if not keys:
                 self.store.get(name)  # unknown name -> UnknownAdapterError
                 raise InvalidRequestError(f"module {name!r} is not loaded", param="name")
-            users = sorted(set().union(*(self._loaded[k].users for k in keys)))
             if users and not force:
                 raise ModuleBusyError(name, len(users))
             for rid in users:
                 self._cancel(rid)
             for key in keys:
-                entry = self._loaded.pop(key)
-                entry.users.clear()
-                entry.loaded.engine.call(lambda e=entry: e.loaded.driver.unload_adapter(name))
+                with self._state:
+                    entry = self._loaded.pop(key, None)
+                if entry is not None:
+                    entry.users.clear()
+                    entry.loaded.engine.call(lambda e=entry: e.loaded.driver.unload_adapter(name))
             return users
 
     def lsmod(self) -> list[dict]:
-        with self._lock:
+        with self._state:
             return [e.as_dict() for e in self._loaded.values()]
 
-    def acquire(self, name: str, driver: str, request_id: str) -> None:
-        with self._lock:
-            entry = self._loaded[(name, driver)]
-            entry.users.add(request_id)
-            entry.last_used = time.monotonic()
-
     def release(self, request_id: str) -> None:
-        with self._lock:
+        with self._state:
             for entry in self._loaded.values():
                 entry.users.discard(request_id)
 
     def _evict(self, keep: int) -> None:
         """Unload idle modules, least recently used first, until `keep` more fit in the budget."""
         while len(self._loaded) + keep > self.max_loaded:
-            idle = [e for e in self._loaded.values() if not e.users]
-            if not idle:
-                return
-            victim = min(idle, key=lambda e: e.last_used)
-            del self._loaded[(victim.manifest.name, victim.loaded.driver_name)]
+            with self._state:
+                idle = [e for e in self._loaded.values() if not e.users]
+                if not idle:
+                    return
+                victim = min(idle, key=lambda e: e.last_used)
+                del self._loaded[(victim.manifest.name, victim.loaded.driver_name)]
             victim.loaded.engine.call(lambda v=victim: v.loaded.driver.unload_adapter(v.manifest.name))
 
     def forget_engine(self, loaded: LoadedModel) -> None:
         """Drop entries of an engine that was unloaded (its adapters went with it)."""
-        with self._lock:
+        with self._state:
             for key in [k for k, e in self._loaded.items() if e.loaded is loaded]:
                 del self._loaded[key]

@@ -178,11 +178,14 @@ class Scheduler:
         # 3. Running sequences: decodes first (one token each), then prefill chunks.
         for decoding in (True, False):
             for req in list(self._running):
+                if req.status != RequestStatus.RUNNING:
+                    continue  # preempted earlier in this pass to make room
                 need = req.num_tokens - req.num_computed_tokens
                 if (need == 1) != decoding or req.request_id in scheduled or budget <= 0:
                     continue
                 n = min(need, budget)
-                if not self._make_room(req, n, scheduled):
+                budget += self._make_room(req, n, scheduled)
+                if self._kv_used(scheduled) + n > self.config.kv_capacity:
                     continue
                 scheduled[req.request_id] = n
                 budget -= n
@@ -199,7 +202,9 @@ class Scheduler:
                 budget += scheduled.pop(victim.request_id, 0)
                 self._preempt(victim)
                 continue
-            if not self._make_room(cand, cand.num_tokens, scheduled, admitting=True):
+            budget += self._make_room(cand, cand.num_tokens, scheduled, admitting=True)
+            if (self._kv_used(scheduled) + cand.num_tokens > self.config.kv_capacity
+                    or len(self._running) >= self.config.max_running):
                 break
             self._pop_waiting(cand)
             n = min(cand.num_tokens, budget)
@@ -253,19 +258,21 @@ class Scheduler:
     def _kv_used(self, scheduled: dict[str, int]) -> int:
         return sum(r.num_computed_tokens + scheduled.get(r.request_id, 0) for r in self._running)
 
-    def _make_room(self, req: Request, n: int, scheduled: dict[str, int], admitting: bool = False) -> bool:
-        """Preempt less urgent running requests until `n` more KV tokens fit; False if they can't."""
+    def _make_room(self, req: Request, n: int, scheduled: dict[str, int], admitting: bool = False) -> int:
+        """Preempt less urgent running requests until `n` more KV tokens fit (or none is left);
+        returns the step budget their scheduled tokens gave back."""
+        refund = 0
         while self._kv_used(scheduled) + n > self.config.kv_capacity:
             victims = [
                 r for r in self._running
                 if r is not req and (r.priority > req.priority if admitting else self._sort_key(r) > self._sort_key(req))
             ]
             if not victims:
-                return False
+                break
             victim = victims[-1]
-            scheduled.pop(victim.request_id, None)
+            refund += scheduled.pop(victim.request_id, 0)
             self._preempt(victim)
-        return not admitting or len(self._running) < self.config.max_running
+        return refund
 
     def _preempt(self, req: Request) -> None:
         self._running.remove(req)

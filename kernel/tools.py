@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import inspect
+import threading
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -166,16 +167,21 @@ def parse_cli_params(schema: dict[str, Any], pairs: list[str]) -> dict[str, Any]
     return out
 
 
-_pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="llmos-tool")
-
-
 def run_with_timeout(fn: Callable[[], Any], timeout: float) -> tuple[bool, Any, str | None]:
-    """(ok, value, error): exceptions and timeouts become errors, never propagate."""
-    future = _pool.submit(fn)
+    """(ok, value, error): exceptions and timeouts become errors, never propagate. Each call gets its
+    own daemon thread, so a tool that hangs past its timeout never delays other calls."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def target() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # noqa: BLE001 - delivered below
+            future.set_exception(exc)
+
+    threading.Thread(target=target, name="llmos-tool", daemon=True).start()
     try:
         return True, future.result(timeout), None
     except concurrent.futures.TimeoutError:
-        future.cancel()
         return False, None, f"timed out after {timeout:g}s"
     except Exception as exc:  # noqa: BLE001 - a tool's failure is its caller's data
         return False, None, f"{type(exc).__name__}: {exc}"

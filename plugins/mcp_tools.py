@@ -15,6 +15,7 @@ later, is reported in `errors` and its tools disappear; nothing else is affected
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 from typing import Any
@@ -28,6 +29,7 @@ START_TIMEOUT_S = 30.0
 class _Server:
     def __init__(self, name: str, session, tools: list, stop: asyncio.Event) -> None:
         self.name, self.session, self.tools, self.stop = name, session, tools, stop
+        self.task: asyncio.Task | None = None
 
 
 class McpTools:
@@ -48,8 +50,14 @@ class McpTools:
         if not isinstance(cfg.get("command"), str):
             raise ValueError(f"[mcp.servers.{name}] needs command = \"...\"")
         ready: asyncio.Future = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().create_task(self._serve(name, cfg, ready))
-        return await asyncio.wait_for(ready, START_TIMEOUT_S)
+        task = asyncio.get_running_loop().create_task(self._serve(name, cfg, ready))
+        try:
+            server = await asyncio.wait_for(asyncio.shield(ready), START_TIMEOUT_S)
+        except BaseException:
+            task.cancel()  # never leave a half-started server process behind
+            raise
+        server.task = task
+        return server
 
     async def _serve(self, name: str, cfg: dict[str, Any], ready: asyncio.Future) -> None:
         """One task per server: it owns the stdio transport and session for the server's whole life."""
@@ -96,8 +104,12 @@ class McpTools:
         entry = self._servers.get(server)
         if entry is None:
             raise RuntimeError(f"MCP server {server} is not running ({self.errors.get(server, 'not started')})")
+        future = asyncio.run_coroutine_threadsafe(entry.session.call_tool(tool, args), self._loop)
         try:
-            result = self._run(entry.session.call_tool(tool, args), timeout)
+            result = future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # slow, not dead: the server stays
+            raise RuntimeError(f"MCP server {server}: {tool} timed out after {timeout:g}s") from None
         except Exception as exc:
             self._forget(server, f"exited or failed: {type(exc).__name__}: {exc}")
             raise RuntimeError(f"MCP server {server} failed during {tool}: {exc}") from exc
@@ -115,9 +127,22 @@ class McpTools:
             self._loop.call_soon_threadsafe(entry.stop.set)
 
     def close(self) -> None:
-        for name in list(self._servers):
-            self._forget(name, "closed")
-        if self._loop is not None:
+        """Stop every server (their transports close and the child processes exit), then the loop."""
+        if self._loop is None:
+            return
+        with self._lock:
+            servers, self._servers = list(self._servers.values()), {}
+
+        async def shutdown() -> None:
+            for server in servers:
+                server.stop.set()
+            tasks = [s.task for s in servers if s.task is not None]
+            if tasks:
+                await asyncio.wait(tasks, timeout=10)
+
+        try:
+            self._run(shutdown(), 15)
+        finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
 
 

@@ -212,3 +212,16 @@ def test_stream_validates_before_returning(fake_kernel):
         fake_kernel.stream("", driver="fake")
     with pytest.raises(InvalidRequestError):
         fake_kernel.astream("hi", driver="fake", temperature=9)
+
+
+def test_an_abandoned_async_reader_does_not_kill_the_engine(fake_kernel):
+    loop = asyncio.new_event_loop()
+
+    async def read_one():
+        async for _chunk in fake_kernel.astream("abandoned", driver="gated", max_tokens=50):
+            return
+
+    GatedDriver.gate.set()
+    loop.run_until_complete(read_one())
+    loop.close()  # the reader's loop is gone while its request may still deliver events
+    assert fake_kernel.generate("after", driver="gated", max_tokens=3).text

@@ -240,3 +240,20 @@ def test_embedding_is_kernel_work_visible_in_ps(tmp_path):
         writer.join()
         assert seen and {r["model"] for r in seen} == {"all-minilm-l6-v2"}
         assert {r["state"] for r in seen} <= {"waiting", "running"}
+
+
+def test_concurrent_appends_all_land_and_mv_never_nests_under_a_file(tmp_path):
+    import threading
+
+    fs = MemFS(tmp_path)
+    threads = [threading.Thread(target=lambda n=n: [fs.append("/log.md", f"{n}-{i}\n") for i in range(4)])
+               for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(fs.cat("/log.md").splitlines()) == sorted(f"{n}-{i}" for n in range(3) for i in range(4))
+    fs.write("/b.txt", "file")
+    with pytest.raises(MemPathError, match="is a file"):
+        fs.mv("/log.md", "/b.txt/c.txt")
+    fs.close()

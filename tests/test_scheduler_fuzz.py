@@ -20,7 +20,7 @@ op = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(ops=st.lists(op, max_size=60), max_running=st.integers(1, 4), budget=st.integers(4, 40),
        mixed=st.booleans())
 def test_invariants(ops, max_running, budget, mixed):
@@ -35,6 +35,8 @@ def test_invariants(ops, max_running, budget, mixed):
     def step():
         out = s.schedule()
         assert out.total_tokens <= budget
+        for rid in out.num_scheduled_tokens:  # only running sequences are computed, never released ones
+            assert s.get(rid).status == RequestStatus.RUNNING and rid not in out.released
         if not mixed:
             assert len({r.adapter for r in added if r.request_id in out.num_scheduled_tokens}) <= 1
         assert s.num_running <= max_running
@@ -43,8 +45,10 @@ def test_invariants(ops, max_running, budget, mixed):
         if running and s.num_waiting:
             # nothing waiting is more urgent than everything running while the batch is full
             waiting_best = min(r.priority for r in added if r.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED))
-            if s.num_running == max_running and mixed:
-                assert waiting_best >= max(r.priority for r in running)
+            if s.num_running == max_running and mixed and waiting_best < max(r.priority for r in running):
+                # a more urgent request may wait behind a full batch only when this step's token budget
+                # ran out first; the next step's preemption pass makes room for it
+                assert out.total_tokens == budget
         s.update_from_output(out, fake_execute(state, out))
         for e in s.drain():
             if e.finished:

@@ -110,11 +110,12 @@ class MemFS:
 
     def append(self, path: str, text: str) -> dict[str, Any]:
         vol, inner, point = self.resolve(path)
-        try:
-            old = vol.cat(inner)
-        except FileNotFoundError:
-            old = ""
-        return self._fix(vol.write(inner, old + text), point)
+        with vol.lock:  # read and rewrite as one step: concurrent appends all land
+            try:
+                old = vol.cat(inner)
+            except FileNotFoundError:
+                old = ""
+            return self._fix(vol.write(inner, old + text), point)
 
     def cat(self, path: str) -> str:
         vol, inner, _ = self.resolve(path)

@@ -201,11 +201,7 @@ class Volume:
                 raise MemPathError(f"{path} is a directory", param="path")
             if path == "/":
                 raise MemPathError("/ is a directory: give a file path", param="path")
-            anc = parent(path)
-            while anc != "/":
-                if self._file(anc) is not None:
-                    raise MemPathError(f"{anc} is a file, so {path} cannot be created under it", param="path")
-                anc = parent(anc)
+            self._check_parents(path)
             now = time.time()
             old = self._file(path)
             self.db.execute("BEGIN IMMEDIATE")
@@ -233,6 +229,13 @@ class Volume:
             self.index.add(np.array(ids, dtype=np.int64), vectors)
             self._after_change()
         return self.stat(path)
+
+    def _check_parents(self, path: str) -> None:
+        anc = parent(path)
+        while anc != "/":
+            if self._file(anc) is not None:
+                raise MemPathError(f"{anc} is a file, so {path} cannot be created under it", param="path")
+            anc = parent(anc)
 
     def prepare(self, text: str):
         chunks = self.embedder.chunk(text)
@@ -291,6 +294,7 @@ class Volume:
                 raise MemPathError(f"cannot move {src} into itself ({dst})", param="dst")
             if self._file(dst) is not None or self._is_dir(dst):
                 raise MemPathError(f"{dst} exists already", param="dst")
+            self._check_parents(dst)
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 for table in ("files", "chunks"):
