@@ -22,6 +22,7 @@ from .cli_finetune import finetune
 from .cli_mem import mem_app
 from .cli_modules import mod_app
 from .cli_plugins import add_plugin_commands, audit, plugins, task_app, tasks, tools_app
+from .cli_ps import kill, ps
 from .cli_serve import serve
 
 app = typer.Typer(
@@ -147,6 +148,8 @@ app.command("tasks")(tasks)
 app.add_typer(task_app, name="task")
 app.command("audit")(audit)
 app.command("serve")(serve)
+app.command("ps")(ps)
+app.command("kill")(kill)
 
 
 def main() -> None:

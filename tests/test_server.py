@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import socket
 import subprocess
@@ -152,3 +153,23 @@ def test_llmos_extras(server):
     assert isinstance(httpx.get(f"{server}/llmos/ps", headers=h).json(), list)
     assert httpx.post(f"{server}/llmos/kill/req-nope", headers=h).status_code == 400
     assert httpx.get(f"{server}/llmos/modules", headers=h).json() == []
+
+
+def test_ps_and_kill_from_the_cli(server):
+    env = {**os.environ, "LLMOS_URL": server, "LLMOS_API_KEY": KEY, "NO_COLOR": "1"}
+    h = {"Authorization": f"Bearer {KEY}"}
+    body = {"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 1500, "stream": True}
+    with httpx.stream("POST", f"{server}/v1/completions", headers=h, json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        next(lines)
+        rows = json.loads(subprocess.run([LLMOS, "ps", "--json"], capture_output=True, text=True, env=env,
+                                         timeout=60).stdout)
+        [row] = [x for x in rows if x["driver"] == "llamacpp"]
+        assert row["state"] == "running" and row["model"] == "smollm2"
+        killed = subprocess.run([LLMOS, "kill", row["id"]], capture_output=True, text=True, env=env, timeout=60)
+        assert killed.returncode == 0, killed.stderr
+        rest = [line for line in lines if line]
+    assert rest[-1] == "data: [DONE]"
+    missing = subprocess.run([LLMOS, "ps"], capture_output=True, text=True, timeout=60,
+                             env={**env, "LLMOS_URL": "http://127.0.0.1:9"})
+    assert missing.returncode != 0 and "llmos serve" in missing.stderr
