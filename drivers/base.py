@@ -67,6 +67,8 @@ class Driver(abc.ABC):
     supports_lora: ClassVar[bool] = False
     #: rows of one step may use different adapters (else the scheduler groups steps by adapter)
     mixed_adapters: ClassVar[bool] = False
+    #: output can be constrained to a JSON schema (SamplingParams.json_schema)
+    supports_json_schema: ClassVar[bool] = False
     #: adapter methods (manifest `method`) that can share a step with others when mixed_adapters
     mixable_methods: ClassVar[frozenset[str]] = frozenset()
 

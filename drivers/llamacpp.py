@@ -52,6 +52,7 @@ class LlamaCppDriver(Driver):
     name = "llamacpp"
     formats = frozenset({"gguf"})
     supports_lora = True
+    supports_json_schema = True  # grammar-constrained sampling
     mixed_adapters = False  # llama.cpp applies LoRA adapters per context, not per sequence
 
     @classmethod
@@ -310,8 +311,8 @@ class LlamaCppDriver(Driver):
             self.prefix_hits += 1
             self.prefix_tokens_reused += reuse
             out.cached_tokens[new.request_id] = reuse
-        self._seqs[new.request_id] = _Seq(new.request_id, slot, tokens, reuse, 0, Sampler(new.sampling, tokens),
-                                          new.adapter)
+        sampler = Sampler(new.sampling, tokens, model=model, generated=tokens[new.prompt_len:] if new.prompt_len else ())
+        self._seqs[new.request_id] = _Seq(new.request_id, slot, tokens, reuse, 0, sampler, new.adapter)
 
     def _same_step_donor(self, new: NewSequence, batch: SchedulerOutput) -> str | None:
         """Another new sequence of this step worth waiting for (it computes a long shared prefix)."""

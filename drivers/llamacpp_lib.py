@@ -19,7 +19,7 @@ import llama_cpp._logger as llama_logger
 from llama_cpp import llama_cpp as C
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from llmos.kernel.errors import ModelLoadError
+from llmos.kernel.errors import InvalidRequestError, ModelLoadError
 from llmos.kernel.request import SamplingParams
 
 T = TypeVar("T")
@@ -240,15 +240,30 @@ class Batch:
 
 
 class Sampler:
-    """A per-sequence llama.cpp sampler chain built from SamplingParams."""
+    """A per-sequence llama.cpp sampler chain built from SamplingParams (grammar first, when the
+    output must match a JSON schema)."""
 
     PENALTY_LAST_N = 64
 
-    def __init__(self, params: SamplingParams, history: Sequence[int] = ()) -> None:
+    def __init__(self, params: SamplingParams, history: Sequence[int] = (), *, model: "LlamaModel | None" = None,
+                 generated: Sequence[int] = ()) -> None:
         self.chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
         add = functools.partial(C.llama_sampler_chain_add, self.chain)
+        if params.json_schema is not None:
+            grammar = C.llama_sampler_init_grammar(model.vocab, json_schema_grammar(params.json_schema).encode(),
+                                                   b"root")
+            if not grammar:
+                C.llama_sampler_free(self.chain)
+                raise InvalidRequestError("llama.cpp could not compile a grammar from this JSON schema",
+                                          param="json_schema")
+            for token in generated:  # a resumed sequence: bring the grammar to where it was
+                C.llama_sampler_accept(grammar, token)
+            add(grammar)
         if params.repetition_penalty != 1.0:
-            add(C.llama_sampler_init_penalties(self.PENALTY_LAST_N, params.repetition_penalty, 0.0, 0.0))
+            penalties = C.llama_sampler_init_penalties(self.PENALTY_LAST_N, params.repetition_penalty, 0.0, 0.0)
+            for token in history[-self.PENALTY_LAST_N:]:
+                C.llama_sampler_accept(penalties, token)
+            add(penalties)
         if params.greedy:
             add(C.llama_sampler_init_greedy())
         else:
@@ -261,9 +276,6 @@ class Sampler:
             add(C.llama_sampler_init_temp(params.temperature))
             seed = params.seed if params.seed is not None else C.LLAMA_DEFAULT_SEED
             add(C.llama_sampler_init_dist(seed))
-        if params.repetition_penalty != 1.0:
-            for token in history[-self.PENALTY_LAST_N :]:
-                C.llama_sampler_accept(self.chain, token)
 
     def sample(self, model: LlamaModel, index: int) -> int:
         return int(C.llama_sampler_sample(self.chain, model.ctx, index))
@@ -272,6 +284,23 @@ class Sampler:
         if self.chain is not None:
             C.llama_sampler_free(self.chain)
             self.chain = None
+
+
+@functools.lru_cache(maxsize=64)
+def _grammar_for(schema_json: str) -> str:
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        return json_schema_to_gbnf(schema_json)
+    except Exception as exc:  # noqa: BLE001 - the converter raises bare errors for unsupported schemas
+        raise InvalidRequestError(f"unsupported JSON schema: {exc}", param="json_schema") from None
+
+
+def json_schema_grammar(schema: dict) -> str:
+    """GBNF grammar for JSON values matching `schema` (llama-cpp-python's converter, cached)."""
+    import json
+
+    return _grammar_for(json.dumps(schema, sort_keys=True))
 
 
 __all__ = ["LlamaModel", "Batch", "Sampler", "backend_init", "gpu_offload", "llama_cpp"]

@@ -26,6 +26,7 @@ class NewSequence:
     token_ids: tuple[int, ...]
     sampling: SamplingParams
     adapter: str | None = None
+    prompt_len: int = 0  # token_ids[prompt_len:] were generated before a preemption
 
 
 @dataclass(frozen=True)

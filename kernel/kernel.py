@@ -125,6 +125,9 @@ class Kernel:
 
     def _submit(self, rid, loaded, prompt, chat, params, prio, owner, adapter, rag, timeout) -> RequestHandle:
         drv = loaded.driver
+        if params.json_schema is not None and not drv.supports_json_schema:
+            raise InvalidRequestError(f"the {loaded.driver_name} driver cannot constrain output to a JSON schema: "
+                                      f"use --driver llamacpp", param="json_schema")
         sources: list[str] = []
         if rag is not None:
             if chat is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -100,6 +101,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False
+    #: constrain the output to JSON matching this JSON schema (grammar-constrained decoding)
+    json_schema: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int):
@@ -128,6 +131,13 @@ class SamplingParams:
                 "stop must be up to 16 non-empty strings", param="stop"
             )
         object.__setattr__(self, "stop", stop)
+        if self.json_schema is not None:
+            if not isinstance(self.json_schema, dict):
+                raise InvalidRequestError("json_schema must be a JSON schema object", param="json_schema")
+            try:
+                json.dumps(self.json_schema)
+            except (TypeError, ValueError) as exc:
+                raise InvalidRequestError(f"json_schema is not JSON: {exc}", param="json_schema") from None
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
         ):

@@ -214,7 +214,8 @@ class Scheduler:
                 cand.metrics.first_scheduled = now
             self._running.append(cand)
             self._running.sort(key=self._sort_key)
-            new.append(NewSequence(cand.request_id, tuple(cand.all_token_ids), cand.sampling, cand.adapter))
+            new.append(NewSequence(cand.request_id, tuple(cand.all_token_ids), cand.sampling, cand.adapter,
+                                   len(cand.prompt_token_ids)))
             scheduled[cand.request_id] = n
             budget -= n
 

@@ -177,3 +177,18 @@ def test_gemma_base_model_generates():
         c = k.generate("The capital of France is", model="gemma3-270m", max_tokens=8)
         assert c.text.strip()
         assert any(m["name"] == "gemma3-270m" and m["loaded_on"] == "llamacpp" for m in k.models_info())
+
+
+def test_json_schema_constrained_output(kernel):
+    import json
+
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"]}
+    c = ask(kernel, "Invent a person and give their name and age.", max_tokens=60, json_schema=schema)
+    jsonschema.validate(json.loads(c.text), schema)
+    with pytest.raises(llmos.InvalidRequestError, match="cannot constrain output"):
+        kernel.submit(messages=[{"role": "user", "content": "x"}], driver="torch", json_schema=schema)
+    with pytest.raises(llmos.InvalidRequestError, match="json_schema"):
+        kernel.submit("x", json_schema="not a schema")

@@ -173,3 +173,39 @@ def test_ps_and_kill_from_the_cli(server):
     missing = subprocess.run([LLMOS, "ps"], capture_output=True, text=True, timeout=60,
                              env={**env, "LLMOS_URL": "http://127.0.0.1:9"})
     assert missing.returncode != 0 and "llmos serve" in missing.stderr
+
+
+def test_response_format_json_schema_is_honoured(client):
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+              "required": ["city", "country"], "additionalProperties": False}
+    r = client.chat.completions.create(
+        model="smollm2", max_tokens=60, messages=[{"role": "user", "content": "Name the capital of France."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema}})
+    jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def test_tool_call_round_trip(client):
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    r = client.chat.completions.create(model="smollm2", max_tokens=60, messages=messages, tools=[WEATHER_TOOL],
+                                       tool_choice="required")
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert call.function.name == "get_weather" and isinstance(json.loads(call.function.arguments)["city"], str)
+    messages += [choice.message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 18, "sky": "sunny"}'}]
+    final = client.chat.completions.create(model="smollm2", max_tokens=40, messages=messages, tools=[WEATHER_TOOL],
+                                           tool_choice="none")
+    assert final.choices[0].finish_reason in ("stop", "length") and final.choices[0].message.content.strip()
+    streamed = client.chat.completions.create(model="smollm2", max_tokens=60, messages=messages[:1],
+                                              tools=[WEATHER_TOOL], tool_choice="required", stream=True)
+    chunks = list(streamed)
+    assert chunks[0].choices[0].delta.tool_calls[0].function.name == "get_weather"
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"

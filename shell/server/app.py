@@ -27,6 +27,7 @@ from llmos.kernel.errors import (InvalidRequestError, KernelShutdownError, Llmos
 from .extras import extras_router
 from .metrics import Metrics
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from .tool_calls import parse_answer, render_messages, response_schema, tool_constraint
 
 EMBEDDING_MODEL = "all-minilm-l6-v2"
 MAX_BODY_BYTES = 4 << 20
@@ -164,12 +165,20 @@ def create_app(kernel, *, api_key: str | None = None, max_body: int = MAX_BODY_B
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, body: ChatCompletionRequest):
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in body.messages]
-        result = await run(request, body, messages=messages)
+        messages = render_messages(body.messages)
+        schema, tools_text = tool_constraint(body.tools, body.tool_choice)
+        if tools_text:
+            messages.insert(0, {"role": "system", "content": tools_text})
+        schema = schema or response_schema(body.response_format)
+        extra = {"json_schema": schema} if schema is not None else {}
+        if tools_text and body.stream:  # a tool call streams as one chunk once it is complete
+            body.stream = False
+            result = await run(request, body, messages=messages, **extra)
+            return StreamingResponse(_one_chunk_stream(result, body.model), media_type="text/event-stream")
+        result = await run(request, body, messages=messages, **extra)
         if isinstance(result, StreamingResponse):
             return result
-        return _completion_body(result, body.model, chat=True)
+        return _completion_body(result, body.model, chat=True, tools=bool(tools_text))
 
     @app.post("/v1/completions")
     async def completions(request: Request, body: CompletionRequest):
@@ -197,20 +206,39 @@ def create_app(kernel, *, api_key: str | None = None, max_body: int = MAX_BODY_B
     return app
 
 
+async def _one_chunk_stream(completion, model: str):
+    body = _completion_body(completion, model, chat=True, tools=True)
+    if isinstance(body, JSONResponse):
+        yield "data: " + body.body.decode() + "\n\n"
+    else:
+        choice = body["choices"][0]
+        delta = {k: v for k, v in choice["message"].items() if v is not None}
+        if "tool_calls" in delta:
+            delta["tool_calls"] = [{**c, "index": i} for i, c in enumerate(delta["tool_calls"])]
+        for chunk_choice in ({"index": 0, "delta": delta, "finish_reason": None},
+                             {"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}):
+            yield "data: " + json.dumps({"id": body["id"], "object": "chat.completion.chunk", "created": body["created"],
+                                         "model": model, "choices": [chunk_choice]}) + "\n\n"
+    yield "data: [DONE]\n\n"
+
+
 def _finish(completion) -> str:
     reason = completion.finish_reason
     return reason if reason in ("stop", "length") else "stop"
 
 
-def _completion_body(completion, model: str, *, chat: bool) -> JSONResponse | dict[str, Any]:
+def _completion_body(completion, model: str, *, chat: bool, tools: bool = False) -> JSONResponse | dict[str, Any]:
     if completion.error and completion.finish_reason not in ("stop", "length"):
         status = 503 if completion.finish_reason == "cancelled" else 500
         return _error(status, completion.error, "server_error", None, completion.status.name.lower())
     base = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{completion.request_id}", "created": int(time.time()),
             "model": model, "usage": completion.usage}
     if chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": completion.text},
-                  "finish_reason": _finish(completion)}
+        content, calls = parse_answer(completion.text, tools)
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if calls:
+            message["tool_calls"] = calls
+        choice = {"index": 0, "message": message, "finish_reason": "tool_calls" if calls else _finish(completion)}
         return {**base, "object": "chat.completion", "choices": [choice]}
     return {**base, "object": "text_completion",
             "choices": [{"index": 0, "text": completion.text, "finish_reason": _finish(completion)}]}
