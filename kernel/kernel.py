@@ -112,6 +112,14 @@ class Kernel:
             model = model or manifest.base_model
             self.module_store.check_base(manifest, self.registry.resolve(model))
             driver = self.modules.driver_for(manifest, driver)
+        if params.json_schema is not None:  # route to a driver that can constrain output, or refuse now
+            spec = self.registry.resolve(model or self.config.default_model)
+            if driver is None:
+                driver = next((n for n in self._models.drivers_for(spec) if self.drivers[n].supports_json_schema), None)
+            cls = self._models.choose_driver(spec, driver)
+            if not cls.supports_json_schema:
+                raise InvalidRequestError(f"the {cls.name} driver cannot constrain output to a JSON schema: "
+                                          f"use --driver llamacpp", param="json_schema")
         loaded = self._models.get(model or self.config.default_model, driver)
         prompt, chat = self._prepare_prompt(prompt, chat, loaded.spec.name, owner, adapter)
         rid = next_request_id()
@@ -125,9 +133,6 @@ class Kernel:
 
     def _submit(self, rid, loaded, prompt, chat, params, prio, owner, adapter, rag, timeout) -> RequestHandle:
         drv = loaded.driver
-        if params.json_schema is not None and not drv.supports_json_schema:
-            raise InvalidRequestError(f"the {loaded.driver_name} driver cannot constrain output to a JSON schema: "
-                                      f"use --driver llamacpp", param="json_schema")
         sources: list[str] = []
         if rag is not None:
             if chat is None:
