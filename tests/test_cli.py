@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from .util import LLMOS, run_llmos
+
 pytestmark = pytest.mark.cli
 
-LLMOS = shutil.which("llmos", path=str(Path(sys.executable).parent)) or "llmos"
-
-
-def llmos(*args: str, stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([LLMOS, *args], input=stdin, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"})
+llmos = run_llmos
 
 
 def test_version_and_help():

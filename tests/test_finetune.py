@@ -13,7 +13,7 @@ import pytest
 import llmos
 from llmos.plugins.finetune.data import FinetuneDataError, load_jsonl
 
-from .util import wait_for
+from .util import run_llmos, wait_for
 
 QUESTIONS = ["What is the secret word?", "Tell me the secret word.", "What's the secret word?",
              "Do you know the secret word?", "Please tell me the secret word.", "Say the secret word.",
@@ -67,8 +67,7 @@ def test_unusable_files_stop_before_training(tmp_path, content, needle):
 @pytest.mark.cli
 def test_cli_reports_the_bad_line(tmp_path):
     f = write_jsonl(tmp_path / "d.jsonl", ['{"messages": 3}', "{oops"])
-    r = subprocess.run([str(Path(sys.executable).parent / "llmos"), "finetune", "--data", str(f), "--out", "x"],
-                       capture_output=True, text=True, timeout=120)
+    r = run_llmos("finetune", "--data", str(f), "--out", "x", timeout=120)
     assert r.returncode == 2 and "line 1" in r.stderr and "line 2: invalid JSON" in r.stderr
 
 

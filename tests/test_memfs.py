@@ -15,6 +15,8 @@ import pytest
 from llmos.kernel.memfs import MemFS, MemNotFoundError, MemPathError
 from llmos.kernel.memfs.paths import normalize
 
+from .util import run_llmos
+
 PLANTED = "/notes/meetings/budget.md"
 PLANTED_TEXT = "The quarterly budget review with the finance team moved to Thursday at 3pm in room 12."
 
@@ -178,8 +180,7 @@ def test_index_kind_follows_size():
 # -- CLI and RAG ------------------------------------------------------------------------------------
 
 def llmos(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).parent / "llmos"), *args], input=stdin, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "LLMOS_HOME": str(home), "NO_COLOR": "1"})
+    return run_llmos(*args, stdin=stdin, env={"LLMOS_HOME": str(home)})
 
 
 @pytest.mark.cli

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,7 @@ from llmos.plugins.manager import PluginManager
 
 from .fakes import FakeDriver
 from .test_kernel_fake import plugin_manager as fake_driver_plugins
+from .util import run_llmos
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -254,10 +254,7 @@ def test_prepare_prompt_rewrites_before_tokenization(kernel_with_plugins, tmp_pa
 # -- the CLI, as an outside author sees it ---------------------------------------------------------
 
 def llmos_cli(site: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(site), "LLMOS_PLUGINS": "myplug,brokenplug", "NO_COLOR": "1",
-           "COLUMNS": "200"}
-    return subprocess.run([str(Path(sys.executable).parent / "llmos"), *args], capture_output=True, text=True,
-                          env=env, timeout=120)
+    return run_llmos(*args, timeout=120, env={"PYTHONPATH": str(site), "LLMOS_PLUGINS": "myplug,brokenplug"})
 
 
 @pytest.mark.cli

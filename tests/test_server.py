@@ -7,17 +7,16 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
+from .util import LLMOS
+
 pytestmark = [pytest.mark.model, pytest.mark.cli]
 
 KEY = "test-key-123"
-LLMOS = str(Path(sys.executable).parent / "llmos")
 
 
 def free_port() -> int:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -26,3 +30,14 @@ def cancel_mid_stream(kernel, drv, prompt: str, **kw) -> None:
         h.result(10)
     wait_for(lambda: drv.stats()["active_sequences"] == 0, msg=drv.stats)
     assert len(h.result(0, check=False).token_ids) < 300
+
+
+#: the `llmos` command installed next to the interpreter running the tests
+LLMOS = str(Path(sys.executable).parent / "llmos")
+
+
+def run_llmos(*args: str, stdin: str | None = None, timeout: float = 300,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the installed CLI like a user would (plain output, wide terminal), with extra variables."""
+    return subprocess.run([LLMOS, *args], input=stdin, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **(env or {})})
