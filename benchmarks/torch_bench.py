@@ -112,6 +112,7 @@ def b2b(ctx: BenchContext) -> BenchResult:
             for p, n, name in zip(PROMPTS, OUTPUT_LENGTHS, names):
                 model.set_adapter(name)
                 ids = tok(p, return_tensors="pt").input_ids
-                total += model.generate(input_ids=ids, max_new_tokens=n, min_new_tokens=n, do_sample=False).shape[1] - ids.shape[1]
+                out = model.generate(input_ids=ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+                total += out.shape[1] - ids.shape[1]
         baseline = total / (time.perf_counter() - started)
     return BenchResult("B2b", baseline, candidate, "tokens/s", 3.0, description="mixed-adapter serving vs switching")

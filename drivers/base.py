@@ -69,6 +69,8 @@ class Driver(abc.ABC):
     mixed_adapters: ClassVar[bool] = False
     #: output can be constrained to a JSON schema (SamplingParams.json_schema)
     supports_json_schema: ClassVar[bool] = False
+    #: a running sequence can be dropped and recomputed later (False: its generation cannot resume)
+    preemptible: ClassVar[bool] = True
     #: adapter methods (manifest `method`) that can share a step with others when mixed_adapters
     mixable_methods: ClassVar[frozenset[str]] = frozenset()
 

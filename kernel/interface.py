@@ -59,9 +59,12 @@ class DriverOutput:
     `sampled[rid]` is the token sampled for each sequence that finished its scheduled tokens at the
     end of its known tokens. `cached_tokens[rid]` counts prompt tokens whose KV was reused from the
     driver's prefix cache instead of computed. `failed[rid]` holds a per-sequence error message: that
-    request ends FINISHED_FAILED while the others continue.
+    request ends FINISHED_FAILED while the others continue. `pending` names sequences a driver that
+    computes elsewhere (a remote server) could not advance in this step: nothing of theirs counts as
+    computed and the scheduler gives them the same work again next step.
     """
 
     sampled: dict[str, int] = field(default_factory=dict)
     cached_tokens: dict[str, int] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    pending: frozenset[str] = frozenset()

@@ -122,7 +122,8 @@ class ModelManager:
         scheduler = Scheduler(
             SchedulerConfig(max_running=info.max_seqs, max_waiting=cfg.max_queue,
                             max_batched_tokens=cfg.max_batched_tokens, kv_capacity=info.kv_capacity,
-                            max_model_len=info.context_length, mixed_adapters=cls.mixed_adapters),
+                            max_model_len=info.context_length, mixed_adapters=cls.mixed_adapters,
+                            preemption=getattr(cls, "preemptible", True)),
             eos_token_ids=info.eos_token_ids,
             detokenizer_factory=lambda req: driver.detokenizer(req.prompt_token_ids),
         )

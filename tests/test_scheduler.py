@@ -278,3 +278,30 @@ def test_mixed_adapters_share_a_step():
         s.add_request(r)
     out, _ = step(s, state)
     assert len(out.num_scheduled_tokens) == 3
+
+
+def test_without_preemption_priority_orders_admission_only():
+    s, state, _ = make(max_running=1, preemption=False)
+    low = req(priority=Priority.LOW, max_tokens=8)
+    s.add_request(low)
+    step(s, state)
+    high = req(priority=Priority.HIGH)
+    s.add_request(high)
+    step(s, state)
+    assert low.status == RequestStatus.RUNNING and low.metrics.preemptions == 0
+    assert high.status == RequestStatus.WAITING
+    order = [e.request_id for e in run_all(s, state)]
+    assert order == [low.request_id, high.request_id]
+
+
+def test_pending_sequences_are_rescheduled_without_progress():
+    s, state, _ = make()
+    r = req(max_tokens=3)
+    s.add_request(r)
+    out = s.schedule()
+    computed = fake_execute(state, out)
+    computed.pending = frozenset({r.request_id})
+    s.update_from_output(out, computed)
+    assert r.num_computed_tokens == 0 and r.status == RequestStatus.RUNNING and not r.output_token_ids
+    again = s.schedule()
+    assert again.num_scheduled_tokens == out.num_scheduled_tokens

@@ -5,42 +5,17 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import socket
 import subprocess
 import time
 
 import httpx
 import pytest
 
-from .util import LLMOS
+from .util import LLMOS, free_port, start_server as start
 
 pytestmark = [pytest.mark.model, pytest.mark.cli]
 
 KEY = "test-key-123"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(tmp_path, *args: str, env: dict | None = None):
-    port = free_port()
-    proc = subprocess.Popen([LLMOS, "serve", "--port", str(port), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "LLMOS_HOME": str(tmp_path / "home"), **(env or {})})
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            time.sleep(0.2)
-        if proc.poll() is not None:
-            raise AssertionError(proc.stderr.read())
-    raise AssertionError("server did not become healthy")
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -41,3 +42,32 @@ def run_llmos(*args: str, stdin: str | None = None, timeout: float = 300,
     """Run the installed CLI like a user would (plain output, wide terminal), with extra variables."""
     return subprocess.run([LLMOS, *args], input=stdin, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **(env or {})})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(tmp_path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """Start `llmos serve` on a free loopback port with its own LLMOS_HOME; wait until healthy."""
+    import httpx
+
+    port = free_port()
+    log = Path(tmp_path) / f"serve-{port}.log"  # a file, not a pipe: a full pipe would block the server
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([LLMOS, "serve", "--port", str(port), *args], stdout=fh, stderr=subprocess.STDOUT,
+                                env={**os.environ, "LLMOS_HOME": str(tmp_path / "home"), **(env or {})})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            time.sleep(0.2)
+        if proc.poll() is not None:
+            raise AssertionError(log.read_text())
+    proc.kill()
+    raise AssertionError("server did not become healthy")

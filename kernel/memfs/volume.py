@@ -274,7 +274,7 @@ class Volume:
         for p, size, mtime in rows:
             rest = p[len(base) + 1:].split("/")
             depth_paths = [base + "/" + "/".join(rest[:i + 1]) for i in range(len(rest))]
-            for i, dp in enumerate(depth_paths if recursive else depth_paths[:1]):
+            for dp in depth_paths if recursive else depth_paths[:1]:
                 is_file = dp == p
                 e = entries.setdefault(dp, {"path": dp, "name": dp.rsplit("/", 1)[1],
                                             "type": "file" if is_file else "dir", "size": 0, "files": 0,

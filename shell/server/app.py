@@ -2,7 +2,8 @@
 
 Endpoints: POST /v1/chat/completions and /v1/completions (SSE streaming or not), POST /v1/embeddings
 (the memfs embedder), GET /v1/models (models, and installed adapters as `base:adapter`), GET /health,
-GET /metrics (Prometheus), and llmos extras under /llmos/ (extras.py: ps, kill, modules, memfs). Errors use OpenAI's error shape with the matching status: 400 bad
+GET /metrics (Prometheus), and llmos extras under /llmos/ (extras.py: ps, kill, modules, memfs).
+Errors use OpenAI's error shape with the matching status: 400 bad
 parameter (named), 401 bad/missing key, 404 unknown model or adapter, 413 prompt too long for the
 context, 429 queue full (Retry-After), 503 shutting down. A client that disconnects cancels its
 request in the kernel. The server holds no model logic: it only calls the kernel's public API.
