@@ -81,12 +81,13 @@ class Grants:
 
 
 class AuditLog:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, redact: Callable[[str], str] = lambda line: line) -> None:
         self.path = path
+        self._redact = redact  # maskers never emit quotes or backslashes: the line stays valid JSON
         self._lock = threading.Lock()
 
     def record(self, **entry: Any) -> None:
-        line = json.dumps({"ts": time.time(), **entry}, default=repr)
+        line = self._redact(json.dumps({"ts": time.time(), **entry}, default=repr))
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as fh:

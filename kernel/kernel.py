@@ -10,8 +10,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
+from .agents import Process, ProcessTable
 from .config import Config
 from .errors import InvalidRequestError, KernelShutdownError, PromptTooLongError
 from .embedding import EmbeddingService
@@ -24,6 +27,7 @@ from .modules import Manifest, ModuleStore
 from .rag import with_passages
 from .registry import ModelRegistry, ModelSpec
 from .request import Priority, PromptEnvelope, Request, SamplingParams, next_request_id, validate_messages
+from .sessions import SessionStore
 
 log = logging.getLogger("llmos.kernel")
 
@@ -39,6 +43,7 @@ class Kernel:
         self.plugins = plugins or PluginManager(load_entrypoints=load_entrypoints)
         self.registry = ModelRegistry(self.config.home, self.config.models)
         self.drivers = self.plugins.collect_drivers()
+        self._redactors: list | None = None
         self.tools = ToolBox(self)
         self._models = ModelManager(self.config, self.registry, self.drivers, progress, on_finish=self._on_finish)
         self.module_store = ModuleStore(self.config.home, self.registry)
@@ -48,6 +53,8 @@ class Kernel:
         self._mem = None
         self._embedding: EmbeddingService | None = None
         self._jobs: list[Job] = []
+        self._sessions: SessionStore | None = None
+        self.processes = ProcessTable(self)
         self._lock = threading.RLock()
         self.started = time.monotonic()
         self.plugins.hook.kernel_booted(kernel=self)
@@ -253,8 +260,41 @@ class Kernel:
         return _acancel_on_close(self.submit(prompt, **kwargs))
 
     def cancel(self, request_id: str) -> bool:
-        """Cancel a waiting or running request by id; False if it is unknown or already finished."""
+        """Cancel a waiting or running request, or kill an agent process, by id; False if it is
+        unknown or already finished."""
+        proc = self.processes.get(request_id)
+        if proc is not None:
+            if proc.state.finished:
+                return False
+            proc.kill()
+            return True
         return any(m.engine.cancel(request_id) for m in self._models.loaded())
+
+    # -- agents and sessions (kernel/agents.py, kernel/sessions.py) ----------------------------------
+
+    def spawn(self, goal: str | None = None, **options: Any) -> Process:
+        """Start an agent process: `spawn(goal, tools=None, model=None, adapter=None, max_steps=8,
+        max_tokens=2048, owner="agent", priority="normal", approve=None, session=None)`; `session`
+        resumes a stored agent session. Returns the `Process` handle (events, wait, kill)."""
+        self._check_open()
+        return self.processes.spawn(goal, **options)
+
+    @property
+    def sessions(self) -> SessionStore:
+        """Chat sessions and agent runs stored in `$LLMOS_HOME/sessions.db`."""
+        with self._lock:
+            if self._sessions is None:
+                self._sessions = SessionStore(self.config.home / "sessions.db", redact=self.redact)
+            return self._sessions
+
+    def redact(self, text: str) -> str:
+        """`text` through every registered redactor (the `register_redactors` hook)."""
+        if self._redactors is None:
+            found = self.plugins.collect("register_redactors", lambda plugin, name, fn: _Redactor(name, fn, plugin))
+            self._redactors = list(found.values())
+        for r in self._redactors:
+            text = r.fn(text)
+        return text
 
     # -- memory ------------------------------------------------------------------------------------
 
@@ -346,7 +386,7 @@ class Kernel:
                 })
         if self._embedding is not None:
             rows += self._embedding.ps()
-        return rows
+        return rows + [p.as_row() for p in self.processes.list() if not p.state.finished]
 
     def engines(self) -> list[dict[str, Any]]:
         """Loaded models with their driver, queue and step figures."""
@@ -374,18 +414,28 @@ class Kernel:
                 return
             self._closed = True
         self.plugins.hook.kernel_shutdown(kernel=self)
+        self.processes.kill_all()
         for job in self._jobs:
             job.cancel()
         self._models.shutdown()
         self.tools.close()
         if self._mem is not None:
             self._mem.close()
+        if self._sessions is not None:
+            self._sessions.close()
 
     def __enter__(self) -> "Kernel":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+@dataclass(frozen=True)
+class _Redactor:
+    name: str
+    fn: Callable[[str], str]
+    plugin: str
 
 
 def _cancel_on_close(handle: RequestHandle) -> Iterator[str]:

@@ -31,7 +31,7 @@ class ToolBox:
             Task.from_function(name, fn, description=description, plugin=plugin))
         self.commands = plugins.collect_commands()
         self.grants = Grants(kernel.config.sections.get("capabilities"))
-        self.audit = AuditLog(kernel.config.home / "audit.jsonl")
+        self.audit = AuditLog(kernel.config.home / "audit.jsonl", redact=kernel.redact)
         self.mcp = McpTools(kernel.config.sections.get("mcp", {}))
 
     # -- tools -------------------------------------------------------------------------------------

@@ -37,6 +37,11 @@ def register_commands(register: Callable[..., None]) -> None:
 
 
 @hookspec
+def register_redactors(register: Callable[[str, Callable[[str], str]], None]) -> None:
+    """Register text maskers: `register(name, fn)`, fn(text) -> text, run over stored sessions and audit logs."""
+
+
+@hookspec
 def prepare_prompt(prompt: Any) -> None:
     """Inspect or rewrite `prompt.text` / `prompt.messages` before tokenization (wrapper=True: around others)."""
 

@@ -16,11 +16,12 @@ from typing import Any, Callable
 
 import pluggy
 
-from . import builtin, builtin_tools, hookspecs
+from . import builtin, builtin_nlp, builtin_tools, hookspecs
+from .redaction import Redaction
 
 log = logging.getLogger("llmos.plugins")
 
-BUILTINS = {"llmos.builtin": builtin, "llmos.tools": builtin_tools}
+BUILTINS = {"llmos.builtin": builtin, "llmos.tools": builtin_tools, "llmos.nlp": builtin_nlp}
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class PluginManager(pluggy.PluginManager):
         self.add_hookspecs(hookspecs)
         self.failures: list[PluginFailure] = []
         self.sources: dict[str, tuple[str, str]] = {}  # plugin name -> (source, version)
-        for name, module in BUILTINS.items():
+        for name, module in {**BUILTINS, "llmos.redaction": Redaction()}.items():  # one Redaction per kernel
             self.register(module, name=name)
             self.sources[name] = ("builtin", _llmos_version())
         if load_entrypoints:

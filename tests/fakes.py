@@ -78,3 +78,39 @@ class FakeDriver(Driver):
 
     def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
         return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+
+class ScriptedDriver(FakeDriver):
+    """Answers each chat request with `reply(prompt_text)` (one character per step, then EOS): lets
+    agent tests script what the "model" says. Records every prompt and JSON schema it was given."""
+
+    name = "scripted"
+    supports_json_schema = True
+    reply = staticmethod(lambda prompt: "")
+    prompts: list[str] = []
+    schemas: list[Any] = []
+    delay = 0.0  # seconds per step: makes a generation last long enough to be killed
+
+    def load(self, progress=None) -> ModelInfo:
+        from dataclasses import replace
+
+        self.info = replace(super().load(progress), context_length=32768, kv_capacity=262144)
+        return self.info
+
+    def execute(self, batch: SchedulerOutput) -> DriverOutput:
+        import time
+
+        time.sleep(type(self).delay)
+        out = DriverOutput()
+        for rid in batch.released:
+            self.state.pop(rid, None)
+        for new in batch.new:
+            prompt = self.decode(new.token_ids)
+            type(self).prompts.append(prompt)
+            type(self).schemas.append(new.sampling.json_schema)
+            self.state[new.request_id] = [list(type(self).reply(prompt)), 0]
+        for rid, _n in batch.num_scheduled_tokens.items():
+            script, done = self.state[rid]
+            out.sampled[rid] = ord(script[done]) if done < len(script) else EOS
+            self.state[rid][1] = done + 1
+        return out

@@ -196,7 +196,8 @@ def test_entry_point_plugins_load_and_failures_are_isolated(kernel_with_plugins)
 
 def test_llmos_plugins_empty_loads_none(site, monkeypatch):
     monkeypatch.setenv("LLMOS_PLUGINS", "")
-    assert [n for n, _ in PluginManager().list_name_plugin()] == ["llmos.builtin", "llmos.tools"]
+    assert [n for n, _ in PluginManager().list_name_plugin()] == ["llmos.builtin", "llmos.tools", "llmos.nlp",
+                                                                  "llmos.redaction"]
 
 
 def test_tool_calls_capabilities_and_audit(kernel_with_plugins):

@@ -1,0 +1,308 @@
+"""Agent processes: a goal, a model, a tool set and budgets, run as a loop model -> tool -> model.
+
+Boundaries: an agent talks to the kernel only through its public calls (`submit`, `call_tool`,
+`sessions`), so its LLM calls go through the scheduler like any request (batched with other agents'
+while those wait on tools) and its tool calls through capabilities and the audit log. Each process
+runs on its own thread; `Process` is the handle (state, events, kill).
+
+One step is one LLM call. The reply is constrained to a JSON tool call or answer where the driver can
+constrain output (llama.cpp grammar); everywhere it is validated, and an invalid reply is shown back to
+the model with the error and retried, as the next step. Every message is stored in the process's
+session (kind "agent").
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidRequestError, LlmosError, RequestCancelledError
+from .request import Priority
+from .structured import submit_json
+from .tool_calling import Function, InvalidToolCall, call_schema, check_call, for_model, parse_reply, tools_prompt
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+    from .sessions import Session
+
+#: tokens one step may generate (a call or an answer), within the process's token budget
+STEP_MAX_TOKENS = 256
+INSTRUCTIONS = ("You are an agent. Work towards the user's goal step by step. Call one tool at a time when you need "
+                "information or an action; when you know the answer, give it.")
+
+_pids = itertools.count(1)
+
+
+class ProcessState(enum.IntEnum):
+    """Ordered lifecycle: every state from FINISHED on is terminal."""
+
+    STARTING = 0
+    THINKING = 1
+    WAITING_TOOL = 2
+    FINISHED = 3
+    FAILED = 4
+    KILLED = 5
+    OUT_OF_BUDGET = 6
+
+    @property
+    def finished(self) -> bool:
+        return self >= ProcessState.FINISHED
+
+
+@dataclass(frozen=True)
+class AgentEvent:
+    kind: str  # step | token | tool_call | tool_result | answer | error
+    step: int
+    text: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Process:
+    def __init__(self, kernel: "Kernel", session: "Session", *, tools: list[str], model: str | None,
+                 adapter: str | None, max_steps: int, max_tokens: int, owner: str, priority: Priority,
+                 approve: Callable | None) -> None:
+        self.pid = f"agent-{next(_pids)}"
+        self.kernel, self.session = kernel, session
+        self.tools, self.model, self.adapter = tools, model, adapter
+        self.max_steps, self.max_tokens = max_steps, max_tokens
+        self.owner, self.priority, self.approve = owner, priority, approve
+        self.state = ProcessState.STARTING
+        self.step = 0
+        self.tokens = 0
+        self.answer: str | None = None
+        self.error: str | None = None
+        self.started = time.monotonic()
+        self._events: list[AgentEvent] = []
+        self._cond = threading.Condition()
+        self._killed = threading.Event()
+        self._handle = None
+        self._thread = threading.Thread(target=self._main, name=f"llmos-{self.pid}", daemon=True)
+
+    # -- the handle --------------------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str:
+        return self.session.id
+
+    def events(self, timeout: float | None = None) -> Iterator[AgentEvent]:
+        """Every event from the start, then new ones as they happen, until the process ends."""
+        i = 0
+        while True:
+            with self._cond:
+                if i >= len(self._events) and not self.state.finished:
+                    self._cond.wait_for(lambda: i < len(self._events) or self.state.finished, timeout)  # noqa: B023
+                if i >= len(self._events):
+                    if self.state.finished:
+                        return
+                    raise TimeoutError(f"{self.pid}: no event within {timeout}s")
+                event = self._events[i]
+            i += 1
+            yield event
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def kill(self) -> None:
+        """Cancel the LLM call in flight (its slot is freed) and stop waiting on a running tool."""
+        self._killed.set()
+        handle = self._handle
+        if handle is not None:
+            handle.cancel()
+        with self._cond:
+            self._cond.notify_all()
+
+    def as_row(self) -> dict[str, Any]:
+        return {"id": self.pid, "kind": "agent", "owner": self.owner, "model": self.model or
+                self.kernel.config.default_model, "driver": "agent", "adapter": self.adapter,
+                "state": self.state.name.lower(), "priority": self.priority.name.lower(), "step": self.step,
+                "max_steps": self.max_steps, "prompt_tokens": None, "output_tokens": self.tokens,
+                "age_s": time.monotonic() - self.started, "queue_wait_s": None, "ttft_s": None,
+                "tokens_per_s": None, "session": self.session.id}
+
+    # -- the loop (process thread) -------------------------------------------------------------------
+
+    def _emit(self, kind: str, text: str = "", **data: Any) -> None:
+        with self._cond:
+            self._events.append(AgentEvent(kind, self.step, text, data))
+            self._cond.notify_all()
+
+    def _end(self, state: ProcessState, *, answer: str | None = None, error: str | None = None) -> None:
+        self.answer, self.error = answer, error
+        self.session.set_state(state.name.lower())
+        if error:
+            self._emit("error", error)
+        with self._cond:
+            self.state = state
+            self._cond.notify_all()
+
+    def _main(self) -> None:
+        try:
+            self._loop()
+        except LlmosError as exc:
+            self._end(ProcessState.KILLED if self._killed.is_set() else ProcessState.FAILED, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - an agent's bug ends that agent, never the kernel
+            self._end(ProcessState.FAILED, error=f"internal error: {type(exc).__name__}: {exc}")
+
+    def _loop(self) -> None:
+        # 1. The tool set and the answer schema.
+        tools = self.kernel.tools.all()
+        functions = [Function(t.name, t.description, t.schema) for t in (tools[name] for name in self.tools)]
+        schema = call_schema(functions, may_answer=True)
+        messages = self.session.messages
+        self.session.set_state("running")
+        while not self._killed.is_set():
+            # 2. Budgets.
+            if self.step >= self.max_steps:
+                return self._end(ProcessState.OUT_OF_BUDGET, error=f"step budget of {self.max_steps} exhausted")
+            if self.tokens >= self.max_tokens:
+                return self._end(ProcessState.OUT_OF_BUDGET, error=f"token budget of {self.max_tokens} exhausted")
+            self.step += 1
+            self._emit("step")
+            # 3. One LLM call, streamed out as token events.
+            self.state = ProcessState.THINKING
+            text = self._think(messages, functions, schema)
+            if text is None:
+                break
+            # 4. A valid answer ends the process; an invalid reply is shown back with the error.
+            try:
+                content, calls = parse_reply(text)
+                args = check_call(calls[0], functions) if calls else None
+            except InvalidToolCall as exc:
+                self._emit("error", f"invalid reply, retrying: {exc}", reply=text)
+                self._record(messages, {"role": "assistant", "content": text})
+                self._record(messages, {"role": "user", "content": f"That reply was invalid: {exc}. Reply with one "
+                                        "JSON object: a tool call or an answer."})
+                continue
+            if content is not None:
+                self._record(messages, {"role": "assistant", "content": content})
+                self._emit("answer", content)
+                return self._end(ProcessState.FINISHED, answer=content)
+            # 5. Run the tool (capabilities and audit in call_tool) and give the model its result.
+            call = calls[0]
+            self._record(messages, {"role": "assistant", "content": None, "tool_calls": [call]})
+            self._emit("tool_call", call["function"]["name"], name=call["function"]["name"], arguments=args)
+            result = self._run_tool(call["function"]["name"], args)
+            if result is None:
+                break
+            self._record(messages, {"role": "tool", "tool_call_id": call["id"], "content": result})
+            self._emit("tool_result", result, name=call["function"]["name"])
+        self._end(ProcessState.KILLED, error="killed")
+
+    def _record(self, messages: list[dict[str, Any]], message: dict[str, Any]) -> None:
+        messages.append(message)
+        self.session.append(message)
+
+    def _think(self, messages, functions, schema) -> str | None:
+        system = {"role": "system", "content": INSTRUCTIONS + "\n\n" + tools_prompt(functions, may_answer=True)}
+        chat = [system, *for_model([m for m in messages if m["role"] != "system"])]
+        budget = min(STEP_MAX_TOKENS, self.max_tokens - self.tokens)
+        kwargs = dict(messages=chat, model=self.model, adapter=self.adapter, owner=self.owner,
+                      priority=self.priority, max_tokens=budget, temperature=0.0)
+        handle = submit_json(self.kernel, schema, **kwargs)  # unconstrained drivers: validated and retried
+        self._handle = handle
+        if self._killed.is_set():
+            handle.cancel()
+        try:
+            for delta in handle.stream():
+                self._emit("token", delta)
+            completion = handle.result()
+        except RequestCancelledError:
+            return None
+        finally:
+            self._handle = None
+        self.tokens += completion.usage["completion_tokens"]
+        return completion.text
+
+    def _run_tool(self, name: str, args: dict[str, Any]) -> str | None:
+        self.state = ProcessState.WAITING_TOOL
+        box: dict[str, str] = {}
+
+        def call() -> None:
+            try:
+                r = self.kernel.call_tool(name, args, owner=self.owner, approve=self.approve)
+                box["text"] = json.dumps(r.value, default=str) if r.ok else f"error: {r.error}"
+            except LlmosError as exc:  # denied, invalid arguments: the model reads why
+                box["text"] = f"error: {exc}"
+            with self._cond:
+                self._cond.notify_all()
+
+        threading.Thread(target=call, name=f"llmos-{self.pid}-tool", daemon=True).start()
+        with self._cond:
+            self._cond.wait_for(lambda: "text" in box or self._killed.is_set())
+        return None if self._killed.is_set() else box["text"]
+
+
+class ProcessTable:
+    """The kernel's agents: spawn, list, find; finished processes stay listed for `KEEP_S`."""
+
+    KEEP_S = 60.0
+
+    def __init__(self, kernel: "Kernel") -> None:
+        self.kernel = kernel
+        self._procs: dict[str, Process] = {}
+        self._lock = threading.Lock()
+
+    def spawn(self, goal: str | None, *, tools: list[str] | None = None, model: str | None = None,
+              adapter: str | None = None, max_steps: int = 8, max_tokens: int = 2048, owner: str = "agent",
+              priority: Priority | int | str = Priority.NORMAL, approve: Callable | None = None,
+              session: str | None = None) -> Process:
+        # 1. Validate everything before anything starts or is stored.
+        for name, value, lo in (("max_steps", max_steps, 1), ("max_tokens", max_tokens, 16)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise InvalidRequestError(f"{name} must be an integer >= {lo}, got {value!r}", param=name)
+        prio = Priority.parse(priority)
+        available = self.kernel.tools.all()
+        tools = list(available) if tools is None else list(tools)
+        unknown = [t for t in tools if t not in available]
+        if unknown:
+            raise InvalidRequestError(f"unknown tool(s) {unknown}: available are {sorted(available)}", param="tools")
+        if goal is not None and (not isinstance(goal, str) or not goal.strip()):
+            raise InvalidRequestError("the goal must be a non-empty string", param="goal")
+        # 2. A new agent session, or an earlier one resumed (its messages are the context).
+        store = self.kernel.sessions
+        settings = {"tools": tools, "max_steps": max_steps, "max_tokens": max_tokens}
+        if session is not None:
+            stored = store.get(session)
+            if stored.state == "running" and any(p.session.id == stored.id and not p.state.finished
+                                                 for p in self.list()):
+                raise InvalidRequestError(f"session {stored.id} is already running", param="session")
+            stored.update(settings=settings, **({"model": model} if model else {}))
+        elif goal is None:
+            raise InvalidRequestError("give a goal (or a session to resume)", param="goal")
+        else:
+            stored = store.create(kind="agent", model=model, adapter=adapter, settings=settings, state="starting",
+                                  title=goal)
+        if goal is not None:
+            stored.append({"role": "user", "content": goal})
+        proc = Process(self.kernel, stored, tools=tools, model=model or stored.model, adapter=adapter,
+                       max_steps=max_steps, max_tokens=max_tokens, owner=owner, priority=prio, approve=approve)
+        with self._lock:
+            self._prune()
+            self._procs[proc.pid] = proc
+        proc._thread.start()
+        return proc
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        for pid, p in list(self._procs.items()):
+            if p.state.finished and now - p.started > self.KEEP_S:
+                del self._procs[pid]
+
+    def get(self, pid: str) -> Process | None:
+        with self._lock:
+            return self._procs.get(pid)
+
+    def list(self) -> list[Process]:
+        with self._lock:
+            return list(self._procs.values())
+
+    def kill_all(self) -> None:
+        for p in self.list():
+            p.kill()

@@ -1,0 +1,268 @@
+"""The session store: chat sessions and agent processes, persisted in SQLite under LLMOS_HOME.
+
+Boundaries: storage only (no model calls). `$LLMOS_HOME/sessions.db` (WAL, synchronous=FULL) holds
+one row per session (kind chat|agent, name, model, adapter, system prompt, settings, state, the
+process id of the kernel that runs it) and its messages in order (OpenAI-style: role, content,
+tool_calls, tool_call_id). Every text passes through the kernel's redactors before it is stored.
+A store opened by a new kernel marks sessions left `running` by a kernel process that no longer
+exists as `crashed`: a crash is recorded, never silently lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import InvalidRequestError, LlmosError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY, name TEXT UNIQUE, kind TEXT NOT NULL, model TEXT, adapter TEXT, system TEXT,
+    settings TEXT NOT NULL DEFAULT '{}', state TEXT NOT NULL, title TEXT NOT NULL DEFAULT '',
+    host_pid INTEGER, created REAL NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    role TEXT NOT NULL, content TEXT, tool_calls TEXT, tool_call_id TEXT, created REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS messages_by_session ON messages(session_id, seq);
+"""
+ROLES = ("system", "user", "assistant", "tool")
+SETTINGS = ("model", "adapter", "system")
+
+
+class UnknownSessionError(LlmosError, KeyError):
+    code = "session_not_found"
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Session:
+    """One stored conversation; attributes reflect the row, `messages` reads the log."""
+
+    def __init__(self, store: "SessionStore", row: sqlite3.Row) -> None:
+        self._store = store
+        self.id: str = row["id"]
+        self._load(row)
+
+    def _load(self, row: sqlite3.Row) -> None:
+        self.name: str | None = row["name"]
+        self.kind: str = row["kind"]
+        self.model: str | None = row["model"]
+        self.adapter: str | None = row["adapter"]
+        self.system: str | None = row["system"]
+        self.settings: dict[str, Any] = json.loads(row["settings"])
+        self.state: str = row["state"]
+        self.title: str = row["title"]
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return self._store.messages(self.id)
+
+    def append(self, message: dict[str, Any]) -> None:
+        self._store.append(self.id, message)
+
+    def update(self, **settings: Any) -> None:
+        self._load(self._store.update(self.id, **settings))
+
+    def set_state(self, state: str) -> None:
+        self._load(self._store.update(self.id, state=state))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "kind": self.kind, "model": self.model, "adapter": self.adapter,
+                "system": self.system, "settings": self.settings, "state": self.state, "title": self.title,
+                "messages": self.messages}
+
+
+class SessionStore:
+    def __init__(self, path: Path, redact: Callable[[str], str] = lambda text: text) -> None:
+        self.path = path
+        self._redact = redact
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(SCHEMA)
+            self._mark_crashed()
+
+    def _mark_crashed(self) -> None:
+        rows = self._db.execute("SELECT id, host_pid FROM sessions WHERE state = 'running'").fetchall()
+        for row in rows:
+            if row["host_pid"] != os.getpid() and not _alive(row["host_pid"]):
+                self._db.execute("UPDATE sessions SET state = 'crashed', updated = ? WHERE id = ?",
+                                 (time.time(), row["id"]))
+
+    # -- sessions ----------------------------------------------------------------------------------
+
+    def _row(self, name_or_id: str) -> sqlite3.Row | None:
+        with self._lock:
+            return self._db.execute("SELECT * FROM sessions WHERE id = ? OR name = ?",
+                                    (name_or_id, name_or_id)).fetchone()
+
+    def get(self, name_or_id: str) -> Session:
+        row = self._row(name_or_id) if isinstance(name_or_id, str) else None
+        if row is None:
+            raise UnknownSessionError(f"no session {name_or_id!r}: `llmos sessions ls` lists them")
+        return Session(self, row)
+
+    def create(self, *, name: str | None = None, kind: str = "chat", model: str | None = None,
+               adapter: str | None = None, system: str | None = None, settings: dict[str, Any] | None = None,
+               state: str = "idle", title: str = "") -> Session:
+        if name is not None and (not isinstance(name, str) or not name.strip() or len(name) > 200):
+            raise InvalidRequestError("a session name must be 1-200 characters", param="session")
+        if kind not in ("chat", "agent"):
+            raise InvalidRequestError(f"session kind must be chat or agent, got {kind!r}", param="kind")
+        sid = f"{kind}-{uuid.uuid4().hex[:10]}"
+        now = time.time()
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO sessions (id, name, kind, model, adapter, system, settings, state, title, host_pid,"
+                    " created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (sid, name, kind, model, adapter, system, json.dumps(settings or {}), state,
+                     self._redact(title)[:120], os.getpid(), now, now))
+            except sqlite3.IntegrityError:
+                raise InvalidRequestError(f"a session named {name!r} already exists", param="session") from None
+        return self.get(sid)
+
+    def open(self, name_or_id: str | None = None, *, model: str | None = None, adapter: str | None = None,
+             system: str | None = None) -> Session:
+        """The named (or id'd) session, created as a chat session when there is none; settings given
+        here update it."""
+        row = self._row(name_or_id) if name_or_id is not None else None
+        if row is None:
+            return self.create(name=name_or_id, model=model, adapter=adapter, system=system)
+        session = Session(self, row)
+        changes = {k: v for k, v in (("model", model), ("adapter", adapter), ("system", system)) if v is not None}
+        if changes:
+            session.update(**changes)
+        return session
+
+    def update(self, session_id: str, **fields: Any) -> sqlite3.Row:
+        allowed = set(SETTINGS) | {"state", "settings", "title"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise InvalidRequestError(f"unknown session setting(s) {sorted(unknown)}; known: {sorted(allowed)}",
+                                      param=sorted(unknown)[0])
+        if "settings" in fields:
+            fields["settings"] = json.dumps(fields["settings"])
+        fields["updated"] = time.time()
+        if fields.get("state") == "running":
+            fields["host_pid"] = os.getpid()
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self._lock:
+            cur = self._db.execute(f"UPDATE sessions SET {cols} WHERE id = ?", (*fields.values(), session_id))
+            if cur.rowcount == 0:
+                raise UnknownSessionError(f"no session {session_id!r}")
+            return self._db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
+
+    def list(self, kind: str | None = None) -> list[dict[str, Any]]:
+        query = ("SELECT s.*, (SELECT COUNT(*) FROM messages m WHERE m.session_id = s.id) AS n FROM sessions s"
+                 + (" WHERE kind = ?" if kind else "") + " ORDER BY updated DESC")
+        with self._lock:
+            rows = self._db.execute(query, (kind,) if kind else ()).fetchall()
+        return [{"id": r["id"], "name": r["name"], "kind": r["kind"], "model": r["model"], "adapter": r["adapter"],
+                 "title": r["title"], "state": r["state"], "created": r["created"], "updated": r["updated"],
+                 "messages": r["n"]} for r in rows]
+
+    def last(self, kind: str = "chat") -> dict[str, Any] | None:
+        rows = self.list(kind)
+        return rows[0] if rows else None
+
+    def delete(self, name_or_id: str) -> None:
+        session = self.get(name_or_id)
+        with self._lock:
+            self._db.execute("DELETE FROM sessions WHERE id = ?", (session.id,))
+
+    # -- messages ----------------------------------------------------------------------------------
+
+    def append(self, session_id: str, message: dict[str, Any]) -> None:
+        role = message.get("role")
+        if role not in ROLES:
+            raise InvalidRequestError(f"message role must be one of {ROLES}, got {role!r}", param="role")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str):
+            raise InvalidRequestError("message content must be a string", param="content")
+        calls = message.get("tool_calls")
+        now = time.time()
+        with self._lock:
+            row = self._db.execute("SELECT title FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            if row is None:
+                raise UnknownSessionError(f"no session {session_id!r}")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT INTO messages (session_id, role, content, tool_calls, tool_call_id, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (session_id, role, None if content is None else self._redact(content),
+                     None if not calls else self._redact(json.dumps(calls)), message.get("tool_call_id"), now))
+                title = row["title"] or (self._redact(content)[:120] if role == "user" and content else "")
+                self._db.execute("UPDATE sessions SET updated = ?, title = ? WHERE id = ?", (now, title, session_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def messages(self, session_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM messages WHERE session_id = ? ORDER BY seq",
+                                    (session_id,)).fetchall()
+        out = []
+        for r in rows:
+            m: dict[str, Any] = {"role": r["role"], "content": r["content"]}
+            if r["tool_calls"]:
+                m["tool_calls"] = json.loads(r["tool_calls"])
+            if r["tool_call_id"]:
+                m["tool_call_id"] = r["tool_call_id"]
+            out.append(m)
+        return out
+
+    # -- export ------------------------------------------------------------------------------------
+
+    def export(self, name_or_id: str, fmt: str = "md") -> str:
+        session = self.get(name_or_id)
+        data = session.as_dict()
+        if fmt == "json":
+            return json.dumps(data, indent=2, ensure_ascii=False)
+        if fmt not in ("md", "markdown"):
+            raise InvalidRequestError(f"export format must be md or json, got {fmt!r}", param="format")
+        lines = [f"# {session.title or session.name or session.id}", "",
+                 f"- id: `{session.id}`" + (f" (name `{session.name}`)" if session.name else ""),
+                 f"- kind: {session.kind}, state: {session.state}",
+                 f"- model: {session.model or 'default'}" + (f", adapter: {session.adapter}" if session.adapter else ""),
+                 ""]
+        for m in data["messages"]:
+            if m.get("tool_calls"):
+                for c in m["tool_calls"]:
+                    lines += [f"**assistant → {c['function']['name']}**", "", "```json",
+                              c["function"]["arguments"], "```", ""]
+            elif m["role"] == "tool":
+                lines += ["**tool result**", "", "```", m["content"] or "", "```", ""]
+            else:
+                lines += [f"**{m['role']}**", "", m["content"] or "", ""]
+        return "\n".join(lines)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,89 @@
+"""Built-in, opt-in redaction (the seed's data masking): emails, phone numbers, card numbers and
+configured patterns are masked before a prompt reaches a driver and in stored sessions and the
+audit log.
+
+    [redaction]
+    enabled = true
+    patterns = ["ACME-\\d{6}"]     # extra regular expressions, masked as [REDACTED]
+
+Two hooks: `prepare_prompt` as a wrapper (it lets every other plugin rewrite the prompt first, then
+masks the result, so nothing a plugin adds slips through) and `register_redactors` (the kernel runs
+the maskers over what it stores). Configuration arrives with `kernel_booted`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from llmos.kernel.errors import ConfigError
+
+from .hookspecs import hookimpl
+
+EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+CARD = re.compile(r"\b\d(?:[ -]?\d){12,18}\b")
+PHONE = re.compile(r"(?<![\w])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,4}(?![\w])")
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch) * (2 if i % 2 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
+def _card(match: re.Match) -> str:
+    digits = re.sub(r"\D", "", match.group())
+    return "[CARD]" if _luhn(digits) else match.group()
+
+
+def _phone(match: re.Match) -> str:
+    return "[PHONE]" if 7 <= len(re.sub(r"\D", "", match.group())) <= 15 else match.group()  # E.164: <= 15
+
+
+class Redaction:
+    def __init__(self) -> None:
+        self.enabled = False
+        self.patterns: list[re.Pattern] = []
+
+    def configure(self, section: Any) -> None:
+        section = dict(section or {})
+        enabled = section.get("enabled", False)
+        raw = section.get("patterns", [])
+        if not isinstance(enabled, bool) or not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+            raise ConfigError("[redaction] needs enabled = true|false and patterns = [\"regex\", ...]")
+        try:
+            self.patterns = [re.compile(p) for p in raw]
+        except re.error as exc:
+            raise ConfigError(f"[redaction] patterns: {exc}") from None
+        self.enabled = enabled
+
+    def mask(self, text: str) -> str:
+        if not self.enabled or not text:
+            return text
+        text = EMAIL.sub("[EMAIL]", text)
+        text = CARD.sub(_card, text)
+        text = PHONE.sub(_phone, text)
+        for pattern in self.patterns:
+            text = pattern.sub("[REDACTED]", text)
+        return text
+
+    @hookimpl
+    def kernel_booted(self, kernel: Any) -> None:
+        self.configure(kernel.config.sections.get("redaction"))
+
+    @hookimpl(wrapper=True)
+    def prepare_prompt(self, prompt: Any):
+        result = yield  # every other plugin rewrites first; what they produce is masked too
+        if self.enabled:
+            if prompt.text is not None:
+                prompt.text = self.mask(prompt.text)
+            if prompt.messages is not None:
+                prompt.messages = [{**m, "content": self.mask(m["content"])} if isinstance(m.get("content"), str)
+                                   else m for m in prompt.messages]
+        return result
+
+    @hookimpl
+    def register_redactors(self, register) -> None:
+        register("redaction", self.mask)
