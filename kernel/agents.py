@@ -5,10 +5,12 @@ Boundaries: an agent talks to the kernel only through its public calls (`submit`
 while those wait on tools) and its tool calls through capabilities and the audit log. Each process
 runs on its own thread; `Process` is the handle (state, events, kill).
 
-One step is one LLM call. The reply is constrained to a JSON tool call or answer where the driver can
-constrain output (llama.cpp grammar); everywhere it is validated, and an invalid reply is shown back to
-the model with the error and retried, as the next step. Every message is stored in the process's
-session (kind "agent").
+One step is one decision in up to two LLM calls: which tool (or "answer"), then that tool's arguments
+under its own parameter schema (or the answer in free text). Each JSON reply is constrained where the
+driver can (llama.cpp grammar) and validated everywhere; an invalid reply is shown back to the model
+with the error and retried as the next step. The same call twice in a row is not run again: the agent
+answers instead. Every message is stored in the process's session (kind "agent"), with tool calls in
+OpenAI's `tool_calls` format.
 """
 
 from __future__ import annotations
@@ -25,18 +27,22 @@ from typing import TYPE_CHECKING, Any
 from .errors import InvalidRequestError, LlmosError, RequestCancelledError
 from .request import Priority
 from .structured import submit_json
-from .tool_calling import Function, InvalidToolCall, call_schema, check_call, for_model, parse_reply, tools_prompt
+from .tool_calling import (ANSWER, Function, InvalidToolCall, arguments_prompt, choice_prompt, choice_schema,
+                           condensed, parse_arguments, parse_choice)
 
 if TYPE_CHECKING:
     from .kernel import Kernel
     from .sessions import Session
 
-#: tokens one step may generate (a call or an answer), within the process's token budget
+#: tokens one LLM call may generate (a choice, arguments or the answer), within the token budget
 STEP_MAX_TOKENS = 256
-INSTRUCTIONS = ("You are an agent. Work towards the user's goal step by step. Call one tool at a time when you need "
-                "information or an action; when you know the answer, give it.")
+FINAL = "Answer the user's goal. Use the tool results above when there are any."
 
 _pids = itertools.count(1)
+
+
+class _Killed(Exception):
+    """The LLM call in flight was cancelled (the process is being killed)."""
 
 
 class ProcessState(enum.IntEnum):
@@ -66,12 +72,13 @@ class AgentEvent:
 class Process:
     def __init__(self, kernel: "Kernel", session: "Session", *, tools: list[str], model: str | None,
                  adapter: str | None, max_steps: int, max_tokens: int, owner: str, priority: Priority,
-                 approve: Callable | None) -> None:
+                 approve: Callable | None, tool_choice: str = "first") -> None:
         self.pid = f"agent-{next(_pids)}"
         self.kernel, self.session = kernel, session
         self.tools, self.model, self.adapter = tools, model, adapter
         self.max_steps, self.max_tokens = max_steps, max_tokens
         self.owner, self.priority, self.approve = owner, priority, approve
+        self.tool_choice = tool_choice
         self.state = ProcessState.STARTING
         self.step = 0
         self.tokens = 0
@@ -151,10 +158,9 @@ class Process:
             self._end(ProcessState.FAILED, error=f"internal error: {type(exc).__name__}: {exc}")
 
     def _loop(self) -> None:
-        # 1. The tool set and the answer schema.
+        # 1. The tool set; the conversation so far (a resumed session brings its history).
         tools = self.kernel.tools.all()
         functions = [Function(t.name, t.description, t.schema) for t in (tools[name] for name in self.tools)]
-        schema = call_schema(functions, may_answer=True)
         messages = self.session.messages
         self.session.set_state("running")
         while not self._killed.is_set():
@@ -165,47 +171,54 @@ class Process:
                 return self._end(ProcessState.OUT_OF_BUDGET, error=f"token budget of {self.max_tokens} exhausted")
             self.step += 1
             self._emit("step")
-            # 3. One LLM call, streamed out as token events.
             self.state = ProcessState.THINKING
-            text = self._think(messages, functions, schema)
-            if text is None:
-                break
-            # 4. A valid answer ends the process; an invalid reply is shown back with the error.
+            # 3. Choose: a tool or the answer (small models rarely pick a tool unprompted: with
+            #    tool_choice "first", the first step must call one).
+            may_answer = not functions or self.tool_choice == "auto" or any(m.get("tool_calls") for m in messages)
             try:
-                content, calls = parse_reply(text)
-                args = check_call(calls[0], functions) if calls else None
-            except InvalidToolCall as exc:
-                self._emit("error", f"invalid reply, retrying: {exc}", reply=text)
-                self._record(messages, {"role": "assistant", "content": text})
-                self._record(messages, {"role": "user", "content": f"That reply was invalid: {exc}. Reply with one "
-                                        "JSON object: a tool call or an answer."})
+                name = ANSWER if not functions else parse_choice(
+                    self._ask(messages, choice_prompt(functions, may_answer=may_answer),
+                              choice_schema(functions, may_answer=may_answer)), functions, may_answer=may_answer)
+                if name != ANSWER:  # 4b. The chosen tool's arguments, under its own schema.
+                    fn = next(f for f in functions if f.name == name)
+                    call, args = parse_arguments(self._ask(messages, arguments_prompt(fn), fn.parameters), fn)
+                    if _repeats(messages, call):  # the same call again adds nothing: answer instead
+                        self._emit("error", f"{name} was just called with the same arguments: answering")
+                        name = ANSWER
+                if name == ANSWER:  # 4a. The answer, in free text, ends the process.
+                    answer = self._ask(messages, FINAL, None).strip()
+                    self._record(messages, {"role": "assistant", "content": answer})
+                    self._emit("answer", answer)
+                    return self._end(ProcessState.FINISHED, answer=answer)
+            except InvalidToolCall as exc:  # shown back to the model; the next step retries
+                self._emit("error", f"invalid reply, retrying: {exc}")
+                self._record(messages, {"role": "user", "content": f"That reply was invalid: {exc}."})
                 continue
-            if content is not None:
-                self._record(messages, {"role": "assistant", "content": content})
-                self._emit("answer", content)
-                return self._end(ProcessState.FINISHED, answer=content)
+            except _Killed:
+                break
             # 5. Run the tool (capabilities and audit in call_tool) and give the model its result.
-            call = calls[0]
             self._record(messages, {"role": "assistant", "content": None, "tool_calls": [call]})
-            self._emit("tool_call", call["function"]["name"], name=call["function"]["name"], arguments=args)
-            result = self._run_tool(call["function"]["name"], args)
+            self._emit("tool_call", name, name=name, arguments=args)
+            result = self._run_tool(name, args)
             if result is None:
                 break
             self._record(messages, {"role": "tool", "tool_call_id": call["id"], "content": result})
-            self._emit("tool_result", result, name=call["function"]["name"])
+            self._emit("tool_result", result, name=name)
         self._end(ProcessState.KILLED, error="killed")
 
     def _record(self, messages: list[dict[str, Any]], message: dict[str, Any]) -> None:
         messages.append(message)
         self.session.append(message)
 
-    def _think(self, messages, functions, schema) -> str | None:
-        system = {"role": "system", "content": INSTRUCTIONS + "\n\n" + tools_prompt(functions, may_answer=True)}
-        chat = [system, *for_model([m for m in messages if m["role"] != "system"])]
-        budget = min(STEP_MAX_TOKENS, self.max_tokens - self.tokens)
+    def _ask(self, messages: list[dict[str, Any]], instruction: str, schema: dict[str, Any] | None) -> str:
+        """One LLM call: `instruction` as the system message, then the conversation; streamed out as
+        token events; constrained to `schema` where the driver can (elsewhere the caller validates)."""
+        chat = [{"role": "system", "content": instruction},
+                *condensed(messages)]
         kwargs = dict(messages=chat, model=self.model, adapter=self.adapter, owner=self.owner,
-                      priority=self.priority, max_tokens=budget, temperature=0.0)
-        handle = submit_json(self.kernel, schema, **kwargs)  # unconstrained drivers: validated and retried
+                      priority=self.priority, max_tokens=max(1, min(STEP_MAX_TOKENS, self.max_tokens - self.tokens)),
+                      temperature=0.0)
+        handle = submit_json(self.kernel, schema, **kwargs) if schema is not None else self.kernel.submit(**kwargs)
         self._handle = handle
         if self._killed.is_set():
             handle.cancel()
@@ -214,7 +227,7 @@ class Process:
                 self._emit("token", delta)
             completion = handle.result()
         except RequestCancelledError:
-            return None
+            raise _Killed from None
         finally:
             self._handle = None
         self.tokens += completion.usage["completion_tokens"]
@@ -239,6 +252,12 @@ class Process:
         return None if self._killed.is_set() else box["text"]
 
 
+def _repeats(messages: list[dict[str, Any]], call: dict[str, Any]) -> bool:
+    last = next((m["tool_calls"][0] for m in reversed(messages) if m.get("tool_calls")), None)
+    return last is not None and last["function"]["name"] == call["function"]["name"] and \
+        json.loads(last["function"]["arguments"]) == json.loads(call["function"]["arguments"])
+
+
 class ProcessTable:
     """The kernel's agents: spawn, list, find; finished processes stay listed for `KEEP_S`."""
 
@@ -252,12 +271,15 @@ class ProcessTable:
     def spawn(self, goal: str | None, *, tools: list[str] | None = None, model: str | None = None,
               adapter: str | None = None, max_steps: int = 8, max_tokens: int = 2048, owner: str = "agent",
               priority: Priority | int | str = Priority.NORMAL, approve: Callable | None = None,
-              session: str | None = None) -> Process:
+              session: str | None = None, tool_choice: str = "first") -> Process:
         # 1. Validate everything before anything starts or is stored.
         for name, value, lo in (("max_steps", max_steps, 1), ("max_tokens", max_tokens, 16)):
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
                 raise InvalidRequestError(f"{name} must be an integer >= {lo}, got {value!r}", param=name)
         prio = Priority.parse(priority)
+        if tool_choice not in ("first", "auto"):
+            raise InvalidRequestError(f"tool_choice must be first (the first step calls a tool) or auto, got "
+                                      f"{tool_choice!r}", param="tool_choice")
         available = self.kernel.tools.all()
         tools = list(available) if tools is None else list(tools)
         unknown = [t for t in tools if t not in available]
@@ -282,7 +304,8 @@ class ProcessTable:
         if goal is not None:
             stored.append({"role": "user", "content": goal})
         proc = Process(self.kernel, stored, tools=tools, model=model or stored.model, adapter=adapter,
-                       max_steps=max_steps, max_tokens=max_tokens, owner=owner, priority=prio, approve=approve)
+                       max_steps=max_steps, max_tokens=max_tokens, owner=owner, priority=prio, approve=approve,
+                       tool_choice=tool_choice)
         with self._lock:
             self._prune()
             self._procs[proc.pid] = proc

@@ -6,7 +6,11 @@ into the JSON schema a driver constrains decoding to (llama.cpp grammar); `parse
 reply back into content or `tool_calls` and `check_call` validates the arguments against the tool's
 schema (what catches a bad call where decoding could not be constrained). `for_model` renders a
 conversation holding tool calls and results as plain chat messages any chat template can carry.
-Used by the agent loop (kernel/agents.py) and the HTTP server (shell/server/tool_calls.py).
+Used by the HTTP server (shell/server/tool_calls.py).
+
+The agent loop (kernel/agents.py) asks in two constrained calls instead, which small models get right
+far more often: first which tool (or "answer": `choice_schema`, `parse_choice`), then that tool's
+arguments under its own parameter schema (`arguments_prompt`, `parse_arguments`).
 """
 
 from __future__ import annotations
@@ -106,4 +110,70 @@ def for_model(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
         if role == "tool":
             text = f"Tool result: {text}"
         out.append({"role": role, "content": text})
+    return out
+
+
+ANSWER = "answer"
+
+
+def choice_schema(functions: list[Function], *, may_answer: bool) -> dict[str, Any]:
+    names = [f.name for f in functions] + ([ANSWER] if may_answer else [])
+    return {"type": "object", "properties": {"name": {"enum": names}}, "required": ["name"]}
+
+
+def choice_prompt(functions: list[Function], *, may_answer: bool) -> str:
+    listing = "\n".join(f"- {f.name}: {(f.description or '').strip().splitlines()[0] if f.description else ''}"
+                         for f in functions)
+    answer = (f' If the tool results above already answer the goal, reply {{"name": "{ANSWER}"}}.'
+              if may_answer else "")
+    return (f"Pick the tool that helps with the user's goal.\nTools:\n{listing}\n"
+            f'Reply as JSON: {{"name": "<tool>"}}.{answer}')
+
+
+def parse_choice(text: str, functions: list[Function], *, may_answer: bool) -> str:
+    """The chosen tool's name (or ANSWER); raises InvalidToolCall."""
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise InvalidToolCall(f"the reply is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    name = obj.get("name") if isinstance(obj, dict) else None
+    allowed = [f.name for f in functions] + ([ANSWER] if may_answer else [])
+    if name not in allowed:
+        raise InvalidToolCall(f"there is no tool {name!r}; choose one of {allowed}")
+    return name
+
+
+def arguments_prompt(fn: Function) -> str:
+    summary = (fn.description or "").strip().splitlines()[0] if fn.description else ""
+    keys = ", ".join(fn.parameters.get("properties", {})) or "no keys"
+    return (f"Write the arguments for the tool {fn.name} ({summary}) that achieve the user's goal, "
+            f"as JSON with the keys {keys}.")
+
+
+def parse_arguments(text: str, fn: Function) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(tool call in OpenAI format, validated arguments) from the arguments reply; raises InvalidToolCall."""
+    try:
+        args = json.loads(text)
+    except ValueError as exc:
+        raise InvalidToolCall(f"the arguments are not valid JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(args, dict):
+        raise InvalidToolCall("the arguments must be a JSON object")
+    call = new_call(fn.name, args)
+    return call, check_call(call, [fn])
+
+
+def condensed(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The conversation for a small model: each tool call and its result become one user note
+    ("Tool name(args) returned: result"), so the model reads results instead of imitating call JSON."""
+    results = {m.get("tool_call_id"): m.get("content") or "" for m in messages if m.get("role") == "tool"}
+    out = []
+    for m in messages:
+        if m.get("role") in ("system", "tool"):
+            continue
+        if m.get("tool_calls"):
+            for c in m["tool_calls"]:
+                out.append({"role": "user", "content": f"Tool {c['function']['name']}({c['function']['arguments']}) "
+                                                       f"returned: {results.get(c['id'], '(no result)')}"})
+        else:
+            out.append({"role": m["role"], "content": m.get("content") or ""})
     return out

@@ -72,24 +72,43 @@ def kernel(tmp_path):
 def script(*replies):
     """Replies in order, whatever the prompt."""
     queue = list(replies)
-    ScriptedDriver.reply = staticmethod(lambda _prompt: queue.pop(0) if queue else '{"content": "done"}')
+    ScriptedDriver.reply = staticmethod(lambda _prompt: queue.pop(0) if queue else '{"name": "answer"}')
 
 
 def call(name, **args):
-    return json.dumps({"name": name, "arguments": args})
+    """The two replies of one tool call: the choice, then the arguments."""
+    return json.dumps({"name": name}), json.dumps(args)
+
+
+def answer(text):
+    return '{"name": "answer"}', text
+
+
+def by_stage(choice, arguments, final):
+    """A reply function that answers each of the three kinds of agent prompt."""
+    def reply(prompt):
+        if "Write the arguments" in prompt:
+            return arguments(prompt)
+        if "Answer the user's goal" in prompt:
+            return final(prompt)
+        return choice(prompt)
+    return staticmethod(reply)
 
 
 def test_a_call_a_result_an_answer(kernel):
-    script(call("add", a=2, b=3), '{"content": "2 + 3 = 5"}')
+    script(*call("add", a=2, b=3), *answer("2 + 3 = 5"))
     proc = kernel.spawn("What is 2 + 3?", tools=["add"])
     assert proc.wait(10) and proc.state == ProcessState.FINISHED and proc.answer == "2 + 3 = 5"
     kinds = [e.kind for e in proc.events() if e.kind != "token"]
     assert kinds == ["step", "tool_call", "tool_result", "step", "answer"]
     result = next(e for e in proc.events() if e.kind == "tool_result")
-    assert result.text == "5" and "Tool result: 5" in ScriptedDriver.prompts[1]
-    assert "".join(e.text for e in proc.events() if e.kind == "token" and e.step == 1) == call("add", a=2, b=3)
-    # the call was constrained to the tools' schema, and the tool list was in the prompt
-    assert ScriptedDriver.schemas[0]["anyOf"][0]["properties"]["name"] == {"const": "add"}
+    assert result.text == "5" and 'add({"a": 2, "b": 3}) returned: 5' in ScriptedDriver.prompts[2]
+    assert "".join(e.text for e in proc.events() if e.kind == "token" and e.step == 1) == "".join(call("add", a=2, b=3))
+    # the choice, then the arguments, each constrained; the first step must call a tool
+    assert ScriptedDriver.schemas[0]["properties"]["name"] == {"enum": ["add"]}
+    assert ScriptedDriver.schemas[1]["properties"].keys() == {"a", "b"}
+    assert ScriptedDriver.schemas[2]["properties"]["name"] == {"enum": ["add", "answer"]}
+    assert ScriptedDriver.schemas[3] is None  # the answer is free text
     assert "- add: Add two integers." in ScriptedDriver.prompts[0]
     stored = kernel.sessions.get(proc.session_id)
     assert stored.kind == "agent" and stored.state == "finished" and stored.title == "What is 2 + 3?"
@@ -99,7 +118,7 @@ def test_a_call_a_result_an_answer(kernel):
 
 
 def test_invalid_calls_are_shown_back_and_retried(kernel):
-    script("not json", call("nope"), call("add", a="x", b=1), call("add", a=1, b=1), '{"content": "2"}')
+    script("not json", '{"name": "nope"}', *call("add", a="x", b=1), *call("add", a=1, b=1), *answer("2"))
     proc = kernel.spawn("Add one and one.", tools=["add"], max_steps=6)
     assert proc.wait(10) and proc.answer == "2", proc.error
     errors = [e.text for e in proc.events() if e.kind == "error"]
@@ -109,7 +128,8 @@ def test_invalid_calls_are_shown_back_and_retried(kernel):
 
 
 def test_step_and_token_budgets(kernel):
-    ScriptedDriver.reply = staticmethod(lambda _p: call("add", a=1, b=2))
+    ScriptedDriver.reply = by_stage(lambda _p: '{"name": "add"}', lambda p: json.dumps({"a": len(p), "b": 2}),
+                                    lambda _p: "")
     proc = kernel.spawn("Loop forever.", tools=["add"], max_steps=3)
     assert proc.wait(10) and proc.state == ProcessState.OUT_OF_BUDGET and proc.step == 3
     assert "step budget of 3" in proc.error
@@ -119,7 +139,7 @@ def test_step_and_token_budgets(kernel):
 
 
 def test_kill_mid_tool_and_mid_generation(kernel):
-    script(call("wait_forever"))
+    script(*call("wait_forever"))
     proc = kernel.spawn("Wait.", tools=["wait_forever"], owner="bob", priority="high")
     assert STARTED.wait(10)
     row = next(r for r in kernel.ps() if r["id"] == proc.pid)
@@ -140,20 +160,20 @@ def test_kill_mid_tool_and_mid_generation(kernel):
 
 
 def test_denied_tool_is_reported_to_the_model_and_audited(kernel):
-    script(call("send_mail", to="x@example.com"), '{"content": "I could not send it."}')
+    script(*call("send_mail", to="x@example.com"), *answer("I could not send it."))
     proc = kernel.spawn("Mail x.", tools=["send_mail"])
     assert proc.wait(10) and proc.state == ProcessState.FINISHED
     result = next(e for e in proc.events() if e.kind == "tool_result")
     assert "needs capability net" in result.text
     assert kernel.tools.audit.read()[-1]["decision"] == "denied"
     approved = kernel.spawn("Mail x.", tools=["send_mail"], approve=lambda tool, caps: "once")
-    script(call("send_mail", to="x@example.com"), '{"content": "sent"}')
+    script(*call("send_mail", to="x@example.com"), *answer("sent"))
     assert approved.wait(10) and '"sent"' in next(e.text for e in approved.events() if e.kind == "tool_result")
 
 
 def test_many_agents_share_the_kernel(kernel):
-    ScriptedDriver.reply = staticmethod(
-        lambda p: '{"content": "ok"}' if "Tool result" in p else call("add", a=len(p) % 7, b=1))
+    ScriptedDriver.reply = by_stage(lambda p: '{"name": "answer"}' if "returned:" in p else '{"name": "add"}',
+                                    lambda p: json.dumps({"a": len(p) % 7, "b": 1}), lambda _p: "ok")
     procs = [kernel.spawn(f"Task {i}.", tools=["add"], owner=f"user{i}") for i in range(6)]
     assert all(p.wait(20) for p in procs)
     assert all(p.state == ProcessState.FINISHED and p.step == 2 for p in procs)
@@ -176,7 +196,7 @@ def test_spawn_rejects_bad_input_before_storing_anything(kernel):
 def test_sessions_persist_resume_and_export(tmp_path):
     home = tmp_path / "home"
     k = boot(home)
-    script(call("add", a=20, b=22), '{"content": "42"}')
+    script(*call("add", a=20, b=22), *answer("42"))
     proc = k.spawn("What is 20 + 22?", tools=["add"])
     assert proc.wait(10)
     chat = k.sessions.open("notes", model="m1")
@@ -200,10 +220,10 @@ def test_sessions_persist_resume_and_export(tmp_path):
         assert "# What is 20 + 22?" in md and "assistant → add" in md and "42" in md
         assert json.loads(k2.sessions.export(proc.session_id, "json"))["messages"][-1]["content"] == "42"
         # an agent session resumes with its history as context
-        script('{"content": "Still 42."}')
+        script(*answer("Still 42."))
         resumed = k2.spawn("And again?", session=proc.session_id, tools=["add"])
         assert resumed.wait(10) and resumed.answer == "Still 42."
-        assert "What is 20 + 22?" in ScriptedDriver.prompts[-1] and "Tool result: 42" in ScriptedDriver.prompts[-1]
+        assert "What is 20 + 22?" in ScriptedDriver.prompts[-1] and "returned: 42" in ScriptedDriver.prompts[-1]
         k2.sessions.delete("notes")
         with pytest.raises(UnknownSessionError):
             k2.sessions.get("notes")
@@ -236,7 +256,7 @@ def test_redaction_masks_prompts_sessions_and_audit(tmp_path):
     k = boot(home)
     ScriptedDriver.prompts = []
     try:
-        script(call("add", a=1, b=2), '{"content": "Reach jane.doe@example.com."}')
+        script(*call("add", a=1, b=2), *answer("Reach jane.doe@example.com."))
         proc = k.spawn(PLANTED, tools=["add"])
         assert proc.wait(10) and proc.state == ProcessState.FINISHED
         k.chat([{"role": "user", "content": PLANTED}], max_tokens=2)
