@@ -291,9 +291,12 @@ def _grammar_for(schema_json: str) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
-        return json_schema_to_gbnf(schema_json)
+        grammar = json_schema_to_gbnf(schema_json)
     except Exception as exc:  # noqa: BLE001 - the converter raises bare errors for unsupported schemas
         raise InvalidRequestError(f"unsupported JSON schema: {exc}", param="json_schema") from None
+    # llama-cpp-python's string rule lets raw control characters (newlines) into strings, which JSON
+    # forbids; llama.cpp's own converter excludes them, and so do we
+    return grammar.replace('char ::= [^"\\\\] |', 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |')
 
 
 def json_schema_grammar(schema: dict) -> str:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import InvalidRequestError, LlmosError, RequestCancelledError
 from .request import Priority
 from .structured import submit_json
-from .tool_calling import (ANSWER, Function, InvalidToolCall, arguments_prompt, choice_prompt, choice_schema,
+from .tool_calling import (ANSWER, Function, bounded, InvalidToolCall, arguments_prompt, choice_prompt, choice_schema,
                            condensed, parse_arguments, parse_choice)
 
 if TYPE_CHECKING:
@@ -181,7 +181,7 @@ class Process:
                               choice_schema(functions, may_answer=may_answer)), functions, may_answer=may_answer)
                 if name != ANSWER:  # 4b. The chosen tool's arguments, under its own schema.
                     fn = next(f for f in functions if f.name == name)
-                    call, args = parse_arguments(self._ask(messages, arguments_prompt(fn), fn.parameters), fn)
+                    call, args = parse_arguments(self._ask(messages, arguments_prompt(fn), bounded(fn.parameters)), fn)
                     if _repeats(messages, call):  # the same call again adds nothing: answer instead
                         self._emit("error", f"{name} was just called with the same arguments: answering")
                         name = ANSWER

@@ -177,3 +177,22 @@ def condensed(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
         else:
             out.append({"role": m["role"], "content": m.get("content") or ""})
     return out
+
+
+#: longest string / array a constrained reply may hold unless the schema says less, so that every
+#: constrained reply ends well within the call's max_tokens (a cut-off reply is not JSON)
+MAX_STRING, MAX_ITEMS = 80, 8
+
+
+def bounded(schema: Any) -> Any:
+    """A copy of `schema` for constrained decoding, with strings and arrays capped in length."""
+    if isinstance(schema, list):
+        return [bounded(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: bounded(v) for k, v in schema.items()}
+    if out.get("type") == "string" and "enum" not in out and "const" not in out:
+        out["maxLength"] = min(out.get("maxLength", MAX_STRING), MAX_STRING)
+    if out.get("type") == "array":
+        out["maxItems"] = min(out.get("maxItems", MAX_ITEMS), MAX_ITEMS)
+    return out

@@ -21,6 +21,8 @@ MAX_ENTITIES = 12
 
 
 def _ask(system: str, text: str) -> list[dict[str, str]]:
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidRequestError("the text is empty: give some text to work on", param="text")
     return [{"role": "system", "content": system}, {"role": "user", "content": text}]
 
 
@@ -104,6 +106,8 @@ def summarize(kernel, text: str, max_words: Optional[int] = None, model: Optiona
 
 def answer(kernel, question: str, path: str = "/", model: Optional[str] = None) -> dict:
     """Answer a question from memory (a memfs subtree), citing the files used."""
+    if not question.strip():
+        raise InvalidRequestError("the question is empty", param="question")
     reply = kernel.chat([{"role": "user", "content": question}], rag=path, model=model, max_tokens=300,
                         owner="task:answer")
     return {"answer": reply.text.strip(), "sources": list(reply.sources)}
