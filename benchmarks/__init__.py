@@ -61,7 +61,7 @@ def available() -> dict[str, str]:
 
 
 def _load_all() -> None:
-    from . import llamacpp_bench, memfs_bench, torch_bench  # noqa: F401 - each module registers its benchmarks
+    from . import agents_bench, llamacpp_bench, memfs_bench, torch_bench  # noqa: F401 - each registers its own
 
 
 def run_benchmarks(names: list[str] | None = None, *, home: str | None = None, progress=None) -> list[BenchResult]:

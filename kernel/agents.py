@@ -112,6 +112,11 @@ class Process:
             i += 1
             yield event
 
+    def history(self) -> list[AgentEvent]:
+        """The events so far (does not wait)."""
+        with self._cond:
+            return list(self._events)
+
     def wait(self, timeout: float | None = None) -> bool:
         self._thread.join(timeout)
         return not self._thread.is_alive()

@@ -183,3 +183,28 @@ def test_tool_call_round_trip(client):
     chunks = list(streamed)
     assert chunks[0].choices[0].delta.tool_calls[0].function.name == "get_weather"
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_agents_and_sessions_over_http(server):
+    h = {"Authorization": f"Bearer {KEY}"}
+    spawned = httpx.post(f"{server}/llmos/agents", headers=h, timeout=30,
+                         json={"goal": "What time is it?", "tools": ["now"], "max_steps": 3})
+    assert spawned.status_code == 200, spawned.text
+    pid, session = spawned.json()["pid"], spawned.json()["session"]
+    deadline = time.monotonic() + 120
+    while (row := httpx.get(f"{server}/llmos/agents/{pid}", headers=h).json())["state"] not in (
+            "finished", "failed", "out_of_budget", "killed"):
+        assert time.monotonic() < deadline, row
+        time.sleep(0.2)
+    assert row["state"] == "finished" and row["answer"] and any(e["kind"] == "tool_call" for e in row["events"])
+    listed = httpx.get(f"{server}/llmos/sessions", headers=h).json()
+    assert session in [s["id"] for s in listed]
+    shown = httpx.get(f"{server}/llmos/sessions/{session}", headers=h).json()
+    assert shown["kind"] == "agent" and shown["messages"][0]["content"] == "What time is it?"
+    md = httpx.get(f"{server}/llmos/sessions/{session}", headers=h, params={"format": "md"}).json()["text"]
+    assert "assistant → now" in md
+    assert httpx.delete(f"{server}/llmos/sessions/{session}", headers=h).status_code == 200
+    gone = httpx.get(f"{server}/llmos/sessions/{session}", headers=h)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "session_not_found"
+    bad = httpx.post(f"{server}/llmos/agents", headers=h, json={"goal": "x", "tools": ["nope"]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tools"

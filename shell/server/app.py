@@ -46,6 +46,8 @@ def error_response(exc: LlmosError) -> JSONResponse:
         return _error(413, str(exc), "invalid_request_error", param, exc.code)
     if isinstance(exc, (UnknownModelError, UnknownAdapterError)):
         return _error(404, str(exc), "invalid_request_error", "model", exc.code)
+    if isinstance(exc, LookupError):  # unknown session, tool, ...: the thing named does not exist
+        return _error(404, str(exc), "invalid_request_error", param, exc.code)
     if isinstance(exc, QueueFullError):
         return _error(429, str(exc), "rate_limit_error", None, exc.code,
                       headers={"Retry-After": str(max(1, round(exc.retry_after)))})

@@ -1,4 +1,4 @@
-"""llmos-specific endpoints under /llmos/: processes, modules and memfs of the served kernel."""
+"""llmos-specific endpoints under /llmos/: processes, agents, sessions, modules and memfs of the served kernel."""
 
 from __future__ import annotations
 
@@ -15,6 +15,15 @@ class MemWrite(BaseModel):
     path: str
     text: str
     tags: list[str] = Field(default_factory=list)
+
+
+class AgentSpawn(BaseModel):
+    goal: str
+    tools: list[str] | None = None
+    model: str | None = None
+    max_steps: int = 8
+    max_tokens: int = 2048
+    session: str | None = None
 
 
 class MemFind(BaseModel):
@@ -36,6 +45,37 @@ def extras_router(kernel) -> APIRouter:
         if not kernel.cancel(request_id):
             raise InvalidRequestError(f"no running request {request_id!r}", param="request_id")
         return {"killed": request_id}
+
+    @r.get("/sessions")
+    async def sessions(kind: str | None = None) -> list[dict[str, Any]]:
+        return await run(kernel.sessions.list, kind)
+
+    @r.get("/sessions/{session}")
+    async def session_show(session: str, format: str | None = None) -> Any:  # noqa: A002 - the query name
+        if format is None:
+            return (await run(kernel.sessions.get, session)).as_dict()
+        return {"session": session, "format": format, "text": await run(kernel.sessions.export, session, format)}
+
+    @r.delete("/sessions/{session}")
+    async def session_rm(session: str) -> dict[str, Any]:
+        await run(kernel.sessions.delete, session)
+        return {"deleted": session}
+
+    @r.post("/agents")
+    async def agent_spawn(body: AgentSpawn) -> dict[str, Any]:
+        proc = await run(lambda: kernel.spawn(body.goal, tools=body.tools, model=body.model, max_steps=body.max_steps,
+                                              max_tokens=body.max_tokens, session=body.session, owner="api"))
+        return {"pid": proc.pid, "session": proc.session_id}
+
+    @r.get("/agents/{pid}")
+    async def agent_show(pid: str) -> dict[str, Any]:
+        proc = kernel.processes.get(pid)
+        if proc is None:
+            raise InvalidRequestError(f"no agent {pid!r} (finished agents are listed for a minute; their sessions "
+                                      f"stay under /llmos/sessions)", param="pid")
+        events = [{"kind": e.kind, "step": e.step, "text": e.text, **e.data} for e in proc.history()
+                  if e.kind != "token"]
+        return {**proc.as_row(), "answer": proc.answer, "error": proc.error, "events": events}
 
     @r.get("/modules")
     async def modules() -> list[dict[str, Any]]:
