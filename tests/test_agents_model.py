@@ -111,3 +111,17 @@ def test_tasks_and_agents_from_the_cli():
     assert missing.returncode == 2 and "llmos sessions ls" in missing.stderr
     bad = run_llmos("agent", "run", "x", "--tools", "no_such_tool")
     assert bad.returncode == 2 and "unknown tool" in bad.stderr
+
+
+@pytest.mark.cli
+def test_the_embedding_example_runs(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).parent.parent / "examples" / "agent_embed.py"
+    r = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "LLMOS_HOME": str(tmp_path)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "killed: killed" in r.stdout and "answer:" in r.stdout and "**assistant → calculator**" in r.stdout
