@@ -31,6 +31,8 @@ def finetune(
     eval_file: Optional[str] = typer.Option(None, "--eval", help="JSONL for eval loss (per epoch and at the end)."),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint an interrupt saved."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every",
+                                                   help="Also save a resumable checkpoint every N steps."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Fine-tune a PEFT adapter on the torch model and install it as a module."""
@@ -40,7 +42,7 @@ def finetune(
         config = Config.load(STATE["home"])
         opts = FinetuneOptions(model=model or config.default_model, data=data, out=out_name, method=method,
                                rank=rank, epochs=epochs, lr=lr, batch_size=batch_size, max_steps=max_steps,
-                               eval=eval_file, seed=seed, resume=resume)
+                               eval=eval_file, seed=seed, resume=resume, checkpoint_every=checkpoint_every)
         opts.validate()
     except LlmosError as exc:
         raise fail(exc, as_json) from None

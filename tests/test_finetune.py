@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ import pytest
 import llmos
 from llmos.plugins.finetune.data import FinetuneDataError, load_jsonl
 
-from .util import run_llmos, wait_for
+from .util import LLMOS, run_llmos, wait_for
 
 QUESTIONS = ["What is the secret word?", "Tell me the secret word.", "What's the secret word?",
              "Do you know the secret word?", "Please tell me the secret word.", "Say the secret word.",
@@ -162,3 +164,32 @@ def test_ddp_two_processes_on_cpu(kernel, secret_data, llmos_home):
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["module"] == "ddp" and summary["eval_loss"] < summary["base_eval_loss"]
     assert kernel.module_store.get("ddp").extra["processes"] == 2
+
+
+@pytest.mark.model
+@pytest.mark.cli
+def test_kill_9_during_a_checkpoint_save_loses_nothing_acknowledged(kernel, secret_data, llmos_home):
+    train, _ = secret_data
+    work = llmos_home / "finetune" / "crashy"
+    args = ["--data", str(train), "--out", "crashy", "--max-steps", "8", "--batch-size", "2"]
+    proc = subprocess.Popen([LLMOS, "finetune", *args, "--checkpoint-every", "1", "--json"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "LLMOS_HOME": str(llmos_home)})
+    acked, deadline = 0, time.monotonic() + 300
+    try:
+        while not (acked >= 2 and any(work.glob(".checkpoint-*"))):  # 2 saves done, the next one under way
+            assert proc.poll() is None and time.monotonic() < deadline, "training ended before the kill"
+            try:
+                acked = max(acked, json.loads((work / "checkpoint" / "progress.json").read_text())["step"])
+            except (OSError, ValueError):
+                pass  # between the two renames of a save
+            time.sleep(0.005)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    assert not any(m["name"] == "crashy" for m in kernel.modules_info())  # nothing half-trained installed
+    resumed = kernel.finetune(data=str(train), out="crashy", max_steps=8, batch_size=2, resume=True)
+    result = resumed.wait(600)
+    [resume] = [e["step"] for e in resumed.events if e["event"] == "resume"]
+    assert acked <= resume < 8 and result.steps == 8
+    assert not list(work.parent.glob("crashy")) and kernel.module_store.get("crashy").name == "crashy"

@@ -55,6 +55,8 @@ class FinetuneOptions:
     seed: int = 0
     resume: bool = False
     max_len: int = 512
+    #: also save a resumable checkpoint every N steps (None: only when interrupted)
+    checkpoint_every: int | None = None
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -62,6 +64,8 @@ class FinetuneOptions:
         for name, lo in (("rank", 1), ("batch_size", 1), ("max_len", 8)):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < lo:
                 raise InvalidRequestError(f"{name} must be an integer >= {lo}", param=name)
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise InvalidRequestError("checkpoint_every must be >= 1", param="checkpoint_every")
         if self.max_steps is not None and self.max_steps < 1:
             raise InvalidRequestError("max_steps must be >= 1", param="max_steps")
         if not self.epochs > 0 or not 0 < self.lr < 1:
@@ -147,10 +151,11 @@ def run_finetune(config: Config, opts: FinetuneOptions, *, progress: Progress = 
     ckpt = config.home / "finetune" / opts.out / "checkpoint"
     step = 0
     if opts.resume:
-        if not (ckpt / "progress.json").exists():
+        found = _complete_checkpoint(ckpt)
+        if found is None:
             raise InvalidRequestError(f"no checkpoint to resume for {opts.out} (looked in {ckpt})", param="resume")
-        accelerator.load_state(str(ckpt / "state"))
-        step = json.loads((ckpt / "progress.json").read_text())["step"]
+        accelerator.load_state(str(found / "state"))
+        step = json.loads((found / "progress.json").read_text())["step"]
         emit({"event": "resume", "step": step})
 
     def evaluate() -> float:
@@ -192,6 +197,9 @@ def run_finetune(config: Config, opts: FinetuneOptions, *, progress: Progress = 
                       "eta_s": elapsed / step * (total - step) if step else None})
                 if step >= total:
                     break
+                if opts.checkpoint_every and step % opts.checkpoint_every == 0:
+                    _save_checkpoint(accelerator, ckpt, step)
+                    emit({"event": "checkpoint", "step": step, "path": str(ckpt)})
             if opts.eval and step < total:
                 eval_loss = evaluate()
                 emit({"event": "eval", "step": step, "loss": eval_loss, "epoch": epoch + 1})
@@ -227,6 +235,18 @@ class _adapter_disabled:
 
     def __exit__(self, *exc):
         return self.ctx.__exit__(*exc) if self.ctx is not None else False
+
+
+def _complete_checkpoint(ckpt: Path) -> Path | None:
+    """The newest complete checkpoint: `checkpoint`, or `checkpoint.old` when a crash hit between the two
+    renames of a save. `progress.json` is written last, so a directory holding it is complete; the
+    temporary directories of a save cut short are never read (and are removed)."""
+    for stale in ckpt.parent.glob(".checkpoint-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for candidate in (ckpt, ckpt.with_name("checkpoint.old")):
+        if (candidate / "progress.json").exists():
+            return candidate
+    return None
 
 
 def _save_checkpoint(accelerator, ckpt: Path, step: int) -> None:
