@@ -15,7 +15,7 @@ endif
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test quick bench install install-dev clean
+.PHONY: run test quick load bench install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ test: install-dev
 ## quick subset while iterating: no real model, no subprocess CLI
 quick: install-dev
 	$(BIN)/python -m pytest -m "not model and not cli"
+
+## the heavy load test: 1,000 requests from 64 clients against `llmos serve` (about 3-4 minutes)
+load: install-dev
+	$(BIN)/python -m pytest -m load -s
 
 bench: install
 	$(BIN)/llmos bench

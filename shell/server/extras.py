@@ -40,6 +40,10 @@ def extras_router(kernel) -> APIRouter:
     async def ps() -> list[dict[str, Any]]:
         return kernel.ps()
 
+    @r.get("/engines")
+    async def engines() -> list[dict[str, Any]]:
+        return kernel.engines()
+
     @r.post("/kill/{request_id}")
     async def kill(request_id: str) -> dict[str, Any]:
         if not kernel.cancel(request_id):
