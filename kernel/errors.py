@@ -138,3 +138,9 @@ class AdapterConflictError(LlmosError):
     def __init__(self, message: str, conflicting: list[str]) -> None:
         super().__init__(message)
         self.conflicting = conflicting
+
+
+class StorageError(LlmosError, OSError):
+    """Writing to disk failed (full, read-only, I/O error); the change was rolled back."""
+
+    code = "storage_failed"

@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import InvalidRequestError, LlmosError
+from .errors import InvalidRequestError, LlmosError, StorageError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -220,8 +220,12 @@ class SessionStore:
                 title = row["title"] or (self._redact(content)[:120] if role == "user" and content else "")
                 self._db.execute("UPDATE sessions SET updated = ?, title = ? WHERE id = ?", (now, title, session_id))
                 self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
+            except BaseException as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StorageError(f"could not store a message of session {session_id}: {exc} "
+                                       f"(is the disk full?); nothing was changed") from exc
                 raise
 
     def messages(self, session_id: str) -> list[dict[str, Any]]:

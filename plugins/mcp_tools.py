@@ -9,7 +9,8 @@ Configured in llmos.toml:
 
 A server starts on demand (the first time tools are listed), on a background asyncio loop; its tools
 appear as `<server>.<tool>` with capability `mcp:<server>`. A server that fails to start, or exits
-later, is reported in `errors` and its tools disappear; nothing else is affected.
+later, is reported in `errors` and its tools disappear; nothing else is affected. It is started
+again on demand after a pause (`RESTART_AFTER_S` after an exit, `RETRY_START_S` after a failed start).
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import time
 from typing import Any
 
 from llmos.kernel.tools import Tool
 
 log = logging.getLogger("llmos.mcp")
 START_TIMEOUT_S = 30.0
+RESTART_AFTER_S = 1.0
+RETRY_START_S = 30.0
 
 
 class _Server:
@@ -36,6 +40,7 @@ class McpTools:
     def __init__(self, section: dict[str, Any]) -> None:
         self.config: dict[str, dict[str, Any]] = dict(section.get("servers", {}))
         self.errors: dict[str, str] = {}
+        self._retry_at: dict[str, float] = {}  # a server that is down is started again from then on
         self._servers: dict[str, _Server] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
@@ -77,19 +82,20 @@ class McpTools:
                 ready.set_exception(exc)
             else:
                 self._servers.pop(name, None)
-                self.errors[name] = f"exited: {type(exc).__name__}: {exc}"
+                self._down(name, f"exited: {type(exc).__name__}: {exc}", RESTART_AFTER_S)
 
     def tools(self) -> dict[str, Tool]:
         """Tools of every configured server, starting servers not started yet."""
         with self._lock:
             for name, cfg in self.config.items():
-                if name in self._servers or name in self.errors:
+                if name in self._servers or time.monotonic() < self._retry_at.get(name, 0.0):
                     continue
                 try:
                     self._servers[name] = self._run(self._start(name, cfg), START_TIMEOUT_S)
+                    self.errors.pop(name, None)
                 except Exception as exc:  # noqa: BLE001 - reported, not fatal
                     log.warning("MCP server %s failed to start: %s", name, exc)
-                    self.errors[name] = f"failed to start: {type(exc).__name__}: {exc}"
+                    self._down(name, f"failed to start: {type(exc).__name__}: {exc}", RETRY_START_S)
             out = {}
             for server in self._servers.values():
                 for t in server.tools:
@@ -119,10 +125,14 @@ class McpTools:
         structured = getattr(result, "structuredContent", None) or getattr(result, "structured_content", None)
         return structured if structured is not None else text
 
+    def _down(self, server: str, why: str, pause: float) -> None:
+        self.errors[server] = why
+        self._retry_at[server] = time.monotonic() + pause
+
     def _forget(self, server: str, why: str) -> None:
         with self._lock:
             entry = self._servers.pop(server, None)
-            self.errors[server] = why
+            self._down(server, why, RESTART_AFTER_S)
         if entry is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(entry.stop.set)
 

@@ -17,6 +17,8 @@ import re
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
@@ -24,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from llmos.kernel.errors import InvalidRequestError
+from llmos.kernel.errors import InvalidRequestError, StorageError
 
 from .paths import MemNotFoundError, MemPathError, is_under, like_prefix, parent
 
@@ -204,8 +206,7 @@ class Volume:
             self._check_parents(path)
             now = time.time()
             old = self._file(path)
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction(f"write {path}"):  # acknowledged once it commits
                 stale = [r[0] for r in self.db.execute("SELECT id FROM chunks WHERE path=?", (path,))]
                 self.db.execute("DELETE FROM chunks WHERE path=?", (path,))
                 self.db.execute(
@@ -221,14 +222,29 @@ class Volume:
                                           (path, seq, chunk.start, chunk.end, chunk.text, vec.tobytes()))
                     ids.append(cur.lastrowid)
                 self._bump()
-                self.db.execute("COMMIT")  # acknowledged from here on
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
             self.index.remove(stale)
             self.index.add(np.array(ids, dtype=np.int64), vectors)
             self._after_change()
         return self.stat(path)
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[None]:
+        """One atomic change; a storage failure (disk full, read-only, I/O error) rolls it back and
+        becomes a typed StorageError: what was stored before stays as it was."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            yield
+            self.db.execute("COMMIT")
+        except BaseException as exc:
+            if self.db.in_transaction:
+                try:
+                    self.db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.warning("rollback failed after %s", exc)
+            if isinstance(exc, sqlite3.Error):
+                raise StorageError(f"memfs could not {what}: {exc} (is the disk full or read-only?); "
+                                   f"nothing was changed") from exc
+            raise
 
     def _check_parents(self, path: str) -> None:
         anc = parent(path)
@@ -295,18 +311,13 @@ class Volume:
             if self._file(dst) is not None or self._is_dir(dst):
                 raise MemPathError(f"{dst} exists already", param="dst")
             self._check_parents(dst)
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction(f"move {src} to {dst}"):
                 for table in ("files", "chunks"):
                     self.db.execute(f"UPDATE {table} SET path=? WHERE path=?", (dst, src))
                     if not is_file:
                         self.db.execute(f"UPDATE {table} SET path=? || substr(path, ?) WHERE path LIKE ? ESCAPE '\\'",
                                         (dst, len(src) + 1, like_prefix(src)))
                 self._bump()
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
             self._version = self._db_version()
 
     def rm(self, path: str, recursive: bool = False) -> int:
@@ -320,16 +331,11 @@ class Volume:
                 where, args = "path LIKE ? ESCAPE '\\'", (like_prefix(path),)
             else:
                 raise MemNotFoundError(f"no such file or directory: {path}", param="path")
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction(f"remove {path}"):
                 ids = [r[0] for r in self.db.execute(f"SELECT id FROM chunks WHERE {where}", args)]
                 self.db.execute(f"DELETE FROM chunks WHERE {where}", args)
                 count = self.db.execute(f"DELETE FROM files WHERE {where}", args).rowcount
                 self._bump()
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
             self.index.remove(ids)
             self._after_change()
             return count

@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from llmos.kernel.errors import (InvalidRequestError, KernelShutdownError, LlmosError, PromptTooLongError,
-                                 QueueFullError, UnknownAdapterError, UnknownModelError)
+                                 QueueFullError, StorageError, UnknownAdapterError, UnknownModelError)
 
 from .extras import extras_router
 from .metrics import Metrics
@@ -48,6 +48,8 @@ def error_response(exc: LlmosError) -> JSONResponse:
         return _error(404, str(exc), "invalid_request_error", "model", exc.code)
     if isinstance(exc, LookupError):  # unknown session, tool, ...: the thing named does not exist
         return _error(404, str(exc), "invalid_request_error", param, exc.code)
+    if isinstance(exc, StorageError):
+        return _error(507, str(exc), "server_error", None, exc.code)
     if isinstance(exc, QueueFullError):
         return _error(429, str(exc), "rate_limit_error", None, exc.code,
                       headers={"Retry-After": str(max(1, round(exc.retry_after)))})
