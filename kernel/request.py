@@ -167,6 +167,11 @@ def validate_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]
             raise InvalidRequestError(
                 f"messages[{i}].content must be a string", param="messages"
             )
+        try:
+            m["content"].encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidRequestError(f"messages[{i}].content is not valid UTF-8 text ({exc.reason} at {exc.start})",
+                                      param="messages") from None
         out.append(dict(m))
     if not any(m["content"].strip() for m in out):
         raise InvalidRequestError("messages are all empty: say something", param="messages")

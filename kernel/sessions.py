@@ -99,12 +99,17 @@ class SessionStore:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(SCHEMA)
-            self._mark_crashed()
+        try:
+            with self._lock:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute("PRAGMA foreign_keys=ON")
+                self._db.executescript(SCHEMA)
+                self._mark_crashed()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StorageError(f"the session store {path} is unreadable ({exc}): move it aside to start a new "
+                               f"one; nothing was changed") from exc
 
     def _mark_crashed(self) -> None:
         rows = self._db.execute("SELECT id, host_pid FROM sessions WHERE state = 'running'").fetchall()

@@ -20,6 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from llmos.kernel.errors import (InvalidRequestError, KernelShutdownError, LlmosError, PromptTooLongError,
@@ -88,6 +89,11 @@ def create_app(kernel, *, api_key: str | None = None, max_body: int = MAX_BODY_B
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"] if p != "body") or None
         return _error(400, f"{param}: {first['msg']}", "invalid_request_error", param, "invalid_request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException):  # unparsable body, unknown route, ...
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return _error(exc.status_code, str(exc.detail), kind, None, None, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(LlmosError)
     async def llmos_error(_request: Request, exc: LlmosError):
