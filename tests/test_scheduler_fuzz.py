@@ -3,6 +3,8 @@ no request lost, none finished twice, capacity and KV bounds kept, priority clas
 
 from __future__ import annotations
 
+import copy
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,17 +22,19 @@ op = st.one_of(
 )
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=2000, deadline=None)
 @given(ops=st.lists(op, max_size=60), max_running=st.integers(1, 4), budget=st.integers(4, 40),
-       mixed=st.booleans())
-def test_invariants(ops, max_running, budget, mixed):
+       mixed=st.booleans(), preemption=st.booleans(), stalls=st.sets(st.integers(0, 400), max_size=40))
+def test_invariants(ops, max_running, budget, mixed, preemption, stalls):
     budget = max(budget, max_running)
     cfg = SchedulerConfig(max_running=max_running, max_waiting=8, max_batched_tokens=budget,
-                          kv_capacity=120, max_model_len=60, mixed_adapters=mixed)
+                          kv_capacity=120, max_model_len=60, mixed_adapters=mixed, preemption=preemption)
     s = Scheduler(cfg, eos_token_ids=())
     state: dict = {}
     added: list[Request] = []
     finished: dict[str, int] = {}
+
+    steps = [0]
 
     def step():
         out = s.schedule()
@@ -45,11 +49,21 @@ def test_invariants(ops, max_running, budget, mixed):
         if running and s.num_waiting:
             # nothing waiting is more urgent than everything running while the batch is full
             waiting_best = min(r.priority for r in added if r.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED))
-            if s.num_running == max_running and mixed and waiting_best < max(r.priority for r in running):
+            if s.num_running == max_running and mixed and preemption and \
+                    waiting_best < max(r.priority for r in running):
                 # a more urgent request may wait behind a full batch only when this step's token budget
                 # ran out first; the next step's preemption pass makes room for it
                 assert out.total_tokens == budget
-        s.update_from_output(out, fake_execute(state, out))
+        steps[0] += 1
+        stall = min(out.num_scheduled_tokens) if steps[0] in stalls and out.num_scheduled_tokens else None
+        before = copy.deepcopy(state.get(stall)) if stall else None
+        result = fake_execute(state, out)
+        if stall:  # a remote-style driver could not advance this sequence in this step
+            new = next((n for n in out.new if n.request_id == stall), None)
+            state[stall] = [list(new.token_ids), 0] if new is not None else before
+            result.sampled.pop(stall, None)
+            result.pending = frozenset({stall})
+        s.update_from_output(out, result)
         for e in s.drain():
             if e.finished:
                 finished[e.request_id] = finished.get(e.request_id, 0) + 1
@@ -79,3 +93,37 @@ def test_invariants(ops, max_running, budget, mixed):
     assert all(r.finished for r in added)                      # no request lost
     assert set(finished) == {r.request_id for r in added}      # each one reported...
     assert all(n == 1 for n in finished.values())              # ...exactly once
+
+
+@settings(max_examples=300, deadline=None)
+@given(loads=st.lists(st.tuples(st.integers(1, 20), st.integers(1, 10)), min_size=6, max_size=30),
+       owners=st.integers(2, 4), max_running=st.integers(1, 4), budget=st.integers(4, 32))
+def test_fair_share_bound(loads, owners, max_running, budget):
+    """Owners of one priority class flooding the queue get service within a bounded gap of each other
+    while all of them still have work: one request's tokens plus one step's budget per running slot."""
+    budget = max(budget, max_running)
+    s = Scheduler(SchedulerConfig(max_running=max_running, max_waiting=200, max_batched_tokens=budget,
+                                  kv_capacity=10_000, max_model_len=64), eos_token_ids=())
+    names = [f"o{i}" for i in range(owners)]
+    pending = {o: 0 for o in names}
+    for o in names:  # every owner submits the same work, one owner after the other (FIFO would be unfair)
+        for i, (plen, max_tokens) in enumerate(loads):
+            s.add_request(Request(prompt_token_ids=[97] * plen, sampling=SamplingParams(max_tokens=max_tokens),
+                                  owner=o, request_id=f"{o}-{i}"))
+            pending[o] += 1
+    served = {o: 0 for o in names}
+    biggest = max(p + m for p, m in loads)
+    state: dict = {}
+    for _ in range(20_000):
+        if not s.has_requests():
+            break
+        out = s.schedule()
+        for rid, n in out.num_scheduled_tokens.items():
+            served[rid.split("-")[0]] += n
+        s.update_from_output(out, fake_execute(state, out))
+        for e in s.drain():
+            if e.finished:
+                pending[e.request_id.split("-")[0]] -= 1
+        if all(pending.values()):
+            assert max(served.values()) - min(served.values()) <= max_running * biggest + budget, served
+    assert not s.has_requests()
