@@ -222,3 +222,19 @@ def test_cli_refuses_with_exit_2_and_one_line(case):
     r = run_llmos(*args, timeout=120)
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     assert needle in r.stderr and "Traceback" not in r.stderr
+
+
+def test_nothing_in_llmos_unpickles():
+    """Adapters load from safetensors/GGUF and indexes through FAISS: no code path uses pickle or torch.load."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    offenders = []
+    for folder in ("kernel", "drivers", "plugins", "shell"):
+        for f in (root / folder).rglob("*.py"):
+            text = f.read_text()
+            if re.search(r"^\s*(import pickle|from pickle|import dill|import joblib)|torch\.load\(|np\.load\(.*allow_pickle=True",
+                         text, re.M):
+                offenders.append(str(f.relative_to(root)))
+    assert offenders == []
