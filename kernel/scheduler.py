@@ -86,6 +86,7 @@ class Scheduler:
         self._running: list[Request] = []
         self._served: dict[str, int] = {}
         self._released: list[str] = []
+        self._bypassed: dict[str, int] = {}  # waiting head -> requests of another group admitted ahead of it
         self._outbox: list[RequestOutput] = []
         self._step = 0
 
@@ -197,7 +198,11 @@ class Scheduler:
         while budget > 0 and self._num_waiting:
             cand = self._peek_waiting()
             if not self._fits_group(cand):
-                break  # the running batch (another adapter) drains first, then this group runs
+                # the running batch (another adapter) drains first, then this group runs; meanwhile a
+                # bounded number of requests of the running group queued behind it may still join
+                cand = self._bypass(cand)
+                if cand is None:
+                    break
             if len(self._running) >= self.config.max_running:
                 victim = self._running[-1]
                 if cand.priority >= victim.priority or not self.config.preemption:
@@ -314,7 +319,23 @@ class Scheduler:
                 return min(heads, key=lambda r: (self._served.get(r.owner, 0), self._order[r.request_id]))
         raise LookupError("no waiting request")
 
+    def _bypass(self, head: Request) -> Request | None:
+        """A waiting request that fits the running group, admitted ahead of `head` (which does not);
+        at most `max_running` times per head, so a group switch is delayed, never starved."""
+        if self._bypassed.get(head.request_id, 0) >= self.config.max_running:
+            return None
+        for prio in Priority:
+            if prio < head.priority:
+                continue
+            for owner in sorted(self._waiting[prio], key=lambda o: self._served.get(o, 0)):
+                for req in self._waiting[prio][owner]:
+                    if self._fits_group(req) and req.request_id not in self._released:  # not one just preempted
+                        self._bypassed[head.request_id] = self._bypassed.get(head.request_id, 0) + 1
+                        return req
+        return None
+
     def _pop_waiting(self, req: Request) -> None:
+        self._bypassed.pop(req.request_id, None)
         queues = self._waiting[req.priority]
         q = queues[req.owner]
         q.remove(req)

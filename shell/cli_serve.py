@@ -44,4 +44,6 @@ def serve(
         if preload:
             kernel.load()
         err.print(f"llmos serving on http://{host}:{port}/v1" + (" (API key required)" if api_key else ""))
-        uvicorn.run(create_app(kernel, api_key=api_key), host=host, port=port, log_level="warning")
+        # a stop (SIGTERM, Ctrl-C) waits at most 5 s for open requests; then the kernel cancels the rest
+        uvicorn.run(create_app(kernel, api_key=api_key), host=host, port=port, log_level="warning",
+                    timeout_graceful_shutdown=5)

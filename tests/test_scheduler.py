@@ -305,3 +305,20 @@ def test_pending_sequences_are_rescheduled_without_progress():
     assert r.num_computed_tokens == 0 and r.status == RequestStatus.RUNNING and not r.output_token_ids
     again = s.schedule()
     assert again.num_scheduled_tokens == out.num_scheduled_tokens
+
+
+def test_requests_of_the_running_adapter_may_pass_a_blocked_head_a_bounded_number_of_times():
+    s, state, _ = make(max_running=2, mixed_adapters=False)
+    first = req(max_tokens=30, adapter=None)
+    s.add_request(first)
+    step(s, state)
+    blocked = req(max_tokens=2, adapter="A")  # another group: waits for the batch to drain
+    behind = [req(max_tokens=30, adapter=None) for _ in range(4)]
+    for r in (blocked, *behind):
+        s.add_request(r)
+    step(s, state)
+    assert blocked.status == RequestStatus.WAITING and behind[0].status == RequestStatus.RUNNING
+    order = [e.request_id for e in run_all(s, state)]
+    # at most max_running (2) requests of the running group passed it: it ran before the last ones
+    assert order.index(blocked.request_id) < order.index(behind[-1].request_id)
+    assert sum(1 for r in behind if order.index(r.request_id) < order.index(blocked.request_id)) <= 2
