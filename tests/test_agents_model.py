@@ -111,6 +111,11 @@ def test_tasks_and_agents_from_the_cli():
     assert missing.returncode == 2 and "llmos sessions ls" in missing.stderr
     bad = run_llmos("agent", "run", "x", "--tools", "no_such_tool")
     assert bad.returncode == 2 and "unknown tool" in bad.stderr
+    for prompt in ("My name is Ada.", "What is my name?"):
+        assert run_llmos("run", "--session", "intro", "-n", "16", prompt).returncode == 0
+    chat = json.loads(run_llmos("sessions", "show", "intro", "--json").stdout)
+    assert [m["role"] for m in chat["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert chat["messages"][2]["content"] == "What is my name?" and chat["kind"] == "chat"
 
 
 @pytest.mark.cli
