@@ -33,9 +33,9 @@ $(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-all
 install: $(VENV)/.stamp-all
 install-dev: $(VENV)/.stamp-dev
 
-## make run: venv, install, boot llmos on the embedded model
+## make run: venv, install, open the llmos shell on the embedded model (docs/shell.md)
 run: install
-	$(BIN)/llmos run "What is the capital of France?"
+	$(BIN)/llmos shell
 
 ## make test: install with the dev extras and run the whole suite
 test: install-dev

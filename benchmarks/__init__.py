@@ -1,7 +1,8 @@
 """Benchmarks run by `llmos bench`: each measures a baseline and a candidate side by side in one run
 and reports their ratio against a target. Never part of the test suite (no timing assertions there).
 
-A benchmark is a function `(ctx: BenchContext) -> BenchResult` registered with `@benchmark(NAME)`.
+A benchmark is a function `(ctx: BenchContext) -> BenchResult` (or a list of them) registered with
+`@benchmark(NAME)`.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def available() -> dict[str, str]:
 
 
 def _load_all() -> None:
-    from . import agents_bench, llamacpp_bench, memfs_bench, torch_bench  # noqa: F401 - each registers its own
+    from . import agents_bench, llamacpp_bench, memfs_bench, shell_bench, torch_bench  # noqa: F401 - each registers its own
 
 
 def run_benchmarks(names: list[str] | None = None, *, home: str | None = None, progress=None) -> list[BenchResult]:
@@ -80,6 +81,7 @@ def run_benchmarks(names: list[str] | None = None, *, home: str | None = None, p
         fn, desc = _REGISTRY[name]
         log(f"{name}: {desc}")
         started = time.monotonic()
-        results.append(fn(BenchContext(home=home, log=log)))
+        result = fn(BenchContext(home=home, log=log))  # one result, or a list (B8 reports two)
+        results.extend(result if isinstance(result, list) else [result])
         log(f"{name}: done in {time.monotonic() - started:.1f}s")
     return results

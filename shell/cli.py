@@ -17,6 +17,7 @@ from rich.table import Table
 import llmos
 from llmos.kernel.errors import InvalidRequestError, LlmosError
 
+from .cli_agents import agent_app, sessions_app
 from .cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, STATE, err, fail, kernel_session, out
 from .cli_finetune import finetune
 from .cli_mem import mem_app
@@ -26,7 +27,7 @@ from .cli_ps import kill, ps
 from .cli_serve import serve
 
 app = typer.Typer(
-    name="llmos", no_args_is_help=True, add_completion=False,
+    name="llmos", add_completion=False,
     help="llmos: an LLM operating system runtime (kernel, drivers, modules, memory, plugins).",
 )
 def _version(value: bool) -> None:
@@ -35,13 +36,28 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     home: Optional[str] = typer.Option(None, "--home", envvar="LLMOS_HOME", help="Data directory (LLMOS_HOME)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    """llmos: an LLM operating system runtime."""
+    """llmos: an LLM operating system runtime. Without a command, opens the shell."""
     STATE["home"] = home
+    if ctx.invoked_subcommand is None:
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):  # no terminal to draw on: show the help
+            typer.echo(ctx.get_help())
+            raise typer.Exit()
+        shell(model=None, new=False)
+
+
+@app.command()
+def shell(model: Optional[str] = typer.Option(None, "--model", "-m", help="Chat with this model."),
+          new: bool = typer.Option(False, "--new", help="Start a new chat instead of resuming the last one.")) -> None:
+    """Open the interactive shell (a terminal UI: chat, commands, process monitor). See docs/shell.md."""
+    from .app import main as shell_main
+
+    shell_main(home=STATE["home"], model=model, resume=not new)
 
 
 
@@ -61,6 +77,7 @@ def run(
     raw: bool = typer.Option(False, "--raw", help="Send the prompt as is, without the chat template."),
     adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help="An installed module (see `llmos mod ls`)."),
     rag: Optional[str] = typer.Option(None, "--rag", help="Answer from memfs passages under this directory."),
+    session: Optional[str] = typer.Option(None, "--session", help="Continue (or create) this named chat session."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
 ) -> None:
     """Generate an answer, streaming it to stdout."""
@@ -70,14 +87,19 @@ def run(
         raise fail(InvalidRequestError("prompt is empty: give some text", param="prompt"), as_json)
     sampling = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                     stop=tuple(stop or ()))
-    if raw:
-        if system:
-            raise fail(InvalidRequestError("--system cannot be used with --raw", param="system"), as_json)
-        request = dict(prompt=prompt)
-    else:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        request = dict(messages=messages)
+    if raw and (system or session):
+        raise fail(InvalidRequestError("--system and --session need chat prompts, not --raw",
+                                       param="system" if system else "session"), as_json)
+    user = {"role": "user", "content": prompt}
+    request = dict(prompt=prompt) if raw else dict(
+        messages=([{"role": "system", "content": system}] if system else []) + [user])
     with kernel_session(as_json) as kernel:
+        stored = None
+        if session is not None:  # the session's history (and its system prompt) come first
+            stored = kernel.sessions.open(session, model=model, system=system)
+            model = model or stored.model
+            system_msgs = [{"role": "system", "content": stored.system}] if stored.system else []
+            request = dict(messages=system_msgs + stored.messages + [user])
         if rag is not None and raw:
             raise fail(InvalidRequestError("--rag works with chat prompts, not --raw", param="rag"), as_json)
         handle = kernel.submit(**request, model=model, driver=driver, adapter=adapter, rag=rag, owner="cli",
@@ -85,6 +107,9 @@ def run(
         try:
             if as_json:
                 completion = handle.result(check=False)
+                if stored is not None and not completion.error:
+                    stored.append(user)
+                    stored.append({"role": "assistant", "content": completion.text})
                 typer.echo(json.dumps(completion.as_dict()))
                 if completion.error:
                     raise typer.Exit(EXIT_FAILURE)
@@ -93,6 +118,9 @@ def run(
                 sys.stdout.write(chunk)
                 sys.stdout.flush()
             sys.stdout.write("\n")
+            if stored is not None:
+                stored.append(user)
+                stored.append({"role": "assistant", "content": handle.result().text})
             if handle.request.sources:
                 sys.stdout.write("Sources: " + " ".join(f"[{p}]" for p in handle.request.sources) + "\n")
         except KeyboardInterrupt:
@@ -150,6 +178,8 @@ app.command("audit")(audit)
 app.command("serve")(serve)
 app.command("ps")(ps)
 app.command("kill")(kill)
+app.add_typer(agent_app, name="agent")
+app.add_typer(sessions_app, name="sessions")
 
 
 def main() -> None:

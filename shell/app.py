@@ -1,0 +1,459 @@
+"""The llmos shell: a Textual app for chatting with models and driving the kernel.
+
+Everything goes through the kernel's public API. Blocking calls (boot, submit, commands, agents) run
+in `@work(thread=True)` workers that post Messages back; the UI thread only renders. Replies stream
+into Markdown widgets through `ReplyStream` (shell/streaming.py: throttled writes into Textual's
+`MarkdownStream`, long replies split into segments). See docs/shell.md.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from typing import Any
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import Footer, Header
+
+from llmos.kernel.errors import LlmosError, RequestCancelledError
+
+from .commands import CommandSet, Context, Reply, is_command, state_name
+from .completion import Completer
+from .conversation import Conversation
+from .palette import ShellCommandsProvider
+from .streaming import ReplyStream
+from .widgets.chat_log import ChatLog
+from .widgets.prompt_input import PromptInput
+from .widgets.status_line import StatusLine
+
+REPLAY = 40  # messages of a resumed session shown in the log
+
+
+class ShellApp(App):
+    CSS_PATH = "shell.tcss"
+    TITLE = "llmos"
+    COMMANDS = App.COMMANDS | {ShellCommandsProvider}
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel"),
+        Binding("f2", "open_screen('top')", "Top"),
+        Binding("f3", "open_screen('modules')", "Modules"),
+        Binding("f4", "open_screen('mem')", "Memory"),
+        Binding("ctrl+n", "new_chat", "New chat"),
+    ]
+
+    class Booted(Message):
+        def __init__(self, kernel: Any, conv: Conversation | None, error: str | None = None) -> None:
+            super().__init__()
+            self.kernel, self.conv, self.error = kernel, conv, error
+
+    class Token(Message):
+        """New text waits in the feed buffer (at most one of these is queued at a time)."""
+
+    class ReplyDone(Message):
+        def __init__(self, status: str, error: str | None = None, handle: Any = None) -> None:
+            super().__init__()
+            self.status, self.error, self.handle = status, error, handle
+
+    class CommandDone(Message):
+        def __init__(self, reply: Reply) -> None:
+            super().__init__()
+            self.reply = reply
+
+    class AgentEvent(Message):
+        def __init__(self, kind: str, text: str = "", step: int = 0, data: dict | None = None) -> None:
+            super().__init__()
+            self.kind, self.text, self.step, self.data = kind, text, step, data or {}
+
+    def __init__(self, kernel: Any = None, *, home: str | None = None, model: str | None = None,
+                 boot: bool = True, resume: bool = True, sampling: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self._own_kernel = kernel is None
+        self._home, self._model, self._boot_kernel, self._resume = home, model, boot, resume
+        self.sampling = {"max_tokens": 1024, **(sampling or {})}
+        self.conv: Conversation | None = None
+        self.commands: CommandSet | None = None
+        self.completer: Completer | None = None
+        self.agents: dict[str, Any] = {}
+        self.handle: Any = None  # the RequestHandle of the reply streaming now
+        self.agent: Any = None  # the agent Process running now
+        self.reply: ReplyStream | None = None  # the reply streaming now
+        self.last_reply: dict[str, Any] = {}  # status, error, text, request id of the last reply
+        self._agent_stream: ReplyStream | None = None
+        self._busy = False
+        self._cancel_requested = False
+        self.commands_done = 0  # command lines answered so far
+        self.ready = False  # booted and the conversation shown
+        self.pause_gc = True  # no cyclic garbage collection while a reply streams (bounded by max_tokens)
+        self._feed: list[str] = []  # reply text from the worker, drained by the UI thread
+        self._feed_lock = threading.Lock()
+        self._feed_posted = False
+
+    # -- layout and boot ---------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield ChatLog(id="chat")
+        yield StatusLine(id="status")
+        yield PromptInput(suggest=self._suggest, id="prompt")
+        yield Footer()
+
+    @property
+    def chat_log(self) -> ChatLog:
+        return self.query_one("#chat", ChatLog)
+
+    @property
+    def status(self) -> StatusLine:
+        return self.query_one("#status", StatusLine)
+
+    def on_mount(self) -> None:
+        gc.freeze()  # imports, widgets, the kernel: never garbage, never scanned again
+        self.query_one("#prompt", PromptInput).focus()
+        if self.kernel is not None or self._boot_kernel:
+            self.status.state = "booting..."
+            self._boot()
+
+    @work(thread=True, group="boot")
+    def _boot(self) -> None:
+        try:
+            kernel = self.kernel
+            if kernel is None:
+                import llmos
+
+                kernel = llmos.boot(home=self._home)
+            conv = Conversation.resume(kernel, new=not self._resume)
+            if self._model:
+                conv.update(model=kernel.registry.resolve(self._model).name)
+        except LlmosError as exc:
+            self.post_message(self.Booted(None, None, str(exc)))
+            return
+        self.post_message(self.Booted(kernel, conv))
+        try:  # load the model now so the first reply does not wait for it
+            kernel.load(conv.model)
+        except LlmosError:
+            pass  # the first request reports it inline
+
+    @on(Booted)
+    async def _booted(self, event: Booted) -> None:
+        if event.error:
+            self.status.state = "boot failed"
+            await self.chat_log.add(f"could not boot the kernel: {event.error}", "error")
+            return
+        self.kernel, self.conv = event.kernel, event.conv
+        self.commands = CommandSet(self.kernel)
+        self.completer = Completer(self.commands)
+        self.completer.wanted_dir = lambda d: self._fetch_dir(d)
+        self._refresh_completions()
+        await self._show_conversation()
+        self.status.state = "ready - /help lists commands, esc cancels a reply"
+        self.ready = True
+
+    async def _show_conversation(self) -> None:
+        log = self.chat_log
+        await log.clear()
+        assert self.conv is not None
+        for m in self.conv.messages[-REPLAY:]:
+            role = m.get("role")
+            await log.add(str(m.get("content", "")), role if role in ("user", "assistant") else "info")
+        self.update_header()
+
+    def update_header(self) -> None:
+        if self.conv is None:
+            return
+        parts = [self.conv.model + (f" + {self.conv.adapter}" if self.conv.adapter else ""), self.conv.title]
+        if self.conv.rag:
+            parts.append(f"rag {self.conv.rag}")
+        self.sub_title = " | ".join(parts)
+
+    @work(thread=True, group="complete")
+    def _refresh_completions(self) -> None:
+        if self.completer is not None:
+            self.completer.refresh(self.kernel)
+
+    @work(thread=True, group="complete-dir")
+    def _fetch_dir(self, directory: str) -> None:
+        if self.completer is not None:
+            self.completer.fetch_dir(self.kernel, directory)
+            self.call_from_thread(self.query_one("#prompt", PromptInput).update_suggestion)
+
+    def _suggest(self, text: str) -> str | None:
+        return self.completer.suggest(text) if self.completer is not None else None
+
+    def on_unmount(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        if self.agent is not None:
+            self.agent.kill()
+        if self._own_kernel and self.kernel is not None:
+            self.kernel.shutdown()
+
+    # -- input -------------------------------------------------------------------------------------
+
+    @on(PromptInput.Submitted)
+    async def _submitted(self, event: PromptInput.Submitted) -> None:
+        if is_command(event.text):
+            await self.run_command(event.text)
+        else:
+            await self.send_chat(event.text)
+
+    async def run_command(self, line: str) -> None:
+        await self.chat_log.add(f"`{line}`" if "`" not in line else line, "command")
+        if self.commands is None or self.conv is None:
+            await self.chat_log.add("the kernel is still booting: try again in a moment", "error")
+            return
+        self._command(line)
+
+    @work(thread=True, group="command")
+    def _command(self, line: str) -> None:
+        assert self.commands is not None and self.conv is not None
+        ctx = Context(self.kernel, self.conv, self.approve, self.agents)
+        self.post_message(self.CommandDone(self.commands.run(ctx, line)))
+
+    @on(CommandDone)
+    async def _command_done(self, event: CommandDone) -> None:
+        reply = event.reply
+        if reply.action == "screen":
+            self.action_open_screen(reply.arg)
+        elif reply.action == "conversation":
+            self.conv = reply.arg
+            await self._show_conversation()
+            self._refresh_completions()
+        elif reply.action == "settings":
+            self.update_header()
+        elif reply.action == "agent":
+            await self.start_agent(reply.arg)
+        elif reply.action == "clear":
+            await self.chat_log.clear()
+        elif reply.action == "quit":
+            self.exit()
+        if reply.text and reply.action != "agent":
+            await self.chat_log.add(reply.text, "error" if reply.error else "info")
+        if reply.text and not reply.error and reply.action is None:
+            self._refresh_completions()  # insmod, write... may have changed what completes
+        self.commands_done += 1
+
+    def pick_command(self, name: str, runnable: bool) -> None:
+        """From the command palette: run a command that takes no argument, else start typing it."""
+        if runnable:
+            self.call_later(self.run_command, name)
+            return
+        prompt = self.query_one("#prompt", PromptInput)
+        prompt.text = name + " "
+        prompt.move_cursor(prompt.document.end)
+        prompt.focus()
+
+    # -- chat --------------------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    async def send_chat(self, text: str) -> None:
+        log = self.chat_log
+        if self.conv is None or self.kernel is None:
+            await log.add("the kernel is still booting: try again in a moment", "error")
+            return
+        if self._busy:
+            await log.add("a reply is still streaming: esc cancels it", "error")
+            return
+        await log.add(text, "user")
+        self.conv.append("user", text)
+        await self.begin_reply()
+        self.status.state = f"{self.conv.model} is answering... (esc cancels)"
+        self._generate(self.conv.request_messages(), self.conv.setting("model"), self.conv.adapter, self.conv.rag)
+
+    async def begin_reply(self) -> ReplyStream:
+        """A new assistant message that `Token` messages stream into (also the benchmark's entry)."""
+        self._busy, self._cancel_requested = True, False
+        if self.pause_gc:  # a full collection over a big heap stalls rendering for 100+ ms
+            gc.disable()
+        self.reply = await ReplyStream(self.chat_log).start()
+        return self.reply
+
+    @work(thread=True, group="generate")
+    def _generate(self, messages: list[dict], model: str | None, adapter: str | None, rag: str | None) -> None:
+        try:
+            handle = self.kernel.submit(messages=messages, model=model, adapter=adapter, rag=rag, owner="shell",
+                                        **self.sampling)
+        except LlmosError as exc:
+            self.post_message(self.ReplyDone("failed", str(exc)))
+            return
+        self.handle = handle
+        if self._cancel_requested:  # esc pressed while the request was being prepared
+            handle.cancel()
+        try:
+            for chunk in handle.stream():
+                self.feed(chunk)
+            status, error = "done", None
+        except RequestCancelledError:
+            status, error = "cancelled", None
+        except LlmosError as exc:
+            status, error = "failed", str(exc)
+        self.post_message(self.ReplyDone(status, error, handle))
+
+    def feed(self, text: str) -> None:
+        """Queue reply text from any thread. Text arriving while the UI is busy is coalesced: one
+        wake-up message at a time, so a fast source costs the UI one render per loop, not per token."""
+        with self._feed_lock:
+            self._feed.append(text)
+            if self._feed_posted:
+                return
+            self._feed_posted = True
+        self.post_message(self.Token())
+
+    def _drain(self) -> str:
+        with self._feed_lock:
+            text = "".join(self._feed)
+            self._feed.clear()
+            self._feed_posted = False
+        return text
+
+    @on(Token)
+    async def _token(self, event: Token) -> None:
+        text = self._drain()
+        if self.reply is not None and text:
+            await self.reply.write(text)
+
+    @on(ReplyDone)
+    async def _reply_done(self, event: ReplyDone) -> None:
+        message, handle = self.reply, event.handle
+        if message is not None:
+            await message.write(self._drain())  # what the worker fed after the last wake-up
+            await message.stop()
+        text = message.text if message is not None else ""
+        self.handle, self.reply, self._busy = None, None, False
+        gc.enable()
+        metrics = handle.request.metrics if handle is not None else None
+        self.last_reply = {"status": event.status, "error": event.error, "text": text,
+                           "id": handle.id if handle is not None else None,
+                           "tokens": metrics.output_tokens if metrics else 0,
+                           "tokens_per_s": metrics.tokens_per_second if metrics else None}
+        if self.conv is not None and (text or event.status == "done"):
+            self.conv.append("assistant", text, **({"status": event.status} if event.status != "done" else {}))
+        if message is not None and event.status == "cancelled":
+            await message.append_note("\n\n*[cancelled]*")
+        if handle is not None and handle.request.sources and message is not None:
+            await message.append_note("\n\nSources: " + " ".join(f"`{p}`" for p in handle.request.sources))
+        if event.error:
+            await self.chat_log.add(event.error, "error")
+        speed = ""
+        if handle is not None and handle.request.metrics.tokens_per_second:
+            m = handle.request.metrics
+            speed = f": {m.output_tokens} tokens, {m.tokens_per_second:.1f} tok/s"
+        self.status.state = f"reply {event.status}{speed}"
+
+    def action_cancel(self) -> None:
+        """Esc: cancel the reply or agent in flight (the kernel frees its slot at the next step)."""
+        if self._busy:
+            self._cancel_requested = True
+            if self.handle is not None:
+                self.handle.cancel()
+            self.status.state = "cancelling..."
+        elif self.agent is not None:
+            self.agent.kill()
+            self.status.state = "stopping the agent..."
+
+    async def action_new_chat(self) -> None:
+        await self.run_command("/new")
+
+    def action_open_screen(self, name: str) -> None:
+        from .screens import MemfsScreen, ModulesScreen, TopScreen
+
+        if self.kernel is None:
+            self.notify("the kernel is still booting", severity="warning")
+            return
+        screens = {"top": lambda: TopScreen(self.kernel, self.agents), "modules": lambda: ModulesScreen(self.kernel),
+                   "mem": lambda: MemfsScreen(self.kernel)}
+        if type(self.screen).__name__.lower().startswith(name):
+            return
+        self.push_screen(screens[name]())
+
+    # -- agents ------------------------------------------------------------------------------------
+
+    async def start_agent(self, goal: str) -> None:
+        if self.agent is not None:
+            await self.chat_log.add("an agent is already running: esc stops it", "error")
+            return
+        await self.chat_log.add(f"**agent**: {goal}", "info")
+        self.status.state = "agent working... (esc stops it)"
+        self._agent(goal)
+
+    @work(thread=True, group="agent")
+    def _agent(self, goal: str) -> None:
+        assert self.conv is not None
+        try:
+            proc = self.kernel.spawn(goal, model=self.conv.setting("model"), adapter=self.conv.adapter,
+                                     owner="shell", approve=self.approve)
+        except LlmosError as exc:
+            self.post_message(self.AgentEvent("error", str(exc)))
+            self.post_message(self.AgentEvent("done"))
+            return
+        self.agent, self.agents[str(proc.pid)] = proc, proc
+        try:
+            for ev in proc.events():
+                self.post_message(self.AgentEvent(ev.kind, ev.text or "", ev.step, getattr(ev, "data", None)))
+        except LlmosError as exc:
+            self.post_message(self.AgentEvent("error", str(exc)))
+        finally:
+            self.agents.pop(str(proc.pid), None)
+            self.post_message(self.AgentEvent("done", state_name(getattr(proc, "state", ""))))
+
+    @on(AgentEvent)
+    async def _agent_event(self, event: AgentEvent) -> None:
+        log = self.chat_log
+        if event.kind == "token":  # the agent's model output, streamed as dim "thinking" text
+            if self._agent_stream is None:
+                self._agent_stream = await ReplyStream(log, "thinking").start()
+            await self._agent_stream.write(event.text)
+            return
+        if self._agent_stream is not None:
+            await self._agent_stream.stop()
+            self._agent_stream = None
+        if event.kind == "step":
+            await log.add(f"step {event.step}: {event.text}" if event.text else f"step {event.step}", "info")
+        elif event.kind == "tool_call":
+            await log.add(f"-> `{event.text or event.data.get('name', '?')}` {event.data.get('arguments', '')}", "info")
+        elif event.kind == "tool_result":
+            await log.add(f"<- {event.text}"[:2000], "info")
+        elif event.kind == "answer":
+            await log.add(event.text, "assistant")
+            if self.conv is not None:
+                self.conv.append("assistant", event.text)
+        elif event.kind == "error":
+            await log.add(event.text, "error")
+        elif event.kind == "done":
+            self.agent = None
+            self.status.state = f"agent finished ({event.text or 'done'})"
+
+    # -- tool approvals ----------------------------------------------------------------------------
+
+    def approve(self, tool: str, missing: frozenset[str]) -> str:
+        """The kernel's Approver, called from a worker thread: ask in a modal and wait for the answer."""
+        from .screens import ApprovalScreen
+
+        if threading.get_ident() == self._thread_id:
+            return "deny"  # never block the UI thread waiting on itself
+        answered = threading.Event()
+        answer = ["deny"]
+
+        def done(result: str | None) -> None:
+            answer[0] = result or "deny"
+            answered.set()
+
+        try:
+            self.call_from_thread(self.push_screen, ApprovalScreen(tool, missing), done)
+        except RuntimeError:  # the app is not running
+            return "deny"
+        deadline = time.monotonic() + 600
+        while not answered.wait(0.2):
+            if time.monotonic() > deadline or not self.is_running:
+                return "deny"
+        return answer[0]
+
+
+def main(home: str | None = None, model: str | None = None, resume: bool = True) -> None:
+    ShellApp(home=home, model=model, resume=resume).run()

@@ -1,0 +1,127 @@
+"""The process monitor: live requests and agents from `kernel.ps()`, and per-engine sparklines of
+throughput and queue depth from `kernel.engines()`. `k` kills the selected row."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Label, Sparkline
+
+from ..commands import process_rows
+
+COLUMNS = ("id", "owner", "model", "state", "wait s", "ttft s", "tok/s", "tokens")
+HISTORY = 60
+
+
+def _fmt(value: Any, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+class TopScreen(Screen):
+    DEFAULT_CSS = """
+    TopScreen #procs { height: 1fr; }
+    TopScreen #engines { height: auto; max-height: 12; border-top: solid $primary 50%; }
+    TopScreen .engine { height: 2; }
+    TopScreen .engine Label { width: 22; }
+    TopScreen .engine Sparkline { width: 1fr; margin-right: 1; }
+    TopScreen #summary { height: 1; padding: 0 1; color: $text-muted; }
+    """
+
+    BINDINGS = [
+        Binding("k", "kill", "Kill"),
+        Binding("escape,q", "app.pop_screen", "Back"),
+        Binding("r", "refresh_now", "Refresh", show=False),
+    ]
+
+    def __init__(self, kernel: Any, agents: dict[str, Any] | None = None, interval: float = 0.5) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.agents = agents if agents is not None else {}
+        self.interval = interval
+        self.throughput: dict[str, deque[float]] = {}
+        self.queue_depth: dict[str, deque[float]] = {}
+        self.refreshes = 0
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Label("", id="summary")
+        table: DataTable = DataTable(id="procs", cursor_type="row", zebra_stripes=True)
+        table.add_columns(*COLUMNS)
+        yield table
+        yield Vertical(id="engines")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = "top"
+        self.refresh_now()
+        self.set_interval(self.interval, self.refresh_now)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return process_rows(self.kernel, self.agents)
+
+    def refresh_now(self) -> None:
+        rows = self.rows()
+        table = self.query_one("#procs", DataTable)
+        selected = self._selected_id()
+        table.clear()
+        for r in rows:
+            table.add_row(str(r["id"]), str(r.get("owner", "")), str(r.get("model", "")), str(r.get("state", "")),
+                          _fmt(r.get("queue_wait_s")), _fmt(r.get("ttft_s")), _fmt(r.get("tokens_per_s"), ".1f"),
+                          str(r.get("output_tokens", "-")), key=str(r["id"]))
+        if selected is not None and selected in {str(r["id"]) for r in rows}:
+            table.move_cursor(row=table.get_row_index(selected))
+        self._update_engines(rows)
+        self.refreshes += 1
+        running = sum(1 for r in rows if r.get("state") == "running")
+        self.query_one("#summary", Label).update(f"{len(rows)} processes, {running} running - k kills the "
+                                                 f"selected row, esc returns")
+
+    def _update_engines(self, rows: list[dict[str, Any]]) -> None:
+        box = self.query_one("#engines", Vertical)
+        for eng in self.kernel.engines():
+            model = eng["model"]
+            tput = sum(r.get("tokens_per_s") or 0.0 for r in rows
+                       if r.get("model") == model and r.get("state") == "running")
+            self.throughput.setdefault(model, deque([0.0] * HISTORY, maxlen=HISTORY)).append(tput)
+            self.queue_depth.setdefault(model, deque([0.0] * HISTORY, maxlen=HISTORY)).append(
+                float(eng.get("waiting", 0)))
+            wid = "eng-" + "".join(ch if ch.isalnum() else "_" for ch in model)
+            found = box.query(f"#{wid}")
+            if not found:
+                box.mount(Horizontal(Label(id=f"{wid}-label"), Sparkline([], id=f"{wid}-tput"),
+                                     Sparkline([], id=f"{wid}-queue"), classes="engine", id=wid))
+                continue  # filled at the next refresh, once mounted
+            self.query_one(f"#{wid}-label", Label).update(
+                f"{model[:12]} {tput:5.1f} tok/s\nqueue {eng.get('waiting', 0)} run {eng.get('running', 0)}")
+            self.query_one(f"#{wid}-tput", Sparkline).data = list(self.throughput[model])
+            self.query_one(f"#{wid}-queue", Sparkline).data = list(self.queue_depth[model])
+
+    def _selected_id(self) -> str | None:
+        table = self.query_one("#procs", DataTable)
+        if table.row_count == 0:
+            return None
+        try:
+            return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        except Exception:  # noqa: BLE001 - cursor outside the rows
+            return None
+
+    def action_refresh_now(self) -> None:
+        self.refresh_now()
+
+    def action_kill(self) -> None:
+        pid = self._selected_id()
+        if pid is None:
+            self.notify("nothing selected", severity="warning")
+            return
+        if pid in self.agents:
+            self.agents[pid].kill()
+            ok = True
+        else:
+            ok = self.kernel.cancel(pid)
+        self.notify(f"killed {pid}" if ok else f"{pid} already finished", severity="information" if ok else "warning")
+        self.refresh_now()

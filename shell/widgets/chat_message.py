@@ -1,0 +1,74 @@
+"""One message in the chat log: Markdown, styled by role, streamable token by token."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from textual.await_complete import AwaitComplete
+from textual.widgets import Markdown
+
+
+class ChatMessage(Markdown):
+    """A user, assistant, info or error message. Assistant replies stream in through
+    `Markdown.get_stream(message)`, which batches fragments while a render is in flight so a fast
+    token source never queues renders behind each other."""
+
+    DEFAULT_CSS = """
+    ChatMessage {
+        margin: 0 0 1 0;
+        padding: 0 1;
+        background: $surface;
+    }
+    ChatMessage.user {
+        background: $primary 15%;
+        border-left: thick $primary;
+        margin-left: 4;
+    }
+    ChatMessage.assistant {
+        border-left: thick $accent;
+        margin-right: 2;
+    }
+    ChatMessage.info {
+        color: $text-muted;
+        background: $panel;
+    }
+    ChatMessage.continued-by { margin-bottom: 0; }
+    ChatMessage.continues { margin-top: 0; }
+    ChatMessage.thinking {
+        color: $text-muted;
+        text-style: italic;
+        border-left: thick $panel;
+    }
+    ChatMessage.command {
+        color: $text-muted;
+        background: transparent;
+        margin: 0 0 0 0;
+    }
+    ChatMessage.error {
+        color: $text-error;
+        background: $error 15%;
+        border-left: thick $error;
+    }
+    """
+
+    def __init__(self, text: str = "", role: str = "assistant", **kwargs) -> None:
+        super().__init__(text, classes=role, **kwargs)
+        self.role = role
+        self.shown_chars = len(text)  # characters whose render has completed
+        self.on_shown: Callable[[int, float], None] | None = None  # (shown_chars, perf_counter) hook
+
+    @property
+    def text(self) -> str:
+        return self.source
+
+    def append(self, markdown: str) -> AwaitComplete:
+        rendering = super().append(markdown)
+
+        async def finished() -> None:
+            await rendering
+            self.shown_chars += len(markdown)
+            if self.on_shown is not None:
+                self.on_shown(self.shown_chars, time.perf_counter())
+
+        return AwaitComplete(finished())

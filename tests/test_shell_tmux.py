@@ -1,0 +1,54 @@
+"""The shell in a real terminal: `llmos shell` inside tmux at 80x24, a prompt typed with send-keys,
+the streamed reply read back with capture-pane."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from .util import LLMOS
+
+pytestmark = [pytest.mark.cli, pytest.mark.model,
+              pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")]
+
+
+def _tmux(*args: str) -> str:
+    return subprocess.run(["tmux", *args], capture_output=True, text=True, timeout=10).stdout
+
+
+def _wait_screen(session: str, condition, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    screen = ""
+    while time.monotonic() < deadline:
+        screen = _tmux("capture-pane", "-p", "-t", session)
+        if condition(screen):
+            return screen
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s; the screen was:\n{screen}")
+
+
+def test_shell_answers_in_a_real_terminal(llmos_home):
+    session = f"llmos-test-{uuid.uuid4().hex[:8]}"
+    env = {k: v for k, v in os.environ.items() if k.startswith(("LLMOS_", "HF_"))}
+    command = " ".join(["env", *[f"{k}={v}" for k, v in env.items()], "TERM=xterm-256color", LLMOS, "shell", "--new"])
+    _tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", command)
+    try:
+        screen = _wait_screen(session, lambda s: "ready" in s, 60)
+        assert "esc Cancel" in screen and "llmos" in screen.splitlines()[0]
+        _tmux("send-keys", "-t", session, "-l", "What is the capital of France?")
+        _tmux("send-keys", "-t", session, "Enter")
+        screen = _wait_screen(session, lambda s: "reply done" in s or "reply failed" in s, 90)
+        assert "reply done" in screen, screen
+        assert "What is the capital of France?" in screen and "Paris" in screen, screen
+        _tmux("send-keys", "-t", session, "C-q")
+        deadline = time.monotonic() + 20
+        while session in _tmux("ls") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert session not in _tmux("ls"), "ctrl+q did not leave the shell"
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, timeout=10)
