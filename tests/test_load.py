@@ -1,7 +1,7 @@
 """The load test (`make load`): 1,000 requests from 64 concurrent clients against `llmos serve` with a
 queue cap of 128, on loopback. Every request must end in a completion or a 429 within its deadline,
 the server's RSS must stay bounded, and afterwards the kernel must hold no sequence, KV slot or
-module reference. Figures go to $LLMOS_LOAD_REPORT (JSON) for docs/reliability.md."""
+module reference. Figures go to $LOAD_REPORT (JSON) for docs/reliability.md."""
 
 from __future__ import annotations
 
@@ -107,8 +107,8 @@ def test_thousand_requests_from_64_clients(tmp_path):
                   "wall_s": round(wall, 1), "slowest_s": round(slowest, 2), "rss_baseline_mb": round(baseline_rss),
                   "rss_peak_mb": round(peak["rss"]), "leaked_sequences": 0}
         print(json.dumps(report))
-        if os.environ.get("LLMOS_LOAD_REPORT"):
-            Path(os.environ["LLMOS_LOAD_REPORT"]).write_text(json.dumps(report, indent=2))
+        if os.environ.get("LOAD_REPORT"):
+            Path(os.environ["LOAD_REPORT"]).write_text(json.dumps(report, indent=2))
     finally:
         proc.terminate()
         proc.wait(30)
