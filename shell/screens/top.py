@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from textual.css.query import NoMatches
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -83,23 +84,27 @@ class TopScreen(Screen):
 
     def _update_engines(self, rows: list[dict[str, Any]]) -> None:
         box = self.query_one("#engines", Vertical)
-        for eng in self.kernel.engines():
-            model = eng["model"]
+        for eng in self.kernel.engines():  # one model may be served by several drivers: one row each
+            model, driver = eng["model"], eng["driver"]
+            key = f"{model}@{driver}"
             tput = sum(r.get("tokens_per_s") or 0.0 for r in rows
-                       if r.get("model") == model and r.get("state") == "running")
-            self.throughput.setdefault(model, deque([0.0] * HISTORY, maxlen=HISTORY)).append(tput)
-            self.queue_depth.setdefault(model, deque([0.0] * HISTORY, maxlen=HISTORY)).append(
+                       if r.get("model") == model and r.get("driver") == driver and r.get("state") == "running")
+            self.throughput.setdefault(key, deque([0.0] * HISTORY, maxlen=HISTORY)).append(tput)
+            self.queue_depth.setdefault(key, deque([0.0] * HISTORY, maxlen=HISTORY)).append(
                 float(eng.get("waiting", 0)))
-            wid = "eng-" + "".join(ch if ch.isalnum() else "_" for ch in model)
-            found = box.query(f"#{wid}")
-            if not found:
+            wid = "eng-" + "".join(ch if ch.isalnum() else "_" for ch in key)
+            if not box.query(f"#{wid}"):
                 box.mount(Horizontal(Label(id=f"{wid}-label"), Sparkline([], id=f"{wid}-tput"),
                                      Sparkline([], id=f"{wid}-queue"), classes="engine", id=wid))
                 continue  # filled at the next refresh, once mounted
-            self.query_one(f"#{wid}-label", Label).update(
-                f"{model[:12]} {tput:5.1f} tok/s\nqueue {eng.get('waiting', 0)} run {eng.get('running', 0)}")
-            self.query_one(f"#{wid}-tput", Sparkline).data = list(self.throughput[model])
-            self.query_one(f"#{wid}-queue", Sparkline).data = list(self.queue_depth[model])
+            try:
+                self.query_one(f"#{wid}-label", Label).update(
+                    f"{model[:12]} {driver[:8]} {tput:5.1f} tok/s\nqueue {eng.get('waiting', 0)} "
+                    f"run {eng.get('running', 0)}")
+                self.query_one(f"#{wid}-tput", Sparkline).data = list(self.throughput[key])
+                self.query_one(f"#{wid}-queue", Sparkline).data = list(self.queue_depth[key])
+            except NoMatches:  # its children are still being mounted
+                continue
 
     def _selected_id(self) -> str | None:
         table = self.query_one("#procs", DataTable)
