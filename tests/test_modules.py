@@ -151,9 +151,9 @@ def test_gguf_lora_on_llamacpp(kernel, peft_adapters):
     names = [None, "beta", None, "beta"]
     handles = [kernel.submit(messages=Q, adapter=a, driver="llamacpp", max_tokens=16) for a in names]
     results = [h.result(120).token_ids for h in handles]
-    # the two beta requests may share a step while the base ones ran alone: llama.cpp's sums depend on
+    # requests of one adapter may share a step or run alone: llama.cpp's sums depend on
     # the batch shape, so greedy paths may part after a while; the first tokens agree
-    assert results[1][:8] == results[3][:8] and results[0] == results[2] and results[1] != results[0]
+    assert results[1][:8] == results[3][:8] and results[0][:8] == results[2][:8] and results[1] != results[0]
     assert any(m["name"] == "beta" and m["driver"] == "llamacpp" for m in kernel.lsmod())
 
 
