@@ -40,6 +40,16 @@ class InvalidToolCall(ValueError):
     """The model's reply is not a valid call (not JSON, unknown tool, arguments off-schema)."""
 
 
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise InvalidToolCall(f"{what} is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(obj, dict):
+        raise InvalidToolCall(f"{what} must be a JSON object")
+    return obj
+
+
 def call_schema(functions: list[Function], *, may_answer: bool) -> dict[str, Any]:
     calls = [{"type": "object", "properties": {"name": {"const": f.name}, "arguments": f.parameters},
               "required": ["name", "arguments"]} for f in functions]
@@ -62,12 +72,7 @@ def new_call(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
 
 def parse_reply(text: str) -> tuple[str | None, list[dict[str, Any]] | None]:
     """(content, tool_calls) from a JSON reply; raises InvalidToolCall when it is not one."""
-    try:
-        obj = json.loads(text)
-    except ValueError as exc:
-        raise InvalidToolCall(f"the reply is not valid JSON ({exc.msg} at character {exc.pos})") from None
-    if not isinstance(obj, dict):
-        raise InvalidToolCall("the reply must be a JSON object")
+    obj = _json_object(text, "the reply")
     if "name" in obj:
         args = obj.get("arguments", {})
         if not isinstance(obj["name"], str) or not isinstance(args, dict):
@@ -132,11 +137,7 @@ def choice_prompt(functions: list[Function], *, may_answer: bool) -> str:
 
 def parse_choice(text: str, functions: list[Function], *, may_answer: bool) -> str:
     """The chosen tool's name (or ANSWER); raises InvalidToolCall."""
-    try:
-        obj = json.loads(text)
-    except ValueError as exc:
-        raise InvalidToolCall(f"the reply is not valid JSON ({exc.msg} at character {exc.pos})") from None
-    name = obj.get("name") if isinstance(obj, dict) else None
+    name = _json_object(text, "the reply").get("name")
     allowed = [f.name for f in functions] + ([ANSWER] if may_answer else [])
     if name not in allowed:
         raise InvalidToolCall(f"there is no tool {name!r}; choose one of {allowed}")
@@ -152,12 +153,7 @@ def arguments_prompt(fn: Function) -> str:
 
 def parse_arguments(text: str, fn: Function) -> tuple[dict[str, Any], dict[str, Any]]:
     """(tool call in OpenAI format, validated arguments) from the arguments reply; raises InvalidToolCall."""
-    try:
-        args = json.loads(text)
-    except ValueError as exc:
-        raise InvalidToolCall(f"the arguments are not valid JSON ({exc.msg} at character {exc.pos})") from None
-    if not isinstance(args, dict):
-        raise InvalidToolCall("the arguments must be a JSON object")
+    args = _json_object(text, "the arguments")
     call = new_call(fn.name, args)
     return call, check_call(call, [fn])
 
