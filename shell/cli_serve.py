@@ -44,6 +44,8 @@ def serve(
         if preload:
             kernel.load()
         err.print(f"llmos serving on http://{host}:{port}/v1" + (" (API key required)" if api_key else ""))
-        # a stop (SIGTERM, Ctrl-C) waits at most 5 s for open requests; then the kernel cancels the rest
+        # a stop (SIGTERM, Ctrl-C) waits at most 5 s for open requests; then the kernel cancels the rest.
+        # Idle connections stay open 65 s, longer than clients keep them (httpx: 5 s, like uvicorn's own
+        # default: a client reusing a connection just as the server drops it got no response at all)
         uvicorn.run(create_app(kernel, api_key=api_key), host=host, port=port, log_level="warning",
-                    timeout_graceful_shutdown=5)
+                    timeout_graceful_shutdown=5, timeout_keep_alive=65)
