@@ -20,7 +20,7 @@ from llmos.plugins.hookspecs import hookimpl
 from llmos.plugins.manager import PluginManager
 
 from .fakes import FakeDriver
-from .test_plugins import MCP_SERVER
+from .test_plugins import MCP_SERVER, mcp_home
 from .util import wait_for
 
 
@@ -101,8 +101,7 @@ def test_raising_plugin_hooks_are_reported_and_requests_go_on(kernel):
 
 @pytest.mark.cli
 def test_an_mcp_server_that_exits_is_reported_and_restarted(tmp_path):
-    script = tmp_path / "adder.py"
-    script.write_text(MCP_SERVER.replace('if __name__ == "__main__":', textwrap.dedent('''
+    home = mcp_home(tmp_path, MCP_SERVER.replace('if __name__ == "__main__":', textwrap.dedent('''
         @server.tool()
         def crash() -> int:
             """Exit the server process."""
@@ -111,15 +110,6 @@ def test_an_mcp_server_that_exits_is_reported_and_restarted(tmp_path):
 
 
         if __name__ == "__main__":''')))
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "llmos.toml").write_text(textwrap.dedent(f'''
-        [capabilities.plugins]
-        "mcp:adder" = ["mcp:adder"]
-        [mcp.servers.adder]
-        command = "{sys.executable}"
-        args = ["{script}"]
-    '''))
     with llmos.boot(home=home, load_entrypoints=False) as k:
         assert k.call_tool("adder.add", {"a": 1, "b": 2}).ok
         crashed = k.call_tool("adder.crash", {}, timeout=20)

@@ -304,9 +304,10 @@ if __name__ == "__main__":
 '''
 
 
-def test_mcp_server_tools_are_mounted_and_called(tmp_path):
+def mcp_home(tmp_path, server_source: str, extra: str = ""):
+    """An LLMOS_HOME whose llmos.toml runs `server_source` as MCP server "adder" (capability granted)."""
     script = tmp_path / "adder.py"
-    script.write_text(MCP_SERVER)
+    script.write_text(server_source)
     home = tmp_path / "home"
     home.mkdir()
     (home / "llmos.toml").write_text(textwrap.dedent(f'''
@@ -315,9 +316,15 @@ def test_mcp_server_tools_are_mounted_and_called(tmp_path):
         [mcp.servers.adder]
         command = "{sys.executable}"
         args = ["{script}"]
+    ''') + textwrap.dedent(extra))
+    return home
+
+
+def test_mcp_server_tools_are_mounted_and_called(tmp_path):
+    home = mcp_home(tmp_path, MCP_SERVER, '''
         [mcp.servers.broken]
         command = "/nonexistent/mcp-server"
-    '''))
+    ''')
     with llmos.boot(home=home, load_entrypoints=False) as k:
         tools = k.tools.all()
         assert "adder.add" in tools and tools["adder.add"].capabilities == {"mcp:adder"}
