@@ -182,7 +182,7 @@ class RemoteStream:
                         break
                     self.emitted += 1
                     self._push(delta)
-            except (httpx.HTTPError, RemoteError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever a node does ends this request clearly, slot freed
                 if self.cancelled.is_set():  # our own close() interrupted the read
                     self.pool.release(node, error=None)
                     return
@@ -219,20 +219,37 @@ class RemoteStream:
                 data = line[5:].strip()
                 if data == "[DONE]":
                     return
-                text = _delta_text(json.loads(data), self.chat)
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    raise RemoteError(f"sent a chunk that is not JSON: {data[:80]!r}", retry=True) from None
+                text = _delta_text(chunk, self.chat)
                 if text:
                     yield text
         raise RemoteError("the stream ended without [DONE]", retry=True)
 
 
-def _delta_text(chunk: dict[str, Any], chat: bool) -> str:
-    if "error" in chunk:
+def _delta_text(chunk: Any, chat: bool) -> str:
+    """The text of one streamed chunk; RemoteError for an error chunk or one not in OpenAI's shape."""
+    if isinstance(chunk, dict) and "error" in chunk:
         error = chunk["error"]
         raise RemoteError(error.get("message", str(error)) if isinstance(error, dict) else str(error), retry=False)
-    choices = chunk.get("choices") or [{}]
-    if chat:
-        return (choices[0].get("delta") or {}).get("content") or ""
-    return choices[0].get("text") or ""
+
+    def malformed(what: str) -> RemoteError:
+        return RemoteError(f"sent a malformed stream chunk ({what}): {json.dumps(chunk)[:120]}", retry=True)
+
+    choices = chunk.get("choices") if isinstance(chunk, dict) else None
+    if not isinstance(choices, list):
+        raise malformed("no choices list")
+    if not choices:  # a usage-only chunk
+        return ""
+    if not isinstance(choices[0], dict):
+        raise malformed("choices[0] is not an object")
+    part = (choices[0].get("delta") or {}) if chat else choices[0]
+    text = part.get("content" if chat else "text") if isinstance(part, dict) else None
+    if not isinstance(part, dict) or not isinstance(text, (str, type(None))):
+        raise malformed("no text in choices[0]")
+    return text or ""
 
 
 def _error_message(response: httpx.Response) -> str:
