@@ -84,6 +84,13 @@ class Driver(abc.ABC):
     def probe(cls) -> ProbeResult:
         """Can this driver run here, and on which devices? Must be cheap and never raise."""
 
+    @classmethod
+    def check_json_schema(cls, schema: dict[str, Any]) -> None:
+        """Refuse, with InvalidRequestError(param="json_schema") naming the problem, a schema this driver
+        cannot constrain output to. Called at submit, so a bad schema never reaches a step; the default
+        accepts any (a driver that forwards the schema lets the other side judge it)."""
+        return None
+
     @abc.abstractmethod
     def load(self, progress: ProgressCallback | None = None) -> ModelInfo:
         """Load the model; raise ModelLoadError/ModelFormatError with a message naming the fix."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from llmos.kernel.detokenizer import ByteDetokenizer, Detokenizer
-from llmos.kernel.errors import ModelLoadError
+from llmos.kernel.errors import InvalidRequestError, ModelLoadError
 from llmos.kernel.interface import DriverOutput, NewSequence, SchedulerOutput
 from llmos.kernel.registry import check_gguf
 
@@ -63,6 +63,12 @@ class LlamaCppDriver(Driver):
             return ProbeResult(False, (), f"llama-cpp-python is not importable: {exc}")
         devices = ("cpu", "gpu") if lib.gpu_offload() else ("cpu",)
         return ProbeResult(True, devices)
+
+    @classmethod
+    def check_json_schema(cls, schema: dict[str, Any]) -> None:
+        from .llamacpp_lib import json_schema_grammar
+
+        json_schema_grammar(schema)  # bounded, converted and parsed by llama.cpp now; cached for the step
 
     def __init__(self, spec, options: DriverOptions) -> None:
         super().__init__(spec, options)
@@ -241,7 +247,7 @@ class LlamaCppDriver(Driver):
         for rid in rids:
             seq = self._seqs.get(rid)
             if seq is None:
-                out.failed[rid] = "the driver has no state for this sequence"
+                out.failed.setdefault(rid, "the driver has no state for this sequence")
                 continue
             end = seq.sched_pos + batch.num_scheduled_tokens[rid]
             seq.sched_pos = end
@@ -286,6 +292,12 @@ class LlamaCppDriver(Driver):
 
         model = self._model
         tokens = list(new.token_ids)
+        try:  # first: a sampler that cannot be built fails this sequence alone, before it takes a slot
+            sampler = Sampler(new.sampling, tokens, model=model,
+                              generated=tokens[new.prompt_len:] if new.prompt_len else ())
+        except InvalidRequestError as exc:
+            out.failed[new.request_id] = str(exc)
+            return
         limit = len(tokens) - 1  # the last prompt token is always computed, for its logits
         reuse, src_slot, cached_slot = 0, None, None
         if self.options.prefix_cache:  # KV computed under another adapter is not reusable
@@ -311,7 +323,6 @@ class LlamaCppDriver(Driver):
             self.prefix_hits += 1
             self.prefix_tokens_reused += reuse
             out.cached_tokens[new.request_id] = reuse
-        sampler = Sampler(new.sampling, tokens, model=model, generated=tokens[new.prompt_len:] if new.prompt_len else ())
         self._seqs[new.request_id] = _Seq(new.request_id, slot, tokens, reuse, 0, sampler, new.adapter)
 
     def _same_step_donor(self, new: NewSequence, batch: SchedulerOutput) -> str | None:

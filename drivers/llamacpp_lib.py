@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import functools
+import json
 import logging
 import threading
 from typing import Any, Callable, Sequence, TypeVar
@@ -21,6 +22,8 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from llmos.kernel.errors import InvalidRequestError, ModelLoadError
 from llmos.kernel.request import SamplingParams
+
+from . import json_grammar
 
 T = TypeVar("T")
 
@@ -287,23 +290,21 @@ class Sampler:
 
 
 @functools.lru_cache(maxsize=64)
-def _grammar_for(schema_json: str) -> str:
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-    try:
-        grammar = json_schema_to_gbnf(schema_json)
-    except Exception as exc:  # noqa: BLE001 - the converter raises bare errors for unsupported schemas
-        raise InvalidRequestError(f"unsupported JSON schema: {exc}", param="json_schema") from None
-    # llama-cpp-python's string rule lets raw control characters (newlines) into strings, which JSON
-    # forbids; llama.cpp's own converter excludes them, and so do we
-    return grammar.replace('char ::= [^"\\\\] |', 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |')
+def _checked_grammar(schema_json: str) -> str:
+    grammar = json_grammar.grammar_for(schema_json)
+    backend_init()
+    parsed = C.llama_sampler_init_grammar(None, grammar.encode(), b"root")  # llama.cpp's parser, no vocab
+    if not parsed:
+        raise InvalidRequestError("json_schema: llama.cpp's grammar parser refused the grammar built from this "
+                                  "schema (it printed why on stderr)", param="json_schema")
+    C.llama_sampler_free(parsed)
+    return grammar
 
 
 def json_schema_grammar(schema: dict) -> str:
-    """GBNF grammar for JSON values matching `schema` (llama-cpp-python's converter, cached)."""
-    import json
+    """GBNF grammar for JSON values matching `schema`, bounded (drivers/json_grammar.py) and accepted by
+    llama.cpp's parser; cached. Raises InvalidRequestError(param="json_schema") naming the problem."""
+    return _checked_grammar(json.dumps(schema, sort_keys=True))
 
-    return _grammar_for(json.dumps(schema, sort_keys=True))
 
-
-__all__ = ["LlamaModel", "Batch", "Sampler", "backend_init", "gpu_offload", "llama_cpp"]
+__all__ = ["LlamaModel", "Batch", "Sampler", "backend_init", "gpu_offload", "json_schema_grammar", "llama_cpp"]

@@ -127,6 +127,7 @@ class Kernel:
             if not cls.supports_json_schema:
                 raise InvalidRequestError(f"the {cls.name} driver cannot constrain output to a JSON schema: "
                                           f"use --driver llamacpp", param="json_schema")
+            cls.check_json_schema(params.json_schema)  # a 400 now, never a failure inside a batch
         loaded = self._models.get(model or self.config.default_model, driver)
         prompt, chat = self._prepare_prompt(prompt, chat, loaded.spec.name, owner, adapter)
         rid = next_request_id()

@@ -136,7 +136,7 @@ class SamplingParams:
                 raise InvalidRequestError("json_schema must be a JSON schema object", param="json_schema")
             try:
                 json.dumps(self.json_schema)
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, RecursionError) as exc:
                 raise InvalidRequestError(f"json_schema is not JSON: {exc}", param="json_schema") from None
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0

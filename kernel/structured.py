@@ -1,8 +1,9 @@
 """Structured output: JSON that matches a schema, constrained where the driver can, validated always.
 
 Boundaries: uses only the kernel's public `submit`. `submit_json` asks for grammar-constrained output
-(`json_schema=`) and falls back to plain decoding on drivers that cannot constrain (the caller then
-validates, and retries or reports); `parse_json` validates a reply against the schema.
+(`json_schema=`) and falls back to plain decoding where the driver cannot constrain it, or not to this
+schema (refused at submit: unsupported, or past the grammar's bounds); the caller then validates, and
+retries or reports. `parse_json` validates a reply against the schema.
 """
 
 from __future__ import annotations
