@@ -260,7 +260,7 @@ def test_embeddings_are_capped_queued_and_cancelled_with_their_client(tmp_path):
         refused(httpx.post(url, json={"model": "/etc/passwd", "input": "x"}), 404, "model_not_found")
         assert httpx.post(url, json={"model": EMBEDDER, "input": "warm up"}, timeout=300).status_code == 200
         # a full queue answers 429 with Retry-After (one job runs, one waits, the rest are refused)
-        batch = {"model": EMBEDDER, "input": [f"text {i}: " + "lorem ipsum dolor " * 60 for i in range(64)]}
+        batch = {"model": EMBEDDER, "input": [f"text {i}: " + "lorem ipsum dolor " * 60 for i in range(16)]}
         with ThreadPoolExecutor(6) as pool:
             responses = list(pool.map(lambda _i: httpx.post(url, json=batch, timeout=300), range(6)))
         codes = sorted(r.status_code for r in responses)
@@ -270,7 +270,7 @@ def test_embeddings_are_capped_queued_and_cancelled_with_their_client(tmp_path):
         assert int(limited.headers["retry-after"]) >= 1
         # a client that leaves while its job waits: the job is dropped, not run after the one in front
         with ThreadPoolExecutor(1) as pool:
-            first = pool.submit(httpx.post, url, json={**batch, "input": batch["input"] * 4, "user": "first"},
+            first = pool.submit(httpx.post, url, json={**batch, "input": batch["input"] * 16, "user": "first"},
                                 timeout=300)
             wait_for(lambda: _owners(base).get("first") == "running", 120)
             body = json.dumps({"model": EMBEDDER, "input": ["left"], "user": "leaver"}).encode()
