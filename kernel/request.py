@@ -8,9 +8,9 @@ never see them (they get the dataclasses in `kernel.interface`).
 from __future__ import annotations
 
 import enum
-import itertools
 import json
 import math
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -231,11 +231,9 @@ class RequestMetrics:
         }
 
 
-_ids = itertools.count(1)
-
-
 def next_request_id() -> str:
-    return f"req-{next(_ids)}"
+    """A fresh request id, unguessable (64 random bits): over HTTP an id is enough to kill a request."""
+    return f"req-{secrets.token_hex(8)}"
 
 
 @dataclass(eq=False)

@@ -73,7 +73,7 @@ def test_errors_have_the_openai_shape_and_status(server, client):
     r = httpx.post(f"{server}/v1/completions", headers={**h, "content-type": "application/json"},
                    content=b"{" + b" " * (5 << 20) + b"}")
     assert r.status_code == 413
-    assert "llmos_requests_total" in httpx.get(f"{server}/metrics").text
+    assert "llmos_requests_total" in httpx.get(f"{server}/metrics", headers=h).text
 
 
 def test_disconnect_cancels_the_request(server):
@@ -85,7 +85,7 @@ def test_disconnect_cancels_the_request(server):
                 break
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        metrics = httpx.get(f"{server}/metrics").text
+        metrics = httpx.get(f"{server}/metrics", headers=h).text
         if 'status="finished_cancelled"' in metrics:
             break
         time.sleep(0.2)

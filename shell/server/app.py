@@ -3,62 +3,39 @@
 Endpoints: POST /v1/chat/completions and /v1/completions (SSE streaming or not), POST /v1/embeddings
 (the memfs embedder), GET /v1/models (models, and installed adapters as `base:adapter`), GET /health,
 GET /metrics (Prometheus), and llmos extras under /llmos/ (extras.py: ps, kill, modules, memfs).
-Errors use OpenAI's error shape with the matching status: 400 bad
-parameter (named), 401 bad/missing key, 404 unknown model or adapter, 413 prompt too long for the
-context, 429 queue full (Retry-After), 503 shutting down. A client that disconnects cancels its
-request in the kernel. The server holds no model logic: it only calls the kernel's public API.
+Before any endpoint, security.py checks Host, Origin, the API key and the body size. Errors use
+OpenAI's error shape with the matching status: 400 bad parameter (named) or Host, 401 bad/missing key,
+403 a web page's Origin, 404 unknown model or adapter (only served names: never a path on this
+machine), 408 a stalled body, 413 body or prompt too long, 429 queue full (Retry-After), 503 shutting
+down. A client that disconnects cancels its request in the kernel. The server holds no model logic:
+it only calls the kernel's public API.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from llmos.kernel.errors import (InvalidRequestError, KernelShutdownError, LlmosError, PromptTooLongError,
-                                 QueueFullError, StorageError, UnknownAdapterError, UnknownModelError)
+from llmos.kernel.errors import InvalidRequestError, LlmosError, UnknownModelError
 
-from .extras import extras_router
+from .errors import error_response, json_error
+from .extras import MAX_AGENTS, extras_router
 from .metrics import Metrics
-from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from .schemas import MAX_EMBEDDING_CHARS, MAX_EMBEDDING_INPUTS, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from .security import HEADER_TIMEOUT_S, MAX_BODY_BYTES, Guard
 from .tool_calls import parse_answer, render_messages, response_schema, tool_constraint
 
 EMBEDDING_MODEL = "all-minilm-l6-v2"
-MAX_BODY_BYTES = 4 << 20
-
-
-def _error(status: int, message: str, kind: str, param: str | None = None, code: str | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
-                        status_code=status, headers=headers)
-
-
-def error_response(exc: LlmosError) -> JSONResponse:
-    param = getattr(exc, "param", None)
-    if isinstance(exc, PromptTooLongError):
-        return _error(413, str(exc), "invalid_request_error", param, exc.code)
-    if isinstance(exc, (UnknownModelError, UnknownAdapterError)):
-        return _error(404, str(exc), "invalid_request_error", "model", exc.code)
-    if isinstance(exc, LookupError):  # unknown session, tool, ...: the thing named does not exist
-        return _error(404, str(exc), "invalid_request_error", param, exc.code)
-    if isinstance(exc, StorageError):
-        return _error(507, str(exc), "server_error", None, exc.code)
-    if isinstance(exc, QueueFullError):
-        return _error(429, str(exc), "rate_limit_error", None, exc.code,
-                      headers={"Retry-After": str(max(1, round(exc.retry_after)))})
-    if isinstance(exc, KernelShutdownError):
-        return _error(503, str(exc), "server_error", None, exc.code)
-    if isinstance(exc, InvalidRequestError):
-        return _error(400, str(exc), "invalid_request_error", param, exc.code)
-    return _error(500, str(exc), "server_error", None, exc.code)
 
 
 def split_model(model: str) -> tuple[str, str | None]:
@@ -67,39 +44,37 @@ def split_model(model: str) -> tuple[str, str | None]:
     return (base, adapter) if sep and base and adapter and "/" not in adapter else (model, None)
 
 
-def create_app(kernel, *, api_key: str | None = None, max_body: int = MAX_BODY_BYTES) -> FastAPI:
+def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[str] = (),
+               allowed_origins: Iterable[str] = (), public_metrics: bool = False, max_body: int = MAX_BODY_BYTES,
+               read_timeout: float = HEADER_TIMEOUT_S, max_agents: int = MAX_AGENTS) -> FastAPI:
+    """The API over `kernel`; the keyword arguments are security.py's rules (Host, Origin, key, body)."""
+    allowed_origins = tuple(allowed_origins)
     app = FastAPI(title="llmos", version=getattr(__import__("llmos"), "__version__", "0"),
                   description="OpenAI-compatible API of an llmos kernel.")
     metrics = Metrics(kernel)
     app.state.kernel = kernel
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if int(request.headers.get("content-length") or 0) > max_body:
-            return _error(413, f"request body over {max_body} bytes", "invalid_request_error", None, "body_too_large")
-        if api_key and request.url.path not in ("/health", "/metrics"):
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return _error(401, "missing or wrong API key: send Authorization: Bearer <key>",
-                              "invalid_request_error", None, "invalid_api_key")
-        return await call_next(request)
+    if allowed_origins:  # CORS only where asked for, inside the guard (which refuses other origins first)
+        app.add_middleware(CORSMiddleware, allow_origins=list(allowed_origins), allow_methods=["*"],
+                           allow_headers=["*"])
+    app.add_middleware(Guard, api_key=api_key, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins,
+                       public_metrics=public_metrics, max_body=max_body, read_timeout=read_timeout)
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(_request: Request, exc: RequestValidationError):
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"] if p != "body") or None
-        return _error(400, f"{param}: {first['msg']}", "invalid_request_error", param, "invalid_request")
+        return json_error(400, f"{param}: {first['msg']}", "invalid_request_error", param, "invalid_request")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException):  # unparsable body, unknown route, ...
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return _error(exc.status_code, str(exc.detail), kind, None, None, headers=getattr(exc, "headers", None))
+        return json_error(exc.status_code, str(exc.detail), kind, None, None, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(LlmosError)
     async def llmos_error(_request: Request, exc: LlmosError):
         return error_response(exc)
 
-    app.include_router(extras_router(kernel))
+    app.include_router(extras_router(kernel, max_agents=max_agents))
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -123,24 +98,20 @@ def create_app(kernel, *, api_key: str | None = None, max_body: int = MAX_BODY_B
         if body.n != 1:
             raise InvalidRequestError("only n=1 is supported", param="n")
         model, adapter = split_model(body.model)
-        handle = await asyncio.to_thread(kernel.submit, model=model, adapter=adapter, owner=body.user or "api",
-                                         **submit, **body.sampling())
+
+        def submit_named():  # over HTTP a model is a served name, never a path on this machine
+            kernel.registry.resolve(model, allow_paths=False)
+            return kernel.submit(model=model, adapter=adapter, owner=body.user or "api", **submit, **body.sampling())
+
+        handle = await asyncio.to_thread(submit_named)
         metrics.submitted(handle)
         if body.stream:
             return StreamingResponse(_sse(request, handle, body.model, submit), media_type="text/event-stream")
         try:
-            completion = await _until_done(request, handle)
+            completion = await _until_done(request, handle.aresult(check=False), handle.cancel)
         finally:
             metrics.finished(handle)
         return completion
-
-    async def _until_done(request: Request, handle):
-        waiter = asyncio.ensure_future(handle.aresult(check=False))
-        while not waiter.done():
-            await asyncio.wait({waiter}, timeout=0.5)
-            if not waiter.done() and await request.is_disconnected():
-                handle.cancel()  # the client went away: free the slot
-        return waiter.result()
 
     async def _sse(request: Request, handle, model: str, submit: dict[str, Any]):
         chat = "messages" in submit
@@ -203,18 +174,39 @@ def create_app(kernel, *, api_key: str | None = None, max_body: int = MAX_BODY_B
         return _completion_body(result, body.model, chat=False)
 
     @app.post("/v1/embeddings")
-    async def embeddings(body: EmbeddingRequest):
+    async def embeddings(request: Request, body: EmbeddingRequest):
         if body.model != EMBEDDING_MODEL:
-            raise UnknownModelError(body.model, [EMBEDDING_MODEL])
+            raise UnknownModelError(body.model, [EMBEDDING_MODEL], paths=False)
         texts = [body.input] if isinstance(body.input, str) else body.input
         if not texts or any(not isinstance(t, str) or not t for t in texts):
             raise InvalidRequestError("input must be a non-empty string or list of strings", param="input")
-        vectors = await asyncio.to_thread(kernel.embed, texts)
+        if len(texts) > MAX_EMBEDDING_INPUTS:
+            raise InvalidRequestError(f"input has {len(texts)} texts: give at most {MAX_EMBEDDING_INPUTS} per request",
+                                      param="input")
+        if max(len(t) for t in texts) > MAX_EMBEDDING_CHARS:
+            raise InvalidRequestError(f"each input text may have at most {MAX_EMBEDDING_CHARS} characters "
+                                      f"(the model reads about 1,000): split longer texts", param="input")
+        service = await asyncio.to_thread(lambda: kernel.embedding)  # loads the embedder on first use
+        # the kernel's embedding queue, capped like the model queues (429 when full); leaving cancels the job
+        job = service.submit(texts, owner=body.user or "api", max_waiting=kernel.config.max_queue)
+        vectors = await _until_done(request, asyncio.wrap_future(job), job.cancel)
+        if vectors is None:
+            return Response(status_code=499)  # the client left: nobody reads this
         return {"object": "list", "model": EMBEDDING_MODEL,
                 "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)],
                 "usage": {"prompt_tokens": 0, "total_tokens": 0}}
 
     return app
+
+
+async def _until_done(request: Request, awaitable, cancel):
+    """The result of `awaitable` (None if it was cancelled); `cancel()` is called if the client leaves."""
+    waiter = asyncio.ensure_future(awaitable)
+    while not waiter.done():
+        await asyncio.wait({waiter}, timeout=0.5)
+        if not waiter.done() and await request.is_disconnected():
+            cancel()  # the client went away: free the slot
+    return None if waiter.cancelled() else waiter.result()
 
 
 async def _one_chunk_stream(completion, model: str):
@@ -241,7 +233,7 @@ def _finish(completion) -> str:
 def _completion_body(completion, model: str, *, chat: bool, tools: bool = False) -> JSONResponse | dict[str, Any]:
     if completion.error and completion.finish_reason not in ("stop", "length"):
         status = 503 if completion.finish_reason == "cancelled" else 500
-        return _error(status, completion.error, "server_error", None, completion.status.name.lower())
+        return json_error(status, completion.error, "server_error", None, completion.status.name.lower())
     base = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{completion.request_id}", "created": int(time.time()),
             "model": model, "usage": completion.usage}
     if chat:

@@ -1,14 +1,32 @@
-"""llmos-specific endpoints under /llmos/: processes, agents, sessions, modules and memfs of the served kernel."""
+"""llmos-specific endpoints under /llmos/: processes, agents, sessions, modules and memfs of the served kernel.
+
+Agents spawned over HTTP are bounded: at most `max_agents` running at once (429), budgets capped (400),
+and only the tools the request names (none if it names none)."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from llmos.kernel.errors import InvalidRequestError
+from llmos.kernel.errors import InvalidRequestError, LlmosError, QueueFullError
+
+#: agents an HTTP client may have running at once, and each one's budgets
+MAX_AGENTS = 8
+MAX_AGENT_STEPS = 32
+MAX_AGENT_TOKENS = 8192
+
+
+class TooManyAgentsError(QueueFullError):
+    """HTTP clients have `limit` agents running already (429, like a full queue)."""
+
+    def __init__(self, limit: int) -> None:
+        LlmosError.__init__(self, f"{limit} agents are already running: wait for one to finish, or kill one "
+                                  f"(POST /llmos/kill/<pid>)")
+        self.limit, self.retry_after = limit, 5.0
 
 
 class MemWrite(BaseModel):
@@ -19,10 +37,10 @@ class MemWrite(BaseModel):
 
 class AgentSpawn(BaseModel):
     goal: str
-    tools: list[str] | None = None
+    tools: list[str] = Field(default_factory=list, max_length=64)  # over HTTP: only the tools named
     model: str | None = None
-    max_steps: int = 8
-    max_tokens: int = 2048
+    max_steps: int = Field(8, ge=1, le=MAX_AGENT_STEPS)
+    max_tokens: int = Field(2048, ge=16, le=MAX_AGENT_TOKENS)
     session: str | None = None
 
 
@@ -32,9 +50,10 @@ class MemFind(BaseModel):
     k: int = 5
 
 
-def extras_router(kernel) -> APIRouter:
+def extras_router(kernel, *, max_agents: int = MAX_AGENTS) -> APIRouter:
     r = APIRouter(prefix="/llmos")
     run = asyncio.to_thread  # the kernel API blocks: keep the event loop free
+    spawning = threading.Lock()  # the count of running agents and a spawn, together
 
     @r.get("/ps")
     async def ps() -> list[dict[str, Any]]:
@@ -67,8 +86,16 @@ def extras_router(kernel) -> APIRouter:
 
     @r.post("/agents")
     async def agent_spawn(body: AgentSpawn) -> dict[str, Any]:
-        proc = await run(lambda: kernel.spawn(body.goal, tools=body.tools, model=body.model, max_steps=body.max_steps,
-                                              max_tokens=body.max_tokens, session=body.session, owner="api"))
+        def spawn():
+            if body.model is not None:  # a served name, never a path on this machine
+                kernel.registry.resolve(body.model, allow_paths=False)
+            with spawning:
+                if sum(p.owner == "api" and not p.state.finished for p in kernel.processes.list()) >= max_agents:
+                    raise TooManyAgentsError(max_agents)
+                return kernel.spawn(body.goal, tools=body.tools, model=body.model, max_steps=body.max_steps,
+                                    max_tokens=body.max_tokens, session=body.session, owner="api")
+
+        proc = await run(spawn)
         return {"pid": proc.pid, "session": proc.session_id}
 
     @r.get("/agents/{pid}")

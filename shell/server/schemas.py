@@ -2,23 +2,63 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: texts per embeddings request, and characters per text (all-MiniLM-L6-v2 reads 256 tokens, ~1,000 characters)
+MAX_EMBEDDING_INPUTS = 256
+MAX_EMBEDDING_CHARS = 16_384
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="allow")  # OpenAI clients send fields we do not use
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1)
+    arguments: str = "{}"
+
+    @field_validator("arguments", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> str:
+        if isinstance(value, dict):  # lenient: an object instead of its JSON text
+            return json.dumps(value)
+        try:
+            parsed = json.loads(value) if isinstance(value, str) else None
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise ValueError("must be a JSON object as a string, like '{\"city\": \"Paris\"}'")
+        return value
+
+
+class ToolCall(BaseModel):
+    """An assistant message's earlier tool call, as OpenAI clients send it back."""
+
+    model_config = ConfigDict(extra="allow")
+    id: Optional[str] = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")  # image parts and the like: accepted, not read
+    type: str = "text"
+    text: Optional[str] = None
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: Optional[Union[str, list[dict[str, Any]]]] = None
+    content: Optional[Union[str, list[ContentPart]]] = None
+    tool_calls: Optional[list[ToolCall]] = None
 
     def text(self) -> str:
         if isinstance(self.content, list):  # content parts: keep the text ones
-            return "".join(p.get("text", "") for p in self.content if isinstance(p, dict))
+            return "".join(p.text for p in self.content if p.text is not None)
         return self.content or ""
 
 
@@ -64,3 +104,4 @@ class CompletionRequest(_Sampling):
 class EmbeddingRequest(_Body):
     model: str = Field(min_length=1)
     input: Union[str, list[str]]
+    user: Optional[str] = None

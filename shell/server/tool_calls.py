@@ -38,10 +38,15 @@ def _functions(tools: list[dict[str, Any]]) -> list[Function]:
     out = []
     for i, tool in enumerate(tools):
         fn = tool.get("function") if isinstance(tool, dict) else None
-        if tool.get("type") != "function" or not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        if tool.get("type") != "function" or not isinstance(fn, dict) or not isinstance(fn.get("name"), str) \
+                or not fn["name"]:
             raise InvalidRequestError(f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}",
                                       param="tools")
-        out.append(Function(fn["name"], fn.get("description", ""), fn.get("parameters") or dict(EMPTY_PARAMETERS)))
+        description, parameters = fn.get("description") or "", fn.get("parameters") or dict(EMPTY_PARAMETERS)
+        if not isinstance(description, str) or not isinstance(parameters, dict):
+            raise InvalidRequestError(f"tools[{i}].function: description must be a string and parameters a JSON "
+                                      f"schema object", param="tools")
+        out.append(Function(fn["name"], description, parameters))
     return out
 
 
@@ -51,7 +56,11 @@ def tool_constraint(tools: list[dict[str, Any]] | None, tool_choice: Any) -> tup
         return None, None
     functions = _functions(tools)
     if isinstance(tool_choice, dict):
-        wanted = (tool_choice.get("function") or {}).get("name")
+        fn = tool_choice.get("function")
+        wanted = fn.get("name") if isinstance(fn, dict) else None
+        if tool_choice.get("type", "function") != "function" or not isinstance(wanted, str):
+            raise InvalidRequestError('tool_choice must be none, auto, required or {"type": "function", '
+                                      '"function": {"name": ...}}', param="tool_choice")
         functions = [f for f in functions if f.name == wanted]
         if not functions:
             raise InvalidRequestError(f"tool_choice names {wanted!r}, which is not in tools", param="tool_choice")
@@ -62,9 +71,10 @@ def tool_constraint(tools: list[dict[str, Any]] | None, tool_choice: Any) -> tup
 
 
 def render_messages(messages: list[Any]) -> list[dict[str, str]]:
-    """Chat messages (pydantic models) as role/content text, tool calls and results included."""
+    """Chat messages (pydantic models, tool calls already validated) as role/content text, tool calls and
+    results included."""
     return for_model([{"role": m.role, "content": m.text(),
-                       "tool_calls": getattr(m, "tool_calls", None) or (m.model_extra or {}).get("tool_calls")}
+                       "tool_calls": [c.model_dump() for c in m.tool_calls] if m.tool_calls else None}
                       for m in messages])
 
 
