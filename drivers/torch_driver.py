@@ -98,6 +98,19 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
+def _adalora_config(path: Path, name: str):
+    """The adapter's AdaLoraConfig with rank_pattern keys ending in the adapter name: peft's loader strips
+    one key segment, or two when the adapter name occurs anywhere in the key (so a module named e.g.
+    `proj` or `layers` would resolve to the wrong layer); with the name appended, two is always right."""
+    from peft import PeftConfig
+
+    config = PeftConfig.from_pretrained(str(path))
+    if config.rank_pattern:
+        config.rank_pattern = {f"{key.rsplit('.lora_E', 1)[0]}.lora_E.{name}": mask
+                               for key, mask in config.rank_pattern.items()}
+    return config
+
+
 class TorchDriver(Driver):
     name = "torch"
     formats = frozenset({"hf", "gguf"})
@@ -195,12 +208,20 @@ class TorchDriver(Driver):
                 raise AdapterConflictError(
                     f"the torch driver holds {current.split('.')[-1]} adapters {held}; PEFT cannot combine "
                     f"them with {peft_type.split('.')[-1]} adapter {name}: rmmod them first", held)
+        config = _adalora_config(path, name) if peft_type.endswith("ADALORA") else None
         try:
             with warnings.catch_warnings():  # peft probes deprecated transformers attributes
                 warnings.simplefilter("ignore", FutureWarning)
+                # AdaLoRA's rank_pattern is a per-rank mask its loader applies; peft's generic check reads it
+                # as LoRA's module -> rank map and warns that no module matched (tests/test_finetune.py::
+                # test_a_mounted_adalora_module_gives_the_trained_models_logits proves the load is exact)
+                warnings.filterwarnings("ignore", "The following rank_pattern keys did not match", RuntimeWarning)
                 if self._peft is None:
-                    self._peft = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+                    self._peft = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, config=config)
                 else:
+                    if config is not None:  # registered first, load_adapter uses it instead of the file's
+                        config.inference_mode = True
+                        self._peft.add_adapter(name, config)
                     self._peft.load_adapter(str(path), adapter_name=name)
         except (ValueError, RuntimeError, KeyError, OSError) as exc:
             raise ModelLoadError(f"PEFT could not load adapter {name} from {path} onto {self.spec.name}: {exc}") from exc

@@ -13,6 +13,7 @@
     prefix_cache = true
     max_loaded_modules = 8   # adapters loaded at once; idle ones beyond this are unloaded (LRU)
     system_prompt = "..."    # prepended to chat requests that bring no system message ("" = none)
+    mem_import_max_bytes = 10485760  # `mem import` skips (and reports) larger files
 
     [models.mymodel]         # extra names for the model registry
     path = "/models/foo.gguf"
@@ -60,13 +61,14 @@ class Config:
     prefix_cache: bool = True
     max_loaded_modules: int = 8
     system_prompt: str = "You are a helpful assistant. Answer briefly and accurately."
+    mem_import_max_bytes: int = 10 * 1024 * 1024
     models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sections: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, lo in (("max_running", 1), ("max_queue", 1), ("max_batched_tokens", 16),
                          ("n_ctx", 256), ("memory_budget_mb", 1), ("n_threads", 0),
-                         ("max_loaded_modules", 1)):
+                         ("max_loaded_modules", 1), ("mem_import_max_bytes", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
                 raise ConfigError(f"{name} must be an integer >= {lo}, got {value!r}")

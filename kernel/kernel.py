@@ -312,7 +312,7 @@ class Kernel:
 
         with self._lock:
             if self._mem is None:
-                self._mem = MemFS(self.config.home / "memfs", backends)
+                self._mem = MemFS(self.config.home / "memfs", backends, self.config.mem_import_max_bytes)
             return self._mem
 
     @property

@@ -24,10 +24,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_text, fsync_dir, fsync_file
 from .errors import InvalidRequestError, LlmosError, UnknownAdapterError
 from .registry import GGUF_MAGIC, ModelRegistry, ModelSpec
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # whole names only: always .fullmatch
+
+
+class ModuleNameError(InvalidRequestError):
+    """A module name that is not 1-64 letters, digits, '.', '_' or '-' starting with a letter or digit."""
+
+    code = "invalid_module_name"
+
+
+def check_name(name: object, param: str = "name") -> str:
+    """`name` if it is a valid module name (it becomes a directory under $LLMOS_HOME), else ModuleNameError."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise ModuleNameError(f"module name {name!r} is invalid: use 1-64 letters, digits, '.', '_' or '-', "
+                              f"starting with a letter or digit (a name, not a path)", param=param)
+    return name
 
 
 class ModuleError(LlmosError):
@@ -155,7 +170,7 @@ class ModuleStore:
         return [self.get(n) for n in self.names()]
 
     def get(self, name: str) -> Manifest:
-        file = self._dir(name) / "manifest.json" if NAME_RE.match(name or "") else None
+        file = self._dir(name) / "manifest.json" if isinstance(name, str) and NAME_RE.fullmatch(name) else None
         if file is None or not file.exists():
             raise UnknownAdapterError(name, self.names())
         try:
@@ -177,6 +192,7 @@ class ModuleStore:
         target = self._form_path(name, fmt)
         tmp = target.with_name(target.name + ".part")
         shutil.copy2(file, tmp)
+        fsync_file(tmp)
         os.replace(tmp, target)
         updated = Manifest(**{**manifest.as_dict(), "formats": sorted(set(manifest.formats) | {fmt},
                                                                        key=[*manifest.formats, fmt].index)})
@@ -185,9 +201,7 @@ class ModuleStore:
 
     @staticmethod
     def write_manifest(directory: Path, manifest: Manifest) -> None:
-        tmp = directory / "manifest.json.part"
-        tmp.write_text(json.dumps(manifest.as_dict(), indent=2))
-        os.replace(tmp, directory / "manifest.json")
+        atomic_write_text(directory / "manifest.json", json.dumps(manifest.as_dict(), indent=2))
 
     def install(self, src: str | Path, *, name: str | None = None, base: str | None = None,
                 replace: bool = False) -> Manifest:
@@ -195,10 +209,7 @@ class ModuleStore:
         if not src.exists():
             raise ModuleError(f"{src} does not exist")
         info = _inspect_peft(src) if src.is_dir() else _inspect_gguf(src)
-        name = name or (src.name if src.is_dir() else src.stem)
-        if not NAME_RE.match(name):
-            raise InvalidRequestError(f"module name {name!r} must be 1-64 letters, digits, '.', '_' or '-'",
-                                      param="name")
+        name = check_name(name or (src.name if src.is_dir() else src.stem))
         if self._dir(name).exists() and not replace:
             raise ModuleError(f"a module named {name!r} is installed already: pick another --name or remove it")
         base_name = base or info["declared_base"]
@@ -219,15 +230,17 @@ class ModuleStore:
         stage = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self.root))
         try:
             if info["format"] == "gguf":
-                shutil.copy2(info["files"][0], stage / "adapter.gguf")
+                copied = [shutil.copy2(info["files"][0], stage / "adapter.gguf")]
             else:
                 (stage / "peft").mkdir()
-                for f in info["files"]:
-                    shutil.copy2(f, stage / "peft" / f.name)
+                copied = [shutil.copy2(f, stage / "peft" / f.name) for f in info["files"]]
+            for f in copied:  # on disk before the rename publishes them
+                fsync_file(f)
             self.write_manifest(stage, manifest)
             if replace and self._dir(name).exists():
                 shutil.rmtree(self._dir(name))
             os.replace(stage, self._dir(name))
+            fsync_dir(self.root)
         finally:
             if stage.exists():
                 shutil.rmtree(stage, ignore_errors=True)

@@ -112,16 +112,29 @@ def grep(pattern: str, within: str = typer.Option("/", "--in"), ignore_case: boo
 
 @mem_app.command("import")
 def import_(source: str, to: str = typer.Option(..., "--to", help="Destination directory in memfs."),
+            hidden: bool = typer.Option(False, "--hidden", help="Also import hidden files and directories (.name)."),
+            max_bytes: Optional[int] = typer.Option(None, "--max-bytes", min=1,
+                                                    help="Skip files larger than this (default: mem_import_max_bytes, "
+                                                         "10 MiB)."),
             as_json: bool = JSON) -> None:
-    """Import a directory of text files: SOURCE/a/b.txt becomes TO/a/b.txt."""
+    """Import a directory of text files: SOURCE/a/b.txt becomes TO/a/b.txt.
+
+    Symlinks leading out of SOURCE, hidden files (unless --hidden), files over the size limit and
+    binary files are skipped; each one is listed with the reason."""
     bar = Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(), console=err,
                    disable=as_json or not err.is_terminal)
     with bar, kernel_session(as_json) as kernel:
         task = bar.add_task("import", total=None)
         report = kernel.mem.import_dir(source, to, progress=lambda done, total: bar.update(task, completed=done,
-                                                                                              total=total))
-    _emit(report, as_json, lambda r: out.print(f"imported {r['imported']} file(s) into {r['to']}"
-                                               + (f", skipped {len(r['skipped'])}" if r["skipped"] else "")))
+                                                                                              total=total),
+                                       hidden=hidden, max_bytes=max_bytes)
+
+    def render(r) -> None:
+        for s in r["skipped"]:
+            err.print(f"skipped {s['path']}: {s['reason']}", highlight=False, markup=False)
+        out.print(f"imported {r['imported']} file(s) into {r['to']}"
+                  + (f", skipped {len(r['skipped'])}" if r["skipped"] else ""))
+    _emit(report, as_json, render)
 
 
 @mem_app.command("mount")

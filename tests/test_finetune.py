@@ -130,6 +130,60 @@ def test_other_methods_train_and_mount(kernel, secret_data, method):
 
 
 @pytest.mark.model
+def test_a_mounted_adalora_module_gives_the_trained_models_logits(kernel, secret_data, monkeypatch):
+    """The logits of the trained PeftModel (taken in the trainer, just before install) and of the
+    module mounted in the torch driver agree on a prompt, also installed under a name that occurs in
+    peft's module keys ("proj"); the adapter moves them far more than the tolerance, and its saved
+    rank_pattern prunes ranks (so the load has to resize the layers)."""
+    import warnings
+
+    import torch
+
+    from llmos.drivers.torch_batch import new_cache
+    from llmos.plugins.finetune import trainer
+
+    train, _ = secret_data
+    loaded = kernel.load("smollm2", driver="torch")
+    prompt = loaded.driver.tokenize_chat([{"role": "system", "content": kernel.config.system_prompt}] + ASK)
+    ids = torch.tensor([prompt])
+    seen, install = {}, trainer._install
+
+    def capture(model, *args, **kwargs):
+        model.eval()
+        with torch.no_grad():
+            seen["trained"] = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].clone()
+            with model.disable_adapter():
+                seen["base"] = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].clone()
+        return install(model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_install", capture)
+    kernel.finetune(data=str(train), out="ada-logits", method="adalora", max_steps=4, lr=1e-2).wait(600)
+    store = kernel.module_store
+    adapter_dir = store.weights_path(store.get("ada-logits"), "peft")
+    pattern = json.loads((adapter_dir / "adapter_config.json").read_text())["rank_pattern"]
+    assert pattern and any(not all(mask) for mask in pattern.values())
+    store.install(adapter_dir, name="proj")
+
+    def mount_and_forward(name):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            kernel.insmod(name, driver="torch")
+        with torch.inference_mode():
+            pos = torch.arange(len(prompt)).unsqueeze(0)
+            logits = loaded.driver._forward(ids, new_cache(), pos, [name])[0].clone()
+        return logits, [str(w.message) for w in caught if "rank_pattern" in str(w.message)]
+
+    assert (seen["trained"] - seen["base"]).abs().max() > 0.1  # the adapter matters: a mismatch would show
+    warned = []
+    for name in ("ada-logits", "proj"):
+        mounted, rank_warnings = loaded.engine.call(lambda n=name: mount_and_forward(n))
+        torch.testing.assert_close(mounted, seen["trained"], atol=1e-3, rtol=0, msg=name)
+        warned += rank_warnings
+    assert warned == []  # peft's false alarm about AdaLoRA's rank_pattern is not shown to users
+    kernel.rmmod("proj")
+
+
+@pytest.mark.model
 def test_interrupt_saves_a_checkpoint_and_resume_continues(kernel, secret_data, llmos_home):
     from llmos.plugins.finetune.trainer import FinetuneInterrupted
 

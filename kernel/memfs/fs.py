@@ -10,20 +10,23 @@ imported only when a volume opens.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from llmos.kernel.atomic import atomic_write_text
 from llmos.kernel.errors import InvalidRequestError
 
+from .importer import DEFAULT_MAX_BYTES, Skip, read_text, scan
 from .paths import MemPathError, normalize
 from .volume import StoredChunk, Volume, batch_prepare
 
-TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".json", ".toml", ".yaml", ".yml", ".csv", ".html", ".org", ".tex",
-                 ".c", ".h", ".js", ".ts", ".go", ".rs", ".java", ".sh", ".cfg", ".ini", ".log", ""}
+log = logging.getLogger("llmos.memfs")
 
 
 def default_backends():
@@ -36,8 +39,10 @@ def default_backends():
 
 
 class MemFS:
-    def __init__(self, root: Path, backends: Callable[[], tuple] = default_backends) -> None:
+    def __init__(self, root: Path, backends: Callable[[], tuple] = default_backends,
+                 import_max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.root = root
+        self.import_max_bytes = import_max_bytes
         self._backends = backends
         self._embedder = None
         self._index_cls = None
@@ -52,9 +57,35 @@ class MemFS:
         return self.root / "mounts.json"
 
     def mounts(self) -> dict[str, str]:
-        """volume name -> mount point."""
-        data = json.loads(self._mounts_file.read_text()) if self._mounts_file.exists() else {}
+        """volume name -> mount point. An unreadable mounts.json is set aside and rebuilt (see _recover_mounts)."""
+        try:
+            data = _parse_mounts(self._mounts_file.read_bytes())
+        except FileNotFoundError:
+            data = {}
+        except ValueError as exc:
+            data = self._recover_mounts(str(exc))
         return {"root": "/", **data}
+
+    def _recover_mounts(self, problem: str) -> dict[str, str]:
+        """Move a corrupt mounts.json aside (`mounts.json.corrupt-<time>`, kept for inspection and
+        reported by fsck) and rebuild the table from the volume directories: volume NAME is always
+        mounted at /NAME, so nothing is lost."""
+        with self._lock:
+            try:  # another thread may have repaired it meanwhile
+                return _parse_mounts(self._mounts_file.read_bytes())
+            except (ValueError, FileNotFoundError):
+                pass
+            aside = self.root / f"{CORRUPT_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}"
+            try:
+                os.replace(self._mounts_file, aside)
+            except FileNotFoundError:  # another process moved it first
+                pass
+            mounts = {d.name: f"/{d.name}" for d in sorted(self.root.iterdir())
+                      if d.is_dir() and d.name.isidentifier() and d.name != "root"}
+            atomic_write_text(self._mounts_file, json.dumps(mounts, indent=2))
+            log.warning("memfs: %s was unreadable (%s); set aside as %s, mounts rebuilt from the volume "
+                        "directories: %s", self._mounts_file, problem, aside.name, sorted(mounts) or "none")
+            return mounts
 
     def mount(self, name: str) -> str:
         """Create (or re-mount) volume `name` at /name."""
@@ -63,9 +94,8 @@ class MemFS:
         with self._lock:
             mounts = {k: v for k, v in self.mounts().items() if k != "root"}
             mounts[name] = f"/{name}"
-            tmp = self._mounts_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(mounts, indent=2))
-            os.replace(tmp, self._mounts_file)
+            (self.root / name).mkdir(exist_ok=True)  # the directory alone lets a lost mount table be rebuilt
+            atomic_write_text(self._mounts_file, json.dumps(mounts, indent=2))
         return f"/{name}"
 
     def volumes(self) -> list[dict[str, Any]]:
@@ -182,31 +212,42 @@ class MemFS:
         return [self._fix(h, point) for vol, inner, point in targets for h in vol.grep(pattern, inner, ignore_case)]
 
     def import_dir(self, source: str | Path, to: str, progress: Callable[[int, int], None] | None = None,
-                   batch_files: int = 64) -> dict[str, Any]:
-        """Import text files from disk: SOURCE/a/b.txt becomes TO/a/b.txt (binary files are skipped)."""
+                   batch_files: int = 64, *, hidden: bool = False, max_bytes: int | None = None) -> dict[str, Any]:
+        """Import text files from disk: SOURCE/a/b.txt becomes TO/a/b.txt. Symlinks out of SOURCE,
+        hidden files (unless `hidden`), files over `max_bytes` (default: the configured
+        mem_import_max_bytes), binary and non-UTF-8 files are left out and listed in the report:
+        {"imported": N, "skipped": [{"path", "reason"}, ...], "to": TO}."""
         src = Path(source).expanduser()
         if not src.is_dir():
             raise InvalidRequestError(f"{src} is not a directory", param="source")
         to = normalize(to, param="to")
-        files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
-        done, skipped = 0, []
+        limit = self.import_max_bytes if max_bytes is None else max_bytes
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidRequestError(f"max_bytes must be a positive number of bytes, got {limit!r}", param="max_bytes")
+        files, skipped = scan(src, hidden=hidden)
+        done = seen = 0
         for start in range(0, len(files), batch_files):
             batch = []
             for f in files[start:start + batch_files]:
                 try:
-                    batch.append((f, f.read_text(encoding="utf-8")))
-                except (UnicodeDecodeError, OSError) as exc:
-                    skipped.append(f"{f}: {exc.__class__.__name__}")
+                    dest = normalize(f"{to.rstrip('/')}/{'/'.join(f.rel)}")
+                    batch.append((f, dest, read_text(f, limit)))
+                except (Skip, MemPathError) as exc:
+                    skipped.append({"path": str(f.path), "reason": str(exc)})
+            seen += len(files[start:start + batch_files]) - len(batch)
             if not batch:
                 continue
             vol, _, _ = self.resolve(to)
-            prepared = batch_prepare(vol.embedder, [t for _f, t in batch])
-            for (f, text), emb in zip(batch, prepared):
-                rel = "/".join(f.relative_to(src).parts)
-                self.write(f"{to.rstrip('/')}/{rel}", text, source=str(f), embedded=emb)
-                done += 1
+            prepared = batch_prepare(vol.embedder, [t for _f, _d, t in batch])
+            for (f, dest, text), emb in zip(batch, prepared):
+                seen += 1
+                try:
+                    self.write(dest, text, source=str(f.path), embedded=emb)
+                    done += 1
+                except MemPathError as exc:  # e.g. a directory where a file already is
+                    skipped.append({"path": str(f.path), "reason": str(exc)})
                 if progress:
-                    progress(done, len(files))
+                    progress(seen, len(files))
         return {"imported": done, "skipped": skipped, "to": to}
 
     def fsck(self, repair: bool = False) -> list[dict[str, Any]]:
@@ -214,7 +255,12 @@ class MemFS:
         for name in self.mounts():
             vol = self._volume(name)
             report = vol.reconcile(repair=repair)
-            out.append({"volume": name, **report, "notices": list(vol.notices),
+            notices = list(vol.notices)
+            if name == "root":
+                notices += [f"mounts.json was found corrupt and set aside as {f.name}; the mounts were rebuilt "
+                            f"from the volume directories (delete it once inspected)"
+                            for f in sorted(self.root.glob(CORRUPT_PREFIX + "*"))]
+            out.append({"volume": name, **report, "notices": notices,
                         "consistent": report["missing"] == 0 and report["orphaned"] == 0})
         return out
 
@@ -227,3 +273,17 @@ class MemFS:
     @classmethod
     def _fix(cls, entry: dict[str, Any], point: str) -> dict[str, Any]:
         return {**entry, "path": cls._outer(point, entry["path"])}
+
+
+CORRUPT_PREFIX = "mounts.json.corrupt-"
+
+
+def _parse_mounts(raw: bytes) -> dict[str, str]:
+    """The volumes of a mounts.json (ValueError naming the problem when it is not a valid table)."""
+    data = json.loads(raw.decode("utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    for name, point in data.items():
+        if not name.isidentifier() or name == "root" or point != f"/{name}":
+            raise ValueError(f"bad entry {name!r}: {point!r}")
+    return data

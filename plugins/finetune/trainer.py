@@ -22,9 +22,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from llmos.kernel.atomic import atomic_write_text, fsync_dir, fsync_file
 from llmos.kernel.config import Config
 from llmos.kernel.errors import InvalidRequestError, LlmosError
-from llmos.kernel.modules import Manifest, ModuleStore
+from llmos.kernel.modules import Manifest, ModuleStore, check_name
 from llmos.kernel.registry import ModelRegistry
 
 from .data import IGNORE, encode, load_jsonl
@@ -59,6 +60,7 @@ class FinetuneOptions:
     checkpoint_every: int | None = None
 
     def validate(self) -> None:
+        check_name(self.out, param="out")  # it names $LLMOS_HOME/finetune/OUT and the module: never a path
         if self.method not in METHODS:
             raise InvalidRequestError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}", param="method")
         for name, lo in (("rank", 1), ("batch_size", 1), ("max_len", 8)):
@@ -124,6 +126,10 @@ def run_finetune(config: Config, opts: FinetuneOptions, *, progress: Progress = 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     emit = progress if main else (lambda _e: None)
+    ckpt = config.home / "finetune" / opts.out / "checkpoint"
+    if main:
+        _recover_checkpoint(ckpt)
+    accelerator.wait_for_everyone()
     emit({"event": "data", "examples": len(train.examples), "errors": errors,
           "processes": accelerator.num_processes})
     set_seed(opts.seed)
@@ -148,14 +154,12 @@ def run_finetune(config: Config, opts: FinetuneOptions, *, progress: Progress = 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=opts.lr)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
 
-    ckpt = config.home / "finetune" / opts.out / "checkpoint"
     step = 0
     if opts.resume:
-        found = _complete_checkpoint(ckpt)
-        if found is None:
+        if not _complete(ckpt):
             raise InvalidRequestError(f"no checkpoint to resume for {opts.out} (looked in {ckpt})", param="resume")
-        accelerator.load_state(str(found / "state"))
-        step = json.loads((found / "progress.json").read_text())["step"]
+        accelerator.load_state(str(ckpt / "state"))
+        step = json.loads((ckpt / "progress.json").read_text())["step"]
         emit({"event": "resume", "step": step})
 
     def evaluate() -> float:
@@ -237,29 +241,55 @@ class _adapter_disabled:
         return self.ctx.__exit__(*exc) if self.ctx is not None else False
 
 
-def _complete_checkpoint(ckpt: Path) -> Path | None:
-    """The newest complete checkpoint: `checkpoint`, or `checkpoint.old` when a crash hit between the two
-    renames of a save. `progress.json` is written last, so a directory holding it is complete; the
-    temporary directories of a save cut short are never read (and are removed)."""
+def _complete(directory: Path) -> bool:
+    """A checkpoint directory is complete once it holds progress.json (written last, fsynced)."""
+    return (directory / "progress.json").exists()
+
+
+def _recover_checkpoint(ckpt: Path) -> None:
+    """At the start of a run (main process): remove the temporary directories of saves cut short (never
+    read) and finish a swap a crash interrupted (`_repair_swap`)."""
     for stale in ckpt.parent.glob(".checkpoint-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    for candidate in (ckpt, ckpt.with_name("checkpoint.old")):
-        if (candidate / "progress.json").exists():
-            return candidate
-    return None
+    _repair_swap(ckpt)
+
+
+def _repair_swap(ckpt: Path) -> None:
+    """A save swaps in a new checkpoint with two renames (checkpoint -> checkpoint.old, new ->
+    checkpoint), then deletes checkpoint.old. After a crash in between: with a complete `checkpoint`,
+    checkpoint.old is a leftover (deleted); without one, checkpoint.old is the newest complete
+    checkpoint and becomes `checkpoint` again. Either way the next save and --resume work."""
+    old = ckpt.with_name("checkpoint.old")
+    if not old.exists():
+        return
+    if _complete(ckpt):
+        shutil.rmtree(old)
+    elif _complete(old):
+        if ckpt.exists():
+            shutil.rmtree(ckpt)
+        os.replace(old, ckpt)
+    else:
+        shutil.rmtree(old)
+    fsync_dir(ckpt.parent)
 
 
 def _save_checkpoint(accelerator, ckpt: Path, step: int) -> None:
-    """Atomically replace the checkpoint: a crash mid-save leaves the previous one intact."""
+    """Atomically replace the checkpoint: a crash at any point leaves one complete checkpoint (the new
+    or the previous one) that the next save or --resume finds."""
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=ckpt.parent))
     accelerator.save_state(str(tmp / "state"))
     if accelerator.is_main_process:
-        (tmp / "progress.json").write_text(json.dumps({"step": step}))
+        for f in (tmp / "state").rglob("*"):
+            if f.is_file():
+                fsync_file(f)
+        atomic_write_text(tmp / "progress.json", json.dumps({"step": step}))  # last: marks it complete
+        _repair_swap(ckpt)
         old = ckpt.with_name("checkpoint.old")
         if ckpt.exists():
             os.replace(ckpt, old)
         os.replace(tmp, ckpt)
+        fsync_dir(ckpt.parent)
         shutil.rmtree(old, ignore_errors=True)
 
 
