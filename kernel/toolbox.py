@@ -31,7 +31,8 @@ class ToolBox:
             Task.from_function(name, fn, description=description, plugin=plugin))
         self.commands = plugins.collect_commands()
         self.grants = Grants(kernel.config.sections.get("capabilities"))
-        self.audit = AuditLog(kernel.config.home / "audit.jsonl", redact=kernel.redact)
+        self.audit = AuditLog(kernel.config.home / "audit.jsonl", redact=kernel.redact,
+                              **kernel.config.retention("audit"))
         self.workers = Workers()
         self.mcp = McpTools(kernel.config.sections.get("mcp", {}))
 
