@@ -17,12 +17,14 @@ who, tool, arguments, capability decision, outcome, duration — is appended to
 older than `max_age_days` are dropped when the log is opened and hourly while it is written, and
 when the file passes `max_bytes` the oldest entries go until it is under three quarters of it. The
 rewrite (temporary file + rename) and every append hold an advisory lock on `audit.jsonl.lock`,
-so kernels in several processes sharing a home lose no entry.
+so kernels in several processes sharing a home lose no entry; a rewrite that fails (a full disk)
+leaves the log as it was, is logged, and is tried again later.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -30,8 +32,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping
 
-from .errors import ConfigError, LlmosError, StorageError
+from .errors import ConfigError, LlmosError
 from .masking import dumps_redacted
+
+log = logging.getLogger("llmos.audit")
 
 try:
     import fcntl
@@ -131,16 +135,16 @@ class AuditLog:
 
     def prune(self) -> int:
         """Apply retention now; returns how many entries were dropped."""
-        if not (self.max_age_s or self.max_bytes):
+        if not (self.max_age_s or self.max_bytes) or not self.path.exists():
             return 0
         with self._locked():
             self._pruned_at = time.monotonic()
             try:
-                with open(self.path, encoding="utf-8") as fh:  # entries are appended oldest first:
+                with open(self.path, encoding="utf-8", errors="replace") as fh:  # appended oldest first:
                     self._size = os.fstat(fh.fileno()).st_size  # a young first one means all are young
                     if (not self.max_bytes or self._size <= self.max_bytes) and self._young(fh.readline()):
                         return 0
-                lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+                lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
             except FileNotFoundError:
                 return 0
             keep = [line for line in lines if self._young(line)]
@@ -161,10 +165,10 @@ class AuditLog:
                     fh.flush()
                     os.fsync(fh.fileno())
                 os.replace(tmp, self.path)
-            except OSError as exc:
+            except OSError as exc:  # e.g. a full disk: the log stays as it was, the next prune retries
                 tmp.unlink(missing_ok=True)
-                raise StorageError(f"could not prune the audit log {self.path}: {exc}; it was left as it was") \
-                    from exc
+                log.warning("could not prune the audit log %s: %s; it was left as it was", self.path, exc)
+                return 0
             return len(lines) - len(keep)
 
     def _young(self, line: str) -> bool:

@@ -17,17 +17,28 @@ from llmos.kernel.errors import ConfigError
 from llmos.plugins.hookspecs import hookimpl
 from llmos.plugins.manager import PluginManager
 
+from .fakes import ScriptedDriver
+from .test_agents import answer, call, script
 from .util import run_llmos
 
 REDACTION_ON = "[redaction]\nenabled = true\n"
 #: PII that the old maskers, run over JSON text, lost an entry on or missed: a non-ASCII email
 #: (escaped as jos\u00e9, the masked line was no longer JSON) and PII right after a \n or \t escape
 TRICKY = {"to": "josé@x.com", "body": "Call me:\n+1 415-555-0134\tor\tjane.doe@example.com"}
-PLANTED = ["josé", "jos\\u00e9", "@x.com", "415-555-0134", "jane.doe@example.com"]
+PLANTED = ["josé", "jos\\u00e9", "@x.com", "415-555-0134", "555-0134", "jane.doe@example.com", "4111 1111"]
+
+
+#: what a tool hands back to an agent: a card after a \t and a phone after a \n, escaped in the JSON
+#: the model reads (`Tool lookup({}) returned: "Card:\t4111..."`)
+LOOKUP = "Card:\t4111 1111 1111 1111\nCall 415-555-0134"
 
 
 class NotesPlugin:
-    """A tool taking free text, and a plugin that owns an llmos.toml table."""
+    """Tools taking and returning free text, a scripted model, and a plugin that owns a table."""
+
+    @hookimpl
+    def register_drivers(self, register):
+        register(ScriptedDriver)
 
     @hookimpl
     def register_tools(self, register):
@@ -35,7 +46,12 @@ class NotesPlugin:
             """Send a note."""
             return "sent"
 
+        def lookup() -> str:
+            """Look up the customer."""
+            return LOOKUP
+
         register(note)
+        register(lookup)
 
     @hookimpl
     def register_config(self, register):
@@ -83,6 +99,21 @@ def test_the_session_store_masks_string_values_then_serializes(tmp_path):
     call = messages[1]["tool_calls"][0]
     assert json.loads(call["function"]["arguments"]) == {"to": "[EMAIL]", "body": "Call me:\n[PHONE]\tor\t[EMAIL]"}
     assert json.loads(messages[2]["content"]) == "Call me:\n[PHONE]\tor\t[EMAIL]"
+
+
+def test_a_tool_result_with_pii_after_escapes_reaches_the_model_and_the_store_masked(tmp_path):
+    ScriptedDriver.prompts = []
+    model = tmp_path / "fake.gguf"
+    model.write_bytes(b"GGUF" + b"\0" * 64)
+    with boot(tmp_path / "home", REDACTION_ON, default_model=str(model)) as k:
+        script(*call("lookup"), *answer("Done."))
+        proc = k.spawn("Look up the customer.", tools=["lookup"])
+        assert proc.wait(30) and proc.answer == "Done."
+        stored = k.sessions.get(proc.session_id).messages
+    assert "returned:" in ScriptedDriver.prompts[-1]
+    assert not leaks("".join(ScriptedDriver.prompts)), ScriptedDriver.prompts[-1]
+    assert "Card:\\t[CARD]\\nCall [PHONE]" in ScriptedDriver.prompts[-1]
+    assert json.loads(next(m for m in stored if m["role"] == "tool")["content"]) == "Card:\t[CARD]\nCall [PHONE]"
 
 
 @pytest.mark.model
