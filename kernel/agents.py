@@ -201,11 +201,12 @@ class Process:
             # 5. Run the tool (capabilities and audit in call_tool) and give the model its result.
             self._record(messages, {"role": "assistant", "content": None, "tool_calls": [call]})
             self._emit("tool_call", name, name=name, arguments=args)
-            result = self._run_tool(name, args)
-            if result is None:
+            outcome = self._run_tool(name, args)
+            if outcome is None:
                 break
+            result, code = outcome
             self._record(messages, {"role": "tool", "tool_call_id": call["id"], "content": result})
-            self._emit("tool_result", result, name=name)
+            self._emit("tool_result", result, name=name, ok=code is None, **({"code": code} if code else {}))
         self._end(ProcessState.KILLED, error="killed")
 
     def _record(self, messages: list[dict[str, Any]], message: dict[str, Any]) -> None:
@@ -235,23 +236,30 @@ class Process:
         self.tokens += completion.usage["completion_tokens"]
         return completion.text
 
-    def _run_tool(self, name: str, args: dict[str, Any]) -> str | None:
+    def _run_tool(self, name: str, args: dict[str, Any]) -> tuple[str, str | None] | None:
+        """(text for the model, error code or None); None when killed. Whatever the call raises
+        becomes an error the model reads: the process never waits on a call that died."""
         self.state = ProcessState.WAITING_TOOL
-        box: dict[str, str] = {}
+        box: dict[str, Any] = {}
 
         def call() -> None:
             try:
                 r = self.kernel.call_tool(name, args, owner=self.owner, approve=self.approve)
-                box["text"] = json.dumps(r.value, default=str) if r.ok else f"error: {r.error}"
+                box["out"] = ((json.dumps(r.value, default=str, ensure_ascii=False), None) if r.ok
+                              else (f"error: {r.error}", r.code))
             except LlmosError as exc:  # denied, invalid arguments: the model reads why
-                box["text"] = f"error: {exc}"
-            with self._cond:
-                self._cond.notify_all()
+                box["out"] = (f"error: {exc}", exc.code)
+            except BaseException as exc:  # noqa: BLE001 - a bug in the tool path must not hang the agent
+                box["out"] = (f"error: {type(exc).__name__}: {exc}", "tool_failed")
+            finally:
+                with self._cond:
+                    box.setdefault("out", ("error: the tool call ended without a result", "tool_failed"))
+                    self._cond.notify_all()
 
         threading.Thread(target=call, name=f"llmos-{self.pid}-tool", daemon=True).start()
         with self._cond:
-            self._cond.wait_for(lambda: "text" in box or self._killed.is_set())
-        return None if self._killed.is_set() else box["text"]
+            self._cond.wait_for(lambda: "out" in box or self._killed.is_set())
+        return None if self._killed.is_set() else box["out"]
 
 
 def _repeats(messages: list[dict[str, Any]], call: dict[str, Any]) -> bool:

@@ -12,18 +12,35 @@ Grants come from llmos.toml:
 A call needing a capability that is not granted is denied with `ToolDeniedError`, unless the caller
 passes an approver (the interactive shell asks the user: allow once / always / deny). Every call —
 who, tool, arguments, capability decision, outcome, duration — is appended to
-`$LLMOS_HOME/audit.jsonl`.
+`$LLMOS_HOME/audit.jsonl`, its strings masked by the kernel's redactors before it is serialized
+(kernel/masking.py). Retention (`[audit]` in llmos.toml, defaults in kernel/config.py): entries
+older than `max_age_days` are dropped when the log is opened and hourly while it is written, and
+when the file passes `max_bytes` the oldest entries go until it is under three quarters of it. The
+rewrite (temporary file + rename) and every append hold an advisory lock on `audit.jsonl.lock`,
+so kernels in several processes sharing a home lose no entry; a rewrite that fails (a full disk)
+leaves the log as it was, is logged, and is tried again later.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Iterator, Literal, Mapping
 
 from .errors import ConfigError, LlmosError
+from .masking import dumps_redacted
+
+log = logging.getLogger("llmos.audit")
+
+try:
+    import fcntl
+except ImportError:  # Windows: appends and rewrites are locked within this process only
+    fcntl = None  # type: ignore[assignment]
 
 Decision = Literal["once", "always", "deny"]
 #: approve(tool_name, missing_capabilities) -> "once" | "always" | "deny"
@@ -81,17 +98,86 @@ class Grants:
 
 
 class AuditLog:
-    def __init__(self, path: Path, redact: Callable[[str], str] = lambda line: line) -> None:
-        self.path = path
-        self._redact = redact  # maskers never emit quotes or backslashes: the line stays valid JSON
-        self._lock = threading.Lock()
+    #: seconds between two age-based prunes while the log is written
+    PRUNE_EVERY_S = 3600.0
 
-    def record(self, **entry: Any) -> None:
-        line = self._redact(json.dumps({"ts": time.time(), **entry}, default=repr))
+    def __init__(self, path: Path, redact: Callable[[str], str] = lambda text: text, *,
+                 max_age_days: float = 0, max_bytes: int = 0) -> None:
+        self.path = path
+        self._redact = redact
+        self.max_age_s = max_age_days * 86400.0  # 0: no age limit
+        self.max_bytes = max_bytes  # 0: no size limit
+        self._lock = threading.Lock()
+        self._size = 0
+        self._pruned_at = 0.0
+        self.prune()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if fcntl is None:
+                yield
+                return
+            with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                yield
+
+    def record(self, **entry: Any) -> None:
+        line = dumps_redacted({"ts": time.time(), **entry}, self._redact)
+        with self._locked():
             with open(self.path, "a", encoding="utf-8") as fh:
                 fh.write(line + "\n")
+                self._size = fh.tell()
+        due = self.max_age_s and time.monotonic() - self._pruned_at > self.PRUNE_EVERY_S
+        if due or (self.max_bytes and self._size > self.max_bytes):
+            self.prune()
+
+    def prune(self) -> int:
+        """Apply retention now; returns how many entries were dropped."""
+        if not (self.max_age_s or self.max_bytes) or not self.path.exists():
+            return 0
+        with self._locked():
+            self._pruned_at = time.monotonic()
+            try:
+                with open(self.path, encoding="utf-8", errors="replace") as fh:  # appended oldest first:
+                    self._size = os.fstat(fh.fileno()).st_size  # a young first one means all are young
+                    if (not self.max_bytes or self._size <= self.max_bytes) and self._young(fh.readline()):
+                        return 0
+                lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+            except FileNotFoundError:
+                return 0
+            keep = [line for line in lines if self._young(line)]
+            size = sum(len(line.encode()) for line in keep)
+            if self.max_bytes and size > self.max_bytes:
+                target, first = self.max_bytes * 3 // 4, 0
+                while first < len(keep) and size > target:
+                    size -= len(keep[first].encode())
+                    first += 1
+                keep = keep[first:]
+            self._size = size
+            if len(keep) == len(lines):
+                return 0
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            try:
+                with open(tmp, "w", encoding="utf-8") as fh:
+                    fh.writelines(keep)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self.path)
+            except OSError as exc:  # e.g. a full disk: the log stays as it was, the next prune retries
+                tmp.unlink(missing_ok=True)
+                log.warning("could not prune the audit log %s: %s; it was left as it was", self.path, exc)
+                return 0
+            return len(lines) - len(keep)
+
+    def _young(self, line: str) -> bool:
+        """Whether an entry is within max_age (a line that is not an entry, e.g. torn by a crash, goes)."""
+        try:
+            ts = json.loads(line)["ts"]
+        except (ValueError, KeyError, TypeError):
+            return False
+        return not self.max_age_s or (isinstance(ts, (int, float)) and time.time() - ts <= self.max_age_s)
 
     def read(self, limit: int | None = None) -> list[dict[str, Any]]:
         if not self.path.exists():

@@ -18,11 +18,23 @@
     [models.mymodel]         # extra names for the model registry
     path = "/models/foo.gguf"
 
-Other sections belong to other subsystems and are kept verbatim in `Config.sections`.
+    [audit]                  # retention of $LLMOS_HOME/audit.jsonl (0 = no limit)
+    max_age_days = 90
+    max_bytes = 50_000_000
+    [sessions]               # retention of $LLMOS_HOME/sessions.db (0 = no limit)
+    max_age_days = 90        # sessions not updated for this long are deleted (running ones never)
+    max_count = 1000         # beyond this, the least recently updated are deleted
+
+Other tables belong to other subsystems and are kept verbatim in `Config.sections`: [capabilities]
+and [mcp] (kernel/capabilities.py, plugins/mcp_tools.py), and tables plugins declare with the
+`register_config` hook (e.g. [redaction]). Every key is checked: an unknown key anywhere, or a table
+nobody owns, is a ConfigError naming the file and the key (with the closest known key, when one is
+close). Kernel-owned tables are checked by `Config.load`, plugin tables at boot (`check_tables`).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -99,11 +111,11 @@ class Config:
                 data = tomllib.loads(file.read_text(encoding="utf-8"))
             except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
                 raise ConfigError(f"{file} is not valid TOML: {exc}; fix or delete it") from exc
+            _check_keys(file, {k: v for k, v in data.items() if k in TABLES}, TABLES, "")
             kernel = data.pop("kernel", {})
             models = data.pop("models", {})
-            if not isinstance(kernel, dict) or not isinstance(models, dict):
-                raise ConfigError(f"{file}: [kernel] and [models] must be tables")
-            values.update(_known(kernel, str(file)))
+            _check_retention(file, data)
+            values.update(kernel)
             values["models"] = models
             sections = data
         values.update(_from_env())
@@ -113,15 +125,69 @@ class Config:
     def with_overrides(self, **overrides: Any) -> "Config":
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
+    def check_tables(self, plugin_tables: Mapping[str, Any]) -> None:
+        """At boot, once plugins are loaded: every table of `sections` is owned by the kernel or by a
+        plugin (`{table: keys}` from the register_config hook), and has only its owner's keys."""
+        schema = {**{t: {k: None for k in keys} for t, keys in plugin_tables.items()}, **TABLES}
+        _check_keys(self.config_file, dict(self.sections), schema, "")
+        _check_retention(self.config_file, self.sections)
+
+    def retention(self, table: str) -> dict[str, float]:
+        """The retention settings of `audit` or `sessions`: the defaults, then the file's values."""
+        return {**RETENTION[table], **dict(self.sections.get(table, {}))}
+
 
 _SCALARS = {f.name: f for f in fields(Config) if f.name not in ("home", "models", "sections")}
 
+#: retention of what llmos stores, per table (0 = no limit); applied when the store is opened and
+#: as it is written (kernel/capabilities.py AuditLog, kernel/sessions.py SessionStore)
+RETENTION: dict[str, dict[str, float]] = {
+    "audit": {"max_age_days": 90, "max_bytes": 50_000_000},
+    "sessions": {"max_age_days": 90, "max_count": 1000},
+}
+#: keys of a [models.NAME] table: a local model (`path`) or remote nodes (kernel/registry.py remote_spec)
+MODEL_KEYS = ("path", "nodes", "remote_model", "max_concurrency", "context_length", "timeout")
+#: the tables the kernel owns and their keys: a dict is a table (its keys), "*" any name, [x] a list of
+#: tables, None a value its owner checks
+TABLES: dict[str, Any] = {
+    "kernel": {name: None for name in _SCALARS},
+    "models": {"*": {**{k: None for k in MODEL_KEYS}, "nodes": [{"url": None, "api_key": None}]}},
+    "capabilities": {"grant": None, "tools": {"*": None}, "plugins": {"*": None}},
+    "mcp": {"servers": {"*": {"command": None, "args": None, "env": None}}},
+    **{table: {k: None for k in keys} for table, keys in RETENTION.items()},
+}
 
-def _known(table: Mapping[str, Any], where: str) -> dict[str, Any]:
-    unknown = sorted(set(table) - set(_SCALARS))
-    if unknown:
-        raise ConfigError(f"{where}: unknown [kernel] keys {unknown}; known: {sorted(_SCALARS)}")
-    return dict(table)
+
+def _check_keys(file: Path, value: Any, schema: Any, where: str) -> None:
+    """Raise ConfigError for the first key of `value` that `schema` (see TABLES) does not know."""
+    if schema is None:
+        return
+    if isinstance(schema, list):
+        for item in value if isinstance(value, list) else []:
+            _check_keys(file, item, schema[0], where)
+        return
+    label = f"[{where}]" if where else "the top level"
+    if not isinstance(value, dict):
+        raise ConfigError(f"{file}: {label} must be a table, got {type(value).__name__}")
+    for key, item in value.items():
+        sub = schema.get("*", schema.get(key, KeyError))
+        if sub is KeyError:
+            known = sorted(k for k in schema if k != "*")
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            if not where and key in TABLES["kernel"]:
+                hint = f" (did you mean {key!r} under [kernel]?)"
+            what = f"[{where}] keys {[key]}" if where else f"table [{key}]" if isinstance(item, dict) else \
+                f"top-level keys {[key]}"
+            raise ConfigError(f"{file}: unknown {what}{hint}; known: {', '.join(known)}")
+        _check_keys(file, item, sub, f"{where}.{key}" if where else key)
+
+
+def _check_retention(file: Path, data: Mapping[str, Any]) -> None:
+    for table in RETENTION:
+        for key, value in dict(data.get(table, {})).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{file}: [{table}] {key} must be a number >= 0 (0 = no limit), got {value!r}")
 
 
 def _from_env() -> dict[str, Any]:

@@ -24,7 +24,7 @@ from .toolbox import ToolBox
 from .module_table import ModuleTable
 from .models import LoadProgress, ModelManager
 from .modules import Manifest, ModuleStore
-from .rag import with_passages
+from .rag import add_passages
 from .registry import ModelRegistry, ModelSpec
 from .request import Priority, PromptEnvelope, Request, SamplingParams, next_request_id, validate_messages
 from .sessions import SessionStore
@@ -41,6 +41,8 @@ class Kernel:
 
         self.config = config or Config.load()
         self.plugins = plugins or PluginManager(load_entrypoints=load_entrypoints)
+        self.config.check_tables({t.name: t.keys for t in self.plugins.collect("register_config", _ConfigTable)
+                                  .values()})  # an unknown key or table in llmos.toml stops the boot
         self.registry = ModelRegistry(self.config.home, self.config.models)
         self.drivers = self.plugins.collect_drivers()
         self._redactors: list | None = None
@@ -129,28 +131,23 @@ class Kernel:
                                           f"use --driver llamacpp", param="json_schema")
             cls.check_json_schema(params.json_schema)  # a 400 now, never a failure inside a batch
         loaded = self._models.get(model or self.config.default_model, driver)
+        sources: list[str] = []
+        if rag is not None:  # before the hook: plugins (redaction) see, and mask, the passages too
+            chat, sources = add_passages(self.mem, loaded, prompt, chat, params.max_tokens, self.config.system_prompt,
+                                         rag)
+            prompt = None
         prompt, chat = self._prepare_prompt(prompt, chat, loaded.spec.name, owner, adapter)
         rid = next_request_id()
         if adapter is not None:  # loads it if needed and holds a reference for this request
             self.modules.insmod(adapter, driver=loaded.driver_name, user=rid)
         try:
-            return self._submit(rid, loaded, prompt, chat, params, prio, owner, adapter, rag, timeout)
+            return self._submit(rid, loaded, prompt, chat, params, prio, owner, adapter, sources, timeout)
         except BaseException:
             self.modules.release(rid)
             raise
 
-    def _submit(self, rid, loaded, prompt, chat, params, prio, owner, adapter, rag, timeout) -> RequestHandle:
+    def _submit(self, rid, loaded, prompt, chat, params, prio, owner, adapter, sources, timeout) -> RequestHandle:
         drv = loaded.driver
-        sources: list[str] = []
-        if rag is not None:
-            if chat is None:
-                chat = [{"role": "user", "content": prompt}]
-                prompt = None
-            if self.config.system_prompt and not any(m["role"] == "system" for m in chat):
-                chat.insert(0, {"role": "system", "content": self.config.system_prompt})
-            budget = loaded.info.context_length - params.max_tokens - len(drv.tokenize_chat(chat)) - 32
-            chat, sources = with_passages(self.mem, chat, rag, lambda t: len(drv.tokenize(t, add_special=False)),
-                                          budget)
         tokens = drv.tokenize_chat(chat) if chat is not None else drv.tokenize(prompt)
         if not tokens:
             raise InvalidRequestError("prompt is empty after tokenization: give some text", param="prompt")
@@ -285,7 +282,8 @@ class Kernel:
         """Chat sessions and agent runs stored in `$LLMOS_HOME/sessions.db`."""
         with self._lock:
             if self._sessions is None:
-                self._sessions = SessionStore(self.config.home / "sessions.db", redact=self.redact)
+                self._sessions = SessionStore(self.config.home / "sessions.db", redact=self.redact,
+                                              **self.config.retention("sessions"))
             return self._sessions
 
     def redact(self, text: str) -> str:
@@ -430,6 +428,13 @@ class Kernel:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+@dataclass(frozen=True)
+class _ConfigTable:
+    plugin: str
+    name: str  # the llmos.toml table a plugin reads (kernel.config.sections[name])
+    keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
 The last user message is the query. The best passages (one per file, best first) are put into a
 system message while they fit the token budget left by the prompt and max_tokens; the model is asked
 to cite the paths in brackets, and the request records which paths it was given (`sources`).
+The kernel adds the passages before the `prepare_prompt` hook, so plugins see them like the rest of
+the prompt: redaction masks them when it is on.
 """
 
 from __future__ import annotations
@@ -41,3 +43,15 @@ def with_passages(mem, messages: list[dict[str, Any]], within: str, count_tokens
     rest = [m for m in messages if m["role"] != "system"]
     merged = {"role": "system", "content": (system[0]["content"] + "\n\n" if system else "") + context}
     return [merged] + rest, used
+
+
+def add_passages(mem, loaded, prompt: str | None, chat: list[dict[str, Any]] | None, max_tokens: int,
+                 system_prompt: str, within: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """(chat, sources) for a request with `rag=within`: a prompt becomes a chat, the default system
+    prompt is added when there is none, and passages fill what the model's context leaves."""
+    drv = loaded.driver
+    chat = [{"role": "user", "content": prompt}] if chat is None else chat
+    if system_prompt and not any(m["role"] == "system" for m in chat):
+        chat.insert(0, {"role": "system", "content": system_prompt})
+    budget = loaded.info.context_length - max_tokens - len(drv.tokenize_chat(chat)) - 32
+    return with_passages(mem, chat, within, lambda t: len(drv.tokenize(t, add_special=False)), budget)

@@ -3,9 +3,16 @@
 Boundaries: storage only (no model calls). `$LLMOS_HOME/sessions.db` (WAL, synchronous=FULL) holds
 one row per session (kind chat|agent, name, model, adapter, system prompt, settings, state, the
 process id of the kernel that runs it) and its messages in order (OpenAI-style: role, content,
-tool_calls, tool_call_id). Every text passes through the kernel's redactors before it is stored.
-A store opened by a new kernel marks sessions left `running` by a kernel process that no longer
-exists as `crashed`: a crash is recorded, never silently lost.
+tool_calls, tool_call_id). Every text passes through the kernel's redactors before it is stored:
+contents, titles and system prompts as strings, `tool_calls` as a structure whose strings are
+masked before it is serialized (a JSON text such as a call's `arguments` is masked inside; see
+kernel/masking.py). A store opened by a new kernel marks sessions left `running` by a kernel process
+that no longer exists as `crashed`: a crash is recorded, never silently lost.
+
+Retention (`[sessions]` in llmos.toml, defaults in kernel/config.py): when the store is opened and
+at each new session, sessions not updated for `max_age_days` are deleted with their messages, then
+the least recently updated beyond `max_count`; a `running` session is never deleted. Freed pages are
+reused by SQLite (the file does not shrink without a VACUUM).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import InvalidRequestError, LlmosError, StorageError
+from .masking import dumps_redacted, redact_text
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -92,9 +100,12 @@ class Session:
 
 
 class SessionStore:
-    def __init__(self, path: Path, redact: Callable[[str], str] = lambda text: text) -> None:
+    def __init__(self, path: Path, redact: Callable[[str], str] = lambda text: text, *, max_age_days: float = 0,
+                 max_count: int = 0) -> None:
         self.path = path
         self._redact = redact
+        self.max_age_s = max_age_days * 86400.0  # 0: no age limit
+        self.max_count = int(max_count)  # 0: no count limit
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
@@ -106,6 +117,7 @@ class SessionStore:
                 self._db.execute("PRAGMA foreign_keys=ON")
                 self._db.executescript(SCHEMA)
                 self._mark_crashed()
+                self.prune()
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise StorageError(f"the session store {path} is unreadable ({exc}): move it aside to start a new "
@@ -117,6 +129,22 @@ class SessionStore:
             if row["host_pid"] != os.getpid() and not _alive(row["host_pid"]):
                 self._db.execute("UPDATE sessions SET state = 'crashed', updated = ? WHERE id = ?",
                                  (time.time(), row["id"]))
+
+    def prune(self) -> int:
+        """Apply retention now; returns how many sessions were deleted (their messages go with them)."""
+        deleted = 0
+        with self._lock:
+            if self.max_age_s:
+                deleted += self._db.execute("DELETE FROM sessions WHERE state != 'running' AND updated < ?",
+                                            (time.time() - self.max_age_s,)).rowcount
+            if self.max_count:
+                deleted += self._db.execute(
+                    "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE state != 'running' "
+                    "ORDER BY updated DESC LIMIT -1 OFFSET ?)", (self.max_count,)).rowcount
+        return deleted
+
+    def _mask(self, text: str | None) -> str | None:
+        return None if text is None else redact_text(text, self._redact)
 
     # -- sessions ----------------------------------------------------------------------------------
 
@@ -145,10 +173,11 @@ class SessionStore:
                 self._db.execute(
                     "INSERT INTO sessions (id, name, kind, model, adapter, system, settings, state, title, host_pid,"
                     " created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (sid, name, kind, model, adapter, system, json.dumps(settings or {}), state,
-                     self._redact(title)[:120], os.getpid(), now, now))
+                    (sid, name, kind, model, adapter, self._mask(system), json.dumps(settings or {}), state,
+                     self._mask(title)[:120], os.getpid(), now, now))
             except sqlite3.IntegrityError:
                 raise InvalidRequestError(f"a session named {name!r} already exists", param="session") from None
+            self.prune()
         return self.get(sid)
 
     def open(self, name_or_id: str | None = None, *, model: str | None = None, adapter: str | None = None,
@@ -172,6 +201,9 @@ class SessionStore:
                                       param=sorted(unknown)[0])
         if "settings" in fields:
             fields["settings"] = json.dumps(fields["settings"])
+        for key in ("system", "title"):
+            if isinstance(fields.get(key), str):
+                fields[key] = self._mask(fields[key])
         fields["updated"] = time.time()
         if fields.get("state") == "running":
             fields["host_pid"] = os.getpid()
@@ -220,9 +252,9 @@ class SessionStore:
                 self._db.execute(
                     "INSERT INTO messages (session_id, role, content, tool_calls, tool_call_id, created)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
-                    (session_id, role, None if content is None else self._redact(content),
-                     None if not calls else self._redact(json.dumps(calls)), message.get("tool_call_id"), now))
-                title = row["title"] or (self._redact(content)[:120] if role == "user" and content else "")
+                    (session_id, role, self._mask(content), None if not calls else dumps_redacted(calls, self._redact),
+                     message.get("tool_call_id"), now))
+                title = row["title"] or (self._mask(content)[:120] if role == "user" and content else "")
                 self._db.execute("UPDATE sessions SET updated = ?, title = ? WHERE id = ?", (now, title, session_id))
                 self._db.execute("COMMIT")
             except BaseException as exc:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from .capabilities import Approver, AuditLog, Grants, ToolDeniedError
 from .errors import LlmosError
-from .tools import Task, Tool, ToolResult, UnknownToolError, run_with_timeout
+from .tools import Task, Tool, ToolError, ToolResult, UnknownToolError, Workers
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -31,7 +31,9 @@ class ToolBox:
             Task.from_function(name, fn, description=description, plugin=plugin))
         self.commands = plugins.collect_commands()
         self.grants = Grants(kernel.config.sections.get("capabilities"))
-        self.audit = AuditLog(kernel.config.home / "audit.jsonl", redact=kernel.redact)
+        self.audit = AuditLog(kernel.config.home / "audit.jsonl", redact=kernel.redact,
+                              **kernel.config.retention("audit"))
+        self.workers = Workers()
         self.mcp = McpTools(kernel.config.sections.get("mcp", {}))
 
     # -- tools -------------------------------------------------------------------------------------
@@ -50,8 +52,9 @@ class ToolBox:
              timeout: float = DEFAULT_TIMEOUT_S) -> ToolResult:
         """Validate, check capabilities, run and audit one tool call.
 
-        Unknown tools, bad arguments and denials raise typed errors; a tool that fails or times out
-        returns `ToolResult(ok=False, error=...)`."""
+        Unknown tools, bad arguments and denials raise typed errors; a tool that fails, times out,
+        returns something that is not JSON or is refused as busy returns `ToolResult(ok=False,
+        error=..., code=...)` (a `ToolError`'s message and code)."""
         tool = self.get(name)
         entry: dict[str, Any] = {"who": owner, "tool": name, "args": args, "capabilities": sorted(tool.capabilities)}
         try:
@@ -65,10 +68,14 @@ class ToolBox:
             raise
         started = time.monotonic()
         call = (lambda: tool.fn(self.kernel, **params)) if tool.takes_kernel else (lambda: tool.fn(**params))
-        ok, value, error = run_with_timeout(call, timeout)
+        try:
+            result = ToolResult(True, self.workers.run(name, call, timeout))
+        except ToolError as exc:
+            result = ToolResult(False, error=str(exc), code=exc.code)
         duration = time.monotonic() - started
-        self.audit.record(**entry, outcome="ok" if ok else "error", error=error, duration_s=round(duration, 4))
-        return ToolResult(ok, value, error, duration)
+        self.audit.record(**entry, outcome="ok" if result.ok else "error", error=result.error, code=result.code,
+                          duration_s=round(duration, 4))
+        return ToolResult(result.ok, result.value, result.error, duration, result.code)
 
     # -- tasks -------------------------------------------------------------------------------------
 

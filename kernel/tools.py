@@ -3,14 +3,22 @@
 The schema comes from the function's signature (type hints, defaults, docstring) through pydantic:
 required vs default parameters, int/float/str/bool/list/dict/Literal/Optional. Arguments are
 validated against it before the call; errors name the parameter. Calls run on a worker thread with a
-timeout: a tool that raises or hangs comes back as a failed `ToolResult`, never as an exception in
-the caller. Capability checks and the audit log live in kernel/capabilities.py.
+timeout (`Workers`): whatever a tool raises, a timeout, or a result that is not JSON (a huge int, a
+cycle, NaN, over `MAX_RESULT_CHARS`) comes back as a typed `ToolError` in a failed `ToolResult`, never
+as an exception in the caller. Capability checks and the audit log live in kernel/capabilities.py.
+
+Timed-out workers: Python cannot kill a thread, so a tool call that times out keeps running on its
+daemon thread (it never blocks the caller or interpreter exit). At most `MAX_ABANDONED` such calls
+per tool may be left running; past that, new calls to that tool are refused with `ToolBusyError`
+until one of them ends. A tool that can hang for long must bound itself (the calculator refuses
+huge numbers before computing them) or run its work in a subprocess.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import inspect
+import json
 import threading
 import typing
 from dataclasses import dataclass, field
@@ -33,15 +41,39 @@ class ToolArgumentError(InvalidRequestError):
     code = "invalid_tool_arguments"
 
 
+class ToolError(LlmosError):
+    """A tool call that failed: the tool raised, or returned something that is not JSON."""
+
+    code = "tool_failed"
+
+
+class ToolTimeoutError(ToolError, TimeoutError):
+    code = "tool_timeout"
+
+
+class ToolBusyError(ToolError):
+    """Too many earlier calls of this tool timed out and are still running: refused until one ends."""
+
+    code = "tool_busy"
+
+
+#: characters a tool's result may take as JSON
+MAX_RESULT_CHARS = 1_000_000
+#: timed-out calls per tool whose threads may still be running before new calls are refused
+MAX_ABANDONED = 4
+
+
 @dataclass(frozen=True)
 class ToolResult:
     ok: bool
     value: Any = None
     error: str | None = None
     duration_s: float = 0.0
+    code: str | None = None  # the ToolError code when not ok: tool_failed | tool_timeout | tool_busy
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "value": self.value, "error": self.error, "duration_s": self.duration_s}
+        return {"ok": self.ok, "value": self.value, "error": self.error, "code": self.code,
+                "duration_s": self.duration_s}
 
 
 def _describe(fn: Callable, skip_first: bool) -> tuple[str, type[pydantic.BaseModel]]:
@@ -167,21 +199,61 @@ def parse_cli_params(schema: dict[str, Any], pairs: list[str]) -> dict[str, Any]
     return out
 
 
-def run_with_timeout(fn: Callable[[], Any], timeout: float) -> tuple[bool, Any, str | None]:
-    """(ok, value, error): exceptions and timeouts become errors, never propagate. Each call gets its
-    own daemon thread, so a tool that hangs past its timeout never delays other calls."""
-    future: concurrent.futures.Future = concurrent.futures.Future()
-
-    def target() -> None:
-        try:
-            future.set_result(fn())
-        except BaseException as exc:  # noqa: BLE001 - delivered below
-            future.set_exception(exc)
-
-    threading.Thread(target=target, name="llmos-tool", daemon=True).start()
+def json_result(value: Any) -> Any:
+    """`value` if it serializes as JSON within MAX_RESULT_CHARS (objects by their str()); else ToolError."""
     try:
-        return True, future.result(timeout), None
-    except concurrent.futures.TimeoutError:
-        return False, None, f"timed out after {timeout:g}s"
-    except Exception as exc:  # noqa: BLE001 - a tool's failure is its caller's data
-        return False, None, f"{type(exc).__name__}: {exc}"
+        size = len(json.dumps(value, default=str, allow_nan=False))
+    except (TypeError, ValueError, RecursionError, OverflowError) as exc:
+        raise ToolError(f"the tool returned a value that is not JSON ({type(value).__name__}: {exc})") from None
+    if size > MAX_RESULT_CHARS:
+        raise ToolError(f"the tool returned {size:,} characters of JSON; the limit is {MAX_RESULT_CHARS:,}")
+    return value
+
+
+class Workers:
+    """Runs tool calls on daemon threads with a timeout; counts timed-out calls still running per
+    tool and refuses new calls to a tool that has `max_abandoned` of them (see the module's notes)."""
+
+    def __init__(self, max_abandoned: int = MAX_ABANDONED) -> None:
+        self.max_abandoned = max_abandoned
+        self._abandoned: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def abandoned(self, name: str) -> int:
+        with self._lock:
+            return self._abandoned.get(name, 0)
+
+    def run(self, name: str, fn: Callable[[], Any], timeout: float) -> Any:
+        """fn()'s JSON-able value; raises ToolError (ToolTimeoutError, ToolBusyError) for anything else."""
+        with self._lock:
+            if self._abandoned.get(name, 0) >= self.max_abandoned:
+                raise ToolBusyError(f"tool {name!r} has {self._abandoned[name]} earlier calls still running after "
+                                    f"their timeout: refused until one ends")
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        left_behind = threading.Event()
+
+        def target() -> None:
+            try:
+                future.set_result(json_result(fn()))
+            except ToolError as exc:
+                future.set_exception(exc)
+            except BaseException as exc:  # noqa: BLE001 - whatever a tool raises is its caller's data
+                error = ToolError(f"{type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+                future.set_exception(error)
+            finally:
+                with self._lock:
+                    if left_behind.is_set():
+                        self._abandoned[name] -= 1
+
+        threading.Thread(target=target, name=f"llmos-tool-{name}", daemon=True).start()
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            with self._lock:
+                if not future.done():  # still running: its thread is left behind, and counted
+                    left_behind.set()
+                    self._abandoned[name] = self._abandoned.get(name, 0) + 1
+            if future.done():
+                return future.result()
+            raise ToolTimeoutError(f"timed out after {timeout:g}s") from None

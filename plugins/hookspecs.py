@@ -42,6 +42,11 @@ def register_redactors(register: Callable[[str, Callable[[str], str]], None]) ->
 
 
 @hookspec
+def register_config(register: Callable[..., None]) -> None:
+    """Declare an llmos.toml table this plugin reads and its keys: `register(table, keys)`."""
+
+
+@hookspec
 def prepare_prompt(prompt: Any) -> None:
     """Inspect or rewrite `prompt.text` / `prompt.messages` before tokenization (wrapper=True: around others)."""
 

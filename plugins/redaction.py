@@ -7,8 +7,10 @@ audit log.
     patterns = ["ACME-\\d{6}"]     # extra regular expressions, masked as [REDACTED]
 
 Two hooks: `prepare_prompt` as a wrapper (it lets every other plugin rewrite the prompt first, then
-masks the result, so nothing a plugin adds slips through) and `register_redactors` (the kernel runs
-the maskers over what it stores). Configuration arrives with `kernel_booted`.
+masks the result, so nothing a plugin adds slips through; RAG passages are in the prompt by then)
+and `register_redactors` (the kernel runs the maskers over the strings of what it stores). The
+table is declared with `register_config`, so a misspelled key stops the boot; its values arrive with
+`kernel_booted`. A message content that is JSON (a tool result) is masked inside, never as text.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import re
 from typing import Any
 
 from llmos.kernel.errors import ConfigError
+from llmos.kernel.masking import redact_text
 
 from .hookspecs import hookimpl
 
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 CARD = re.compile(r"\b\d(?:[ -]?\d){12,18}\b")
+ESCAPE = re.compile(r"(\\[nrt])")
 PHONE = re.compile(r"(?<![\w])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,4}(?![\w])")
 
 
@@ -62,6 +66,11 @@ class Redaction:
     def mask(self, text: str) -> str:
         if not self.enabled or not text:
             return text
+        if "\\" in text:  # JSON-escaped text inside a prompt (a tool call note): what follows an escape
+            return "".join(self._mask(p) for p in ESCAPE.split(text))  # such as \n555-0134 is masked too
+        return self._mask(text)
+
+    def _mask(self, text: str) -> str:
         text = EMAIL.sub("[EMAIL]", text)
         text = CARD.sub(_card, text)
         text = PHONE.sub(_phone, text)
@@ -78,11 +87,15 @@ class Redaction:
         result = yield  # every other plugin rewrites first; what they produce is masked too
         if self.enabled:
             if prompt.text is not None:
-                prompt.text = self.mask(prompt.text)
+                prompt.text = redact_text(prompt.text, self.mask)
             if prompt.messages is not None:
-                prompt.messages = [{**m, "content": self.mask(m["content"])} if isinstance(m.get("content"), str)
-                                   else m for m in prompt.messages]
+                prompt.messages = [{**m, "content": redact_text(m["content"], self.mask)}
+                                   if isinstance(m.get("content"), str) else m for m in prompt.messages]
         return result
+
+    @hookimpl
+    def register_config(self, register) -> None:
+        register("redaction", ["enabled", "patterns"])
 
     @hookimpl
     def register_redactors(self, register) -> None:
