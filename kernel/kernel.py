@@ -20,6 +20,7 @@ from .errors import InvalidRequestError, KernelShutdownError, PromptTooLongError
 from .embedding import EmbeddingService
 from .handle import Completion, RequestHandle
 from .jobs import Job
+from .masking import redact_messages, redact_text
 from .toolbox import ToolBox
 from .module_table import ModuleTable
 from .models import LoadProgress, ModelManager
@@ -171,14 +172,16 @@ class Kernel:
 
     def _prepare_prompt(self, prompt, chat, model: str, owner: str, adapter: str | None):
         """Let plugins inspect or rewrite the prompt (the prepare_prompt hook); a failing plugin is
-        reported and the prompt goes on unchanged."""
+        reported and the prompt goes on unchanged but masked (a raising plugin must not skip redaction,
+        which runs as a wrapper of that hook)."""
         envelope = PromptEnvelope(text=prompt, messages=[dict(m) for m in chat] if chat else None, model=model,
                                   owner=owner, adapter=adapter)
         try:
             self.plugins.hook.prepare_prompt(prompt=envelope)
         except Exception as exc:  # noqa: BLE001
             self.plugins.report_failure("prepare_prompt", exc)
-            return prompt, chat
+            masked = redact_text(prompt, self.redact) if prompt is not None else None
+            return masked, redact_messages([dict(m) for m in chat], self.redact) if chat else chat
         messages = validate_messages(envelope.messages) if envelope.messages is not None else None
         if envelope.text is not None:
             _check_prompt(envelope.text)

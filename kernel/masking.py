@@ -63,3 +63,11 @@ def redact_value(value: Any, redact: Redact, _depth: int = 0) -> Any:
 def dumps_redacted(value: Any, redact: Redact) -> str:
     """One line of JSON: `value`'s strings masked first, then serialized."""
     return json.dumps(redact_value(value, redact), ensure_ascii=False)
+
+
+def redact_messages(messages: list[dict[str, Any]] | None, redact: Redact) -> list[dict[str, Any]] | None:
+    """Chat messages with each text `content` masked (other fields and non-text contents kept)."""
+    if messages is None:
+        return None
+    return [{**m, "content": redact_text(m["content"], redact)} if isinstance(m.get("content"), str) else m
+            for m in messages]

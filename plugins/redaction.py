@@ -19,7 +19,7 @@ import re
 from typing import Any
 
 from llmos.kernel.errors import ConfigError
-from llmos.kernel.masking import redact_text
+from llmos.kernel.masking import redact_messages, redact_text
 
 from .hookspecs import hookimpl
 
@@ -89,8 +89,7 @@ class Redaction:
             if prompt.text is not None:
                 prompt.text = redact_text(prompt.text, self.mask)
             if prompt.messages is not None:
-                prompt.messages = [{**m, "content": redact_text(m["content"], self.mask)}
-                                   if isinstance(m.get("content"), str) else m for m in prompt.messages]
+                prompt.messages = redact_messages(prompt.messages, self.mask)
         return result
 
     @hookimpl

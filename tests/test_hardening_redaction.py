@@ -116,6 +116,35 @@ def test_a_tool_result_with_pii_after_escapes_reaches_the_model_and_the_store_ma
     assert json.loads(next(m for m in stored if m["role"] == "tool")["content"]) == "Card:\t[CARD]\nCall [PHONE]"
 
 
+class RaisingPromptPlugin:
+    @hookimpl
+    def prepare_prompt(self, prompt):
+        raise RuntimeError("this plugin is broken")
+
+
+def test_a_raising_prepare_prompt_plugin_does_not_skip_redaction(tmp_path):
+    """Redaction wraps the prepare_prompt hook: when another plugin raises there, the kernel goes on
+    with the prompt as given, and that prompt must still be masked (it was sent unmasked)."""
+    ScriptedDriver.prompts = []
+    model = tmp_path / "fake.gguf"
+    model.write_bytes(b"GGUF" + b"\0" * 64)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "llmos.toml").write_text(REDACTION_ON)
+    pm = PluginManager(load_entrypoints=False)
+    pm.register(NotesPlugin(), name="notes")
+    pm.register(RaisingPromptPlugin(), name="raising")
+    with llmos.boot(home=home, plugins=pm, default_model=str(model)) as k:
+        script("One.", "Two.")
+        k.generate(f"Mail {TRICKY['to']} or call {TRICKY['body']}", max_tokens=8)
+        k.chat([{"role": "user", "content": TRICKY["body"]}], max_tokens=8)
+        failures = [f.error for f in k.plugins.failures]
+    assert len(ScriptedDriver.prompts) == 2, ScriptedDriver.prompts
+    assert not leaks("".join(ScriptedDriver.prompts)), ScriptedDriver.prompts
+    assert "[EMAIL]" in ScriptedDriver.prompts[0] and "[PHONE]" in ScriptedDriver.prompts[1]
+    assert any("this plugin is broken" in str(e) for e in failures), failures
+
+
 @pytest.mark.model
 def test_rag_passages_are_masked_before_the_prompt_reaches_the_model(tmp_path):
     with boot(tmp_path / "home", REDACTION_ON, n_ctx=4096) as k:
