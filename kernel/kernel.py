@@ -65,7 +65,7 @@ class Kernel:
         return self.registry.list()
 
     def models_info(self) -> list[dict[str, Any]]:
-        """Each resolvable model as a dict (name, format, drivers, path, size, loaded)."""
+        """Each resolvable model as a dict (name, format, drivers, path, size, default sampling, loaded)."""
         loaded = {m.spec.name: m.driver_name for m in self._models.loaded()}
         out = []
         for spec in self.models():
@@ -98,7 +98,10 @@ class Kernel:
         timeout: float | None = None,
         **sampling: Any,
     ) -> RequestHandle:
-        """Queue a request and return its handle at once (tokens stream as they are produced)."""
+        """Queue a request and return its handle at once (tokens stream as they are produced).
+
+        Sampling fields left unset (or None) take the model's defaults (`models_info()` shows them);
+        `temperature=0` is plain greedy decoding."""
         self._check_open()
         unknown = set(sampling) - _SAMPLING_KEYS
         if unknown:
@@ -128,6 +131,7 @@ class Kernel:
                 raise InvalidRequestError(f"the {cls.name} driver cannot constrain output to a JSON schema: "
                                           f"use --driver llamacpp", param="json_schema")
         loaded = self._models.get(model or self.config.default_model, driver)
+        params = params.with_defaults(loaded.spec.sampling_defaults())  # unset fields: the model's defaults
         prompt, chat = self._prepare_prompt(prompt, chat, loaded.spec.name, owner, adapter)
         rid = next_request_id()
         if adapter is not None:  # loads it if needed and holds a reference for this request
