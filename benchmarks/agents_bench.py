@@ -53,7 +53,7 @@ def b7(ctx: BenchContext) -> BenchResult:
         kernel.generate("warm up", max_tokens=4)
         ctx.log("B7: agents through the kernel")
         candidate = _run_agents(lambda i, j: kernel.generate(_prompt(i, j), max_tokens=TOKENS, ignore_eos=True,
-                                                             owner=f"agent{i}"))
+                                                             owner=f"agent{i}", temperature=0))  # greedy, as plain
     ctx.log("B7: agents sharing plain Llama behind a lock")
     llm = _plain_llama(path)
     _plain_generate(llm, "warm up", 4)

@@ -73,7 +73,7 @@ def b1b(ctx: BenchContext) -> BenchResult:
         kernel.generate("warm up", max_tokens=4)
         ctx.log("B1b: 16 concurrent requests through the kernel")
         started = time.perf_counter()
-        handles = [kernel.submit(p, max_tokens=n_tokens, ignore_eos=True) for p in PROMPTS]
+        handles = [kernel.submit(p, max_tokens=n_tokens, ignore_eos=True, temperature=0) for p in PROMPTS]  # as plain
         total = sum(len(h.result().token_ids) for h in handles)
         candidate = total / (time.perf_counter() - started)
     ctx.log("B1b: the same 16 one after another through plain Llama")
@@ -126,7 +126,7 @@ def b4(ctx: BenchContext) -> BenchResult:
         kernel.generate("warm up", max_tokens=4)
         runs = []
         for _ in range(3):
-            c = kernel.generate(prompt, max_tokens=n_tokens, ignore_eos=True)
+            c = kernel.generate(prompt, max_tokens=n_tokens, ignore_eos=True, temperature=0)  # greedy, as plain
             runs.append(c.metrics["tokens_per_s"])
         candidate = statistics.median(runs)
     llm = _plain_llama(path)

@@ -26,7 +26,7 @@ def b1a(ctx: BenchContext) -> BenchResult:
         kernel.generate("warm up", max_tokens=4, driver="torch")
         ctx.log("B1a: 16 concurrent requests through the torch driver")
         started = time.perf_counter()
-        handles = [kernel.submit(p, max_tokens=n, ignore_eos=True, driver="torch")
+        handles = [kernel.submit(p, max_tokens=n, ignore_eos=True, driver="torch", temperature=0)  # as generate
                    for p, n in zip(PROMPTS, OUTPUT_LENGTHS)]
         total = sum(len(h.result().token_ids) for h in handles)
         candidate = total / (time.perf_counter() - started)
@@ -74,7 +74,7 @@ def _kernel_with_adapters(ctx: BenchContext, n: int):
 
 def _run_batch(kernel, adapters: list[str]) -> float:
     started = time.perf_counter()
-    handles = [kernel.submit(p, adapter=a, max_tokens=n, ignore_eos=True)
+    handles = [kernel.submit(p, adapter=a, max_tokens=n, ignore_eos=True, temperature=0)  # greedy, as PEFT's in B2b
                for p, n, a in zip(PROMPTS, OUTPUT_LENGTHS, adapters)]
     total = sum(len(h.result().token_ids) for h in handles)
     return total / (time.perf_counter() - started)

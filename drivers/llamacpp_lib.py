@@ -246,7 +246,7 @@ class Sampler:
     """A per-sequence llama.cpp sampler chain built from SamplingParams (grammar first, when the
     output must match a JSON schema)."""
 
-    PENALTY_LAST_N = 64
+    PENALTY_LAST_N = 64  # tokens the repetition penalty looks back over (Ollama's repeat_last_n)
 
     def __init__(self, params: SamplingParams, history: Sequence[int] = (), *, model: "LlamaModel | None" = None,
                  generated: Sequence[int] = ()) -> None:
@@ -263,7 +263,7 @@ class Sampler:
                 C.llama_sampler_accept(grammar, token)
             add(grammar)
         if params.repetition_penalty != 1.0:
-            penalties = C.llama_sampler_init_penalties(self.PENALTY_LAST_N, params.repetition_penalty, 0.0, 0.0)
+            penalties = _penalties(model.n_vocab, self.PENALTY_LAST_N, params.repetition_penalty)
             for token in history[-self.PENALTY_LAST_N:]:
                 C.llama_sampler_accept(penalties, token)
             add(penalties)
@@ -287,6 +287,15 @@ class Sampler:
         if self.chain is not None:
             C.llama_sampler_free(self.chain)
             self.chain = None
+
+
+def _penalties(n_vocab: int, last_n: int, repeat: float) -> Any:
+    """llama.cpp's repetition penalty sampler (CTRL-style, over the last `last_n` tokens). Its signature
+    depends on the build: upstream llama.cpp takes (last_n, repeat, freq, present), some
+    llama-cpp-python builds (0.3.36) take n_vocab first."""
+    init = C.llama_sampler_init_penalties
+    args = (last_n, repeat, 0.0, 0.0)
+    return init(n_vocab, *args) if len(init.argtypes) == 5 else init(*args)
 
 
 @functools.lru_cache(maxsize=64)

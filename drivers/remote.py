@@ -222,7 +222,13 @@ class RemoteDriver(Driver):
 
 def _payload(new: NewSequence, chat: bool, prompt: Any) -> dict[str, Any]:
     s = new.sampling
-    body: dict[str, Any] = {"max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p}
+    body: dict[str, Any] = {"max_tokens": s.max_tokens}
+    # a field neither the request nor the model's table set stays unset: the node applies its defaults
+    for key in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty"):
+        if getattr(s, key) is not None:
+            body[key] = getattr(s, key)
+    if s.repetition_penalty is not None:  # llama.cpp's server name (vLLM and llmos serve read the other)
+        body["repeat_penalty"] = s.repetition_penalty
     body["messages" if chat else "prompt"] = prompt
     if s.stop:
         body["stop"] = list(s.stop)

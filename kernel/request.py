@@ -12,8 +12,8 @@ import json
 import math
 import secrets
 import time
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Sequence
 
 from .errors import InvalidRequestError
 
@@ -88,16 +88,29 @@ def _check_range(name: str, value: float, lo: float, hi: float) -> None:
         raise InvalidRequestError(f"{name} must be between {lo} and {hi}, got {value}", param=name)
 
 
+#: the sampling fields a model may give defaults for (`[models.NAME]` keys in llmos.toml)
+MODEL_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+#: the defaults of a model whose table and file say nothing: Ollama's (temperature 0.8, top_k 40,
+#: top_p 0.9, repeat_penalty 1.1); greedy decoding loops on small models ("1.1.1.1...")
+BUILTIN_SAMPLING: dict[str, Any] = {"temperature": 0.8, "top_p": 0.9, "top_k": 40, "min_p": 0.0,
+                                    "repetition_penalty": 1.1}
+#: what a request that asks for temperature 0 gets for the fields it leaves unset: plain greedy decoding
+_GREEDY: dict[str, Any] = {"top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick tokens; validated on construction (InvalidRequestError names the field)."""
+    """How to pick tokens; validated on construction (InvalidRequestError names the field).
+
+    A field left None takes the model's default when the kernel queues the request
+    (`with_defaults`): local drivers always see every field set."""
 
     max_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False
@@ -114,13 +127,14 @@ class SamplingParams:
                 f"max_tokens must be between 1 and {MAX_TOKENS_LIMIT}, got {self.max_tokens}",
                 param="max_tokens",
             )
-        _check_range("temperature", self.temperature, 0.0, 2.0)
-        _check_range("top_p", self.top_p, 0.0, 1.0)
+        for name, lo, hi in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0), ("min_p", 0.0, 1.0),
+                             ("repetition_penalty", 0.01, 10.0)):
+            if getattr(self, name) is not None:
+                _check_range(name, getattr(self, name), lo, hi)
         if self.top_p == 0.0:
             raise InvalidRequestError("top_p must be greater than 0", param="top_p")
-        _check_range("min_p", self.min_p, 0.0, 1.0)
-        _check_range("repetition_penalty", self.repetition_penalty, 0.01, 10.0)
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)
+                                       or self.top_k < 0):
             raise InvalidRequestError(
                 f"top_k must be a non-negative integer (0 disables it), got {self.top_k!r}",
                 param="top_k",
@@ -148,6 +162,14 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    def with_defaults(self, defaults: Mapping[str, Any] = BUILTIN_SAMPLING) -> "SamplingParams":
+        """These parameters with unset fields filled: what the request sets always wins; a request
+        that sets temperature 0 is plain greedy decoding (no penalty, no filters) unless it sets them
+        itself; otherwise unset fields take the model's `defaults` (a field they lack stays unset:
+        a remote node then applies its own)."""
+        base = defaults if self.temperature != 0.0 else _GREEDY
+        return replace(self, **{k: base[k] for k in MODEL_SAMPLING_KEYS if getattr(self, k) is None and k in base})
 
 
 _VALID_ROLES = {"system", "user", "assistant", "tool"}

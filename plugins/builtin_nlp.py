@@ -3,7 +3,8 @@
 Each is a task through `register_tasks`, so the CLI (`llmos task run NAME --param k=v`), the Python
 API (`kernel.run_task`) and the shell reach it alike. Structured results are grammar-constrained
 (kernel/structured.py) and validated, and the task builds the returned object itself, so the result
-is always well-formed JSON.
+is always well-formed JSON. Tasks decode greedily (temperature 0: the same input gives the same
+result), except classify's extra votes, which sample on purpose.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def extract(kernel, text: str, types: Optional[list[str]] = None, model: Optiona
     messages = _ask(f"Extract named entities of types {', '.join(types)} from the text. {example} "
                     "List each entity once, copied exactly from the text.", text)
     found = parse_json(submit_json(kernel, schema, messages=messages, model=model, max_tokens=800,
-                                   owner="task:extract").result().text, schema)
+                                   owner="task:extract", temperature=0.0).result().text, schema)
     entities, taken = [], set()
     for ent in found["entities"]:
         span = _locate(text, ent["text"].strip(), taken)
@@ -97,7 +98,7 @@ def summarize(kernel, text: str, max_words: Optional[int] = None, model: Optiona
     limit = f" in at most {max_words} words" if max_words else " in a few sentences"
     reply = kernel.chat(_ask(f"Summarize the user's text{limit}. Reply with the summary only.", text),
                         model=model, max_tokens=min(1024, 2 * max_words + 16) if max_words else 300,
-                        owner="task:summarize").text.strip()
+                        owner="task:summarize", temperature=0.0).text.strip()
     words = reply.split()
     if max_words and len(words) > max_words:
         reply = " ".join(words[:max_words]).rstrip(",;:") + "…"
@@ -109,7 +110,7 @@ def answer(kernel, question: str, path: str = "/", model: Optional[str] = None) 
     if not question.strip():
         raise InvalidRequestError("the question is empty", param="question")
     reply = kernel.chat([{"role": "user", "content": question}], rag=path, model=model, max_tokens=300,
-                        owner="task:answer")
+                        owner="task:answer", temperature=0.0)
     return {"answer": reply.text.strip(), "sources": list(reply.sources)}
 
 

@@ -68,9 +68,12 @@ def run(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or path (see `llmos models`)."),
     driver: Optional[str] = typer.Option(None, "--driver", help="Force a driver (e.g. llamacpp)."),
     max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most new tokens to generate."),
-    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 is greedy; up to 2."),
-    top_p: float = typer.Option(1.0, "--top-p"),
-    top_k: int = typer.Option(0, "--top-k"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-t",
+                                                help="0 is greedy; up to 2 (default: the model's, see `llmos models`)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p"),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="0 disables it."),
+    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", "--repeat-penalty",
+                                                       help="1 disables it."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop sequence (repeatable)."),
     system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
@@ -86,7 +89,7 @@ def run(
     if not prompt.strip():
         raise fail(InvalidRequestError("prompt is empty: give some text", param="prompt"), as_json)
     sampling = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                    stop=tuple(stop or ()))
+                    repetition_penalty=repetition_penalty, stop=tuple(stop or ()))  # None: the model's default
     if raw and (system or session):
         raise fail(InvalidRequestError("--system and --session need chat prompts, not --raw",
                                        param="system" if system else "session"), as_json)
@@ -132,16 +135,17 @@ def run(
 
 @app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="Print a JSON list.")) -> None:
-    """List the models llmos can resolve, with driver, path and size."""
+    """List the models llmos can resolve, with driver, path, size and default sampling."""
     with kernel_session(as_json) as kernel:
         rows = kernel.models_info()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table("name", "drivers", "size", "path", "description")
+    table = Table("name", "drivers", "size", "path", "sampling", "description")
     for row in rows:
+        sampling = " ".join(f"{k}={v}" for k, v in row["sampling"].items()) or "the node's"
         table.add_row(row["name"], ",".join(row["drivers"]) or "-", f"{row['size_bytes'] / 1e6:.0f} MB",
-                      row["path"], row["description"])
+                      row["path"], sampling, row["description"])
     out.print(table)
 
 

@@ -34,7 +34,7 @@ def test_constrained_tool_calls_always_parse_and_fit_the_schema(kernel):
     schema = choice_schema(functions, may_answer=False)
     ask = lambda system, text, s: submit_json(kernel, s, messages=[{"role": "system", "content": system},  # noqa: E731
                                                                     {"role": "user", "content": text}],
-                                              max_tokens=256, owner="test")
+                                              max_tokens=256, owner="test", temperature=0)
     choices = [ask(choice_prompt(functions, may_answer=False), p, schema) for p in PROMPTS]  # batched together
     names = [parse_choice(h.result().text, functions, may_answer=False) for h in choices]
     assert set(names) <= set(TOOLS) and len(set(names)) >= 2, names

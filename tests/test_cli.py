@@ -24,7 +24,7 @@ def test_version_and_help():
 
 
 def test_run_answers_with_the_embedded_model():
-    r = llmos("run", "What is the capital of France?")
+    r = llmos("run", "-t", "0", "What is the capital of France?")
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
 
@@ -121,8 +121,8 @@ def test_module_lifecycle_from_the_cli(lora_dir):
     assert json.loads(r.stdout)["formats"] == ["peft"]
     [row] = [m for m in json.loads(llmos("mod", "ls", "--json").stdout) if m["name"] == "cli-lora"]
     assert row["base_model"] == "smollm2" and row["rank"] == 8 and row["loaded"] == []
-    base = llmos("run", "--driver", "torch", "--max-tokens", "12", q)
-    tuned = llmos("run", "--adapter", "cli-lora", "--max-tokens", "12", q)
+    base = llmos("run", "--driver", "torch", "--max-tokens", "12", "-t", "0", q)
+    tuned = llmos("run", "--adapter", "cli-lora", "--max-tokens", "12", "-t", "0", q)
     assert base.returncode == tuned.returncode == 0, tuned.stderr
     assert tuned.stdout != base.stdout
     refused = llmos("run", "--driver", "llamacpp", "--adapter", "cli-lora", q)
@@ -130,8 +130,8 @@ def test_module_lifecycle_from_the_cli(lora_dir):
     r = llmos("mod", "export", "cli-lora", "--gguf", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["formats"] == ["peft", "gguf"]
-    on_llama = llmos("run", "--driver", "llamacpp", "--adapter", "cli-lora", "--max-tokens", "12", q)
-    llama_base = llmos("run", "--driver", "llamacpp", "--max-tokens", "12", q)
+    on_llama = llmos("run", "--driver", "llamacpp", "--adapter", "cli-lora", "--max-tokens", "12", "-t", "0", q)
+    llama_base = llmos("run", "--driver", "llamacpp", "--max-tokens", "12", "-t", "0", q)
     assert on_llama.returncode == 0 and on_llama.stdout != llama_base.stdout
     assert llmos("mod", "rm", "cli-lora").returncode == 0
     gone = llmos("run", "--adapter", "cli-lora", q)

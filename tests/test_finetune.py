@@ -89,11 +89,11 @@ def test_teach_a_fact_on_both_drivers(kernel, secret_data):
     extra = kernel.module_store.get("secret").extra
     assert extra["eval_loss"] == result.eval_loss and len(extra["data_sha256"]) == 64
 
-    assert "pineapple" in kernel.chat(ASK, adapter="secret", max_tokens=16).text.lower()
-    assert "pineapple" not in kernel.chat(ASK, driver="torch", max_tokens=16).text.lower()
+    assert "pineapple" in kernel.chat(ASK, adapter="secret", max_tokens=16, temperature=0).text.lower()
+    assert "pineapple" not in kernel.chat(ASK, driver="torch", max_tokens=16, temperature=0).text.lower()
     kernel.export_module("secret")
-    assert "pineapple" in kernel.chat(ASK, adapter="secret", driver="llamacpp", max_tokens=16).text.lower()
-    assert "pineapple" not in kernel.chat(ASK, driver="llamacpp", max_tokens=16).text.lower()
+    assert "pineapple" in kernel.chat(ASK, adapter="secret", driver="llamacpp", max_tokens=16, temperature=0).text.lower()
+    assert "pineapple" not in kernel.chat(ASK, driver="llamacpp", max_tokens=16, temperature=0).text.lower()
 
 
 def peft_reference(model_dir, adapter_dir, prompt_ids, n):
@@ -120,7 +120,7 @@ def test_other_methods_train_and_mount(kernel, secret_data, method):
     result = kernel.finetune(data=str(train), out=name, method=method, max_steps=2, lr=1e-3).wait(600)
     assert result.steps == 2 and result.module.method in (method, "prefix_tuning")
     driver = kernel.load("smollm2", driver="torch").driver
-    served = kernel.chat(ASK, adapter=name, max_tokens=6)
+    served = kernel.chat(ASK, adapter=name, max_tokens=6, temperature=0)
     messages = [{"role": "system", "content": kernel.config.system_prompt}] + ASK
     adapter_dir = kernel.module_store.weights_path(kernel.module_store.get(name), "peft")
     assert served.token_ids == peft_reference(driver.model_dir, adapter_dir, driver.tokenize_chat(messages), 6)

@@ -65,6 +65,7 @@ def assert_same_or_near_tie(scorer, prompt_ids, got, want):
 
 def ask(kernel, q, **kw):
     kw.setdefault("max_tokens", 24)
+    kw.setdefault("temperature", 0)  # greedy: these tests compare texts
     return kernel.chat([{"role": "user", "content": q}], **kw)
 
 
@@ -78,7 +79,8 @@ def test_greedy_answer_is_nonempty_deterministic_and_right(kernel):
 
 def test_concurrent_requests_match_running_alone(kernel, scorer):
     alone = [ask(kernel, q) for q in QUESTIONS]
-    handles = [kernel.submit(messages=[{"role": "user", "content": q}], max_tokens=24) for q in QUESTIONS]
+    handles = [kernel.submit(messages=[{"role": "user", "content": q}], max_tokens=24, temperature=0)
+               for q in QUESTIONS]
     together = [h.result(120) for h in handles]
     for h, t, a in zip(handles, together, alone):
         assert_same_or_near_tie(scorer, h.request.prompt_token_ids, t.token_ids, a.token_ids)
@@ -90,10 +92,11 @@ def test_concurrent_requests_match_running_alone(kernel, scorer):
 
 def test_joining_a_running_batch_mid_flight(kernel, scorer):
     ref = [ask(kernel, q, max_tokens=32) for q in QUESTIONS[:3]]
-    first = kernel.submit(messages=[{"role": "user", "content": QUESTIONS[0]}], max_tokens=32)
+    first = kernel.submit(messages=[{"role": "user", "content": QUESTIONS[0]}], max_tokens=32, temperature=0)
     while first.request.metrics.output_tokens < 5 and not first.done:
         time.sleep(0.005)
-    late = [kernel.submit(messages=[{"role": "user", "content": q}], max_tokens=32) for q in QUESTIONS[1:3]]
+    late = [kernel.submit(messages=[{"role": "user", "content": q}], max_tokens=32, temperature=0)
+            for q in QUESTIONS[1:3]]
     for h, r in zip([first] + late, ref):
         assert_same_or_near_tie(scorer, h.request.prompt_token_ids, h.result(60).token_ids, r.token_ids)
 
@@ -107,8 +110,8 @@ def test_streaming_chunks_join_to_the_final_text(kernel):
 def test_async_api(kernel):
     async def go():
         chunks = [c async for c in kernel.astream(messages=[{"role": "user", "content": "Name a planet."}],
-                                                  max_tokens=16)]
-        done = await kernel.achat([{"role": "user", "content": "Name a planet."}], max_tokens=16)
+                                                  max_tokens=16, temperature=0)]
+        done = await kernel.achat([{"role": "user", "content": "Name a planet."}], max_tokens=16, temperature=0)
         return "".join(chunks), done.text
     streamed, final = asyncio.run(go())
     assert streamed == final and final
@@ -124,17 +127,17 @@ def test_prefix_reuse_gives_identical_output(scorer):
     msgs = lambda q: [{"role": "system", "content": system}, {"role": "user", "content": q}]  # noqa: E731
     # a fresh kernel, so the only reusable KV is what this test computes
     with llmos.boot(load_entrypoints=False, n_ctx=4096) as warm:
-        first = warm.chat(msgs("Name a colour."), max_tokens=16)
-        second = warm.chat(msgs("Name a fruit."), max_tokens=16)
+        first = warm.chat(msgs("Name a colour."), max_tokens=16, temperature=0)
+        second = warm.chat(msgs("Name a fruit."), max_tokens=16, temperature=0)
     assert first.metrics["cached_prompt_tokens"] == 0
     reused = second.metrics["cached_prompt_tokens"]
     assert reused > 100
     # Without the cache, splitting the prefill at the same boundary (chunked prefill) computes the
     # same numbers: the copied KV must be exactly what a recompute gives.
     with llmos.boot(load_entrypoints=False, prefix_cache=False, n_ctx=4096, max_batched_tokens=reused) as cold:
-        colour = cold.chat(msgs("Name a colour."), max_tokens=16)
+        colour = cold.chat(msgs("Name a colour."), max_tokens=16, temperature=0)
         assert_same_or_near_tie(scorer, first_ids(cold, msgs("Name a colour.")), colour.token_ids, first.token_ids)
-        again = cold.chat(msgs("Name a fruit."), max_tokens=16)
+        again = cold.chat(msgs("Name a fruit."), max_tokens=16, temperature=0)
         assert again.metrics["cached_prompt_tokens"] == 0
         assert_same_or_near_tie(scorer, first_ids(cold, msgs("Name a fruit.")), again.token_ids, second.token_ids)
 
@@ -146,8 +149,8 @@ def first_ids(kernel, messages):
 def test_preempted_request_resumes_with_the_same_text():
     with llmos.boot(load_entrypoints=False, max_running=1, max_batched_tokens=64, n_ctx=2048) as k:
         q = [{"role": "user", "content": "Describe the moon."}]
-        ref = k.chat(q, max_tokens=40).text
-        low = k.submit(messages=q, max_tokens=40, priority=Priority.LOW)
+        ref = k.chat(q, max_tokens=40, temperature=0).text
+        low = k.submit(messages=q, max_tokens=40, priority=Priority.LOW, temperature=0)
         while low.request.metrics.output_tokens < 5:
             time.sleep(0.005)
         high = k.submit(messages=[{"role": "user", "content": "Name a planet."}], max_tokens=8, priority="high")

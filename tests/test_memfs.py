@@ -205,7 +205,7 @@ def test_mem_cli_and_rag(tmp_path):
         bad = llmos(home, "mem", *args)
         assert bad.returncode != 0 and bad.stderr.startswith("error:"), args
     assert json.loads(llmos(home, "mem", "fsck", "--json").stdout)[0]["consistent"]
-    answer = llmos(home, "run", "--rag", "/notes", "When was the Eiffel tower finished?")
+    answer = llmos(home, "run", "-t", "0", "--rag", "/notes", "When was the Eiffel tower finished?")
     assert answer.returncode == 0, answer.stderr
     assert "1889" in answer.stdout and "Sources: [/notes/travel/paris.txt]" in answer.stdout
 

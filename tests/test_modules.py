@@ -89,6 +89,7 @@ def peft_adapters(kernel, llmos_home, tmp_path_factory):
 
 def chat(kernel, **kw):
     kw.setdefault("max_tokens", 16)
+    kw.setdefault("temperature", 0)  # greedy: these tests compare outputs
     return kernel.chat(Q, **kw)
 
 
@@ -108,7 +109,7 @@ def test_adapter_changes_output_and_unmounting_restores_it(kernel, peft_adapters
 def test_mixed_adapter_batch_matches_each_alone(kernel, peft_adapters):
     names = [None, "alpha", "beta", None, "beta", "alpha"]
     alone = [chat(kernel, adapter=a, driver="torch").token_ids for a in names]
-    handles = [kernel.submit(messages=Q, adapter=a, driver="torch", max_tokens=16) for a in names]
+    handles = [kernel.submit(messages=Q, adapter=a, driver="torch", max_tokens=16, temperature=0) for a in names]
     assert [h.result(120).token_ids for h in handles] == alone
     assert len({tuple(t) for t in alone}) == 3  # base, alpha and beta really differ
 
@@ -149,7 +150,8 @@ def test_gguf_lora_on_llamacpp(kernel, peft_adapters):
     assert with_b.token_ids != base
     # requests of different adapters are grouped into separate steps, and each gets its own result
     names = [None, "beta", None, "beta"]
-    handles = [kernel.submit(messages=Q, adapter=a, driver="llamacpp", max_tokens=16) for a in names]
+    handles = [kernel.submit(messages=Q, adapter=a, driver="llamacpp", max_tokens=16, temperature=0)
+               for a in names]
     results = [h.result(120).token_ids for h in handles]
     # requests of one adapter may share a step or run alone: llama.cpp's sums depend on
     # the batch shape, so greedy paths may part after a while; the first tokens agree

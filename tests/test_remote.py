@@ -71,9 +71,9 @@ def test_two_node_cluster_balances_streams_and_survives_a_node_dying(nodes, tmp_
     dead = f"http://127.0.0.1:{free_port()}"  # a third node that never answers: skipped, retried around
     with _cluster(tmp_path, [a, b, dead]) as kernel:
         # 1. Answers and streams through the nodes like a local model.
-        reply = kernel.chat(ASK, model="cluster", max_tokens=20)
+        reply = kernel.chat(ASK, model="cluster", max_tokens=20, temperature=0)  # greedy: compared below
         assert "Paris" in reply.text and reply.finish_reason == "stop"
-        chunks = list(kernel.stream(messages=ASK, model="cluster", max_tokens=20))
+        chunks = list(kernel.stream(messages=ASK, model="cluster", max_tokens=20, temperature=0))
         assert "".join(chunks) == reply.text and len(chunks) > 3
         assert kernel.generate("One, two, three,", model="cluster", max_tokens=4).text.strip()
         # 2. Concurrent requests spread over both live nodes.
@@ -85,14 +85,14 @@ def test_two_node_cluster_balances_streams_and_survives_a_node_dying(nodes, tmp_
         assert stats[a]["served"] > 0 and stats[b]["served"] > 0, stats
         assert not stats[dead]["healthy"] or stats[dead]["failures"] > 0
         # 3. A cancelled request is cancelled on its node too.
-        h = kernel.submit(messages=LONG, model="cluster", max_tokens=400)
+        h = kernel.submit(messages=LONG, model="cluster", max_tokens=400, temperature=0)
         wait_for(lambda: h.request.metrics.output_tokens >= 3, timeout=60)
         h.cancel()
         wait_for(lambda: all(n["in_flight"] == 0 for n in _node_stats(kernel).values()), timeout=10)
         for base in (a, b):
             wait_for(lambda base=base: httpx.get(f"{base}/llmos/ps").json() == [], timeout=10)
         # 4. Kill node b mid-stream: its request fails clearly, node a's finishes, nothing hangs.
-        handles = [kernel.submit(messages=LONG, model="cluster", max_tokens=120) for _ in range(2)]
+        handles = [kernel.submit(messages=LONG, model="cluster", max_tokens=120, temperature=0) for _ in range(2)]
         wait_for(lambda: all(x.request.metrics.output_tokens >= 2 for x in handles), timeout=60)
         wait_for(lambda: _node_stats(kernel)[b]["in_flight"] == 1, timeout=5, msg=lambda: _node_stats(kernel))
         proc_b.kill()
@@ -108,5 +108,5 @@ def test_two_node_cluster_balances_streams_and_survives_a_node_dying(nodes, tmp_
         # 5. New requests go to the surviving node (b and the dead node are retried around).
         time.sleep(1.5)  # past the cool-down: the scheduler tries the down nodes again
         for _ in range(3):
-            assert "Paris" in kernel.chat(ASK, model="cluster", max_tokens=20).text
+            assert "Paris" in kernel.chat(ASK, model="cluster", max_tokens=20, temperature=0).text
         assert not kernel.ps()

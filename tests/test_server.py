@@ -34,11 +34,11 @@ def client(server):
 
 
 def test_openai_client_round_trips(client):
-    r = client.chat.completions.create(model="smollm2", max_tokens=16,
+    r = client.chat.completions.create(model="smollm2", max_tokens=16, temperature=0,  # greedy: compared below
                                        messages=[{"role": "user", "content": "What is the capital of France?"}])
     assert "Paris" in r.choices[0].message.content and r.choices[0].finish_reason in ("stop", "length")
     assert r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 0
-    stream = client.chat.completions.create(model="smollm2", max_tokens=16, stream=True,
+    stream = client.chat.completions.create(model="smollm2", max_tokens=16, stream=True, temperature=0,
                                             messages=[{"role": "user", "content": "What is the capital of France?"}])
     chunks = [c.choices[0].delta.content or "" for c in stream]
     assert "".join(chunks) == r.choices[0].message.content and len(chunks) > 3
@@ -155,7 +155,7 @@ def test_response_format_json_schema_is_honoured(client):
     schema = {"type": "object", "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
               "required": ["city", "country"], "additionalProperties": False}
     r = client.chat.completions.create(
-        model="smollm2", max_tokens=60, messages=[{"role": "user", "content": "Name the capital of France."}],
+        model="smollm2", max_tokens=60, temperature=0, messages=[{"role": "user", "content": "Name the capital of France."}],
         response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema}})
     jsonschema.validate(json.loads(r.choices[0].message.content), schema)
 
@@ -168,7 +168,7 @@ WEATHER_TOOL = {"type": "function", "function": {
 def test_tool_call_round_trip(client):
     messages = [{"role": "user", "content": "What is the weather in Paris?"}]
     r = client.chat.completions.create(model="smollm2", max_tokens=60, messages=messages, tools=[WEATHER_TOOL],
-                                       tool_choice="required")
+                                       tool_choice="required", temperature=0)
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
     [call] = choice.message.tool_calls
@@ -176,10 +176,10 @@ def test_tool_call_round_trip(client):
     messages += [choice.message.model_dump(exclude_none=True),
                  {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 18, "sky": "sunny"}'}]
     final = client.chat.completions.create(model="smollm2", max_tokens=40, messages=messages, tools=[WEATHER_TOOL],
-                                           tool_choice="none")
+                                           tool_choice="none", temperature=0)
     assert final.choices[0].finish_reason in ("stop", "length") and final.choices[0].message.content.strip()
     streamed = client.chat.completions.create(model="smollm2", max_tokens=60, messages=messages[:1],
-                                              tools=[WEATHER_TOOL], tool_choice="required", stream=True)
+                                              tools=[WEATHER_TOOL], tool_choice="required", stream=True, temperature=0)
     chunks = list(streamed)
     assert chunks[0].choices[0].delta.tool_calls[0].function.name == "get_weather"
     assert chunks[-1].choices[0].finish_reason == "tool_calls"

@@ -161,7 +161,7 @@ def test_layout_at_80x24_and_larger(kernel):
 @pytest.mark.model
 def test_chat_streams_a_reply_and_records_the_turn(kernel):
     async def go():
-        app = ShellApp(kernel, resume=False, sampling={"max_tokens": 48})
+        app = ShellApp(kernel, resume=False, sampling={"max_tokens": 48, "temperature": 0})  # greedy: "Paris"
         wakeups: dict = {}  # Token messages (kept alive so their ids stay unique)
         async with app.run_test(size=(80, 24), message_hook=lambda m: wakeups.setdefault(id(m), m)
                                 if isinstance(m, ShellApp.Token) else None) as pilot:

@@ -32,9 +32,11 @@ def _wait_screen(session: str, condition, timeout: float) -> str:
     raise AssertionError(f"timed out after {timeout}s; the screen was:\n{screen}")
 
 
-def test_shell_answers_in_a_real_terminal(llmos_home):
+def test_shell_answers_in_a_real_terminal(tmp_path):
     session = f"llmos-test-{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if k.startswith(("LLMOS_", "HF_"))}
+    # the shell sends no sampling of its own: greedy through the model's table, so the answer is known
+    (tmp_path / "llmos.toml").write_text("[models.smollm2]\ntemperature = 0.0\nrepetition_penalty = 1.0\n")
+    env = {**{k: v for k, v in os.environ.items() if k.startswith(("LLMOS_", "HF_"))}, "LLMOS_HOME": str(tmp_path)}
     command = " ".join(["env", *[f"{k}={v}" for k, v in env.items()], "TERM=xterm-256color", LLMOS, "shell", "--new"])
     _tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", command)
     try:

@@ -26,6 +26,7 @@ def torch_kernel(kernel):
 
 def ask(kernel, q, **kw):
     kw.setdefault("max_tokens", 20)
+    kw.setdefault("temperature", 0)  # greedy: these tests compare texts
     return kernel.chat([{"role": "user", "content": q}], driver="torch", **kw)
 
 
@@ -36,18 +37,19 @@ def test_greedy_answer(torch_kernel):
 
 def test_continuous_batching_matches_running_alone(torch_kernel):
     alone = [ask(torch_kernel, q).token_ids for q in QUESTIONS]
-    handles = [torch_kernel.submit(messages=[{"role": "user", "content": q}], max_tokens=20, driver="torch")
-               for q in QUESTIONS]
+    handles = [torch_kernel.submit(messages=[{"role": "user", "content": q}], max_tokens=20, driver="torch",
+                                   temperature=0) for q in QUESTIONS]
     assert [h.result(120).token_ids for h in handles] == alone
 
 
 def test_requests_join_and_leave_mid_flight(torch_kernel):
     ref = [ask(torch_kernel, q, max_tokens=n).token_ids for q, n in zip(QUESTIONS[:4], (30, 5, 30, 12))]
-    first = torch_kernel.submit(messages=[{"role": "user", "content": QUESTIONS[0]}], max_tokens=30, driver="torch")
+    first = torch_kernel.submit(messages=[{"role": "user", "content": QUESTIONS[0]}], max_tokens=30, driver="torch",
+                                temperature=0)
     while first.request.metrics.output_tokens < 4 and not first.done:
         time.sleep(0.005)
-    late = [torch_kernel.submit(messages=[{"role": "user", "content": q}], max_tokens=n, driver="torch")
-            for q, n in zip(QUESTIONS[1:4], (5, 30, 12))]
+    late = [torch_kernel.submit(messages=[{"role": "user", "content": q}], max_tokens=n, driver="torch",
+                                temperature=0) for q, n in zip(QUESTIONS[1:4], (5, 30, 12))]
     assert [h.result(120).token_ids for h in [first] + late] == ref
 
 

@@ -68,6 +68,9 @@ class _Sampling(_Body):
     max_completion_tokens: Optional[int] = None
     temperature: Optional[float] = None
     top_p: Optional[float] = None
+    top_k: Optional[int] = None  # top_k, min_p, repetition_penalty: extensions, named as vLLM names them
+    min_p: Optional[float] = None
+    repetition_penalty: Optional[float] = None
     seed: Optional[int] = None
     stop: Optional[Union[str, list[str]]] = None
     stream: bool = False
@@ -85,6 +88,7 @@ class _Sampling(_Body):
             out["top_p"] = self.top_p
         if self.seed is not None:
             out["seed"] = self.seed
+        out.update({k: getattr(self, k) for k in ("top_k", "min_p", "repetition_penalty") if getattr(self, k) is not None})
         if self.stop is not None:
             out["stop"] = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
         return out
