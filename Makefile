@@ -56,7 +56,8 @@ test: install-dev tmux
 quick: install-dev
 	$(BIN)/python -m pytest -m "not model and not cli"
 
-## the heavy load test: 1,000 requests from 64 clients against `llmos serve` (about 3-4 minutes)
+## the heavy load tests: 1,000 requests from 64 clients against `llmos serve`, then 256 from 32 clients
+## overloading a queue of 4 (about 3-4 minutes)
 load: install-dev
 	$(BIN)/python -m pytest -m load -s
 

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from .util import LLMOS, free_port, start_server as start, wait_for
+from .util import LLMOS, cancelled_total, free_port, start_server as start, wait_for
 
 pytestmark = [pytest.mark.model, pytest.mark.cli]
 
@@ -74,13 +74,6 @@ def test_errors_have_the_openai_shape_and_status(server, client):
                    content=b"{" + b" " * (5 << 20) + b"}")
     assert r.status_code == 413
     assert "llmos_requests_total" in httpx.get(f"{server}/metrics").text
-
-
-def cancelled_total(server: str) -> int:
-    """llmos_requests_total for smollm2's cancelled requests (0 before the first one)."""
-    line = 'llmos_requests_total{model="smollm2",status="finished_cancelled"} '
-    metrics = httpx.get(f"{server}/metrics").text
-    return next((int(float(m.split()[-1])) for m in metrics.splitlines() if m.startswith(line)), 0)
 
 
 def test_disconnect_cancels_the_request(server):
