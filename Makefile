@@ -15,7 +15,7 @@ endif
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test quick load bench install install-dev clean
+.PHONY: run test quick load bench install install-dev tmux clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,15 +37,27 @@ install-dev: $(VENV)/.stamp-dev
 run: install
 	$(BIN)/llmos shell
 
-## make test: install with the dev extras and run the whole suite
-test: install-dev
+## tmux: tests/test_shell_tmux.py drives `llmos shell` in a real terminal. Installed with apt-get when
+## make runs as root on a Debian/Ubuntu machine (CI); otherwise install it yourself first.
+tmux:
+	@command -v tmux >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux; \
+	  else \
+	    echo "make test needs tmux: install it (apt-get install tmux, dnf install tmux, brew install tmux)" >&2; \
+	    exit 1; \
+	  fi; }
+
+## make test: install with the dev extras and tmux, and run the whole suite
+test: install-dev tmux
 	$(BIN)/python -m pytest
 
 ## quick subset while iterating: no real model, no subprocess CLI
 quick: install-dev
 	$(BIN)/python -m pytest -m "not model and not cli"
 
-## the heavy load test: 1,000 requests from 64 clients against `llmos serve` (about 3-4 minutes)
+## the heavy load tests: 1,000 requests from 64 clients against `llmos serve`, then 256 from 32 clients
+## overloading a queue of 4 (about 3-4 minutes)
 load: install-dev
 	$(BIN)/python -m pytest -m load -s
 

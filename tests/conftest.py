@@ -37,6 +37,22 @@ def kernel():
     k.shutdown()
 
 
+@pytest.fixture(scope="module")
+def fake_kernel(tmp_path_factory):
+    """A kernel whose default model runs on the deterministic fake driver (tests/fakes.py): no model."""
+    import llmos
+
+    from .fakes import FakeDriver
+    from .test_kernel_fake import plugin_manager
+
+    home = tmp_path_factory.mktemp("fake")
+    model = home / "m.gguf"
+    model.write_bytes(b"GGUF" + b"\0" * 64)
+    k = llmos.boot(home=home / "home", plugins=plugin_manager(FakeDriver), default_model=str(model))
+    yield k
+    k.shutdown()
+
+
 def pytest_sessionfinish(session, exitstatus):
     """The isolated home holds a dequantized model copy (hundreds of MB): never leave it behind."""
     shutil.rmtree(_HOME, ignore_errors=True)

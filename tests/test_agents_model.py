@@ -73,12 +73,17 @@ def test_classify_always_returns_a_label_and_scores(kernel, text):
     assert abs(sum(result["scores"].values()) - 1) < 1e-9 and result["scores"][result["label"]] > 0
 
 
-@pytest.mark.parametrize("text", ["Barack Obama visited Paris in July 2015 with Google executives.",
-                                  "Marie Curie worked at the University of Paris.",
-                                  "nothing to see here, just lowercase words."])
-def test_extract_always_returns_entities_with_true_spans(kernel, text):
+@pytest.mark.parametrize(("text", "person"), [
+    ("Barack Obama visited Paris in July 2015 with Google executives.", "Barack Obama"),
+    ("Marie Curie worked at the University of Paris.", "Marie Curie"),
+    ("nothing to see here, just lowercase words.", None)])
+def test_extract_always_returns_entities_with_true_spans(kernel, text, person):
     result = kernel.run_task("extract", {"text": text})
     json.dumps(result)
+    if person is None:  # no name in the text: nothing is made up
+        assert result["entities"] == [], result
+    else:  # the person is found, with its span
+        assert {"text": person, "type": "PERSON", "start": 0, "end": len(person)} in result["entities"], result
     for ent in result["entities"]:
         assert text[ent["start"]:ent["end"]] == ent["text"] and ent["type"] in ("PERSON", "ORGANIZATION",
                                                                                  "LOCATION", "DATE")

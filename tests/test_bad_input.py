@@ -20,8 +20,6 @@ from llmos.kernel.tool_calling import Function, InvalidToolCall, parse_arguments
 from llmos.plugins.finetune.data import FinetuneDataError, load_jsonl
 from llmos.plugins.manager import PluginManager
 
-from .fakes import FakeDriver
-from .test_kernel_fake import plugin_manager
 from .util import run_llmos, start_server
 
 HUGE = "word " * 200_000
@@ -67,16 +65,6 @@ API_CASES = [
 
 MEM_PATHS = ["..", "/a/../../etc/passwd", "relative/path", "/a//b", "/with\x00nul", "/" + "n" * 300,
              "/" + "a/" * 3000, "/ctl\x07char", "", "/./a"]
-
-
-@pytest.fixture(scope="module")
-def fake_kernel(tmp_path_factory):
-    home = tmp_path_factory.mktemp("bad")
-    model = home / "m.gguf"
-    model.write_bytes(b"GGUF" + b"\0" * 64)
-    k = llmos.boot(home=home / "home", plugins=plugin_manager(FakeDriver), default_model=str(model))
-    yield k
-    k.shutdown()
 
 
 @pytest.mark.parametrize("case", API_CASES, ids=[c[0] for c in API_CASES])

@@ -23,12 +23,14 @@ def test_version_and_help():
     assert "run" in bare.stdout + bare.stderr and "models" in bare.stdout + bare.stderr
 
 
+@pytest.mark.model
 def test_run_answers_with_the_embedded_model():
     r = llmos("run", "-t", "0", "What is the capital of France?")
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
 
 
+@pytest.mark.model
 def test_run_reads_stdin_and_prints_json():
     r = llmos("run", "-", "--json", "--max-tokens", "8", stdin="Name a planet.")
     assert r.returncode == 0, r.stderr
@@ -67,6 +69,7 @@ def test_non_gguf_model_file(tmp_path):
     assert json.loads(r.stdout)["error"]["code"] == "invalid_model_file"
 
 
+@pytest.mark.model
 def test_prompt_too_long_names_the_fix():
     r = llmos("run", "--raw", "word " * 9000)
     assert r.returncode == 2 and "shorten the prompt or lower max_tokens" in r.stderr
@@ -77,6 +80,7 @@ def test_bench_unknown_name():
     assert r.returncode == 2 and "B1b" in r.stderr
 
 
+@pytest.mark.model
 def test_bench_json_shape():
     r = llmos("bench", "B4", "--json", timeout=600)
     assert r.returncode == 0, r.stderr
@@ -86,6 +90,7 @@ def test_bench_json_shape():
     assert abs(row["ratio"] - row["candidate"] / row["baseline"]) < 0.01
 
 
+@pytest.mark.model
 def test_ctrl_c_stops_generation_cleanly():
     import signal
     import time
@@ -114,6 +119,7 @@ def lora_dir(llmos_home, tmp_path_factory):
                      scale=4.0)
 
 
+@pytest.mark.model
 def test_module_lifecycle_from_the_cli(lora_dir):
     q = "What is the capital of France?"
     r = llmos("mod", "install", str(lora_dir), "--name", "cli-lora", "--base", "smollm2", "--json")

@@ -230,17 +230,24 @@ def test_kill_9_during_a_checkpoint_save_loses_nothing_acknowledged(kernel, secr
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "LLMOS_HOME": str(llmos_home)})
     acked, deadline = 0, time.monotonic() + 300
+    saving = lambda: any(work.glob(".checkpoint-*"))  # noqa: E731 - a save's directory, renamed when complete
     try:
-        while not (acked >= 2 and any(work.glob(".checkpoint-*"))):  # 2 saves done, the next one under way
+        while True:
             assert proc.poll() is None and time.monotonic() < deadline, "training ended before the kill"
             try:
                 acked = max(acked, json.loads((work / "checkpoint" / "progress.json").read_text())["step"])
             except (OSError, ValueError):
                 pass  # between the two renames of a save
+            if acked >= 2 and saving():  # 2 saves done, the next one under way: freeze the trainer there
+                os.kill(proc.pid, signal.SIGSTOP)
+                if saving():
+                    break  # stopped mid-save: it stays mid-save until the kill
+                os.kill(proc.pid, signal.SIGCONT)  # that save completed meanwhile: wait for the next
             time.sleep(0.005)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
+    assert saving(), "the kill did not land during a save"  # the cut-short save's directory is left behind
     assert not any(m["name"] == "crashy" for m in kernel.modules_info())  # nothing half-trained installed
     resumed = kernel.finetune(data=str(train), out="crashy", max_steps=8, batch_size=2, resume=True)
     result = resumed.wait(600)

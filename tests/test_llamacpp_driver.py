@@ -11,7 +11,7 @@ import llmos
 from llmos.kernel.errors import PromptTooLongError
 from llmos.kernel.request import Priority, RequestStatus
 
-from .util import cancel_mid_stream
+from .util import cancel_mid_stream, wait_for
 
 pytestmark = pytest.mark.model
 
@@ -90,15 +90,22 @@ def test_concurrent_requests_match_running_alone(kernel, scorer):
         h.request.metrics.finished for h in handles)
 
 
-def test_joining_a_running_batch_mid_flight(kernel, scorer):
-    ref = [ask(kernel, q, max_tokens=32) for q in QUESTIONS[:3]]
-    first = kernel.submit(messages=[{"role": "user", "content": QUESTIONS[0]}], max_tokens=32, temperature=0)
-    while first.request.metrics.output_tokens < 5 and not first.done:
-        time.sleep(0.005)
+def test_joining_a_running_batch_mid_flight(kernel, scorer, monkeypatch):
+    first_kw = {"max_tokens": 32, "ignore_eos": True, "temperature": 0}  # decodes 32 steps: room for the others to join
+    ref = [ask(kernel, QUESTIONS[0], **first_kw)] + [ask(kernel, q, max_tokens=32) for q in QUESTIONS[1:3]]
+    driver, steps = kernel.load("smollm2").driver, []
+    execute = driver.execute
+    monkeypatch.setattr(driver, "execute", lambda batch: steps.append(set(batch.num_scheduled_tokens)) or execute(batch))
+    first = kernel.submit(messages=[{"role": "user", "content": QUESTIONS[0]}], **first_kw)
+    wait_for(lambda: first.request.metrics.output_tokens >= 5, 60, lambda: f"first request: {first.request.status}")
     late = [kernel.submit(messages=[{"role": "user", "content": q}], max_tokens=32, temperature=0)
             for q in QUESTIONS[1:3]]
     for h, r in zip([first] + late, ref):
         assert_same_or_near_tie(scorer, h.request.prompt_token_ids, h.result(60).token_ids, r.token_ids)
+    # they joined while the first was decoding: steps computed the first and a late one together
+    late_ids = {h.id for h in late}
+    shared = [s for s in steps if first.id in s and s & late_ids]
+    assert shared and set().union(*shared) >= late_ids, steps
 
 
 def test_streaming_chunks_join_to_the_final_text(kernel):

@@ -44,6 +44,7 @@ def mem(tmp_path_factory):
     fs.close()
 
 
+@pytest.mark.model
 def test_round_trips(mem):
     text = "Zürich notes — naïve café ☕\nline two\n"
     info = mem.write("/t/rt/a.md", text, tags=["x"])
@@ -76,6 +77,7 @@ def test_round_trips(mem):
 
 @pytest.mark.parametrize("query", ["when is the finance meeting about money rescheduled",
                                    "which room is the budget discussion in"])
+@pytest.mark.model
 def test_find_returns_the_planted_document_first(mem, query):
     hits = mem.find(query, k=5)
     assert hits[0]["path"] == PLANTED and hits[0]["text"].strip() == PLANTED_TEXT
@@ -83,6 +85,7 @@ def test_find_returns_the_planted_document_first(mem, query):
     assert all(h["path"].startswith("/python/") for h in mem.find(query, within="/python", k=3))
 
 
+@pytest.mark.model
 def test_move_keeps_search_without_reembedding_and_rm_removes_results(mem, monkeypatch):
     mem.write("/t/mv/doc.md", "Penguins live in the southern hemisphere and cannot fly.")
     calls = []
@@ -96,6 +99,7 @@ def test_move_keeps_search_without_reembedding_and_rm_removes_results(mem, monke
     assert all(not h["path"].startswith("/t/moved") for h in mem.find("flightless birds of antarctica", k=5))
 
 
+@pytest.mark.model
 def test_grep_and_volumes(mem):
     assert [h["path"] for h in mem.grep(r"room \d+", within="/notes")] == [PLANTED]
     mem.mount("project")
@@ -111,6 +115,7 @@ def test_grep_and_volumes(mem):
     mem.rm("/notes/plan.md")
 
 
+@pytest.mark.model
 def test_corrupt_index_is_rebuilt(tmp_path):
     fs = MemFS(tmp_path)
     fs.write("/a.md", "Volcanoes erupt molten rock called lava.")
@@ -133,6 +138,7 @@ for i in range(10_000):
 """
 
 
+@pytest.mark.model
 def test_kill_9_during_bulk_write_loses_nothing_acknowledged(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     acked = []
@@ -152,6 +158,7 @@ def test_kill_9_during_bulk_write_loses_nothing_acknowledged(tmp_path):
     fs.close()
 
 
+@pytest.mark.model
 def test_another_process_sees_writes(tmp_path):
     fs = MemFS(tmp_path)
     fs.write("/x.md", "first")
@@ -183,6 +190,7 @@ def llmos(home: Path, *args: str, stdin: str | None = None) -> subprocess.Comple
     return run_llmos(*args, stdin=stdin, env={"LLMOS_HOME": str(home)})
 
 
+@pytest.mark.model
 @pytest.mark.cli
 def test_mem_cli_and_rag(tmp_path):
     home, notes = tmp_path / "home", tmp_path / "notes"
@@ -210,6 +218,7 @@ def test_mem_cli_and_rag(tmp_path):
     assert "1889" in answer.stdout and "Sources: [/notes/travel/paris.txt]" in answer.stdout
 
 
+@pytest.mark.model
 def test_index_switches_kind_in_the_background(tmp_path, monkeypatch):
     import llmos.drivers.memfs_index as vi
 
@@ -225,6 +234,7 @@ def test_index_switches_kind_in_the_background(tmp_path, monkeypatch):
     fs.close()
 
 
+@pytest.mark.model
 def test_embedding_is_kernel_work_visible_in_ps(tmp_path):
     import threading
 
@@ -243,6 +253,7 @@ def test_embedding_is_kernel_work_visible_in_ps(tmp_path):
         assert {r["state"] for r in seen} <= {"waiting", "running"}
 
 
+@pytest.mark.model
 def test_concurrent_appends_all_land_and_mv_never_nests_under_a_file(tmp_path):
     import threading
 

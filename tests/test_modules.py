@@ -77,7 +77,6 @@ def test_install_is_atomic_and_names_are_checked(tmp_path):
 @pytest.fixture(scope="module")
 def peft_adapters(kernel, llmos_home, tmp_path_factory):
     """Two LoRA adapters with fixed non-zero weights for SmolLM2, made with peft in the test."""
-    pytest.importorskip("peft")
     src = torch_model_dir(kernel, llmos_home)
     out = {}
     for name, seed, targets, scale in (("alpha", 1, ["q_proj", "v_proj"], 0.3),

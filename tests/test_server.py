@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from .util import LLMOS, free_port, start_server as start
+from .util import LLMOS, cancelled_total, free_port, start_server as start, wait_for
 
 pytestmark = [pytest.mark.model, pytest.mark.cli]
 
@@ -78,18 +78,15 @@ def test_errors_have_the_openai_shape_and_status(server, client):
 
 def test_disconnect_cancels_the_request(server):
     h = {"Authorization": f"Bearer {KEY}"}
+    before = cancelled_total(server)
     body = {"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 2000, "stream": True}
     with httpx.stream("POST", f"{server}/v1/completions", headers=h, json=body, timeout=60) as r:
         for i, _line in enumerate(r.iter_lines()):
             if i > 5:
                 break
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        metrics = httpx.get(f"{server}/metrics", headers=h).text
-        if 'status="finished_cancelled"' in metrics:
-            break
-        time.sleep(0.2)
-    assert 'llmos_requests_total{model="smollm2",status="finished_cancelled"}' in metrics
+    wait_for(lambda: cancelled_total(server, headers=h) > before, 20, lambda: "no cancelled request was counted")
+    assert cancelled_total(server, headers=h) == before + 1  # this one request, cancelled once
+    assert httpx.get(f"{server}/llmos/ps", headers=h).json() == []  # and nothing of it is left running
 
 
 def test_full_queue_gives_429_with_retry_after(tmp_path):

@@ -394,27 +394,27 @@ class FakeProcess:
     def events(self, timeout=None):
         yield from self._events
         if self._hang:
-            self.killed.wait(30)
-            self.state = "killed"
+            self.state = "killed" if self.killed.wait(30) else "finished"
 
     def kill(self):
         self.killed.set()
 
 
-@pytest.mark.model
-def test_agent_events_render_and_escape_kills(kernel):
+def test_agent_events_render_and_escape_kills(fake_kernel):
+    """The shell's side of agents (scripted processes on a kernel with a fake driver: no model)."""
     ev = lambda kind, text="", step=1, **data: SimpleNamespace(kind=kind, text=text, step=step, data=data)  # noqa: E731
     script = [ev("step"), ev("token", '{"tool": "calculator"}'), ev("tool_call", "calculator", name="calculator",
                                                                        arguments={"expression": "2+2"}),
               ev("tool_result", "4"), ev("answer", "The answer is 4.", step=2)]
-    spawned = []
+    spawned, processes = [], []
 
     def spawn(goal, **kw):
         spawned.append((goal, kw))
-        return FakeProcess(script, hang=len(spawned) > 1)
+        processes.append(FakeProcess(script, hang=len(spawned) > 1))
+        return processes[-1]
 
     async def go():
-        app = ShellApp(Proxy(kernel, spawn=spawn), resume=False)
+        app = ShellApp(Proxy(fake_kernel, spawn=spawn), resume=False)
         async with app.run_test(size=(80, 24)) as pilot:
             await booted(app, pilot)
             await app.run_command("/agent add two and two")
@@ -428,7 +428,7 @@ def test_agent_events_render_and_escape_kills(kernel):
             await until(pilot, lambda: app.agent is not None, 10)
             await pilot.press("escape")
             await until(pilot, lambda: app.agent is None, 10, "the agent to stop")
-            assert "killed" in str(app.status.state)
+            assert processes[1].killed.is_set() and "killed" in str(app.status.state)
     run(go())
 
 

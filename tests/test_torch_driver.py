@@ -69,17 +69,26 @@ def test_sampling_with_seed_and_stop(torch_kernel):
     assert stopped.finish_reason == "stop" and cut not in stopped.text
 
 
-def test_same_model_on_both_drivers_and_dequantized_cache(torch_kernel, llmos_home):
+def test_same_model_on_both_drivers_and_dequantized_cache(torch_kernel, llmos_home, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
     both = {e["driver"] for e in torch_kernel.engines() if e["model"] == "smollm2"}
     assert both == {"llamacpp", "torch"}
-    cached = list((llmos_home / "cache" / "torch").glob("SmolLM2*/model.safetensors"))
-    assert cached, "the dequantized GGUF should be cached as safetensors"
+    [cached] = list((llmos_home / "cache" / "torch").glob("SmolLM2*/model.safetensors"))
+    written = cached.stat().st_mtime_ns
+    loads = []  # every model transformers builds: a GGUF file (dequantizing) or a directory
+    load = AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained",
+                        lambda source, *a, **kw: loads.append((str(source), kw.get("gguf_file"))) or load(source, *a, **kw))
     with llmos.boot(load_entrypoints=False) as again:   # loads from the cache this time
         assert "Paris" in ask(again, QUESTIONS[0]).text
+    assert loads == [(str(cached.parent), None)]  # the cached safetensors, not the GGUF file again
+    assert cached.stat().st_mtime_ns == written
 
 
 def test_cuda_path():
-    torch = pytest.importorskip("torch")
+    import torch
+
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device on this machine: the CUDA path runs where one is present")
     from llmos.drivers.torch_driver import pick_device

@@ -71,3 +71,12 @@ def start_server(tmp_path, *args: str, env: dict | None = None) -> tuple[subproc
             raise AssertionError(log.read_text())
     proc.kill()
     raise AssertionError("server did not become healthy")
+
+
+def cancelled_total(base: str, model: str = "smollm2", headers: dict[str, str] | None = None) -> int:
+    """The server's llmos_requests_total of cancelled requests for `model` (0 before the first one)."""
+    import httpx
+
+    line = f'llmos_requests_total{{model="{model}",status="finished_cancelled"}} '
+    metrics = httpx.get(f"{base}/metrics", headers=headers).text
+    return next((int(float(m.split()[-1])) for m in metrics.splitlines() if m.startswith(line)), 0)

@@ -8,6 +8,15 @@ from .chat_message import ChatMessage
 
 
 class ChatLog(VerticalScroll):
+    """Messages stacked bottom-up (anchored: short content sits at the bottom, long content stays
+    scrolled to the end).
+
+    Every change to the messages repaints the whole log. Growing one message moves every message
+    above it (bottom anchoring), and Textual 8 can miss such a move: a region lookup between a mount
+    and the next layout (a new Markdown block asks its parent's size) rebuilds the compositor's map
+    without recording what moved, so the following update repaints only the grown message and the
+    terminal keeps blank or stale lines where the others now are (tests/test_shell_terminal.py). A
+    repaint of the log's region is drawn from the current map and costs one frame of its lines."""
     DEFAULT_CSS = """
     ChatLog {
         height: 1fr;
@@ -27,10 +36,12 @@ class ChatLog(VerticalScroll):
         message = ChatMessage(text, role)
         await self.mount(message)
         self.anchor()
+        self.refresh()
         return message
 
     async def clear(self) -> None:
         await self.remove_children()
+        self.refresh()
 
     @property
     def messages(self) -> list[ChatMessage]:

@@ -67,6 +67,8 @@ class ChatMessage(Markdown):
 
         async def finished() -> None:
             await rendering
+            if self.parent is not None:
+                self.parent.refresh()  # the new text may have moved the messages above (see ChatLog)
             self.shown_chars += len(markdown)
             if self.on_shown is not None:
                 self.on_shown(self.shown_chars, time.perf_counter())

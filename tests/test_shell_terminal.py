@@ -1,0 +1,94 @@
+"""The chat view as a terminal shows it: Textual's screen updates replayed, in order, onto a grid.
+
+Pilot's screenshots render the whole screen from the widget tree, so they cannot see a part of the
+screen the app forgot to repaint; a real terminal only ever receives the updates. `Terminal` keeps
+what those updates wrote, like the tmux test's capture-pane, without a model or a tmux."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from rich.cells import cell_len
+
+from llmos.shell.app import ShellApp
+
+from .test_shell import until
+
+#: a cursor move (ESC [ row ; col H), any other control sequence, a hyperlink, or one character
+_TOKEN = re.compile(r"\x1b\[(\d+);(\d+)H|\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\n|.", re.S)
+
+
+class Terminal:
+    """The characters a terminal would show after the app's screen updates (styles dropped)."""
+
+    def __init__(self, app: ShellApp) -> None:
+        width, height = app.size
+        self.rows = [[" "] * width for _ in range(height)]
+        display = app._display
+
+        def capture(screen, update) -> None:
+            if update is not None and hasattr(update, "render_segments") and not app._batch_count:
+                self.write(update.render_segments(app.console))  # what the terminal driver would be sent
+            display(screen, update)
+
+        app._display = capture
+
+    def write(self, data: str) -> None:
+        y = x = 0
+        for match in _TOKEN.finditer(data):
+            token = match.group(0)
+            if match.group(1):
+                y, x = int(match.group(1)) - 1, int(match.group(2)) - 1
+            elif not token.startswith("\x1b") and token != "\n":
+                if 0 <= y < len(self.rows) and 0 <= x < len(self.rows[y]):
+                    self.rows[y][x] = token
+                x += cell_len(token)
+
+    @property
+    def text(self) -> str:
+        return "\n".join("".join(row).rstrip() for row in self.rows)
+
+
+def widgets_text(app: ShellApp) -> str:
+    """The screen as the widgets are now (a full render), in the same form as `Terminal.text`."""
+    return "\n".join(strip.text.rstrip() for strip in app.screen._compositor.render_strips())
+
+
+async def reply(app: ShellApp, pilot, tokens: list[str]) -> None:
+    """Stream `tokens` as a reply after the empty reply has been drawn, the way a model's arrive."""
+    await app.begin_reply()
+    await pilot.pause(0.2)
+    for token in tokens:
+        app.feed(token)
+        await pilot.pause(0.06)
+    app.post_message(ShellApp.ReplyDone("done"))
+    await until(pilot, lambda: app.reply is None, 10, "the reply to finish")
+    await pilot.pause(0.2)
+
+
+QUESTION = "What is the capital of France?"
+PARIS = ["The", " capital", " of", " France", " is", " Paris", "."]
+
+
+def test_the_terminal_shows_every_message_while_replies_stream_in():
+    """The tmux test's failure without its timing: a reply's first render moves the question above
+    it (short content sits at the bottom of the log) and Textual's diff can miss that move; the
+    old view then left the question's new lines blank on the terminal for good. Then a long reply
+    that scrolls the log and is split into segments."""
+
+    async def go() -> None:
+        app = ShellApp(boot=False)
+        async with app.run_test(size=(80, 24)) as pilot:
+            terminal = Terminal(app)
+            for turn in range(3):
+                await app.chat_log.add(f"{QUESTION} ({turn})", "user")
+                await reply(app, pilot, PARIS)
+                assert f"{QUESTION} ({turn})" in widgets_text(app)  # the widgets are right...
+                assert terminal.text == widgets_text(app), terminal.text  # ...and the terminal shows them
+                assert terminal.text.count("The capital of France is Paris.") == turn + 1, terminal.text
+            await app.chat_log.add("Tell me about Paris.", "user")
+            await reply(app, pilot, [f"Paragraph {i} about Paris, its river and its bridges.\n\n" for i in range(40)])
+            assert "Paragraph 39" in terminal.text and terminal.text == widgets_text(app), terminal.text
+
+    asyncio.run(asyncio.wait_for(go(), 120))
