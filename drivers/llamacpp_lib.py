@@ -250,6 +250,7 @@ class Sampler:
 
     def __init__(self, params: SamplingParams, history: Sequence[int] = (), *, model: "LlamaModel | None" = None,
                  generated: Sequence[int] = ()) -> None:
+        params = params.with_defaults()  # the kernel fills every field; a direct caller may not
         self.chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
         add = functools.partial(C.llama_sampler_chain_add, self.chain)
         if params.json_schema is not None:

@@ -308,8 +308,9 @@ class TorchDriver(Driver):
             for i, (k, v) in enumerate(prefix):
                 cache.update(k.clone(), v.clone(), i)
             offset = prefix[0][0].shape[2]
+        sampling = new.sampling.with_defaults()  # the kernel fills every field; a direct caller may not
         self._seqs[new.request_id] = _Seq(
-            new.request_id, list(new.token_ids), new.sampling, make_generator(new.sampling, self.device),
+            new.request_id, list(new.token_ids), sampling, make_generator(sampling, self.device),
             cache=cache, adapter=new.adapter, offset=offset)
 
     def _forward(self, input_ids, cache, position_ids, adapters: list[str | None], attention_mask=None):

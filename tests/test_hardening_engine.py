@@ -79,15 +79,15 @@ def test_a_bad_schema_in_a_batch_fails_that_sequence_alone(kernel):
                 tokens.append(out.sampled[rid])
             return tokens
 
-        bad = NewSequence("bad", prompt, SamplingParams(max_tokens=12, json_schema={"type": "foo"}))
-        good = NewSequence("good", prompt, SamplingParams(max_tokens=12))
+        bad = NewSequence("bad", prompt, SamplingParams(max_tokens=12, temperature=0, json_schema={"type": "foo"}))
+        good = NewSequence("good", prompt, SamplingParams(max_tokens=12, temperature=0))
         out = drv.execute(SchedulerOutput(1, new=(bad, good),
                                           num_scheduled_tokens={"bad": len(prompt), "good": len(prompt)}))
         assert set(out.failed) == {"bad"} and '"type": "foo"' in out.failed["bad"], out.failed
         assert "good" in out.sampled and drv.stats()["active_sequences"] == 1  # the bad one took no slot
         together = decode("good", out)
         drv.execute(SchedulerOutput(200, released=("good", "bad")))
-        alone = NewSequence("alone", prompt, SamplingParams(max_tokens=12))
+        alone = NewSequence("alone", prompt, SamplingParams(max_tokens=12, temperature=0))
         alone = decode("alone", drv.execute(SchedulerOutput(201, new=(alone,),
                                                             num_scheduled_tokens={"alone": len(prompt)})))
         assert together == alone and drv.decode(alone).strip()
@@ -101,9 +101,9 @@ def test_a_schema_failing_inside_a_step_fails_its_request_only_without_a_reload(
     not reloaded; requests submitted with it finish normally."""
     monkeypatch.setattr(LlamaCppDriver, "check_json_schema", classmethod(lambda cls, schema: None))
     engine = next(e for e in kernel.engines() if e["model"] == "smollm2")
-    goods = [kernel.submit(messages=ASK, max_tokens=12) for _ in range(2)]
-    bad = kernel.submit(messages=ASK, max_tokens=12, json_schema={"type": "foo"})
-    goods.append(kernel.submit(messages=ASK, max_tokens=12))
+    goods = [kernel.submit(messages=ASK, max_tokens=12, temperature=0) for _ in range(2)]
+    bad = kernel.submit(messages=ASK, max_tokens=12, temperature=0, json_schema={"type": "foo"})
+    goods.append(kernel.submit(messages=ASK, max_tokens=12, temperature=0))
     with pytest.raises(RequestFailedError, match='"type": "foo"'):
         bad.result(120)
     assert all("Paris" in h.result(120).text for h in goods)
@@ -124,7 +124,7 @@ def test_unsupported_and_huge_schemas_get_a_400_and_the_server_keeps_serving(tmp
         h = {"Authorization": f"Bearer {KEY}"}
 
         def chat(**extra) -> httpx.Response:
-            body = {"model": "smollm2", "messages": ASK, "max_tokens": 16, **extra}
+            body = {"model": "smollm2", "messages": ASK, "max_tokens": 16, "temperature": 0, **extra}
             return httpx.post(f"{base}/v1/chat/completions", headers=h, json=body, timeout=120)
 
         def schema_format(schema: dict) -> dict:
