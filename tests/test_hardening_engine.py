@@ -100,14 +100,14 @@ def test_a_schema_failing_inside_a_step_fails_its_request_only_without_a_reload(
     """At the engine: should a bad schema get past submit, its request fails alone and the driver is
     not reloaded; requests submitted with it finish normally."""
     monkeypatch.setattr(LlamaCppDriver, "check_json_schema", classmethod(lambda cls, schema: None))
-    engine = next(e for e in kernel.engines() if e["model"] == "smollm2")
-    goods = [kernel.submit(messages=ASK, max_tokens=12, temperature=0) for _ in range(2)]
-    bad = kernel.submit(messages=ASK, max_tokens=12, temperature=0, json_schema={"type": "foo"})
-    goods.append(kernel.submit(messages=ASK, max_tokens=12, temperature=0))
+    engine = next(e for e in kernel.engines() if e["model"] == "smollm2" and e["driver"] == "llamacpp")
+    goods = [kernel.submit(messages=ASK, max_tokens=12, temperature=0, driver="llamacpp") for _ in range(2)]
+    bad = kernel.submit(messages=ASK, max_tokens=12, temperature=0, driver="llamacpp", json_schema={"type": "foo"})
+    goods.append(kernel.submit(messages=ASK, max_tokens=12, temperature=0, driver="llamacpp"))
     with pytest.raises(RequestFailedError, match='"type": "foo"'):
         bad.result(120)
     assert all("Paris" in h.result(120).text for h in goods)
-    after = next(e for e in kernel.engines() if e["model"] == "smollm2")
+    after = next(e for e in kernel.engines() if e["model"] == "smollm2" and e["driver"] == "llamacpp")
     assert after["failures"] == engine["failures"] and kernel.ps() == []
 
 

@@ -66,6 +66,7 @@ def assert_same_or_near_tie(scorer, prompt_ids, got, want):
 def ask(kernel, q, **kw):
     kw.setdefault("max_tokens", 24)
     kw.setdefault("temperature", 0)  # greedy: these tests compare texts
+    kw.setdefault("driver", "llamacpp")  # the shared kernel may serve smollm2 on torch too (test_finetune)
     return kernel.chat([{"role": "user", "content": q}], **kw)
 
 
@@ -79,7 +80,7 @@ def test_greedy_answer_is_nonempty_deterministic_and_right(kernel):
 
 def test_concurrent_requests_match_running_alone(kernel, scorer):
     alone = [ask(kernel, q) for q in QUESTIONS]
-    handles = [kernel.submit(messages=[{"role": "user", "content": q}], max_tokens=24, temperature=0)
+    handles = [kernel.submit(messages=[{"role": "user", "content": q}], max_tokens=24, temperature=0, driver="llamacpp")
                for q in QUESTIONS]
     together = [h.result(120) for h in handles]
     for h, t, a in zip(handles, together, alone):
@@ -91,14 +92,15 @@ def test_concurrent_requests_match_running_alone(kernel, scorer):
 
 
 def test_joining_a_running_batch_mid_flight(kernel, scorer, monkeypatch):
-    first_kw = {"max_tokens": 32, "ignore_eos": True, "temperature": 0}  # decodes 32 steps: room for the others to join
+    # decodes 32 steps: room for the others to join
+    first_kw = {"max_tokens": 32, "ignore_eos": True, "temperature": 0, "driver": "llamacpp"}
     ref = [ask(kernel, QUESTIONS[0], **first_kw)] + [ask(kernel, q, max_tokens=32) for q in QUESTIONS[1:3]]
     driver, steps = kernel.load("smollm2").driver, []
     execute = driver.execute
     monkeypatch.setattr(driver, "execute", lambda batch: steps.append(set(batch.num_scheduled_tokens)) or execute(batch))
     first = kernel.submit(messages=[{"role": "user", "content": QUESTIONS[0]}], **first_kw)
     wait_for(lambda: first.request.metrics.output_tokens >= 5, 60, lambda: f"first request: {first.request.status}")
-    late = [kernel.submit(messages=[{"role": "user", "content": q}], max_tokens=32, temperature=0)
+    late = [kernel.submit(messages=[{"role": "user", "content": q}], max_tokens=32, temperature=0, driver="llamacpp")
             for q in QUESTIONS[1:3]]
     for h, r in zip([first] + late, ref):
         assert_same_or_near_tie(scorer, h.request.prompt_token_ids, h.result(60).token_ids, r.token_ids)
@@ -109,7 +111,8 @@ def test_joining_a_running_batch_mid_flight(kernel, scorer, monkeypatch):
 
 
 def test_streaming_chunks_join_to_the_final_text(kernel):
-    h = kernel.submit(messages=[{"role": "user", "content": "Count from one to five."}], max_tokens=30)
+    h = kernel.submit(messages=[{"role": "user", "content": "Count from one to five."}], max_tokens=30,
+                      driver="llamacpp")
     chunks = list(h.stream())
     assert len(chunks) > 3 and "".join(chunks) == h.result().text
 

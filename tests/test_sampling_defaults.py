@@ -200,9 +200,9 @@ def test_longest_repeat_counts_back_to_back_ngrams():
 def test_default_sampling_does_not_loop_where_greedy_does(kernel):
     # greedy decoding really loops here ("1. **1.1.1.1..."), so the check below can tell. Alone: llama.cpp's
     # CPU kernels are not batch-invariant, so a greedy text batched with others may part at a near tie
-    greedy = kernel.submit(messages=TIPS, temperature=0, max_tokens=64)
+    greedy = kernel.submit(messages=TIPS, driver="llamacpp", temperature=0, max_tokens=64)
     assert longest_repeat(greedy.result(300).token_ids) > 8
-    sampled = [kernel.submit(messages=TIPS, seed=seed, max_tokens=160) for seed in (1, 2)]
+    sampled = [kernel.submit(messages=TIPS, driver="llamacpp", seed=seed, max_tokens=160) for seed in (1, 2)]
     for h in sampled:
         reply = h.result(300)
         assert h.request.sampling == SamplingParams(max_tokens=160, seed=h.request.sampling.seed, **BUILTIN_SAMPLING)
@@ -213,9 +213,9 @@ def test_default_sampling_does_not_loop_where_greedy_does(kernel):
 def test_temperature_zero_gives_the_same_text_twice(kernel):
     # one after the other, each alone in its batch: the same computation twice (batched together the two
     # would share a step, and llama.cpp's CPU kernels are not batch-invariant)
-    a = kernel.submit(messages=TIPS, temperature=0, max_tokens=24)
+    a = kernel.submit(messages=TIPS, driver="llamacpp", temperature=0, max_tokens=24)
     a.result(120)
-    b = kernel.submit(messages=TIPS, temperature=0, max_tokens=24)
+    b = kernel.submit(messages=TIPS, driver="llamacpp", temperature=0, max_tokens=24)
     assert a.result(120).token_ids == b.result(120).token_ids and a.result().text
     assert fields(a.request.sampling)["repetition_penalty"] == 1.0 and a.request.sampling.top_k == 0
 
