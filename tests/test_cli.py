@@ -32,7 +32,7 @@ def test_run_answers_with_the_embedded_model():
 
 @pytest.mark.model
 def test_run_reads_stdin_and_prints_json():
-    r = llmos("run", "-", "--json", "--max-tokens", "8", stdin="Name a planet.")
+    r = llmos("run", "-", "--json", "--max-tokens", "8", "-t", "0", stdin="Name a planet.")
     assert r.returncode == 0, r.stderr
     body = json.loads(r.stdout)
     assert body["text"] and body["model"] == "smollm2" and body["usage"]["completion_tokens"] <= 8
@@ -95,7 +95,8 @@ def test_ctrl_c_stops_generation_cleanly():
     import signal
     import time
 
-    proc = subprocess.Popen([LLMOS, "run", "--max-tokens", "3000", "--raw", "Once upon a time"],
+    # greedy: it keeps writing (a sampled story may end before the interrupt)
+    proc = subprocess.Popen([LLMOS, "run", "--max-tokens", "3000", "-t", "0", "--raw", "Once upon a time"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "NO_COLOR": "1"})
     first = proc.stdout.read(20)  # generation is under way
