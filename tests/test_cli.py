@@ -99,12 +99,12 @@ def test_ctrl_c_stops_generation_cleanly():
     proc = subprocess.Popen([LLMOS, "run", "--max-tokens", "3000", "-t", "0", "--raw", "Once upon a time"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "NO_COLOR": "1"})
-    first = proc.stdout.read(20)  # generation is under way
-    assert first
+    first = proc.stdout.read(200)  # generation is under way, and long
+    assert len(first) == 200 and proc.poll() is None, (first, proc.poll())
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    _out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (err, (first + out)[-300:])
     assert "interrupted" in err and "Traceback" not in err
 
 
