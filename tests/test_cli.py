@@ -98,7 +98,10 @@ def test_ctrl_c_stops_generation_cleanly():
     # greedy: it keeps writing (a sampled story may end before the interrupt)
     proc = subprocess.Popen([LLMOS, "run", "--max-tokens", "3000", "-t", "0", "--raw", "Once upon a time"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "NO_COLOR": "1"})
+                            env={**os.environ, "NO_COLOR": "1"},
+                            # as from a terminal: a run launched in the background (`cmd &` without job
+                            # control) inherits SIGINT ignored, and then Ctrl-C never reaches the CLI
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = proc.stdout.read(200)  # generation is under way, and long
     assert len(first) == 200 and proc.poll() is None, (first, proc.poll())
     time.sleep(0.2)
