@@ -270,12 +270,18 @@ def _left(ckpt: Path) -> list[str]:
     return sorted(p.name for p in ckpt.parent.iterdir())
 
 
-def test_a_crash_between_the_two_renames_of_a_save_is_recovered(tmp_path, tiny, monkeypatch):
+def _saved_once_then_changed(tmp_path: Path, tiny):
+    """A checkpoint saved at step 1 (weight 1.0), then the model changed (weight 2.0) for the next save."""
     accelerator, model = tiny
     ckpt = tmp_path / "finetune" / "m" / "checkpoint"
     _set(model, 1.0)
     trainer._save_checkpoint(accelerator, ckpt, 1)
     _set(model, 2.0)
+    return accelerator, model, ckpt
+
+
+def test_a_crash_between_the_two_renames_of_a_save_is_recovered(tmp_path, tiny, monkeypatch):
+    accelerator, model, ckpt = _saved_once_then_changed(tmp_path, tiny)
     with monkeypatch.context() as patch:
         replace = os.replace
 
@@ -300,11 +306,7 @@ def test_a_crash_between_the_two_renames_of_a_save_is_recovered(tmp_path, tiny, 
 @pytest.mark.parametrize("partly_deleted", [False, True])
 def test_a_crash_while_the_previous_checkpoint_is_deleted_breaks_no_later_save(tmp_path, tiny, monkeypatch,
                                                                                partly_deleted):
-    accelerator, model = tiny
-    ckpt = tmp_path / "finetune" / "m" / "checkpoint"
-    _set(model, 1.0)
-    trainer._save_checkpoint(accelerator, ckpt, 1)
-    _set(model, 2.0)
+    accelerator, model, ckpt = _saved_once_then_changed(tmp_path, tiny)
     with monkeypatch.context() as patch:
         def deletion_crashes(path, *args, **kwargs):
             if Path(path).name == "checkpoint.old":
