@@ -251,11 +251,12 @@ class Sampler:
     def __init__(self, params: SamplingParams, history: Sequence[int] = (), *, model: "LlamaModel | None" = None,
                  generated: Sequence[int] = ()) -> None:
         params = params.with_defaults()  # the kernel fills every field; a direct caller may not
+        # the grammar first: a schema that cannot be compiled raises before anything is allocated
+        gbnf = json_schema_grammar(params.json_schema) if params.json_schema is not None else None
         self.chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
         add = functools.partial(C.llama_sampler_chain_add, self.chain)
-        if params.json_schema is not None:
-            grammar = C.llama_sampler_init_grammar(model.vocab, json_schema_grammar(params.json_schema).encode(),
-                                                   b"root")
+        if gbnf is not None:
+            grammar = C.llama_sampler_init_grammar(model.vocab, gbnf.encode(), b"root")
             if not grammar:
                 C.llama_sampler_free(self.chain)
                 raise InvalidRequestError("llama.cpp could not compile a grammar from this JSON schema",

@@ -37,6 +37,16 @@ def kernel():
     k.shutdown()
 
 
+@pytest.fixture(scope="session")
+def scorer(kernel):
+    """Checks greedy llama.cpp outputs against plain llama_cpp.Llama (tests/greedy.py)."""
+    from .greedy import GreedyScorer
+
+    s = GreedyScorer(str(kernel.load("smollm2").spec.path))
+    yield s
+    s.close()
+
+
 @pytest.fixture(scope="module")
 def fake_kernel(tmp_path_factory):
     """A kernel whose default model runs on the deterministic fake driver (tests/fakes.py): no model."""
