@@ -4,9 +4,9 @@ Boundaries: pure Python; never imports torch, llama_cpp or faiss (drivers and ba
 """
 
 from .config import Config
-from .handle import Completion, RequestHandle
+from .sched.handle import Completion, RequestHandle
 from .kernel import Kernel, boot
-from .request import Priority, Request, RequestStatus, SamplingParams
+from .sched.request import Priority, Request, RequestStatus, SamplingParams
 
 __all__ = ["Completion", "Config", "Kernel", "Priority", "Request", "RequestHandle", "RequestStatus",
            "SamplingParams", "boot"]

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
-from .request import MODEL_SAMPLING_KEYS
+from .sched.request import MODEL_SAMPLING_KEYS
 
 
 def available_cores() -> int:

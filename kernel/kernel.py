@@ -12,23 +12,24 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .agents import Process, ProcessTable
+from .proc.agents import Process, ProcessTable
 from .config import Config
 from .errors import InvalidRequestError, KernelShutdownError, PromptTooLongError
-from .embedding import EmbeddingService
-from .handle import Completion, RequestHandle
-from .jobs import Job
-from .masking import redact_messages, redact_text
-from .toolbox import ToolBox
-from .module_table import ModuleTable
-from .models import LoadProgress, ModelManager
-from .modules import Manifest, ModuleStore
-from .rag import add_passages
-from .registry import ModelRegistry, ModelSpec
-from .request import Priority, PromptEnvelope, Request, SamplingParams, next_request_id, validate_messages
-from .sessions import SessionStore
+from .sched.handle import Completion, RequestHandle
+from .tools.jobs import Job
+from .lib.masking import redact_messages, redact_text
+from .tools.toolbox import ToolBox
+from .modules.table import ModuleTable
+from .models.loaded import LoadProgress, ModelManager
+from .modules.store import Manifest, ModuleStore
+from .models.registry import ModelRegistry, ModelSpec
+from .sched.request import Priority, PromptEnvelope, Request, SamplingParams, next_request_id, validate_messages
+from .proc.sessions import SessionStore
+
+if TYPE_CHECKING:
+    from .memfs.embedding import EmbeddingService
 
 log = logging.getLogger("llmos.kernel")
 
@@ -138,6 +139,8 @@ class Kernel:
         params = params.with_defaults(loaded.spec.sampling_defaults())  # unset fields: the model's defaults
         sources: list[str] = []
         if rag is not None:  # before the hook: plugins (redaction) see, and mask, the passages too
+            from .memfs.rag import add_passages
+
             chat, sources = add_passages(self.mem, loaded, prompt, chat, params.max_tokens, self.config.system_prompt,
                                          rag)
             prompt = None
@@ -330,6 +333,8 @@ class Kernel:
         with self._lock:
             if self._embedding is None:
                 from llmos.drivers.embedder import SentenceEmbedder
+
+                from .memfs.embedding import EmbeddingService
 
                 self._embedding = EmbeddingService(SentenceEmbedder())
             return self._embedding

@@ -13,7 +13,7 @@ import re
 from typing import Optional
 
 from llmos.kernel.errors import InvalidRequestError
-from llmos.kernel.structured import StructuredOutputError, parse_json, submit_json
+from llmos.kernel.proc.structured import StructuredOutputError, parse_json, submit_json
 
 from .hookspecs import hookimpl
 

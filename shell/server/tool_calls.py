@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmos.kernel.errors import InvalidRequestError
-from llmos.kernel.tool_calling import (EMPTY_PARAMETERS, Function, InvalidToolCall, call_schema, for_model,
+from llmos.kernel.proc.tool_calling import (EMPTY_PARAMETERS, Function, InvalidToolCall, call_schema, for_model,
                                        parse_reply, tools_prompt)
 
 

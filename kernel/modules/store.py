@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text, fsync_dir, fsync_file
-from .errors import InvalidRequestError, LlmosError, UnknownAdapterError
-from .registry import GGUF_MAGIC, ModelRegistry, ModelSpec
+from ..lib.atomic import atomic_write_text, fsync_dir, fsync_file
+from ..errors import InvalidRequestError, LlmosError, UnknownAdapterError
+from ..models.registry import GGUF_MAGIC, ModelRegistry, ModelSpec
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # whole names only: always .fullmatch
 

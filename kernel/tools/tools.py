@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import pydantic
 
-from .errors import InvalidRequestError, LlmosError
+from ..errors import InvalidRequestError, LlmosError
 
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 

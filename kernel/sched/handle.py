@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Iterator
 
-from .errors import RequestCancelledError, RequestFailedError, RequestTimeoutError
+from ..errors import RequestCancelledError, RequestFailedError, RequestTimeoutError
 from .request import Request, RequestStatus
 from .scheduler import RequestOutput
 

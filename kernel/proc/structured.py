@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
-from .errors import InvalidRequestError, LlmosError
+from ..errors import InvalidRequestError, LlmosError
 
 if TYPE_CHECKING:
-    from .handle import RequestHandle
-    from .kernel import Kernel
+    from ..sched.handle import RequestHandle
+    from ..kernel import Kernel
 
 
 class StructuredOutputError(LlmosError):

@@ -14,12 +14,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .config import Config
-from .engine import Engine
-from .errors import DriverUnavailableError, InvalidRequestError, LlmosError, ModelLoadError
+from ..config import Config
+from ..sched.engine import Engine
+from ..errors import DriverUnavailableError, InvalidRequestError, LlmosError, ModelLoadError
 from .registry import ModelRegistry, ModelSpec
-from .request import Request
-from .scheduler import Scheduler, SchedulerConfig
+from ..sched.request import Request
+from ..sched.scheduler import Scheduler, SchedulerConfig
 
 log = logging.getLogger("llmos.models")
 

@@ -24,14 +24,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidRequestError, LlmosError, RequestCancelledError
-from .request import Priority
+from ..errors import InvalidRequestError, LlmosError, RequestCancelledError
+from ..sched.request import Priority
 from .structured import submit_json
 from .tool_calling import (ANSWER, Function, bounded, InvalidToolCall, arguments_prompt, choice_prompt, choice_schema,
                            condensed, parse_arguments, parse_choice)
 
 if TYPE_CHECKING:
-    from .kernel import Kernel
+    from ..kernel import Kernel
     from .sessions import Session
 
 #: tokens one LLM call may generate (a choice, arguments or the answer), within the token budget

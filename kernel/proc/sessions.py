@@ -26,8 +26,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import InvalidRequestError, LlmosError, StorageError
-from .masking import dumps_redacted, redact_text
+from ..errors import InvalidRequestError, LlmosError, StorageError
+from ..lib.masking import dumps_redacted, redact_text
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
-from .errors import InvalidRequestError
+from ..errors import InvalidRequestError
 
 #: largest number of new tokens one request may ask for
 MAX_TOKENS_LIMIT = 32768

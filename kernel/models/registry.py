@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .errors import ModelFormatError, UnknownModelError
-from .model_defaults import effective_sampling, table_sampling
+from ..errors import ModelFormatError, UnknownModelError
+from .defaults import effective_sampling, table_sampling
 
 GGUF_MAGIC = b"GGUF"
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from .detokenizer import Detokenizer
-from .errors import PromptTooLongError, QueueFullError
+from ..errors import PromptTooLongError, QueueFullError
 from .interface import DriverOutput, NewSequence, SchedulerOutput
 from .request import Priority, Request, RequestStatus
 

@@ -8,11 +8,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .capabilities import Approver, AuditLog, Grants, ToolDeniedError
-from .errors import LlmosError
+from ..errors import LlmosError
 from .tools import Task, Tool, ToolError, ToolResult, UnknownToolError, Workers
 
 if TYPE_CHECKING:
-    from .kernel import Kernel
+    from ..kernel import Kernel
 
 DEFAULT_TIMEOUT_S = 30.0
 

@@ -32,8 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping
 
-from .errors import ConfigError, LlmosError
-from .masking import dumps_redacted
+from ..errors import ConfigError, LlmosError
+from ..lib.masking import dumps_redacted
 
 log = logging.getLogger("llmos.audit")
 

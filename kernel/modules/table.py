@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .errors import AdapterConflictError, InvalidRequestError, LlmosError
-from .models import LoadedModel, ModelManager
-from .modules import Manifest, ModuleStore
+from ..errors import AdapterConflictError, InvalidRequestError, LlmosError
+from ..models.loaded import LoadedModel, ModelManager
+from .store import Manifest, ModuleStore
 
 #: which driver runs each adapter format, and back
 DRIVER_FOR_FORMAT = {"peft": "torch", "gguf": "llamacpp"}
