@@ -48,7 +48,7 @@ class Kernel:
         self.registry = ModelRegistry(self.config.home, self.config.models)
         self.drivers = self.plugins.collect_drivers()
         self._redactors: list | None = None
-        self.tools = ToolBox(self)
+        self.tools = ToolBox(self, self.plugins, self.config)
         self._models = ModelManager(self.config, self.registry, self.drivers, progress, on_finish=self._on_finish)
         self.module_store = ModuleStore(self.config.home, self.registry)
         self.modules = ModuleTable(self.module_store, self._models, self.config.max_loaded_modules, self.cancel)
@@ -58,7 +58,7 @@ class Kernel:
         self._embedding: EmbeddingService | None = None
         self._jobs: list[Job] = []
         self._sessions: SessionStore | None = None
-        self.processes = ProcessTable(self)
+        self.processes = ProcessTable(self, self.tools.all, self.config.default_model)
         self._lock = threading.RLock()
         self.started = time.monotonic()
         self.plugins.hook.kernel_booted(kernel=self)
