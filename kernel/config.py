@@ -140,6 +140,15 @@ class Config:
         return {**RETENTION[table], **dict(self.sections.get(table, {}))}
 
 
+@dataclass(frozen=True)
+class PluginTable:
+    """A table a plugin reads (the `register_config` hook): `Config.check_tables` accepts its keys."""
+
+    plugin: str
+    name: str  # the llmos.toml table (kernel.config.sections[name])
+    keys: tuple[str, ...] = ()
+
+
 _SCALARS = {f.name: f for f in fields(Config) if f.name not in ("home", "models", "sections")}
 
 #: retention of what llmos stores, per table (0 = no limit); applied when the store is opened and

@@ -141,6 +141,12 @@ class ModuleTable:
         with self._state:
             return [e.as_dict() for e in self._loaded.values()]
 
+    def installed(self) -> list[dict]:
+        """Installed modules, each with where it is loaded (driver, memory, use count)."""
+        loaded = self.lsmod()
+        return [{**m.as_dict(), "loaded": [row for row in loaded if row["name"] == m.name]}
+                for m in self.store.list()]
+
     def release(self, request_id: str) -> None:
         with self._state:
             for entry in self._loaded.values():
