@@ -4,6 +4,6 @@
 
 Owns: every tool call's validation, authorization, run and audit record.
 Must not import: the facade `kernel.py` (not even under TYPE_CHECKING): it is given a
-`KernelPort` (`kernel/port.py`); nor proc, sched, models, modules or memfs. Only `errors`, `lib`
-and `port` (MCP servers only lazily, through `llmos.plugins.mcp_tools`); no engine library.
+`KernelPort` (`kernel/port.py`); nor proc, sched, models, modules or memfs. Only `errors`, `lib`,
+`config` and `port` (MCP servers only lazily, through `llmos.plugins.mcp_tools`); no engine library.
 """
