@@ -1,6 +1,6 @@
 """The scheduler: decides, step by step, which sequences a driver computes.
 
-Boundaries: pure Python, no model, no threads, no I/O. The engine (kernel/engine.py) calls it under
+Boundaries: pure Python, no model, no threads, no I/O. The engine (kernel/sched/engine.py) calls it under
 a lock; tests drive it directly with a fake driver.
 
 Policy, in order of precedence:
