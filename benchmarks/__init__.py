@@ -8,52 +8,13 @@ A benchmark is a function `(ctx: BenchContext) -> BenchResult` (or a list of the
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Callable
 
 from llmos.kernel.errors import InvalidRequestError
 
+from .registry import REGISTRY as _REGISTRY
+from .registry import BenchContext, BenchResult, benchmark
 
-@dataclass(frozen=True)
-class BenchResult:
-    name: str
-    baseline: float
-    candidate: float
-    unit: str
-    target: float
-    higher_is_better: bool = True
-    description: str = ""
-
-    @property
-    def ratio(self) -> float:
-        if self.higher_is_better:
-            return self.candidate / self.baseline if self.baseline else float("inf")
-        return self.baseline / self.candidate if self.candidate else float("inf")
-
-    @property
-    def met(self) -> bool:
-        return self.ratio >= self.target
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "baseline": self.baseline, "candidate": self.candidate,
-                "unit": self.unit, "ratio": round(self.ratio, 3), "target": self.target,
-                "description": self.description}
-
-
-@dataclass
-class BenchContext:
-    home: str | None
-    log: Callable[[str], None]
-
-
-_REGISTRY: dict[str, tuple[Callable[[BenchContext], BenchResult], str]] = {}
-
-
-def benchmark(name: str, description: str) -> Callable:
-    def wrap(fn: Callable[[BenchContext], BenchResult]) -> Callable[[BenchContext], BenchResult]:
-        _REGISTRY[name] = (fn, description)
-        return fn
-    return wrap
+__all__ = ["BenchContext", "BenchResult", "available", "benchmark", "run_benchmarks"]
 
 
 def available() -> dict[str, str]:

@@ -13,7 +13,7 @@ import random
 import threading
 import time
 
-from . import BenchContext, BenchResult, benchmark
+from .registry import BenchContext, BenchResult, benchmark
 from .llamacpp_bench import PROMPTS, _kernel, _plain, _plain_generate, _plain_llama
 
 AGENTS, CALLS, TOKENS = 8, 4, 48

@@ -12,7 +12,7 @@ import time
 
 from llmos.kernel.config import Config, available_cores
 
-from . import BenchContext, BenchResult, benchmark
+from .registry import BenchContext, BenchResult, benchmark
 
 PROMPTS = [
     "Write a short poem about the sea.", "Explain photosynthesis simply.", "List three uses of copper.",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import BenchContext, BenchResult, benchmark
+from .registry import BenchContext, BenchResult, benchmark
 
 
 def synthetic_embeddings(rng, n: int, dim: int = 384, latent: int = 24) -> np.ndarray:

@@ -17,7 +17,7 @@ import statistics
 import threading
 import time
 
-from . import BenchContext, BenchResult, benchmark
+from .registry import BenchContext, BenchResult, benchmark
 
 RATE = 150.0  # tokens/s fed into the view
 N_TOKENS = 2000

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from llmos.kernel.config import Config
 
-from . import BenchContext, BenchResult, benchmark
+from .registry import BenchContext, BenchResult, benchmark
 from .llamacpp_bench import PROMPTS, _kernel
 
 OUTPUT_LENGTHS = [16, 24, 32, 48, 64, 40, 20, 56] * 2

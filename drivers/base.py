@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
 from llmos.kernel.errors import DriverUnavailableError
-from llmos.kernel.detokenizer import DecodeDetokenizer, Detokenizer
-from llmos.kernel.interface import DriverOutput, SchedulerOutput
-from llmos.kernel.registry import ModelSpec
+from llmos.kernel.sched.detokenizer import DecodeDetokenizer, Detokenizer
+from llmos.kernel.sched.interface import DriverOutput, SchedulerOutput
+from llmos.kernel.models.registry import ModelSpec
 
 #: called with a fraction in [0, 1] while a model loads
 ProgressCallback = Callable[[float], None]

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from llmos.kernel.detokenizer import ByteDetokenizer, Detokenizer
+from llmos.kernel.sched.detokenizer import ByteDetokenizer, Detokenizer
 from llmos.kernel.errors import InvalidRequestError, ModelLoadError
-from llmos.kernel.interface import DriverOutput, NewSequence, SchedulerOutput
-from llmos.kernel.registry import check_gguf
+from llmos.kernel.sched.interface import DriverOutput, NewSequence, SchedulerOutput
+from llmos.kernel.models.registry import check_gguf
 
 from .base import Driver, DriverOptions, ModelInfo, ProbeResult, ProgressCallback
 

@@ -21,7 +21,7 @@ from llama_cpp import llama_cpp as C
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from llmos.kernel.errors import InvalidRequestError, ModelLoadError
-from llmos.kernel.request import SamplingParams
+from llmos.kernel.sched.request import SamplingParams
 
 from . import json_grammar
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from llmos.kernel.errors import ModelLoadError
-from llmos.kernel.interface import DriverOutput, NewSequence, SchedulerOutput
+from llmos.kernel.sched.interface import DriverOutput, NewSequence, SchedulerOutput
 
 from .base import Driver, DriverOptions, ModelInfo, ProbeResult, ProgressCallback
 from .remote_nodes import END, Failure, NodePool, RemoteStream

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from llmos.kernel.errors import AdapterConflictError, ModelLoadError
-from llmos.kernel.interface import DriverOutput, NewSequence, SchedulerOutput
-from llmos.kernel.request import SamplingParams
+from llmos.kernel.sched.interface import DriverOutput, NewSequence, SchedulerOutput
+from llmos.kernel.sched.request import SamplingParams
 
 from .base import Driver, DriverOptions, ModelInfo, ProbeResult, ProgressCallback
 

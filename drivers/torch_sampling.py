@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from llmos.kernel.request import SamplingParams
+from llmos.kernel.sched.request import SamplingParams
 
 
 def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:

@@ -28,7 +28,7 @@
     max_count = 1000         # beyond this, the least recently updated are deleted
 
 Other tables belong to other subsystems and are kept verbatim in `Config.sections`: [capabilities]
-and [mcp] (kernel/capabilities.py, plugins/mcp_tools.py), and tables plugins declare with the
+and [mcp] (kernel/tools/capabilities.py, plugins/mcp_tools.py), and tables plugins declare with the
 `register_config` hook (e.g. [redaction]). Every key is checked: an unknown key anywhere, or a table
 nobody owns, is a ConfigError naming the file and the key (with the closest known key, when one is
 close). Kernel-owned tables are checked by `Config.load`, plugin tables at boot (`check_tables`).
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
-from .request import MODEL_SAMPLING_KEYS
+from .sched.request import MODEL_SAMPLING_KEYS
 
 
 def available_cores() -> int:
@@ -140,16 +140,25 @@ class Config:
         return {**RETENTION[table], **dict(self.sections.get(table, {}))}
 
 
+@dataclass(frozen=True)
+class PluginTable:
+    """A table a plugin reads (the `register_config` hook): `Config.check_tables` accepts its keys."""
+
+    plugin: str
+    name: str  # the llmos.toml table (kernel.config.sections[name])
+    keys: tuple[str, ...] = ()
+
+
 _SCALARS = {f.name: f for f in fields(Config) if f.name not in ("home", "models", "sections")}
 
 #: retention of what llmos stores, per table (0 = no limit); applied when the store is opened and
-#: as it is written (kernel/capabilities.py AuditLog, kernel/sessions.py SessionStore)
+#: as it is written (kernel/tools/capabilities.py AuditLog, kernel/proc/sessions.py SessionStore)
 RETENTION: dict[str, dict[str, float]] = {
     "audit": {"max_age_days": 90, "max_bytes": 50_000_000},
     "sessions": {"max_age_days": 90, "max_count": 1000},
 }
-#: keys of a [models.NAME] table: a local model (`path`) or remote nodes (kernel/registry.py remote_spec),
-#: and the model's default sampling (kernel/model_defaults.py)
+#: keys of a [models.NAME] table: a local model (`path`) or remote nodes (kernel/models/registry.py remote_spec),
+#: and the model's default sampling (kernel/models/defaults.py)
 MODEL_KEYS = ("path", "nodes", "remote_model", "max_concurrency", "context_length", "timeout", *MODEL_SAMPLING_KEYS)
 #: the tables the kernel owns and their keys: a dict is a table (its keys), "*" any name, [x] a list of
 #: tables, None a value its owner checks

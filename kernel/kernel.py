@@ -1,8 +1,11 @@
-"""The kernel: the public, in-process API of llmos.
+"""The kernel: the public, in-process API of llmos, and the facade that wires its parts.
 
 `llmos.boot(config) -> Kernel`. Every front end (CLI, shell, HTTP server, agents) goes through these
 methods; none reaches into engines or drivers directly. Sync and async variants share one path:
 `submit()` validates, tokenizes and queues a request and returns a `RequestHandle`.
+
+The parts (sched/, models/, modules/, proc/, tools/, memfs/) hold the logic; this module connects
+them. proc/ and tools/ get the kernel as a `KernelPort` (port.py): no part imports this module.
 """
 
 from __future__ import annotations
@@ -10,29 +13,28 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
-from .agents import Process, ProcessTable
-from .config import Config
+from .config import Config, PluginTable
 from .errors import InvalidRequestError, KernelShutdownError, PromptTooLongError
-from .embedding import EmbeddingService
-from .handle import Completion, RequestHandle
-from .jobs import Job
-from .masking import redact_messages, redact_text
-from .toolbox import ToolBox
-from .module_table import ModuleTable
-from .models import LoadProgress, ModelManager
-from .modules import Manifest, ModuleStore
-from .rag import add_passages
-from .registry import ModelRegistry, ModelSpec
-from .request import Priority, PromptEnvelope, Request, SamplingParams, next_request_id, validate_messages
-from .sessions import SessionStore
+from .lib.masking import Redactors, redact_messages, redact_text
+from .models.loaded import LoadProgress, ModelManager
+from .models.registry import ModelRegistry, ModelSpec
+from .modules.store import Manifest, ModuleStore
+from .modules.table import ModuleTable
+from .proc.agents import Process, ProcessTable
+from .proc.sessions import SessionStore
+from .sched.handle import Completion, RequestHandle, acancel_on_close, cancel_on_close
+from .sched.request import (Priority, PromptEnvelope, Request, check_prompt, check_timeout, next_request_id,
+                            parse_sampling, validate_messages)
+from .tools.jobs import Job
+from .tools.toolbox import ToolBox
+
+if TYPE_CHECKING:
+    from .memfs.embedding import EmbeddingService
 
 log = logging.getLogger("llmos.kernel")
-
-_SAMPLING_KEYS = {f for f in SamplingParams.__dataclass_fields__}
 
 
 class Kernel:
@@ -42,12 +44,12 @@ class Kernel:
 
         self.config = config or Config.load()
         self.plugins = plugins or PluginManager(load_entrypoints=load_entrypoints)
-        self.config.check_tables({t.name: t.keys for t in self.plugins.collect("register_config", _ConfigTable)
+        self.config.check_tables({t.name: t.keys for t in self.plugins.collect("register_config", PluginTable)
                                   .values()})  # an unknown key or table in llmos.toml stops the boot
         self.registry = ModelRegistry(self.config.home, self.config.models)
         self.drivers = self.plugins.collect_drivers()
-        self._redactors: list | None = None
-        self.tools = ToolBox(self)
+        self._redactors = Redactors(self.plugins)
+        self.tools = ToolBox(self, self.plugins, self.config)
         self._models = ModelManager(self.config, self.registry, self.drivers, progress, on_finish=self._on_finish)
         self.module_store = ModuleStore(self.config.home, self.registry)
         self.modules = ModuleTable(self.module_store, self._models, self.config.max_loaded_modules, self.cancel)
@@ -57,7 +59,7 @@ class Kernel:
         self._embedding: EmbeddingService | None = None
         self._jobs: list[Job] = []
         self._sessions: SessionStore | None = None
-        self.processes = ProcessTable(self)
+        self.processes = ProcessTable(self, self.tools.all, self.config.default_model)
         self._lock = threading.RLock()
         self.started = time.monotonic()
         self.plugins.hook.kernel_booted(kernel=self)
@@ -106,10 +108,7 @@ class Kernel:
         Sampling fields left unset (or None) take the model's defaults (`models_info()` shows them);
         `temperature=0` is plain greedy decoding."""
         self._check_open()
-        unknown = set(sampling) - _SAMPLING_KEYS
-        if unknown:
-            raise InvalidRequestError(f"unknown parameter(s) {sorted(unknown)}", param=sorted(unknown)[0])
-        params = SamplingParams(**sampling)
+        params = parse_sampling(sampling)
         prio = Priority.parse(priority)
         if (prompt is None) == (messages is None):
             raise InvalidRequestError("give either a prompt or messages (exactly one)", param="prompt")
@@ -117,9 +116,8 @@ class Kernel:
         if chat is not None and self.config.system_prompt and not any(m["role"] == "system" for m in chat):
             chat.insert(0, {"role": "system", "content": self.config.system_prompt})
         if prompt is not None:
-            _check_prompt(prompt)
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise InvalidRequestError(f"timeout must be a positive number of seconds, got {timeout!r}", param="timeout")
+            check_prompt(prompt)
+        check_timeout(timeout)
         if adapter is not None:
             manifest = self.module_store.get(adapter)  # UnknownAdapterError lists what is installed
             model = model or manifest.base_model
@@ -127,17 +125,13 @@ class Kernel:
             driver = self.modules.driver_for(manifest, driver)
         if params.json_schema is not None:  # route to a driver that can constrain output, or refuse now
             spec = self.registry.resolve(model or self.config.default_model)
-            if driver is None:
-                driver = next((n for n in self._models.drivers_for(spec) if self.drivers[n].supports_json_schema), None)
-            cls = self._models.choose_driver(spec, driver)
-            if not cls.supports_json_schema:
-                raise InvalidRequestError(f"the {cls.name} driver cannot constrain output to a JSON schema: "
-                                          f"use --driver llamacpp", param="json_schema")
-            cls.check_json_schema(params.json_schema)  # a 400 now, never a failure inside a batch
+            driver = self._models.json_schema_driver(spec, driver, params.json_schema)
         loaded = self._models.get(model or self.config.default_model, driver)
         params = params.with_defaults(loaded.spec.sampling_defaults())  # unset fields: the model's defaults
         sources: list[str] = []
         if rag is not None:  # before the hook: plugins (redaction) see, and mask, the passages too
+            from .memfs.rag import add_passages
+
             chat, sources = add_passages(self.mem, loaded, prompt, chat, params.max_tokens, self.config.system_prompt,
                                          rag)
             prompt = None
@@ -188,7 +182,7 @@ class Kernel:
             return masked, redact_messages([dict(m) for m in chat], self.redact) if chat else chat
         messages = validate_messages(envelope.messages) if envelope.messages is not None else None
         if envelope.text is not None:
-            _check_prompt(envelope.text)
+            check_prompt(envelope.text)
         return envelope.text, messages
 
     def _on_finish(self, request: Request) -> None:
@@ -218,27 +212,11 @@ class Kernel:
 
     def modules_info(self) -> list[dict[str, Any]]:
         """Installed modules, each with where it is loaded (driver, memory, use count)."""
-        loaded = self.lsmod()
-        return [{**m.as_dict(), "loaded": [row for row in loaded if row["name"] == m.name]}
-                for m in self.module_store.list()]
+        return self.modules.installed()
 
     def export_module(self, name: str, fmt: str = "gguf") -> Manifest:
         """Add a GGUF LoRA form to a PEFT module so the llama.cpp driver can mount it too."""
-        if fmt != "gguf":
-            raise InvalidRequestError(f"modules export to gguf only, not {fmt!r}", param="format")
-        import tempfile
-        from pathlib import Path
-
-        from llmos.drivers.gguf_lora import export_peft_to_gguf
-
-        manifest = self.module_store.get(name)
-        spec = self.registry.resolve(manifest.base_model)
-        if spec.format != "gguf":
-            raise InvalidRequestError(f"{spec.name} is not a GGUF model: llama.cpp cannot run it", param="name")
-        with tempfile.TemporaryDirectory() as tmp:
-            out = export_peft_to_gguf(self.module_store.weights_path(manifest, "peft"), spec.path,
-                                      Path(tmp) / "adapter.gguf")
-            return self.module_store.add_form(name, "gguf", out)
+        return self.module_store.export(name, fmt)
 
     def generate(self, prompt: str, **kwargs: Any) -> Completion:
         """Complete `prompt` and wait for the whole answer."""
@@ -252,7 +230,7 @@ class Kernel:
         """Yield the answer's text as it is produced; closing the iterator cancels the request.
 
         The request is validated and queued before this returns, so bad input raises here."""
-        return _cancel_on_close(self.submit(prompt, **kwargs))
+        return cancel_on_close(self.submit(prompt, **kwargs))
 
     async def agenerate(self, prompt: str, **kwargs: Any) -> Completion:
         return await self.submit(prompt, **kwargs).aresult()
@@ -262,7 +240,7 @@ class Kernel:
 
     def astream(self, prompt: str | None = None, **kwargs: Any) -> AsyncIterator[str]:
         """Async twin of `stream` (`async for chunk in kernel.astream(...)`)."""
-        return _acancel_on_close(self.submit(prompt, **kwargs))
+        return acancel_on_close(self.submit(prompt, **kwargs))
 
     def cancel(self, request_id: str) -> bool:
         """Cancel a waiting or running request, or kill an agent process, by id; False if it is
@@ -275,7 +253,7 @@ class Kernel:
             return True
         return any(m.engine.cancel(request_id) for m in self._models.loaded())
 
-    # -- agents and sessions (kernel/agents.py, kernel/sessions.py) ----------------------------------
+    # -- agents and sessions (proc/agents.py, proc/sessions.py) --------------------------------------
 
     def spawn(self, goal: str | None = None, **options: Any) -> Process:
         """Start an agent process: `spawn(goal, tools=None, model=None, adapter=None, max_steps=8,
@@ -295,12 +273,7 @@ class Kernel:
 
     def redact(self, text: str) -> str:
         """`text` through every registered redactor (the `register_redactors` hook)."""
-        if self._redactors is None:
-            found = self.plugins.collect("register_redactors", lambda plugin, name, fn: _Redactor(name, fn, plugin))
-            self._redactors = list(found.values())
-        for r in self._redactors:
-            text = r.fn(text)
-        return text
+        return self._redactors(text)
 
     # -- memory ------------------------------------------------------------------------------------
 
@@ -309,11 +282,10 @@ class Kernel:
         """Retrieval memory (memfs): write/append/cat/ls/stat/mv/rm/find/grep/import_dir/fsck."""
         from .memfs import MemFS
 
-        def backends():
-            from .memfs.fs import default_backends
+        def backends():  # embedding through the kernel's queue (seen in ps), the FAISS index from drivers/
+            from llmos.drivers.memfs_index import VectorIndex
 
-            _embedder, index_cls = default_backends()
-            return self.embedding, index_cls
+            return self.embedding, VectorIndex
 
         with self._lock:
             if self._mem is None:
@@ -330,6 +302,8 @@ class Kernel:
         with self._lock:
             if self._embedding is None:
                 from llmos.drivers.embedder import SentenceEmbedder
+
+                from .memfs.embedding import EmbeddingService
 
                 self._embedding = EmbeddingService(SentenceEmbedder())
             return self._embedding
@@ -366,7 +340,7 @@ class Kernel:
         return self.plugins.info()
 
     def call_tool(self, name: str, args: Any, **kwargs: Any):
-        """Validate, authorize, run and audit a tool call (see kernel/toolbox.py)."""
+        """Validate, authorize, run and audit a tool call (see tools/toolbox.py)."""
         return self.tools.call(name, args, **kwargs)
 
     def run_task(self, name: str, params: Any) -> Any:
@@ -377,35 +351,14 @@ class Kernel:
 
     def ps(self) -> list[dict[str, Any]]:
         """Live requests of every loaded model, most urgent first, then queued embedding work."""
-        now = time.monotonic()
-        rows = []
-        for loaded in self._models.loaded():
-            for req in loaded.engine.requests():
-                m = req.metrics
-                rows.append({
-                    "id": req.request_id, "owner": req.owner, "model": req.model,
-                    "driver": loaded.driver_name, "adapter": req.adapter,
-                    "state": req.status.name.lower(), "priority": req.priority.name.lower(),
-                    "prompt_tokens": m.prompt_tokens, "output_tokens": m.output_tokens,
-                    "age_s": now - m.arrival, "queue_wait_s": m.queue_wait, "ttft_s": m.ttft,
-                    "tokens_per_s": m.tokens_per_second,
-                })
+        rows = self._models.ps()
         if self._embedding is not None:
             rows += self._embedding.ps()
         return rows + [p.as_row() for p in self.processes.list() if not p.state.finished]
 
     def engines(self) -> list[dict[str, Any]]:
         """Loaded models with their driver, queue and step figures."""
-        out = []
-        for loaded in self._models.loaded():
-            eng = loaded.engine
-            out.append({
-                "model": loaded.spec.name, "driver": loaded.driver_name, "device": loaded.info.device,
-                "running": eng.scheduler.num_running, "waiting": eng.scheduler.num_waiting,
-                "steps": eng.steps, "failures": eng.failures, "load_s": loaded.load_seconds,
-                **loaded.driver.stats(),
-            })
-        return out
+        return self._models.engines()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -435,47 +388,6 @@ class Kernel:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
-
-
-@dataclass(frozen=True)
-class _ConfigTable:
-    plugin: str
-    name: str  # the llmos.toml table a plugin reads (kernel.config.sections[name])
-    keys: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class _Redactor:
-    name: str
-    fn: Callable[[str], str]
-    plugin: str
-
-
-def _cancel_on_close(handle: RequestHandle) -> Iterator[str]:
-    try:
-        yield from handle.stream()
-    finally:
-        handle.cancel()
-
-
-async def _acancel_on_close(handle: RequestHandle) -> AsyncIterator[str]:
-    try:
-        async for chunk in handle.astream():
-            yield chunk
-    finally:
-        handle.cancel()
-
-
-def _check_prompt(prompt: Any) -> None:
-    if not isinstance(prompt, str):
-        raise InvalidRequestError(f"prompt must be a string, got {type(prompt).__name__}", param="prompt")
-    if not prompt.strip():
-        raise InvalidRequestError("prompt is empty: give some text", param="prompt")
-    try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidRequestError(f"prompt is not valid UTF-8 text ({exc.reason} at {exc.start})",
-                                  param="prompt") from None
 
 
 def boot(config: Config | None = None, **overrides: Any) -> Kernel:

@@ -2,7 +2,7 @@
 
 Each is a task through `register_tasks`, so the CLI (`llmos task run NAME --param k=v`), the Python
 API (`kernel.run_task`) and the shell reach it alike. Structured results are grammar-constrained
-(kernel/structured.py) and validated, and the task builds the returned object itself, so the result
+(kernel/proc/structured.py) and validated, and the task builds the returned object itself, so the result
 is always well-formed JSON. Tasks decode greedily (temperature 0: the same input gives the same
 result), except classify's extra votes, which sample on purpose.
 """
@@ -13,7 +13,7 @@ import re
 from typing import Optional
 
 from llmos.kernel.errors import InvalidRequestError
-from llmos.kernel.structured import StructuredOutputError, parse_json, submit_json
+from llmos.kernel.proc.structured import StructuredOutputError, parse_json, submit_json
 
 from .hookspecs import hookimpl
 

@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any
 
-from llmos.kernel.tools import Tool
+from llmos.kernel.tools.tools import Tool
 
 log = logging.getLogger("llmos.mcp")
 START_TIMEOUT_S = 30.0

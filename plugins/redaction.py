@@ -19,7 +19,7 @@ import re
 from typing import Any
 
 from llmos.kernel.errors import ConfigError
-from llmos.kernel.masking import redact_messages, redact_text
+from llmos.kernel.lib.masking import redact_messages, redact_text
 
 from .hookspecs import hookimpl
 

@@ -9,8 +9,6 @@ into Markdown widgets through `ReplyStream` (shell/streaming.py: throttled write
 from __future__ import annotations
 
 import gc
-import threading
-import time
 from typing import Any
 
 from textual import on, work
@@ -21,11 +19,12 @@ from textual.widgets import Footer, Header
 
 from llmos.kernel.errors import LlmosError, RequestCancelledError
 
-from .commands import CommandSet, Context, Reply, is_command, state_name
+from .agent_view import AgentView, relay
+from .commands import CommandSet, Context, Reply, is_command
 from .completion import Completer
 from .conversation import Conversation
 from .palette import ShellCommandsProvider
-from .streaming import ReplyStream
+from .streaming import Feed, ReplyStream
 from .widgets.chat_log import ChatLog
 from .widgets.prompt_input import PromptInput
 from .widgets.status_line import StatusLine
@@ -83,15 +82,13 @@ class ShellApp(App):
         self.agent: Any = None  # the agent Process running now
         self.reply: ReplyStream | None = None  # the reply streaming now
         self.last_reply: dict[str, Any] = {}  # status, error, text, request id of the last reply
-        self._agent_stream: ReplyStream | None = None
+        self._agent_view = AgentView()
         self._busy = False
         self._cancel_requested = False
         self.commands_done = 0  # command lines answered so far
         self.ready = False  # booted and the conversation shown
         self.pause_gc = True  # no cyclic garbage collection while a reply streams (bounded by max_tokens)
-        self._feed: list[str] = []  # reply text from the worker, drained by the UI thread
-        self._feed_lock = threading.Lock()
-        self._feed_posted = False
+        self._feed = Feed()  # reply text from the worker, drained by the UI thread
 
     # -- layout and boot ---------------------------------------------------------------------------
 
@@ -153,21 +150,13 @@ class ShellApp(App):
         self.ready = True
 
     async def _show_conversation(self) -> None:
-        log = self.chat_log
-        await log.clear()
         assert self.conv is not None
-        for m in self.conv.messages[-REPLAY:]:
-            role = m.get("role")
-            await log.add(str(m.get("content", "")), role if role in ("user", "assistant") else "info")
+        await self.chat_log.show(self.conv.messages[-REPLAY:])
         self.update_header()
 
     def update_header(self) -> None:
-        if self.conv is None:
-            return
-        parts = [self.conv.model + (f" + {self.conv.adapter}" if self.conv.adapter else ""), self.conv.title]
-        if self.conv.rag:
-            parts.append(f"rag {self.conv.rag}")
-        self.sub_title = " | ".join(parts)
+        if self.conv is not None:
+            self.sub_title = self.conv.header
 
     @work(thread=True, group="complete")
     def _refresh_completions(self) -> None:
@@ -298,23 +287,12 @@ class ShellApp(App):
     def feed(self, text: str) -> None:
         """Queue reply text from any thread. Text arriving while the UI is busy is coalesced: one
         wake-up message at a time, so a fast source costs the UI one render per loop, not per token."""
-        with self._feed_lock:
-            self._feed.append(text)
-            if self._feed_posted:
-                return
-            self._feed_posted = True
-        self.post_message(self.Token())
-
-    def _drain(self) -> str:
-        with self._feed_lock:
-            text = "".join(self._feed)
-            self._feed.clear()
-            self._feed_posted = False
-        return text
+        if self._feed.put(text):
+            self.post_message(self.Token())
 
     @on(Token)
     async def _token(self, event: Token) -> None:
-        text = self._drain()
+        text = self._feed.drain()
         if self.reply is not None and text:
             await self.reply.write(text)
 
@@ -322,7 +300,7 @@ class ShellApp(App):
     async def _reply_done(self, event: ReplyDone) -> None:
         message, handle = self.reply, event.handle
         if message is not None:
-            await message.write(self._drain())  # what the worker fed after the last wake-up
+            await message.write(self._feed.drain())  # what the worker fed after the last wake-up
             await message.stop()
         text = message.text if message is not None else ""
         self.handle, self.reply, self._busy = None, None, False
@@ -340,10 +318,8 @@ class ShellApp(App):
             await message.append_note("\n\nSources: " + " ".join(f"`{p}`" for p in handle.request.sources))
         if event.error:
             await self.chat_log.add(event.error, "error")
-        speed = ""
-        if handle is not None and handle.request.metrics.tokens_per_second:
-            m = handle.request.metrics
-            speed = f": {m.output_tokens} tokens, {m.tokens_per_second:.1f} tok/s"
+        speed = f": {metrics.output_tokens} tokens, {metrics.tokens_per_second:.1f} tok/s" if metrics and \
+            metrics.tokens_per_second else ""
         self.status.state = f"reply {event.status}{speed}"
 
     def action_cancel(self) -> None:
@@ -394,37 +370,15 @@ class ShellApp(App):
             return
         self.agent, self.agents[str(proc.pid)] = proc, proc
         try:
-            for ev in proc.events():
-                self.post_message(self.AgentEvent(ev.kind, ev.text or "", ev.step, getattr(ev, "data", None)))
-        except LlmosError as exc:
-            self.post_message(self.AgentEvent("error", str(exc)))
+            relay(proc, lambda *ev: self.post_message(self.AgentEvent(*ev)))
         finally:
             self.agents.pop(str(proc.pid), None)
-            self.post_message(self.AgentEvent("done", state_name(getattr(proc, "state", ""))))
 
     @on(AgentEvent)
     async def _agent_event(self, event: AgentEvent) -> None:
-        log = self.chat_log
-        if event.kind == "token":  # the agent's model output, streamed as dim "thinking" text
-            if self._agent_stream is None:
-                self._agent_stream = await ReplyStream(log, "thinking").start()
-            await self._agent_stream.write(event.text)
-            return
-        if self._agent_stream is not None:
-            await self._agent_stream.stop()
-            self._agent_stream = None
-        if event.kind == "step":
-            await log.add(f"step {event.step}: {event.text}" if event.text else f"step {event.step}", "info")
-        elif event.kind == "tool_call":
-            await log.add(f"-> `{event.text or event.data.get('name', '?')}` {event.data.get('arguments', '')}", "info")
-        elif event.kind == "tool_result":
-            await log.add(f"<- {event.text}"[:2000], "info")
-        elif event.kind == "answer":
-            await log.add(event.text, "assistant")
-            if self.conv is not None:
-                self.conv.append("assistant", event.text)
-        elif event.kind == "error":
-            await log.add(event.text, "error")
+        await self._agent_view.show(self.chat_log, event.kind, event.text, event.step, event.data)
+        if event.kind == "answer" and self.conv is not None:
+            self.conv.append("assistant", event.text)
         elif event.kind == "done":
             self.agent = None
             self.status.state = f"agent finished ({event.text or 'done'})"
@@ -433,26 +387,9 @@ class ShellApp(App):
 
     def approve(self, tool: str, missing: frozenset[str]) -> str:
         """The kernel's Approver, called from a worker thread: ask in a modal and wait for the answer."""
-        from .screens import ApprovalScreen
+        from .screens.approval import ask_approval
 
-        if threading.get_ident() == self._thread_id:
-            return "deny"  # never block the UI thread waiting on itself
-        answered = threading.Event()
-        answer = ["deny"]
-
-        def done(result: str | None) -> None:
-            answer[0] = result or "deny"
-            answered.set()
-
-        try:
-            self.call_from_thread(self.push_screen, ApprovalScreen(tool, missing), done)
-        except RuntimeError:  # the app is not running
-            return "deny"
-        deadline = time.monotonic() + 600
-        while not answered.wait(0.2):
-            if time.monotonic() > deadline or not self.is_running:
-                return "deny"
-        return answer[0]
+        return ask_approval(self, tool, missing)
 
 
 def main(home: str | None = None, model: str | None = None, resume: bool = True) -> None:

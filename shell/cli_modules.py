@@ -1,4 +1,4 @@
-"""`llmos mod ...`: install, list, remove and export adapter modules (kernel/modules.py)."""
+"""`llmos mod ...`: install, list, remove and export adapter modules (kernel/modules/store.py)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from llmos.kernel.errors import InvalidRequestError
-from llmos.kernel.tools import parse_cli_params
+from llmos.kernel.tools.tools import parse_cli_params
 
 from .cli_common import EXIT_FAILURE, fail, kernel_session, out
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from llmos.kernel.errors import InvalidRequestError, LlmosError
-from llmos.kernel.tools import parse_cli_params
+from llmos.kernel.tools.tools import parse_cli_params
 
 from .conversation import Conversation
 

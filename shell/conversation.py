@@ -110,6 +110,14 @@ class Conversation:
         title = getattr(s, "name", None) or (getattr(s, "title", None) or "")[:24] or "new chat"
         return str(title)
 
+    @property
+    def header(self) -> str:
+        """The shell's subtitle: model (+ adapter), title, rag directory."""
+        parts = [self.model + (f" + {self.adapter}" if self.adapter else ""), self.title]
+        if self.rag:
+            parts.append(f"rag {self.rag}")
+        return " | ".join(parts)
+
     # -- messages ----------------------------------------------------------------------------------
 
     @property

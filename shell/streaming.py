@@ -12,6 +12,7 @@ is in flight):
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Callable
 
@@ -19,6 +20,31 @@ from textual.widgets import Markdown
 
 from .widgets.chat_log import ChatLog
 from .widgets.chat_message import ChatMessage
+
+
+class Feed:
+    """Reply text from a worker thread, drained by the UI thread. `put` says whether the caller should
+    post a wake-up: one at a time until the next `drain`, so a fast source costs one render per loop."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._lock = threading.Lock()
+        self._posted = False
+
+    def put(self, text: str) -> bool:
+        with self._lock:
+            self._parts.append(text)
+            if self._posted:
+                return False
+            self._posted = True
+            return True
+
+    def drain(self) -> str:
+        with self._lock:
+            text = "".join(self._parts)
+            self._parts.clear()
+            self._posted = False
+        return text
 
 
 class ReplyStream:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from llmos.drivers.base import Driver, DriverOptions, ModelInfo, ProbeResult
-from llmos.kernel.interface import DriverOutput, SchedulerOutput
+from llmos.kernel.sched.interface import DriverOutput, SchedulerOutput
 
 EOS = 0
 

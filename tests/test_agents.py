@@ -10,9 +10,9 @@ import threading
 import pytest
 
 import llmos
-from llmos.kernel.agents import ProcessState
+from llmos.kernel.proc.agents import ProcessState
 from llmos.kernel.errors import InvalidRequestError
-from llmos.kernel.sessions import SessionStore, UnknownSessionError
+from llmos.kernel.proc.sessions import SessionStore, UnknownSessionError
 from llmos.plugins.hookspecs import hookimpl
 from llmos.plugins.manager import PluginManager
 
@@ -205,7 +205,7 @@ def test_sessions_persist_resume_and_export(tmp_path):
     k.shutdown()
     # a kernel process that dies while an agent runs: the next kernel marks the session crashed
     code = (f"import sys; sys.path[:0] = {sys.path!r}\n"
-            "from llmos.kernel.sessions import SessionStore\nfrom pathlib import Path\n"
+            "from llmos.kernel.proc.sessions import SessionStore\nfrom pathlib import Path\n"
             f"s = SessionStore(Path({str(home / 'sessions.db')!r}))\n"
             "x = s.create(kind='agent', title='doomed', state='running')\nprint(x.id)\n"
             "import os; os._exit(0)")

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from llmos.kernel.agents import ProcessState
+from llmos.kernel.proc.agents import ProcessState
 from llmos.kernel.errors import InvalidRequestError
-from llmos.kernel.structured import submit_json
-from llmos.kernel.tool_calling import (Function, arguments_prompt, bounded, choice_prompt, choice_schema, parse_arguments,
+from llmos.kernel.proc.structured import submit_json
+from llmos.kernel.proc.tool_calling import (Function, arguments_prompt, bounded, choice_prompt, choice_schema, parse_arguments,
                                        parse_choice)
 
 from .util import run_llmos

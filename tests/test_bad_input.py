@@ -14,9 +14,9 @@ import llmos
 from llmos.kernel.errors import (ConfigError, InvalidRequestError, LlmosError, PromptTooLongError, StorageError,
                                  UnknownAdapterError, UnknownModelError)
 from llmos.kernel.memfs.paths import normalize
-from llmos.kernel.modules import ModuleStore
-from llmos.kernel.registry import ModelRegistry
-from llmos.kernel.tool_calling import Function, InvalidToolCall, parse_arguments, parse_reply
+from llmos.kernel.modules.store import ModuleStore
+from llmos.kernel.models.registry import ModelRegistry
+from llmos.kernel.proc.tool_calling import Function, InvalidToolCall, parse_arguments, parse_reply
 from llmos.plugins.finetune.data import FinetuneDataError, load_jsonl
 from llmos.plugins.manager import PluginManager
 

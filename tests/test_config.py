@@ -36,7 +36,7 @@ def test_bad_environment_value(tmp_path, monkeypatch):
 
 
 def test_config_models_extend_the_registry(tmp_path):
-    from llmos.kernel.registry import ModelRegistry
+    from llmos.kernel.models.registry import ModelRegistry
 
     model = tmp_path / "m.gguf"
     model.write_bytes(b"GGUF" + b"\0" * 16)
@@ -47,7 +47,7 @@ def test_config_models_extend_the_registry(tmp_path):
 
 
 def test_listing_models_has_no_side_effects(tmp_path):
-    from llmos.kernel.registry import ModelRegistry
+    from llmos.kernel.models.registry import ModelRegistry
 
     specs = {s.name: s for s in ModelRegistry(tmp_path).list()}
     assert specs["gemma3-270m"].location == tmp_path / "models" / "gemma-3-270m-q4_k_m.gguf"

@@ -15,7 +15,7 @@ import pytest
 
 import llmos
 from llmos.kernel.errors import RequestFailedError
-from llmos.kernel.request import RequestStatus
+from llmos.kernel.sched.request import RequestStatus
 from llmos.plugins.hookspecs import hookimpl
 from llmos.plugins.manager import PluginManager
 

@@ -14,8 +14,8 @@ import pytest
 
 from llmos.kernel.config import Config
 from llmos.kernel.memfs import MemFS
-from llmos.kernel.modules import Manifest, ModuleNameError, ModuleStore
-from llmos.kernel.registry import ModelRegistry
+from llmos.kernel.modules.store import Manifest, ModuleNameError, ModuleStore
+from llmos.kernel.models.registry import ModelRegistry
 from llmos.plugins.finetune import trainer
 
 from .test_finetune import write_jsonl
@@ -202,7 +202,7 @@ def test_a_module_name_must_be_a_whole_valid_name(tmp_path, name):
 
 @pytest.mark.parametrize("name", ["x\n", "a b", "a/b"])
 def test_tool_and_task_names_must_be_whole_valid_names(name):
-    from llmos.kernel.tools import Task, Tool
+    from llmos.kernel.tools.tools import Task, Tool
 
     def fn(text: str) -> str:
         return text

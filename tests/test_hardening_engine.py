@@ -20,8 +20,8 @@ from llmos.drivers.base import DriverOptions
 from llmos.drivers.llamacpp import LlamaCppDriver
 from llmos.kernel.config import Config
 from llmos.kernel.errors import InvalidRequestError, RequestFailedError
-from llmos.kernel.interface import NewSequence, SchedulerOutput
-from llmos.kernel.request import SamplingParams
+from llmos.kernel.sched.interface import NewSequence, SchedulerOutput
+from llmos.kernel.sched.request import SamplingParams
 
 from .util import start_server, wait_for
 

@@ -10,8 +10,8 @@ import threading
 import pytest
 
 import llmos
-from llmos.kernel.agents import ProcessState
-from llmos.kernel.tools import MAX_ABANDONED, MAX_RESULT_CHARS
+from llmos.kernel.proc.agents import ProcessState
+from llmos.kernel.tools.tools import MAX_ABANDONED, MAX_RESULT_CHARS
 from llmos.plugins.hookspecs import hookimpl
 from llmos.plugins.manager import PluginManager
 

@@ -12,7 +12,7 @@ import llmos
 from llmos.kernel.errors import (InvalidRequestError, KernelShutdownError, ModelFormatError, QueueFullError,
                                  RequestCancelledError, RequestFailedError, RequestTimeoutError,
                                  UnknownAdapterError, UnknownModelError)
-from llmos.kernel.request import RequestStatus
+from llmos.kernel.sched.request import RequestStatus
 from llmos.plugins.hookspecs import hookimpl
 from llmos.plugins.manager import PluginManager
 

@@ -9,7 +9,7 @@ import pytest
 
 import llmos
 from llmos.kernel.errors import PromptTooLongError
-from llmos.kernel.request import Priority, RequestStatus
+from llmos.kernel.sched.request import Priority, RequestStatus
 
 from .util import cancel_mid_stream, wait_for
 

@@ -10,9 +10,9 @@ import pytest
 
 import llmos
 from llmos.kernel.errors import RequestCancelledError, UnknownAdapterError
-from llmos.kernel.module_table import ModuleBusyError
-from llmos.kernel.modules import BaseModelMismatchError, ModuleError, ModuleStore, check_safetensors
-from llmos.kernel.registry import ModelRegistry
+from llmos.kernel.modules.table import ModuleBusyError
+from llmos.kernel.modules.store import BaseModelMismatchError, ModuleError, ModuleStore, check_safetensors
+from llmos.kernel.models.registry import ModelRegistry
 
 from .lora import make_lora, torch_model_dir
 

@@ -13,8 +13,8 @@ from typing import Literal, Optional
 import pytest
 
 import llmos
-from llmos.kernel.capabilities import ToolDeniedError
-from llmos.kernel.tools import Tool, ToolArgumentError
+from llmos.kernel.tools.capabilities import ToolDeniedError
+from llmos.kernel.tools.tools import Tool, ToolArgumentError
 from llmos.plugins import hookspecs
 from llmos.plugins.manager import PluginManager
 

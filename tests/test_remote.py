@@ -11,7 +11,7 @@ import pytest
 import llmos
 from llmos.kernel.config import Config
 from llmos.kernel.errors import ModelFormatError, ModelLoadError, RequestFailedError
-from llmos.kernel.registry import remote_spec
+from llmos.kernel.models.registry import remote_spec
 
 from .util import free_port, start_server, wait_for
 

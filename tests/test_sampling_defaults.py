@@ -14,10 +14,10 @@ import pytest
 import llmos
 from llmos.kernel.config import Config
 from llmos.kernel.errors import ConfigError
-from llmos.kernel.interface import NewSequence
-from llmos.kernel.model_defaults import file_sampling, read_gguf_metadata
-from llmos.kernel.registry import ModelRegistry, remote_spec
-from llmos.kernel.request import BUILTIN_SAMPLING, SamplingParams
+from llmos.kernel.sched.interface import NewSequence
+from llmos.kernel.models.defaults import file_sampling, read_gguf_metadata
+from llmos.kernel.models.registry import ModelRegistry, remote_spec
+from llmos.kernel.sched.request import BUILTIN_SAMPLING, SamplingParams
 
 from .fakes import FakeDriver
 from .test_kernel_fake import plugin_manager

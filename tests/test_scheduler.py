@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from llmos.kernel.detokenizer import DecodeDetokenizer
+from llmos.kernel.sched.detokenizer import DecodeDetokenizer
 from llmos.kernel.errors import PromptTooLongError, QueueFullError
-from llmos.kernel.request import Priority, Request, RequestStatus, SamplingParams
-from llmos.kernel.scheduler import Scheduler, SchedulerConfig
+from llmos.kernel.sched.request import Priority, Request, RequestStatus, SamplingParams
+from llmos.kernel.sched.scheduler import Scheduler, SchedulerConfig
 
 from .fakes import EOS, fake_execute
 

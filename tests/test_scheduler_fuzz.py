@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmos.kernel.errors import QueueFullError
-from llmos.kernel.request import Priority, Request, RequestStatus, SamplingParams
-from llmos.kernel.scheduler import Scheduler, SchedulerConfig
+from llmos.kernel.sched.request import Priority, Request, RequestStatus, SamplingParams
+from llmos.kernel.sched.scheduler import Scheduler, SchedulerConfig
 
 from .fakes import fake_execute
 

@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from llmos.kernel.errors import UnknownModelError
-from llmos.kernel.registry import ModelRegistry
-from llmos.kernel.request import next_request_id
+from llmos.kernel.models.registry import ModelRegistry
+from llmos.kernel.sched.request import next_request_id
 
 from .util import run_llmos, start_server, wait_for
 

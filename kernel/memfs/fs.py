@@ -19,8 +19,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from llmos.kernel.atomic import atomic_write_text
-from llmos.kernel.errors import InvalidRequestError
+from ..lib.atomic import atomic_write_text
+from ..errors import InvalidRequestError
 
 from .importer import DEFAULT_MAX_BYTES, Skip, read_text, scan
 from .paths import MemPathError, normalize

@@ -7,7 +7,7 @@ path says can reach outside its volume: paths are keys in SQLite, never filesyst
 
 from __future__ import annotations
 
-from llmos.kernel.errors import InvalidRequestError
+from ..errors import InvalidRequestError
 
 MAX_SEGMENT = 255
 MAX_PATH = 4096

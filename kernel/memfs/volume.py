@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from llmos.kernel.errors import InvalidRequestError, StorageError
+from ..errors import InvalidRequestError, StorageError
 
 from .paths import MemNotFoundError, MemPathError, is_under, like_prefix, parent
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llmos.kernel.errors import InvalidRequestError
-from llmos.kernel.request import validate_messages
+from llmos.kernel.sched.request import validate_messages
 
 IGNORE = -100  # label of tokens that carry no loss
 

@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from llmos.kernel.atomic import atomic_write_text, fsync_dir, fsync_file
+from llmos.kernel.lib.atomic import atomic_write_text, fsync_dir, fsync_file
 from llmos.kernel.config import Config
 from llmos.kernel.errors import InvalidRequestError, LlmosError
-from llmos.kernel.modules import Manifest, ModuleStore, check_name
-from llmos.kernel.registry import ModelRegistry
+from llmos.kernel.modules.store import Manifest, ModuleStore, check_name
+from llmos.kernel.models.registry import ModelRegistry
 
 from .data import IGNORE, encode, load_jsonl
 from .methods import METHODS, peft_config

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 from rich.markup import escape
-from textual.app import ComposeResult
+from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
@@ -50,3 +53,26 @@ class ApprovalScreen(ModalScreen[str]):
 
     def action_answer(self, answer: str) -> None:
         self.dismiss(answer)
+
+
+def ask_approval(app: App, tool: str, missing: frozenset[str], timeout: float = 600) -> str:
+    """Show an `ApprovalScreen` from a worker thread and wait for the answer ("deny" when the app is
+    not running, on its own UI thread, or after `timeout` seconds)."""
+    if threading.get_ident() == app._thread_id:
+        return "deny"  # never block the UI thread waiting on itself
+    answered = threading.Event()
+    answer = ["deny"]
+
+    def done(result: str | None) -> None:
+        answer[0] = result or "deny"
+        answered.set()
+
+    try:
+        app.call_from_thread(app.push_screen, ApprovalScreen(tool, missing), done)
+    except RuntimeError:  # the app is not running
+        return "deny"
+    deadline = time.monotonic() + timeout
+    while not answered.wait(0.2):
+        if time.monotonic() > deadline or not app.is_running:
+            return "deny"
+    return answer[0]

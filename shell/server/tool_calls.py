@@ -3,7 +3,7 @@
 A request with `tools` is turned into a JSON-schema constraint: the model must answer with
 `{"name": <tool>, "arguments": {...}}` matching one tool's parameters (`tool_choice` "required" or a
 named function), or may also answer `{"content": "..."}` ("auto"); the schema, the tools' system text
-and the parsing are kernel/tool_calling.py's. This module maps the OpenAI request fields onto them.
+and the parsing are kernel/proc/tool_calling.py's. This module maps the OpenAI request fields onto them.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmos.kernel.errors import InvalidRequestError
-from llmos.kernel.tool_calling import (EMPTY_PARAMETERS, Function, InvalidToolCall, call_schema, for_model,
+from llmos.kernel.proc.tool_calling import (EMPTY_PARAMETERS, Function, InvalidToolCall, call_schema, for_model,
                                        parse_reply, tools_prompt)
 
 

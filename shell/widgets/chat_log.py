@@ -43,6 +43,13 @@ class ChatLog(VerticalScroll):
         await self.remove_children()
         self.refresh()
 
+    async def show(self, messages: list[dict]) -> None:
+        """Replace the log with stored chat messages (user and assistant turns; the rest as info)."""
+        await self.clear()
+        for m in messages:
+            role = m.get("role")
+            await self.add(str(m.get("content", "")), role if role in ("user", "assistant") else "info")
+
     @property
     def messages(self) -> list[ChatMessage]:
         return list(self.query(ChatMessage))

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from .errors import KernelShutdownError
+from ..errors import KernelShutdownError
 from .handle import RequestHandle
 from .interface import SchedulerOutput
 from .request import Request, RequestStatus

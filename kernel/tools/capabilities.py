@@ -13,7 +13,7 @@ A call needing a capability that is not granted is denied with `ToolDeniedError`
 passes an approver (the interactive shell asks the user: allow once / always / deny). Every call —
 who, tool, arguments, capability decision, outcome, duration — is appended to
 `$LLMOS_HOME/audit.jsonl`, its strings masked by the kernel's redactors before it is serialized
-(kernel/masking.py). Retention (`[audit]` in llmos.toml, defaults in kernel/config.py): entries
+(kernel/lib/masking.py). Retention (`[audit]` in llmos.toml, defaults in kernel/config.py): entries
 older than `max_age_days` are dropped when the log is opened and hourly while it is written, and
 when the file passes `max_bytes` the oldest entries go until it is under three quarters of it. The
 rewrite (temporary file + rename) and every append hold an advisory lock on `audit.jsonl.lock`,
@@ -32,8 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping
 
-from .errors import ConfigError, LlmosError
-from .masking import dumps_redacted
+from ..errors import ConfigError, LlmosError
+from ..lib.masking import dumps_redacted
 
 log = logging.getLogger("llmos.audit")
 

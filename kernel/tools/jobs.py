@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from .errors import LlmosError
+from ..errors import LlmosError
 
 _ids = itertools.count(1)
 

@@ -6,7 +6,7 @@ process id of the kernel that runs it) and its messages in order (OpenAI-style: 
 tool_calls, tool_call_id). Every text passes through the kernel's redactors before it is stored:
 contents, titles and system prompts as strings, `tool_calls` as a structure whose strings are
 masked before it is serialized (a JSON text such as a call's `arguments` is masked inside; see
-kernel/masking.py). A store opened by a new kernel marks sessions left `running` by a kernel process
+kernel/lib/masking.py). A store opened by a new kernel marks sessions left `running` by a kernel process
 that no longer exists as `crashed`: a crash is recorded, never silently lost.
 
 Retention (`[sessions]` in llmos.toml, defaults in kernel/config.py): when the store is opened and
@@ -26,8 +26,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import InvalidRequestError, LlmosError, StorageError
-from .masking import dumps_redacted, redact_text
+from ..errors import InvalidRequestError, LlmosError, StorageError
+from ..lib.masking import dumps_redacted, redact_text
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (

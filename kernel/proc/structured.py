@@ -1,6 +1,6 @@
 """Structured output: JSON that matches a schema, constrained where the driver can, validated always.
 
-Boundaries: uses only the kernel's public `submit`. `submit_json` asks for grammar-constrained output
+Boundaries: uses only the kernel's `submit` (its `KernelPort`, kernel/port.py). `submit_json` asks for grammar-constrained output
 (`json_schema=`) and falls back to plain decoding where the driver cannot constrain it, or not to this
 schema (refused at submit: unsupported, or past the grammar's bounds); the caller then validates, and
 retries or reports. `parse_json` validates a reply against the schema.
@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
-from .errors import InvalidRequestError, LlmosError
+from ..errors import InvalidRequestError, LlmosError
 
 if TYPE_CHECKING:
-    from .handle import RequestHandle
-    from .kernel import Kernel
+    from ..port import KernelPort
+    from ..sched.handle import RequestHandle
 
 
 class StructuredOutputError(LlmosError):
@@ -27,7 +27,7 @@ class StructuredOutputError(LlmosError):
     code = "invalid_model_output"
 
 
-def submit_json(kernel: "Kernel", schema: dict[str, Any], **kwargs: Any) -> "RequestHandle":
+def submit_json(kernel: "KernelPort", schema: dict[str, Any], **kwargs: Any) -> "RequestHandle":
     try:
         return kernel.submit(json_schema=schema, **kwargs)
     except InvalidRequestError as exc:

@@ -1,5 +1,8 @@
 """The kernel's toolbox: tools, tasks and commands registered by plugins (and MCP servers), with
 capability checks and the audit log on every tool call. Reached as `kernel.tools`.
+
+Boundaries: given the plugin manager, the config and the kernel as a `KernelPort` (kernel/port.py:
+what tools and tasks that take the kernel receive, and its `redact` for the audit log).
 """
 
 from __future__ import annotations
@@ -8,21 +11,21 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .capabilities import Approver, AuditLog, Grants, ToolDeniedError
-from .errors import LlmosError
+from ..errors import LlmosError
 from .tools import Task, Tool, ToolError, ToolResult, UnknownToolError, Workers
 
 if TYPE_CHECKING:
-    from .kernel import Kernel
+    from ..config import Config
+    from ..port import KernelPort
 
 DEFAULT_TIMEOUT_S = 30.0
 
 
 class ToolBox:
-    def __init__(self, kernel: "Kernel") -> None:
+    def __init__(self, kernel: "KernelPort", plugins: Any, config: "Config") -> None:
         from llmos.plugins.mcp_tools import McpTools
 
         self.kernel = kernel
-        plugins = kernel.plugins
         self._tools: dict[str, Tool] = plugins.collect(
             "register_tools", lambda plugin, fn, name=None, capabilities=None:
             Tool.from_function(fn, name=name, capabilities=capabilities, plugin=plugin))
@@ -30,11 +33,11 @@ class ToolBox:
             "register_tasks", lambda plugin, name, fn, description=None:
             Task.from_function(name, fn, description=description, plugin=plugin))
         self.commands = plugins.collect_commands()
-        self.grants = Grants(kernel.config.sections.get("capabilities"))
-        self.audit = AuditLog(kernel.config.home / "audit.jsonl", redact=kernel.redact,
-                              **kernel.config.retention("audit"))
+        self.grants = Grants(config.sections.get("capabilities"))
+        self.audit = AuditLog(config.home / "audit.jsonl", redact=kernel.redact,
+                              **config.retention("audit"))
         self.workers = Workers()
-        self.mcp = McpTools(kernel.config.sections.get("mcp", {}))
+        self.mcp = McpTools(config.sections.get("mcp", {}))
 
     # -- tools -------------------------------------------------------------------------------------
 

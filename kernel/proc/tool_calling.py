@@ -8,7 +8,7 @@ schema (what catches a bad call where decoding could not be constrained). `for_m
 conversation holding tool calls and results as plain chat messages any chat template can carry.
 Used by the HTTP server (shell/server/tool_calls.py).
 
-The agent loop (kernel/agents.py) asks in two constrained calls instead, which small models get right
+The agent loop (kernel/proc/agents.py) asks in two constrained calls instead, which small models get right
 far more often: first which tool (or "answer": `choice_schema`, `parse_choice`), then that tool's
 arguments under its own parameter schema (`arguments_prompt`, `parse_arguments`).
 """

@@ -17,8 +17,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import QueueFullError
-from .request import Priority
+from ..errors import QueueFullError
+from ..sched.request import Priority
 
 _ids = itertools.count(1)
 

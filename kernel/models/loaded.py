@@ -14,12 +14,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .config import Config
-from .engine import Engine
-from .errors import DriverUnavailableError, InvalidRequestError, LlmosError, ModelLoadError
+from ..config import Config
+from ..sched.engine import Engine
+from ..errors import DriverUnavailableError, InvalidRequestError, LlmosError, ModelLoadError
 from .registry import ModelRegistry, ModelSpec
-from .request import Request
-from .scheduler import Scheduler, SchedulerConfig
+from ..sched.request import Request
+from ..sched.scheduler import Scheduler, SchedulerConfig
 
 log = logging.getLogger("llmos.models")
 
@@ -81,6 +81,18 @@ class ModelManager:
             reasons.append(f"{name}: {probe.reason}")
         hint = "; ".join(reasons) or "install the extra that provides one (e.g. pip install 'llmos[torch]')"
         raise DriverUnavailableError(f"no available driver loads {spec.format} models such as {spec.name}: {hint}")
+
+    def json_schema_driver(self, spec: ModelSpec, driver: str | None, schema: dict) -> str:
+        """The driver that will constrain `spec`'s output to `schema` (the caller's, else the first
+        that can); refused now, as a 400, when it cannot (never a failure inside a batch)."""
+        if driver is None:
+            driver = next((n for n in self.drivers_for(spec) if self.drivers[n].supports_json_schema), None)
+        cls = self.choose_driver(spec, driver)
+        if not cls.supports_json_schema:
+            raise InvalidRequestError(f"the {cls.name} driver cannot constrain output to a JSON schema: "
+                                      f"use --driver llamacpp", param="json_schema")
+        cls.check_json_schema(schema)
+        return cls.name
 
     def get(self, model: str, driver: str | None = None) -> LoadedModel:
         spec = self.registry.resolve(model)
@@ -160,6 +172,36 @@ class ModelManager:
     def loaded(self) -> list[LoadedModel]:
         # no lock: cancel/ps must not wait while another model loads (a dict copy is atomic here)
         return list(self._loaded.copy().values())
+
+    def ps(self) -> list[dict]:
+        """Live requests of every loaded model, most urgent first (rows of `kernel.ps()`)."""
+        now = time.monotonic()
+        rows = []
+        for loaded in self.loaded():
+            for req in loaded.engine.requests():
+                m = req.metrics
+                rows.append({
+                    "id": req.request_id, "owner": req.owner, "model": req.model,
+                    "driver": loaded.driver_name, "adapter": req.adapter,
+                    "state": req.status.name.lower(), "priority": req.priority.name.lower(),
+                    "prompt_tokens": m.prompt_tokens, "output_tokens": m.output_tokens,
+                    "age_s": now - m.arrival, "queue_wait_s": m.queue_wait, "ttft_s": m.ttft,
+                    "tokens_per_s": m.tokens_per_second,
+                })
+        return rows
+
+    def engines(self) -> list[dict]:
+        """Loaded models with their driver, queue and step figures (rows of `kernel.engines()`)."""
+        out = []
+        for loaded in self.loaded():
+            eng = loaded.engine
+            out.append({
+                "model": loaded.spec.name, "driver": loaded.driver_name, "device": loaded.info.device,
+                "running": eng.scheduler.num_running, "waiting": eng.scheduler.num_waiting,
+                "steps": eng.steps, "failures": eng.failures, "load_s": loaded.load_seconds,
+                **loaded.driver.stats(),
+            })
+        return out
 
     def shutdown(self) -> None:
         with self._lock:

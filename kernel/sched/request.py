@@ -2,7 +2,7 @@
 where it stands (status, tokens, metrics).
 
 Pure data with validation on construction. The scheduler mutates `Request` objects it owns; drivers
-never see them (they get the dataclasses in `kernel.interface`).
+never see them (they get the dataclasses in `sched/interface.py`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
-from .errors import InvalidRequestError
+from ..errors import InvalidRequestError
 
 #: largest number of new tokens one request may ask for
 MAX_TOKENS_LIMIT = 32768
@@ -198,6 +198,33 @@ def validate_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]
     if not any(m["content"].strip() for m in out):
         raise InvalidRequestError("messages are all empty: say something", param="messages")
     return out
+
+
+def check_prompt(prompt: Any) -> None:
+    """A prompt is a non-empty string of valid UTF-8 text."""
+    if not isinstance(prompt, str):
+        raise InvalidRequestError(f"prompt must be a string, got {type(prompt).__name__}", param="prompt")
+    if not prompt.strip():
+        raise InvalidRequestError("prompt is empty: give some text", param="prompt")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequestError(f"prompt is not valid UTF-8 text ({exc.reason} at {exc.start})",
+                                  param="prompt") from None
+
+
+def parse_sampling(sampling: Mapping[str, Any]) -> "SamplingParams":
+    """`SamplingParams` from keyword arguments; an unknown key is refused by name."""
+    unknown = set(sampling) - set(SamplingParams.__dataclass_fields__)
+    if unknown:
+        raise InvalidRequestError(f"unknown parameter(s) {sorted(unknown)}", param=sorted(unknown)[0])
+    return SamplingParams(**sampling)
+
+
+def check_timeout(timeout: Any) -> None:
+    """None, or a positive number of seconds."""
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise InvalidRequestError(f"timeout must be a positive number of seconds, got {timeout!r}", param="timeout")
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Agent processes: a goal, a model, a tool set and budgets, run as a loop model -> tool -> model.
 
-Boundaries: an agent talks to the kernel only through its public calls (`submit`, `call_tool`,
-`sessions`), so its LLM calls go through the scheduler like any request (batched with other agents'
+Boundaries: an agent talks to the kernel only through its `KernelPort` (`submit`, `call_tool`,
+`sessions`; kernel/port.py), so its LLM calls go through the scheduler like any request (batched with other agents'
 while those wait on tools) and its tool calls through capabilities and the audit log. Each process
 runs on its own thread; `Process` is the handle (state, events, kill).
 
@@ -24,15 +24,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidRequestError, LlmosError, RequestCancelledError
-from .request import Priority
+from ..errors import InvalidRequestError, LlmosError, RequestCancelledError
+from ..sched.request import Priority
 from .structured import submit_json
 from .tool_calling import (ANSWER, Function, bounded, InvalidToolCall, arguments_prompt, choice_prompt, choice_schema,
                            condensed, parse_arguments, parse_choice)
 
 if TYPE_CHECKING:
-    from .kernel import Kernel
+    from ..port import KernelPort
     from .sessions import Session
+
+#: the tools an agent may use, by name (the toolbox's `all`)
+ToolCatalog = Callable[[], dict[str, Any]]
 
 #: tokens one LLM call may generate (a choice, arguments or the answer), within the token budget
 STEP_MAX_TOKENS = 256
@@ -67,11 +70,12 @@ class AgentEvent:
 
 
 class Process:
-    def __init__(self, kernel: "Kernel", session: "Session", *, tools: list[str], model: str | None,
-                 adapter: str | None, max_steps: int, max_tokens: int, owner: str, priority: Priority,
-                 approve: Callable | None, tool_choice: str = "first") -> None:
+    def __init__(self, kernel: "KernelPort", session: "Session", *, catalog: ToolCatalog, default_model: str,
+                 tools: list[str], model: str | None, adapter: str | None, max_steps: int, max_tokens: int,
+                 owner: str, priority: Priority, approve: Callable | None, tool_choice: str = "first") -> None:
         self.pid = f"agent-{secrets.token_hex(8)}"  # unguessable: an id is enough to kill it
         self.kernel, self.session = kernel, session
+        self._catalog, self.default_model = catalog, default_model
         self.tools, self.model, self.adapter = tools, model, adapter
         self.max_steps, self.max_tokens = max_steps, max_tokens
         self.owner, self.priority, self.approve = owner, priority, approve
@@ -129,7 +133,7 @@ class Process:
 
     def as_row(self) -> dict[str, Any]:
         return {"id": self.pid, "kind": "agent", "owner": self.owner, "model": self.model or
-                self.kernel.config.default_model, "driver": "agent", "adapter": self.adapter,
+                self.default_model, "driver": "agent", "adapter": self.adapter,
                 "state": self.state.name.lower(), "priority": self.priority.name.lower(), "step": self.step,
                 "max_steps": self.max_steps, "prompt_tokens": None, "output_tokens": self.tokens,
                 "age_s": time.monotonic() - self.started, "queue_wait_s": None, "ttft_s": None,
@@ -161,7 +165,7 @@ class Process:
 
     def _loop(self) -> None:
         # 1. The tool set; the conversation so far (a resumed session brings its history).
-        tools = self.kernel.tools.all()
+        tools = self._catalog()
         functions = [Function(t.name, t.description, t.schema) for t in (tools[name] for name in self.tools)]
         messages = self.session.messages
         self.session.set_state("running")
@@ -273,8 +277,8 @@ class ProcessTable:
 
     KEEP_S = 60.0
 
-    def __init__(self, kernel: "Kernel") -> None:
-        self.kernel = kernel
+    def __init__(self, kernel: "KernelPort", catalog: ToolCatalog, default_model: str) -> None:
+        self.kernel, self.catalog, self.default_model = kernel, catalog, default_model
         self._procs: dict[str, Process] = {}
         self._lock = threading.Lock()
 
@@ -290,7 +294,7 @@ class ProcessTable:
         if tool_choice not in ("first", "auto"):
             raise InvalidRequestError(f"tool_choice must be first (the first step calls a tool) or auto, got "
                                       f"{tool_choice!r}", param="tool_choice")
-        available = self.kernel.tools.all()
+        available = self.catalog()
         tools = list(available) if tools is None else list(tools)
         unknown = [t for t in tools if t not in available]
         if unknown:
@@ -313,9 +317,9 @@ class ProcessTable:
                                   title=goal)
         if goal is not None:
             stored.append({"role": "user", "content": goal})
-        proc = Process(self.kernel, stored, tools=tools, model=model or stored.model, adapter=adapter,
-                       max_steps=max_steps, max_tokens=max_tokens, owner=owner, priority=prio, approve=approve,
-                       tool_choice=tool_choice)
+        proc = Process(self.kernel, stored, catalog=self.catalog, default_model=self.default_model, tools=tools,
+                       model=model or stored.model, adapter=adapter, max_steps=max_steps, max_tokens=max_tokens,
+                       owner=owner, priority=prio, approve=approve, tool_choice=tool_choice)
         with self._lock:
             self._prune()
             self._procs[proc.pid] = proc

@@ -13,6 +13,7 @@ as its values can. Two keys masked to the same text keep the last value.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Callable
 
 Redact = Callable[[str], str]
@@ -71,3 +72,27 @@ def redact_messages(messages: list[dict[str, Any]] | None, redact: Redact) -> li
         return None
     return [{**m, "content": redact_text(m["content"], redact)} if isinstance(m.get("content"), str) else m
             for m in messages]
+
+
+@dataclass(frozen=True)
+class Redactor:
+    name: str
+    fn: Redact
+    plugin: str
+
+
+class Redactors:
+    """The maskers plugins register (the `register_redactors` hook), collected on first use and run
+    in order: `Kernel.redact`."""
+
+    def __init__(self, plugins: Any) -> None:
+        self._plugins = plugins
+        self._found: list[Redactor] | None = None
+
+    def __call__(self, text: str) -> str:
+        if self._found is None:
+            found = self._plugins.collect("register_redactors", lambda plugin, name, fn: Redactor(name, fn, plugin))
+            self._found = list(found.values())
+        for r in self._found:
+            text = r.fn(text)
+        return text

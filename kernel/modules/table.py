@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .errors import AdapterConflictError, InvalidRequestError, LlmosError
-from .models import LoadedModel, ModelManager
-from .modules import Manifest, ModuleStore
+from ..errors import AdapterConflictError, InvalidRequestError, LlmosError
+from ..models.loaded import LoadedModel, ModelManager
+from .store import Manifest, ModuleStore
 
 #: which driver runs each adapter format, and back
 DRIVER_FOR_FORMAT = {"peft": "torch", "gguf": "llamacpp"}
@@ -140,6 +140,12 @@ class ModuleTable:
     def lsmod(self) -> list[dict]:
         with self._state:
             return [e.as_dict() for e in self._loaded.values()]
+
+    def installed(self) -> list[dict]:
+        """Installed modules, each with where it is loaded (driver, memory, use count)."""
+        loaded = self.lsmod()
+        return [{**m.as_dict(), "loaded": [row for row in loaded if row["name"] == m.name]}
+                for m in self.store.list()]
 
     def release(self, request_id: str) -> None:
         with self._state:

@@ -20,8 +20,8 @@ import struct
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ConfigError, InvalidRequestError
-from .request import BUILTIN_SAMPLING, MODEL_SAMPLING_KEYS, SamplingParams
+from ..errors import ConfigError, InvalidRequestError
+from ..sched.request import BUILTIN_SAMPLING, MODEL_SAMPLING_KEYS, SamplingParams
 
 log = logging.getLogger("llmos.models")
 

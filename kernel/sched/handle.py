@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Iterator
 
-from .errors import RequestCancelledError, RequestFailedError, RequestTimeoutError
+from ..errors import RequestCancelledError, RequestFailedError, RequestTimeoutError
 from .request import Request, RequestStatus
 from .scheduler import RequestOutput
 
@@ -186,3 +186,20 @@ class RequestHandle:
             token_ids=tuple(self._tokens), status=final.status, error=final.error,
             metrics=self.request.metrics.as_dict(), sources=tuple(self.request.sources),
         )
+
+
+def cancel_on_close(handle: RequestHandle) -> Iterator[str]:
+    """`handle.stream()` that cancels the request when the iterator is closed early."""
+    try:
+        yield from handle.stream()
+    finally:
+        handle.cancel()
+
+
+async def acancel_on_close(handle: RequestHandle) -> AsyncIterator[str]:
+    """Async twin of `cancel_on_close`."""
+    try:
+        async for chunk in handle.astream():
+            yield chunk
+    finally:
+        handle.cancel()

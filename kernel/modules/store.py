@@ -7,7 +7,7 @@ source). Installing verifies the files without loading any engine: only safetens
 accepted (never pickle), a truncated or corrupt file is refused naming the file, and the base model
 must resolve in the registry. Installation is atomic (staged, then renamed).
 
-Runtime state (which modules are loaded where, refcounts) lives in kernel/module_table.py.
+Runtime state (which modules are loaded where, refcounts) lives in modules/table.py.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text, fsync_dir, fsync_file
-from .errors import InvalidRequestError, LlmosError, UnknownAdapterError
-from .registry import GGUF_MAGIC, ModelRegistry, ModelSpec
+from ..lib.atomic import atomic_write_text, fsync_dir, fsync_file
+from ..errors import InvalidRequestError, LlmosError, UnknownAdapterError
+from ..models.registry import GGUF_MAGIC, ModelRegistry, ModelSpec
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # whole names only: always .fullmatch
 
@@ -198,6 +198,20 @@ class ModuleStore:
                                                                        key=[*manifest.formats, fmt].index)})
         self.write_manifest(self._dir(name), updated)
         return updated
+
+    def export(self, name: str, fmt: str = "gguf") -> Manifest:
+        """Add a GGUF LoRA form to a PEFT module so the llama.cpp driver can mount it too."""
+        if fmt != "gguf":
+            raise InvalidRequestError(f"modules export to gguf only, not {fmt!r}", param="format")
+        from llmos.drivers.gguf_lora import export_peft_to_gguf
+
+        manifest = self.get(name)
+        spec = self.registry.resolve(manifest.base_model)
+        if spec.format != "gguf":
+            raise InvalidRequestError(f"{spec.name} is not a GGUF model: llama.cpp cannot run it", param="name")
+        with tempfile.TemporaryDirectory() as tmp:
+            out = export_peft_to_gguf(self.weights_path(manifest, "peft"), spec.path, Path(tmp) / "adapter.gguf")
+            return self.add_form(name, "gguf", out)
 
     @staticmethod
     def write_manifest(directory: Path, manifest: Manifest) -> None:

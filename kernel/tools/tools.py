@@ -5,7 +5,7 @@ required vs default parameters, int/float/str/bool/list/dict/Literal/Optional. A
 validated against it before the call; errors name the parameter. Calls run on a worker thread with a
 timeout (`Workers`): whatever a tool raises, a timeout, or a result that is not JSON (a huge int, a
 cycle, NaN, over `MAX_RESULT_CHARS`) comes back as a typed `ToolError` in a failed `ToolResult`, never
-as an exception in the caller. Capability checks and the audit log live in kernel/capabilities.py.
+as an exception in the caller. Capability checks and the audit log live in kernel/tools/capabilities.py.
 
 Timed-out workers: Python cannot kill a thread, so a tool call that times out keeps running on its
 daemon thread (it never blocks the caller or interpreter exit). At most `MAX_ABANDONED` such calls
@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import pydantic
 
-from .errors import InvalidRequestError, LlmosError
+from ..errors import InvalidRequestError, LlmosError
 
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
