@@ -1,6 +1,6 @@
 """The remote driver: scale past one machine by forwarding requests to OpenAI-compatible servers.
 
-A model configured with `nodes = [...]` in llmos.toml (kernel/registry.py `remote_spec`) is served
+A model configured with `nodes = [...]` in llmos.toml (kernel/models/registry.py `remote_spec`) is served
 by vLLM, llama.cpp's server, Ollama or another llmos. The kernel's scheduler still owns admission:
 priority, fair share, queue bound, deadlines and cancellation work as for local models, and at most
 `max_concurrency` requests per node are in flight. The node pool (drivers/remote_nodes.py) balances
