@@ -279,8 +279,7 @@ class Sampler:
             if params.min_p > 0.0:
                 add(C.llama_sampler_init_min_p(params.min_p, 1))
             add(C.llama_sampler_init_temp(params.temperature))
-            seed = params.seed if params.seed is not None else C.LLAMA_DEFAULT_SEED
-            add(C.llama_sampler_init_dist(seed))
+            add(C.llama_sampler_init_dist(llama_seed(params.seed)))
 
     def sample(self, model: LlamaModel, index: int) -> int:
         return int(C.llama_sampler_sample(self.chain, model.ctx, index))
@@ -289,6 +288,12 @@ class Sampler:
         if self.chain is not None:
             C.llama_sampler_free(self.chain)
             self.chain = None
+
+
+def llama_seed(seed: int | None) -> int:
+    """llama.cpp's 32-bit seed for a request's seed: 0xFFFFFFFF (LLAMA_DEFAULT_SEED) means "random" to
+    llama.cpp, so a set seed maps into 0..0xFFFFFFFE and stays reproducible; unset stays random."""
+    return C.LLAMA_DEFAULT_SEED if seed is None else seed % C.LLAMA_DEFAULT_SEED
 
 
 def _penalties(n_vocab: int, last_n: int, repeat: float) -> Any:

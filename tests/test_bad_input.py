@@ -41,6 +41,8 @@ API_CASES = [
     ("temperature > 2", lambda k: k.submit("x", temperature=2.5), InvalidRequestError, "temperature"),
     ("temperature NaN", lambda k: k.submit("x", temperature=float("nan")), InvalidRequestError, "temperature"),
     ("top_p 0", lambda k: k.submit("x", top_p=0), InvalidRequestError, "top_p"),
+    ("seed past int64", lambda k: k.submit("x", seed=2**64), InvalidRequestError, "seed"),
+    ("negative seed", lambda k: k.submit("x", seed=-1), InvalidRequestError, "seed"),
     ("top_p > 1", lambda k: k.submit("x", top_p=1.5), InvalidRequestError, "top_p"),
     ("max_tokens 0", lambda k: k.submit("x", max_tokens=0), InvalidRequestError, "max_tokens"),
     ("max_tokens huge", lambda k: k.submit("x", max_tokens=10**9), InvalidRequestError, "max_tokens"),
@@ -158,6 +160,12 @@ HTTP_CASES = [
     ("max_tokens text", "POST", CHAT, {"model": "smollm2", "messages": ASK, "max_tokens": "x"}, 400, None),
     ("max_tokens 0", "POST", CHAT, {"model": "smollm2", "messages": ASK, "max_tokens": 0}, 400, "max_tokens"),
     ("n 3", "POST", CHAT, {"model": "smollm2", "messages": ASK, "n": 3}, 400, None),
+    ("seed past int64", "POST", CHAT, {"model": "smollm2", "messages": ASK, "seed": 2**64}, 400, "seed"),
+    ("logprobs", "POST", CHAT, {"model": "smollm2", "messages": ASK, "logprobs": True}, 400, "logprobs"),
+    ("logit_bias", "POST", COMP, {"model": "smollm2", "prompt": "x", "logit_bias": {"1": 5}}, 400, "logit_bias"),
+    ("presence_penalty", "POST", CHAT, {"model": "smollm2", "messages": ASK, "presence_penalty": 1}, 400,
+     "presence_penalty"),
+    ("body not an object", "POST", CHAT, [1, 2], 400, None),
     ("unknown model", "POST", CHAT, {"model": "no-such-model", "messages": ASK}, 404, "model"),
     ("unknown adapter", "POST", CHAT, {"model": "smollm2:no-such-adapter", "messages": ASK}, 404, "model"),
     ("bad response_format", "POST", CHAT, {"model": "smollm2", "messages": ASK,
@@ -189,6 +197,16 @@ def test_http_refuses_with_a_4xx_in_the_openai_shape(server, case):
     if param is not None:
         assert error["param"] == param, error
     assert httpx.get(f"{server}/llmos/ps").json() == []
+
+
+@pytest.mark.model
+@pytest.mark.cli
+def test_http_accepts_unsupported_openai_fields_at_their_off_values(server):
+    """What OpenAI clients send by default (penalties 0, logprobs false, no bias) is not an error."""
+    body = {"model": "smollm2", "messages": ASK, "max_tokens": 2, "presence_penalty": 0, "frequency_penalty": 0.0,
+            "logprobs": False, "top_logprobs": None, "logit_bias": {}, "seed": 2**63 - 1}
+    r = httpx.post(server + CHAT, json=body, timeout=60)
+    assert r.status_code == 200, r.text
 
 
 # -- CLI --------------------------------------------------------------------------------------------

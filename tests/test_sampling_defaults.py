@@ -152,6 +152,15 @@ def test_torch_repetition_penalty_is_transformers_ctrl_penalty():
                        [None, None, gen]) == [0, 1, 1]
 
 
+def test_a_set_seed_never_becomes_llamacpps_random_seed():
+    from llmos.drivers.llamacpp_lib import C, llama_seed
+
+    assert llama_seed(None) == C.LLAMA_DEFAULT_SEED  # unset: random
+    seeds = [0, 7, C.LLAMA_DEFAULT_SEED, 2**32, 2**63 - 1]
+    assert all(0 <= llama_seed(s) < C.LLAMA_DEFAULT_SEED for s in seeds)  # set: reproducible, 32-bit
+    assert llama_seed(7) == 7 and llama_seed(C.LLAMA_DEFAULT_SEED) != llama_seed(None)
+
+
 @pytest.mark.model
 def test_llamacpp_sampler_chain_applies_the_same_penalty(kernel):
     from llama_cpp import llama_cpp as C

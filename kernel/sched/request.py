@@ -98,6 +98,10 @@ BUILTIN_SAMPLING: dict[str, Any] = {"temperature": 0.8, "top_p": 0.9, "top_k": 4
 _GREEDY: dict[str, Any] = {"top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
 
 
+#: the largest seed (OpenAI's is an int64; torch refuses seeds of 2**64 and more inside a step)
+MAX_SEED = 2**63 - 1
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick tokens; validated on construction (InvalidRequestError names the field).
@@ -153,10 +157,10 @@ class SamplingParams:
             except (TypeError, ValueError, RecursionError) as exc:
                 raise InvalidRequestError(f"json_schema is not JSON: {exc}", param="json_schema") from None
         if self.seed is not None and (
-            isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED
         ):
             raise InvalidRequestError(
-                f"seed must be a non-negative integer, got {self.seed!r}", param="seed"
+                f"seed must be an integer from 0 to 2**63-1, got {self.seed!r}", param="seed"
             )
 
     @property

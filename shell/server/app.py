@@ -63,7 +63,8 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
     async def bad_body(_request: Request, exc: RequestValidationError):
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"] if p != "body") or None
-        return json_error(400, f"{param}: {first['msg']}", "invalid_request_error", param, "invalid_request")
+        message = f"{param}: {first['msg']}" if param else f"the body must be a JSON object: {first['msg']}"
+        return json_error(400, message, "invalid_request_error", param, "invalid_request")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException):  # unparsable body, unknown route, ...

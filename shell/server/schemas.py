@@ -76,6 +76,21 @@ class _Sampling(_Body):
     stream: bool = False
     n: int = 1
     user: Optional[str] = None
+    # OpenAI fields llmos does not implement: accepted at their "off" value (clients send those by
+    # default), refused otherwise rather than silently ignored
+    logprobs: Optional[Union[bool, int]] = None
+    top_logprobs: Optional[int] = None
+    logit_bias: Optional[dict[str, Any]] = None
+    presence_penalty: Optional[float] = None
+    frequency_penalty: Optional[float] = None
+
+    @field_validator("logprobs", "top_logprobs", "logit_bias", "presence_penalty", "frequency_penalty")
+    @classmethod
+    def _not_implemented(cls, value: Any, info) -> Any:
+        if value:  # None, False, 0, 0.0 and {} are "off"
+            hint = " (repetition_penalty is supported)" if info.field_name.endswith("_penalty") else ""
+            raise ValueError(f"is not supported by llmos yet: leave it unset{hint}")
+        return value
 
     def sampling(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
