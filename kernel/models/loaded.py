@@ -193,12 +193,14 @@ class ModelManager:
     def engines(self) -> list[dict]:
         """Loaded models with their driver, queue and step figures (rows of `kernel.engines()`)."""
         out = []
+        now = time.monotonic()
         for loaded in self.loaded():
             eng = loaded.engine
             out.append({
                 "model": loaded.spec.name, "driver": loaded.driver_name, "device": loaded.info.device,
                 "running": eng.scheduler.num_running, "waiting": eng.scheduler.num_waiting,
                 "steps": eng.steps, "failures": eng.failures, "load_s": loaded.load_seconds,
+                "memory_bytes": loaded.info.memory_bytes, "idle_s": 0.0 if eng.active else now - eng.last_used,
                 **loaded.driver.stats(),
             })
         return out
