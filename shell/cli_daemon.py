@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -26,6 +27,7 @@ from llmos.kernel.errors import DaemonNotRunningError, LlmosError
 
 from . import daemon
 from .cli_common import EXIT_INTERRUPTED, STATE, err, fail, out
+from .cli_serve import duration_option
 
 EXIT_NOT_RUNNING = 3
 
@@ -67,8 +69,12 @@ def up(
     grace: float = typer.Option(10.0, "--grace", min=0, help="Seconds open requests get on a stop (SIGTERM)."),
     preload: bool = typer.Option(True, "--preload/--no-preload", help="Load the default model before serving."),
     timeout: float = typer.Option(120.0, "--timeout", min=1, help="Seconds to wait for the daemon to answer."),
+    idle_exit: Optional[str] = typer.Option(
+        None, "--idle-exit", help="Exit once no model is loaded and no client is connected for this long "
+                                  "(seconds or '10m')."),
 ) -> None:
     """Start the resident kernel detached (`llmos serve` on $LLMOS_HOME/llmos.sock and TCP)."""
+    duration_option(idle_exit, "idle_exit")  # refused here, before anything starts
     home = _home()
     info = daemon.daemon_address(home)
     if info.state == "running":
@@ -85,6 +91,8 @@ def up(
     stderr_log = logs / "stderr.log"
     cmd = [sys.executable, "-m", "llmos", "--home", str(home), "serve", "--socket", str(daemon.socket_path(home)),
            "--host", host, "--port", str(port), "--grace", str(grace), "--preload" if preload else "--no-preload"]
+    if idle_exit is not None:
+        cmd += ["--idle-exit", idle_exit]
     with open(stderr_log, "ab") as fh:
         child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
                                  start_new_session=True, close_fds=True)

@@ -77,12 +77,16 @@ def serve(
              "resident kernel of LLMOS_HOME: holds $LLMOS_HOME/llmos.lock, writes llmos.pid, logs to logs/."),
     grace: float = typer.Option(5.0, "--grace", min=0,
                                 help="Seconds open requests get to finish on a stop before they are cancelled."),
+    idle_exit: Optional[str] = typer.Option(
+        None, "--idle-exit", help="Exit once no model is loaded and no client is connected for this long "
+                                  "(seconds or '10m'; models unload after their keep_alive)."),
 ) -> None:
     """Serve the kernel over an OpenAI-compatible HTTP API."""
     from .server import listen
     from .server.app import create_app
 
     api_key = _key(api_key, api_key_file)
+    idle_s = duration_option(idle_exit, "idle_exit")
     if not _loopback(host) and not api_key and not insecure_public:
         raise fail(InvalidRequestError(
             f"refusing to listen on {host} without an API key: pass --api-key-file or LLMOS_API_KEY "
@@ -100,11 +104,24 @@ def serve(
             # a stop (SIGTERM, Ctrl-C) waits at most --grace s for open requests; then the kernel cancels the rest
             listen.run(app, host=host, port=port, grace=grace, header_timeout=header_timeout,
                        max_connections=max_connections, daemon=(daemon, owner) if daemon else None,
+                       idle_exit=idle_s, models_loaded=lambda: bool(kernel.engines()),
                        on_listen=lambda where: err.print(f"llmos serving on {where}" + (
                            " (API key required)" if api_key else ""), highlight=False))
     finally:
         if daemon is not None:
             daemon.release()
+
+
+def duration_option(value: Optional[str], param: str) -> Optional[float]:
+    """Seconds from a duration option (`--idle-exit 10m`); exit 2 with a clear message when bad."""
+    from llmos.kernel.config import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise fail(InvalidRequestError(f"--{param.replace('_', '-')}: {exc}", param=param), False) from None
 
 
 def _daemon(socket_file: Optional[Path]):

@@ -239,8 +239,14 @@ def test_lifecycle_socket_key_crash_and_restart(daemon):
 
 @pytest.mark.cli
 @pytest.mark.model
-def test_down_lets_running_requests_finish_then_cancels_after_the_grace(daemon):
+def test_keep_alive_over_http_and_down_lets_running_requests_finish_then_cancels_after_the_grace(daemon):
     info = daemon.up()
+    with daemon.uds() as uds:  # keep_alive per request over HTTP (the daemon's own is forever here)
+        bad = uds.post("/v1/chat/completions", json={**CHAT, "keep_alive": "a while"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "keep_alive"
+        assert uds.get("/llmos/status").json()["models"][0]["keep_alive_s"] is None
+        assert uds.post("/v1/chat/completions", json={**CHAT, "keep_alive": 0}).status_code == 200
+        wait_for(lambda: uds.get("/llmos/status").json()["models"] == [], timeout=5)  # unloaded right after
     results: dict[str, object] = {}
 
     def short():
@@ -346,3 +352,21 @@ def test_logs_follow_across_a_rotation(daemon):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.cli
+def test_idle_exit_and_bad_durations(daemon):
+    bad = daemon.llmos("up", "--idle-exit", "soon")
+    assert bad.returncode == 2 and "--idle-exit: expected seconds or a duration like" in bad.stderr
+    assert d.daemon_address(daemon.home).state == "down"
+    daemon.home.mkdir()
+    (daemon.home / "llmos.toml").write_text('[kernel]\nkeep_alive = "a while"\n')
+    conf = daemon.llmos("up", "--port", str(free_port()), "--timeout", "60", env={"LLMOS_KEEP_ALIVE": ""})
+    assert conf.returncode == 1 and "keep_alive: expected seconds" in conf.stderr  # the log's tail says why
+    (daemon.home / "llmos.toml").unlink()
+    started = time.monotonic()
+    info = daemon.up("--no-preload", "--idle-exit", "1s")
+    wait_for(lambda: _gone(info["pid"]), timeout=30)
+    assert 1 <= time.monotonic() - started < 30
+    assert d.daemon_address(daemon.home).state == "down" and not d.socket_path(daemon.home).exists()
+    assert "no model loaded, no client): exiting" in daemon.llmos("logs").stdout

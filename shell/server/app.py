@@ -107,7 +107,8 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
 
         def submit_named():  # over HTTP a model is a served name, never a path on this machine
             kernel.registry.resolve(model, allow_paths=False)
-            return kernel.submit(model=model, adapter=adapter, owner=body.user or "api", **submit, **body.sampling())
+            return kernel.submit(model=model, adapter=adapter, owner=body.user or "api", keep_alive=body.keep_alive,
+                                 **submit, **body.sampling())
 
         handle = await asyncio.to_thread(submit_named)
         metrics.submitted(handle)

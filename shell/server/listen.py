@@ -43,9 +43,11 @@ def setup_log(home: Path) -> Path:
 
 
 def run(app, *, host: str, port: int, grace: float, header_timeout: float, max_connections: int,
-        daemon: tuple[DaemonLock, str] | None = None, on_listen: Callable[[str], None] = lambda _where: None) -> None:
+        daemon: tuple[DaemonLock, str] | None = None, on_listen: Callable[[str], None] = lambda _where: None,
+        idle_exit: float | None = None, models_loaded: Callable[[], bool] = lambda: False) -> None:
     """Serve `app` on host:port, and on the Unix socket of `daemon` (its lock, already held, and the
-    socket path) until stopped; `on_listen` is told where, once bound."""
+    socket path) until stopped; `on_listen` is told where, once bound. With `idle_exit`, stop once no
+    model is loaded (`models_loaded()` false) and no connection is open for that many seconds."""
     import uvicorn
 
     from .security import guarded_h11
@@ -81,8 +83,22 @@ def run(app, *, host: str, port: int, grace: float, header_timeout: float, max_c
             # process would die there, before the kernel shut down and the pid file was removed. This
             # handler (restored by uvicorn after serving) makes that re-raise a no-op instead.
             signal.signal(signal.SIGTERM, lambda _sig, _frame: setattr(server, "should_exit", True))
+        if idle_exit is not None:
+            threading.Thread(target=_exit_when_idle, args=(server, idle_exit, models_loaded), daemon=True,
+                             name="llmos-idle-exit").start()
         on_listen(f"{tcp}/v1" + (f" and {app.state.listen['socket']}" if daemon else ""))
         server.run(sockets=sockets)
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _exit_when_idle(server, idle_exit: float, models_loaded: Callable[[], bool]) -> None:
+    idle_since = time.monotonic()
+    while not server.should_exit:
+        time.sleep(min(0.25, max(idle_exit, 0.01)))
+        if models_loaded() or server.server_state.connections:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since >= idle_exit:
+            logging.getLogger("llmos.daemon").info("idle for %.1f s (no model loaded, no client): exiting", idle_exit)
+            server.should_exit = True

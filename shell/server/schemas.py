@@ -76,6 +76,9 @@ class _Sampling(_Body):
     stream: bool = False
     n: int = 1
     user: Optional[str] = None
+    #: an extension, as Ollama's: how long the model stays loaded once idle, from this request on
+    #: (seconds or "5m"; 0 = unload right after it, negative = never)
+    keep_alive: Optional[Union[float, str]] = None
 
     def sampling(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

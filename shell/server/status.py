@@ -25,7 +25,8 @@ class ModelStatus(BaseModel):
     name: str
     driver: str
     memory_bytes: int
-    idle_s: float = Field(description="Seconds since the model's last request (0 while it has requests).")
+    idle_s: float = Field(description="Seconds since the model's last request finished (0 while it has requests).")
+    keep_alive_s: float | None = Field(description="Idle seconds after which it is unloaded (null: never).")
     running: int
     waiting: int
 
@@ -57,8 +58,8 @@ def status_router(kernel) -> APIRouter:
             "pid": os.getpid(), "version": llmos.__version__,
             "uptime_s": time.time() - getattr(state, "started", time.time()),
             "listen": getattr(state, "listen", {"tcp": None, "socket": None}),
-            "models": [{"name": e["model"], "driver": e["driver"], "memory_bytes": e["memory_bytes"],
-                        "idle_s": e["idle_s"], "running": e["running"], "waiting": e["waiting"]} for e in engines],
+            "models": [{"name": e["model"], **{k: e[k] for k in ("driver", "memory_bytes", "idle_s", "keep_alive_s",
+                                                                   "running", "waiting")}} for e in engines],
             "clients": {"connections": len(server.server_state.connections) if server else 0,
                         "requests": len(server.server_state.tasks) if server else 0},
             "queue": {"waiting": sum(e["waiting"] for e in engines), "running": sum(e["running"] for e in engines)},
