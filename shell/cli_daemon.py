@@ -112,11 +112,14 @@ def up(
         if child.poll() is not None and daemon.daemon_address(home).state in ("down", "stale"):
             break  # ours died and no other daemon is starting
         time.sleep(0.1)
-    if child.poll() is None:
+    code = child.poll()
+    if code is None:
         child.terminate()
-    tail = "\n".join(_tail(stderr_log, 15))
-    raise fail(LlmosError(f"the daemon did not come up within {timeout:g} s ({last}); see {stderr_log} and "
-                          f"{logs / 'llmos.log'}:\n{tail}"), False)
+    what = f"exited with status {code} before answering" if code is not None else \
+        f"did not answer within {timeout:g} s ({last})"
+    tail = "\n".join(_tail(logs / "llmos.log", 5) + _tail(stderr_log, 10))
+    raise fail(LlmosError(f"the daemon did not come up: it {what}; see {logs / 'llmos.log'} and "
+                          f"{stderr_log}:\n{tail}"), False)
 
 
 def status(as_json: bool = typer.Option(False, "--json", help="One JSON object.")) -> None:

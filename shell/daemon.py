@@ -6,7 +6,7 @@ Files (all under `$LLMOS_HOME`):
   "no daemon runs", and a second daemon that cannot take it exits at once.
 - `llmos.pid`: JSON {pid, version, started, tcp, socket}, written atomically once the daemon listens and
   removed when it stops. One left behind while the lock is free is stale (a crash): the next daemon
-  replaces it.
+  removes it as soon as it holds the lock, so a pid file under a held lock always names the holder.
 - `llmos.sock`: the Unix domain socket, mode 0600 from its creation: only the owner can connect, and a
   client there is the owner (no API key; see shell/server/security.py).
 - `logs/llmos.log`: the daemon's log (rotated), `logs/stderr.log`: its raw output (tracebacks).
@@ -118,6 +118,10 @@ class DaemonLock:
             raise LlmosError(f"llmos is already running for {self.home} ({who}): `llmos status` shows it, "
                              f"`llmos down` stops it") from None
         self._fd = fd
+        # a pid file left now is a crashed daemon's: remove it at once, so that "lock held + pid file"
+        # always names the holder (`down` signals that pid: never a stale, maybe reused, one)
+        with contextlib.suppress(FileNotFoundError):
+            pid_path(self.home).unlink()
 
     def write_pid_file(self, info: DaemonInfo) -> None:
         atomic_write_text(pid_path(self.home), json.dumps(info.as_dict()))

@@ -108,7 +108,8 @@ def test_states_from_lock_and_pid_file(tmp_path):
     with pytest.raises(DaemonNotRunningError, match="stale pid file from a crash"):
         d.probe(home)
     fresh = d.DaemonLock(home)
-    fresh.acquire()  # a stale lock file is taken over
+    fresh.acquire()  # a stale lock file is taken over, the stale pid file removed at once
+    assert d.daemon_address(home).state == "starting" and not d.pid_path(home).exists()
     fresh.release()
     assert d.daemon_address(home).state == "down"
 
@@ -322,6 +323,8 @@ def test_up_failure_points_to_the_log(daemon):
     finally:
         busy.close()
     assert result.returncode == 1 and "did not come up" in result.stderr
+    assert "it exited with status 3 before answering" in result.stderr  # uvicorn's startup failure
+    assert "address already in use" in result.stderr.lower()  # the log's tail says why
     assert str(d.log_dir(daemon.home) / "stderr.log") in result.stderr
     assert d.daemon_address(daemon.home).state == "down"
     with open(d.lock_path(daemon.home)) as fh:  # and the lock is free again
