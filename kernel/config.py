@@ -10,6 +10,10 @@
     max_batched_tokens = 512 # tokens computed per engine step (prefill chunking)
     n_ctx = 8192             # KV cache size in tokens per loaded model
     memory_budget_mb = 4096  # loaded models beyond this are unloaded, least recently used first
+    keep_alive = "10m"       # an idle model is unloaded this long after its last request: seconds or
+                             # "250ms", "30s", "5m", "1h30m" (0 = right after use, negative = never)
+    max_loaded_models = 0    # models loaded at once (0 = no limit but the memory budget); idle ones
+                             # beyond it are unloaded, least recently used first
     prefix_cache = true
     max_loaded_modules = 8   # adapters loaded at once; idle ones beyond this are unloaded (LRU)
     system_prompt = "..."    # prepended to chat requests that bring no system message ("" = none)
@@ -19,6 +23,7 @@
     path = "/models/foo.gguf"
     temperature = 0.7        # the model's default sampling: temperature, top_p, top_k, min_p,
                              # repetition_penalty (a table for a built-in name needs no path)
+    keep_alive = "1h"        # this model's keep_alive (a request's own `keep_alive` wins)
 
     [audit]                  # retention of $LLMOS_HOME/audit.jsonl (0 = no limit)
     max_age_days = 90
@@ -37,13 +42,15 @@ close). Kernel-owned tables are checked by `Config.load`, plugin tables at boot 
 from __future__ import annotations
 
 import difflib
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from .errors import ConfigError, InvalidRequestError
 from .sched.request import MODEL_SAMPLING_KEYS
 
 
@@ -73,6 +80,8 @@ class Config:
     max_batched_tokens: int = 512
     n_ctx: int = 8192
     memory_budget_mb: int = 4096
+    keep_alive: Any = "10m"
+    max_loaded_models: int = 0
     prefix_cache: bool = True
     max_loaded_modules: int = 8
     system_prompt: str = "You are a helpful assistant. Answer briefly and accurately."
@@ -83,7 +92,7 @@ class Config:
     def __post_init__(self) -> None:
         for name, lo in (("max_running", 1), ("max_queue", 1), ("max_batched_tokens", 16),
                          ("n_ctx", 256), ("memory_budget_mb", 1), ("n_threads", 0),
-                         ("max_loaded_modules", 1), ("mem_import_max_bytes", 1)):
+                         ("max_loaded_modules", 1), ("mem_import_max_bytes", 1), ("max_loaded_models", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
                 raise ConfigError(f"{name} must be an integer >= {lo}, got {value!r}")
@@ -93,6 +102,22 @@ class Config:
             )
         if not isinstance(self.default_model, str) or not self.default_model:
             raise ConfigError("default_model must be a non-empty string")
+        self.keep_alive_for(None)
+        for name in self.models:
+            self.keep_alive_for(name)
+
+    def keep_alive_for(self, model: str | None) -> float:
+        """Seconds `model` stays loaded after its last request: its [models.NAME] keep_alive, else the
+        kernel's (math.inf: forever)."""
+        table = self.models.get(model) if model is not None else None
+        if isinstance(table, Mapping) and "keep_alive" in table:
+            where, value = f"[models.{model}] keep_alive", table["keep_alive"]
+        else:
+            where, value = "keep_alive", self.keep_alive
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
 
     @property
     def threads(self) -> int:
@@ -159,7 +184,8 @@ RETENTION: dict[str, dict[str, float]] = {
 }
 #: keys of a [models.NAME] table: a local model (`path`) or remote nodes (kernel/models/registry.py remote_spec),
 #: and the model's default sampling (kernel/models/defaults.py)
-MODEL_KEYS = ("path", "nodes", "remote_model", "max_concurrency", "context_length", "timeout", *MODEL_SAMPLING_KEYS)
+MODEL_KEYS = ("path", "nodes", "remote_model", "max_concurrency", "context_length", "timeout", "keep_alive",
+              *MODEL_SAMPLING_KEYS)
 #: the tables the kernel owns and their keys: a dict is a table (its keys), "*" any name, [x] a list of
 #: tables, None a value its owner checks
 TABLES: dict[str, Any] = {
@@ -169,6 +195,43 @@ TABLES: dict[str, Any] = {
     "mcp": {"servers": {"*": {"command": None, "args": None, "env": None}}},
     **{table: {k: None for k in keys} for table, keys in RETENTION.items()},
 }
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s))")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number of seconds or an Ollama/Go duration ("250ms", "30s", "5m", "1h30m", "-1m");
+    0 is 0, and any negative duration is math.inf (forever). Raises ValueError saying what is accepted."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected seconds or a duration like '5m', got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        sign, body = (-1.0, text[1:]) if text.startswith("-") else (1.0, text.lstrip("+"))
+        try:
+            seconds = sign * float(body)
+        except ValueError:
+            parts = _DURATION.findall(body)
+            if not body or "".join(n + u for n, u in parts) != body:
+                raise ValueError(f"expected seconds or a duration like '250ms', '30s', '5m', '1h30m' "
+                                 f"(negative: forever), got {value!r}") from None
+            scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+            seconds = sign * sum(float(n) * scale[u] for n, u in parts)
+    else:
+        raise ValueError(f"expected seconds or a duration like '5m', got {type(value).__name__}")
+    if math.isnan(seconds):
+        raise ValueError(f"expected seconds or a duration like '5m', got {value!r}")
+    return math.inf if seconds < 0 else seconds
+
+
+def parse_keep_alive(value: Any) -> float:
+    """A request's `keep_alive` in seconds (see parse_duration); InvalidRequestError naming it when bad."""
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise InvalidRequestError(f"keep_alive: {exc}", param="keep_alive") from None
 
 
 def _check_keys(file: Path, value: Any, schema: Any, where: str) -> None:

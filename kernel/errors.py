@@ -142,3 +142,19 @@ class StorageError(LlmosError, OSError):
     """Writing to disk failed (full, read-only, I/O error); the change was rolled back."""
 
     code = "storage_failed"
+
+
+class DaemonNotRunningError(LlmosError):
+    """No resident kernel (`llmos up`) answers for this LLMOS_HOME."""
+
+    code = "daemon_not_running"
+
+
+class VersionMismatchError(LlmosError):
+    """The resident kernel runs another llmos version than this client; `daemon` and `client` name them."""
+
+    code = "version_mismatch"
+
+    def __init__(self, message: str, daemon: str, client: str) -> None:
+        super().__init__(message)
+        self.daemon, self.client = daemon, client

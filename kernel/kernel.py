@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .config import Config, PluginTable
+from .config import Config, PluginTable, parse_keep_alive
 from .errors import InvalidRequestError, KernelShutdownError, PromptTooLongError
 from .lib.masking import Redactors, redact_messages, redact_text
 from .models.loaded import LoadProgress, ModelManager
@@ -101,12 +101,14 @@ class Kernel:
         priority: Priority | int | str = Priority.NORMAL,
         owner: str = "default",
         timeout: float | None = None,
+        keep_alive: float | str | None = None,
         **sampling: Any,
     ) -> RequestHandle:
         """Queue a request and return its handle at once (tokens stream as they are produced).
 
         Sampling fields left unset (or None) take the model's defaults (`models_info()` shows them);
-        `temperature=0` is plain greedy decoding."""
+        `temperature=0` is plain greedy decoding. `keep_alive` (seconds or "5m"; 0: unload right after
+        this request, negative: never) sets how long the model stays loaded once idle, from now on."""
         self._check_open()
         params = parse_sampling(sampling)
         prio = Priority.parse(priority)
@@ -126,7 +128,14 @@ class Kernel:
         if params.json_schema is not None:  # route to a driver that can constrain output, or refuse now
             spec = self.registry.resolve(model or self.config.default_model)
             driver = self._models.json_schema_driver(spec, driver, params.json_schema)
-        loaded = self._models.get(model or self.config.default_model, driver)
+        keep = None if keep_alive is None else parse_keep_alive(keep_alive)
+        loaded = self._models.get(model or self.config.default_model, driver, pin=True, keep_alive=keep)
+        try:  # pinned: the keep_alive reaper leaves it loaded until the request is queued on it
+            return self._submit_to(loaded, prompt, chat, params, prio, owner, adapter, rag, timeout)
+        finally:
+            self._models.unpin(loaded)
+
+    def _submit_to(self, loaded, prompt, chat, params, prio, owner, adapter, rag, timeout) -> RequestHandle:
         params = params.with_defaults(loaded.spec.sampling_defaults())  # unset fields: the model's defaults
         sources: list[str] = []
         if rag is not None:  # before the hook: plugins (redaction) see, and mask, the passages too
@@ -186,6 +195,7 @@ class Kernel:
         return envelope.text, messages
 
     def _on_finish(self, request: Request) -> None:
+        self._models.poke()  # the keep_alive reaper looks again (0: unload right after use)
         if request.adapter is not None:
             self.modules.release(request.request_id)
         self.plugins.call_each("request_finished", request={

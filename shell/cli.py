@@ -18,6 +18,7 @@ import llmos
 from llmos.kernel.errors import InvalidRequestError, LlmosError
 
 from .cli_agents import agent_app, sessions_app
+from .cli_daemon import down, logs, status, up
 from .cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, STATE, err, fail, kernel_session, out
 from .cli_finetune import finetune
 from .cli_mem import mem_app
@@ -180,6 +181,10 @@ app.command("tasks")(tasks)
 app.add_typer(task_app, name="task")
 app.command("audit")(audit)
 app.command("serve")(serve)
+app.command("up")(up)
+app.command("status")(status)
+app.command("down")(down)
+app.command("logs")(logs)
 app.command("ps")(ps)
 app.command("kill")(kill)
 app.add_typer(agent_app, name="agent")

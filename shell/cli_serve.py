@@ -12,7 +12,7 @@ import typer
 
 from llmos.kernel.errors import InvalidRequestError
 
-from .cli_common import err, fail, kernel_session
+from .cli_common import STATE, err, fail, kernel_session
 
 
 def _loopback(host: str) -> bool:
@@ -71,28 +71,74 @@ def serve(
     insecure_public: bool = typer.Option(False, "--insecure-public",
                                          help="Allow a non-loopback address without an API key."),
     preload: bool = typer.Option(True, "--preload/--no-preload", help="Load the default model before serving."),
+    socket_file: Optional[Path] = typer.Option(
+        None, "--socket",
+        help="Also serve on this Unix socket (mode 0600; its clients are the owner and need no key), as the "
+             "resident kernel of LLMOS_HOME: holds $LLMOS_HOME/llmos.lock, writes llmos.pid, logs to logs/."),
+    grace: float = typer.Option(5.0, "--grace", min=0,
+                                help="Seconds open requests get to finish on a stop before they are cancelled."),
+    idle_exit: Optional[str] = typer.Option(
+        None, "--idle-exit", help="Exit once no model is loaded and no client is connected for this long "
+                                  "(seconds or '10m'; models unload after their keep_alive)."),
 ) -> None:
     """Serve the kernel over an OpenAI-compatible HTTP API."""
-    import uvicorn
-
+    from .server import listen
     from .server.app import create_app
-    from .server.security import guarded_h11
 
     api_key = _key(api_key, api_key_file)
+    idle_s = duration_option(idle_exit, "idle_exit")
     if not _loopback(host) and not api_key and not insecure_public:
         raise fail(InvalidRequestError(
             f"refusing to listen on {host} without an API key: pass --api-key-file or LLMOS_API_KEY "
             f"(or --insecure-public)", param="host"), False)
     hosts = list(allowed_host or []) + ([host] if host not in ("0.0.0.0", "::", "") else [])
-    with kernel_session(False, max_queue=max_queue) as kernel:
-        if preload:
-            kernel.load()
-        app = create_app(kernel, api_key=api_key, allowed_hosts=hosts, allowed_origins=allow_origin or (),
-                         public_metrics=public_metrics, read_timeout=header_timeout, max_agents=max_agents)
-        err.print(f"llmos serving on http://{host}:{port}/v1" + (" (API key required)" if api_key else ""))
-        # a stop (SIGTERM, Ctrl-C) waits at most 5 s for open requests; then the kernel cancels the rest.
-        # Idle connections stay open 65 s, longer than clients keep them (httpx: 5 s, like uvicorn's own
-        # default: a client reusing a connection just as the server drops it got no response at all).
-        # A connection must send its request head within --header-timeout (uvicorn alone waits forever).
-        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5,
-                    timeout_keep_alive=65, limit_concurrency=max_connections, http=guarded_h11(header_timeout))
+    daemon = _daemon(socket_file)
+    try:
+        with kernel_session(False, max_queue=max_queue) as kernel:
+            if preload:
+                kernel.load()
+            owner = str(socket_file.absolute()) if socket_file else None
+            app = create_app(kernel, api_key=api_key, allowed_hosts=hosts, allowed_origins=allow_origin or (),
+                             public_metrics=public_metrics, read_timeout=header_timeout, max_agents=max_agents,
+                             owner_socket=owner)
+            # a stop (SIGTERM, Ctrl-C) waits at most --grace s for open requests; then the kernel cancels the rest
+            listen.run(app, host=host, port=port, grace=grace, header_timeout=header_timeout,
+                       max_connections=max_connections, daemon=(daemon, owner) if daemon else None,
+                       idle_exit=idle_s, models_loaded=lambda: bool(kernel.engines()),
+                       on_listen=lambda where: err.print(f"llmos serving on {where}" + (
+                           " (API key required)" if api_key else ""), highlight=False))
+    finally:
+        if daemon is not None:
+            daemon.release()
+
+
+def duration_option(value: Optional[str], param: str) -> Optional[float]:
+    """Seconds from a duration option (`--idle-exit 10m`); exit 2 with a clear message when bad."""
+    from llmos.kernel.config import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise fail(InvalidRequestError(f"--{param.replace('_', '-')}: {exc}", param=param), False) from None
+
+
+def _daemon(socket_file: Optional[Path]):
+    """With --socket: this home's lock, taken now (before the kernel boots), and the log set up."""
+    if socket_file is None:
+        return None
+    from llmos.kernel.config import default_home
+    from llmos.kernel.errors import LlmosError
+
+    from .daemon import DaemonLock
+    from .server.listen import setup_log
+
+    home = Path(STATE["home"]).expanduser() if STATE["home"] else default_home()
+    lock = DaemonLock(home)
+    try:
+        lock.acquire()
+    except LlmosError as exc:
+        raise fail(exc, False) from None
+    setup_log(home)
+    return lock

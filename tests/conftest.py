@@ -19,6 +19,7 @@ os.environ["LLMOS_HOME"] = str(_HOME)
 os.environ["LLMOS_PLUGINS"] = ""
 for _var in [v for v in os.environ if v.startswith("LLMOS_") and v not in ("LLMOS_HOME", "LLMOS_PLUGINS")]:
     del os.environ[_var]
+os.environ["LLMOS_KEEP_ALIVE"] = "-1"  # shared kernels keep their models loaded; keep_alive tests set their own
 
 
 @pytest.fixture(scope="session")

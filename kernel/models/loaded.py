@@ -1,14 +1,18 @@
 """Loaded models: one engine (driver instance + scheduler + loop thread) per (model, driver).
 
 Models load lazily on first use, with progress reported through a callback, and are unloaded least
-recently used first when the loaded set exceeds `memory_budget_mb` (never one with requests in
-flight). Driver choice: the caller's `driver=` if given, else the first available registered driver
-that loads the model's format.
+recently used first when the loaded set exceeds `memory_budget_mb` or `max_loaded_models`, and by the
+reaper thread once idle for their keep_alive (`Config.keep_alive_for`, or the last request's own
+`keep_alive`: 0 unloads right after use, math.inf never). A model is never unloaded while it has
+requests or is pinned (between `get(pin=True)` and `unpin`: a request being prepared). Driver choice:
+the caller's `driver=` if given, else the first available registered driver that loads the model's
+format.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +37,12 @@ class LoadedModel:
     driver_name: str
     engine: Engine
     load_seconds: float
+    keep_alive: float = math.inf  # seconds it stays loaded once idle (the last request's, else configured)
+    pins: int = 0  # requests being prepared on it (ModelManager.get(pin=True) .. unpin)
+
+    def idle_for(self, now: float) -> float | None:
+        """Seconds idle (None while it has requests or pins)."""
+        return None if self.pins or self.engine.active else now - self.engine.last_used
 
     @property
     def info(self):
@@ -56,6 +66,10 @@ class ModelManager:
         self._lock = threading.RLock()
         #: called with each LoadedModel that is unloaded (the module table forgets its adapters)
         self.on_unload: Callable[[LoadedModel], None] = lambda _loaded: None
+        self._wake = threading.Event()  # never the lock: an engine thread pokes while the reaper may hold it
+        self._closed = False
+        self._reaper = threading.Thread(target=self._reap_loop, name="llmos-model-reaper", daemon=True)
+        self._reaper.start()
 
     def drivers_for(self, spec: ModelSpec) -> list[str]:
         return [name for name, cls in self.drivers.items() if spec.format in cls.formats]
@@ -94,7 +108,10 @@ class ModelManager:
         cls.check_json_schema(schema)
         return cls.name
 
-    def get(self, model: str, driver: str | None = None) -> LoadedModel:
+    def get(self, model: str, driver: str | None = None, *, pin: bool = False,
+            keep_alive: float | None = None) -> LoadedModel:
+        """The loaded engine for `model` (loading it). `pin`: not unloaded until `unpin` (the caller
+        submits a request to it in between); `keep_alive`: from now on this model's idle time-out."""
         spec = self.registry.resolve(model)
         with self._lock:
             if driver is None:  # already served by several drivers: route to the least loaded one
@@ -106,10 +123,47 @@ class ModelManager:
             loaded = self._loaded.get(key)
             if loaded is None:
                 loaded = self._load(spec, cls)
+                loaded.keep_alive = self.config.keep_alive_for(spec.name)
                 self._loaded[key] = loaded
                 self._enforce_budget(keep=key)
             loaded.engine.last_used = time.monotonic()
+            if keep_alive is not None:
+                loaded.keep_alive = keep_alive
+            loaded.pins += pin
             return loaded
+
+    def unpin(self, loaded: LoadedModel) -> None:
+        with self._lock:
+            loaded.pins -= 1
+            loaded.engine.last_used = time.monotonic()
+        self._wake.set()
+
+    def poke(self) -> None:
+        """A request finished: let the reaper look again (keep_alive 0 unloads right after use)."""
+        self._wake.set()
+
+    def reap(self, now: float | None = None) -> float:
+        """Unload every model idle longer than its keep_alive; returns seconds until the next may expire."""
+        now = time.monotonic() if now is None else now
+        next_due = math.inf
+        with self._lock:
+            for key, loaded in list(self._loaded.items()):
+                idle = loaded.idle_for(now)
+                if idle is None:
+                    continue
+                if idle >= loaded.keep_alive:
+                    log.info("keep_alive: unloading %s after %.1f s idle", key, idle)
+                    self._unload(key)
+                else:
+                    next_due = min(next_due, loaded.keep_alive - idle)
+        return next_due
+
+    def _reap_loop(self) -> None:
+        while not self._closed:
+            self._wake.clear()  # before reaping: a poke from now on is seen by the next wait
+            due = self.reap()
+            # a busy model is looked at again when its requests finish (poke), or within 60 s
+            self._wake.wait(min(due, 60.0))
 
     def _load(self, spec: ModelSpec, cls: type) -> LoadedModel:
         from llmos.drivers.base import DriverOptions
@@ -144,12 +198,15 @@ class ModelManager:
 
     def _enforce_budget(self, keep: tuple[str, str]) -> None:
         budget = self.config.memory_budget_mb * 1024 * 1024
-        while sum(m.info.memory_bytes for m in self._loaded.values()) > budget:
-            idle = [(k, m) for k, m in self._loaded.items() if k != keep and m.engine.active == 0]
+        limit = self.config.max_loaded_models or math.inf
+        while (over := "memory budget" if sum(m.info.memory_bytes for m in self._loaded.values()) > budget
+               else "max_loaded_models" if len(self._loaded) > limit else None):
+            now = time.monotonic()
+            idle = [(k, m) for k, m in self._loaded.items() if k != keep and m.idle_for(now) is not None]
             if not idle:
                 return
             key, victim = min(idle, key=lambda km: km[1].engine.last_used)
-            log.info("memory budget: unloading %s", key)
+            log.info("%s: unloading %s", over, key)
             self._unload(key)
 
     def _unload(self, key: tuple[str, str]) -> None:
@@ -193,17 +250,24 @@ class ModelManager:
     def engines(self) -> list[dict]:
         """Loaded models with their driver, queue and step figures (rows of `kernel.engines()`)."""
         out = []
+        now = time.monotonic()
         for loaded in self.loaded():
             eng = loaded.engine
             out.append({
                 "model": loaded.spec.name, "driver": loaded.driver_name, "device": loaded.info.device,
                 "running": eng.scheduler.num_running, "waiting": eng.scheduler.num_waiting,
                 "steps": eng.steps, "failures": eng.failures, "load_s": loaded.load_seconds,
+                "memory_bytes": loaded.info.memory_bytes, "idle_s": loaded.idle_for(now) or 0.0,
+                "keep_alive_s": None if math.isinf(loaded.keep_alive) else loaded.keep_alive,  # None: forever
                 **loaded.driver.stats(),
             })
         return out
 
     def shutdown(self) -> None:
         with self._lock:
+            self._closed = True
+            self._wake.set()
             for key in list(self._loaded):
                 self._unload(key)
+        if self._reaper is not threading.current_thread():
+            self._reaper.join(5)

@@ -204,6 +204,7 @@ class Engine:
             if event.finished:
                 with self._cond:
                     self._handles.pop(event.request_id, None)
+                    self.last_used = time.monotonic()  # idle from here (keep_alive counts from the last finish)
             handle.deliver(event)
             if event.finished and self._on_finish is not None:
                 try:

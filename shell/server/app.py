@@ -2,7 +2,8 @@
 
 Endpoints: POST /v1/chat/completions and /v1/completions (SSE streaming or not), POST /v1/embeddings
 (the memfs embedder), GET /v1/models (models, and installed adapters as `base:adapter`), GET /health,
-GET /metrics (Prometheus), and llmos extras under /llmos/ (extras.py: ps, kill, modules, memfs).
+GET /metrics (Prometheus), llmos extras under /llmos/ (extras.py: ps, kill, modules, memfs) and the
+resident kernel's /llmos/status and /llmos/shutdown (status.py).
 Before any endpoint, security.py checks Host, Origin, the API key and the body size. Errors use
 OpenAI's error shape with the matching status: 400 bad parameter (named) or Host, 401 bad/missing key,
 403 a web page's Origin, 404 unknown model or adapter (only served names: never a path on this
@@ -33,6 +34,7 @@ from .extras import MAX_AGENTS, extras_router
 from .metrics import Metrics
 from .schemas import MAX_EMBEDDING_CHARS, MAX_EMBEDDING_INPUTS, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from .security import HEADER_TIMEOUT_S, MAX_BODY_BYTES, Guard
+from .status import status_router
 from .tool_calls import parse_answer, render_messages, response_schema, tool_constraint
 
 EMBEDDING_MODEL = "all-minilm-l6-v2"
@@ -46,8 +48,10 @@ def split_model(model: str) -> tuple[str, str | None]:
 
 def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[str] = (),
                allowed_origins: Iterable[str] = (), public_metrics: bool = False, max_body: int = MAX_BODY_BYTES,
-               read_timeout: float = HEADER_TIMEOUT_S, max_agents: int = MAX_AGENTS) -> FastAPI:
-    """The API over `kernel`; the keyword arguments are security.py's rules (Host, Origin, key, body)."""
+               read_timeout: float = HEADER_TIMEOUT_S, max_agents: int = MAX_AGENTS,
+               owner_socket: str | None = None) -> FastAPI:
+    """The API over `kernel`; the keyword arguments are security.py's rules (Host, Origin, key, body, and
+    the Unix socket whose clients are the owner)."""
     allowed_origins = tuple(allowed_origins)
     app = FastAPI(title="llmos", version=getattr(__import__("llmos"), "__version__", "0"),
                   description="OpenAI-compatible API of an llmos kernel.")
@@ -57,7 +61,8 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
         app.add_middleware(CORSMiddleware, allow_origins=list(allowed_origins), allow_methods=["*"],
                            allow_headers=["*"])
     app.add_middleware(Guard, api_key=api_key, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins,
-                       public_metrics=public_metrics, max_body=max_body, read_timeout=read_timeout)
+                       public_metrics=public_metrics, max_body=max_body, read_timeout=read_timeout,
+                       owner_socket=owner_socket)
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(_request: Request, exc: RequestValidationError):
@@ -76,10 +81,11 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
         return error_response(exc)
 
     app.include_router(extras_router(kernel, max_agents=max_agents))
+    app.include_router(status_router(kernel))
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "models_loaded": [e["model"] for e in kernel.engines()]}
+    async def health() -> dict[str, Any]:  # `version`: clients check it (shell/daemon.py check_version)
+        return {"status": "ok", "version": app.version, "models_loaded": [e["model"] for e in kernel.engines()]}
 
     @app.get("/metrics")
     async def scrape() -> Response:
@@ -102,7 +108,8 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
 
         def submit_named():  # over HTTP a model is a served name, never a path on this machine
             kernel.registry.resolve(model, allow_paths=False)
-            return kernel.submit(model=model, adapter=adapter, owner=body.user or "api", **submit, **body.sampling())
+            return kernel.submit(model=model, adapter=adapter, owner=body.user or "api", keep_alive=body.keep_alive,
+                                 **submit, **body.sampling())
 
         handle = await asyncio.to_thread(submit_named)
         metrics.submitted(handle)

@@ -76,6 +76,9 @@ class _Sampling(_Body):
     stream: bool = False
     n: int = 1
     user: Optional[str] = None
+    #: an extension, as Ollama's: how long the model stays loaded once idle, from this request on
+    #: (seconds or "5m"; 0 = unload right after it, negative = never)
+    keep_alive: Optional[Union[float, str]] = None
     # OpenAI fields llmos does not implement: accepted at their "off" value (clients send those by
     # default), refused otherwise rather than silently ignored
     logprobs: Optional[Union[bool, int]] = None

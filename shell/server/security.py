@@ -13,6 +13,12 @@
   a body that sends nothing for `read_timeout` seconds is refused with 408.
 - Connections (`guarded_h11`): a connection whose request head is not complete `header_timeout`
   seconds after it started is closed, so idle or half-sent connections cannot pile up.
+- Owner: a request that came over the server's own Unix socket (`owner_socket`, mode 0600: only the
+  machine owner can connect) is the owner's, and needs no key and no Host check. This is read from
+  the ASGI scope's `server` entry, which uvicorn fills from the accepting socket's getsockname(): a
+  Unix socket gives `(path, None)`, a TCP socket always `(address, port)`, whatever the client sends
+  (headers, Host, proxy headers never touch it). `OWNER_PATHS` (status, shutdown) are served only to
+  the owner or, over TCP, with the API key: a server without a key refuses them on TCP (403).
 Every refusal is a 4xx in OpenAI's error shape.
 """
 
@@ -32,6 +38,8 @@ from .errors import json_error
 
 MAX_BODY_BYTES = 4 << 20
 HEADER_TIMEOUT_S = 10.0
+#: served only to the owner (Unix socket) or with the API key
+OWNER_PATHS = frozenset({"/llmos/status", "/llmos/shutdown"})
 
 
 def host_name(host: str) -> str:
@@ -61,8 +69,9 @@ class Guard:
 
     def __init__(self, app: ASGIApp, *, api_key: str | None = None, allowed_hosts: Iterable[str] = (),
                  allowed_origins: Iterable[str] = (), public_metrics: bool = False, max_body: int = MAX_BODY_BYTES,
-                 read_timeout: float = HEADER_TIMEOUT_S) -> None:
+                 read_timeout: float = HEADER_TIMEOUT_S, owner_socket: str | None = None) -> None:
         self.app = app
+        self.owner_socket = owner_socket
         self.api_key = api_key
         self.hosts = {host_name(h) for h in allowed_hosts}
         self.origins = {_origin(o) for o in allowed_origins}
@@ -85,9 +94,19 @@ class Guard:
             refusal = body
         await refusal(scope, receive, send)
 
+    def is_owner(self, scope: Scope) -> bool:
+        """The request came over `owner_socket` (never true over TCP: see the module docstring)."""
+        server = scope.get("server")
+        return self.owner_socket is not None and isinstance(server, (tuple, list)) and len(server) == 2 \
+            and server[1] is None and server[0] == self.owner_socket
+
     def _refusal(self, scope: Scope, headers: Headers) -> Response | None:
         host = headers.get("host")
-        if not self.api_key and host is not None:
+        owner = self.is_owner(scope)
+        if not owner and not self.api_key and scope["path"] in OWNER_PATHS:
+            return json_error(403, f"{scope['path']} is served over the Unix socket only, or over TCP with an API key",
+                              "permission_error", None, "owner_only")
+        if not owner and not self.api_key and host is not None:
             name = host_name(host)
             if not is_loopback_name(name) and name not in self.hosts:
                 return json_error(400, f"this server has no API key and answers loopback names only, not Host "
@@ -98,7 +117,7 @@ class Guard:
             return json_error(403, f"requests from web pages (Origin {origin[:100]!r}) are refused: allow the "
                                    f"origin with --allow-origin", "permission_error", None, "origin_not_allowed")
         preflight = scope["method"] == "OPTIONS" and origin is not None and "access-control-request-method" in headers
-        if self.api_key and scope["path"] not in self.open_paths and not preflight:
+        if self.api_key and not owner and scope["path"] not in self.open_paths and not preflight:
             given = headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
                 return json_error(401, "missing or wrong API key: send Authorization: Bearer <key>",
