@@ -26,7 +26,7 @@ from .modules.table import ModuleTable
 from .proc.agents import Process, ProcessTable
 from .proc.sessions import SessionStore
 from .sched.handle import Completion, RequestHandle, acancel_on_close, cancel_on_close
-from .sched.request import (Priority, PromptEnvelope, Request, check_prompt, check_timeout, next_request_id,
+from .sched.request import (Priority, PromptEnvelope, Request, check_input, check_prompt, next_request_id,
                             parse_sampling, validate_messages)
 from .tools.jobs import Job
 from .tools.toolbox import ToolBox
@@ -106,20 +106,12 @@ class Kernel:
     ) -> RequestHandle:
         """Queue a request and return its handle at once (tokens stream as they are produced).
 
-        Sampling fields left unset (or None) take the model's defaults (`models_info()` shows them);
-        `temperature=0` is plain greedy decoding. `keep_alive` (seconds or "5m"; 0: unload right after
-        this request, negative: never) sets how long the model stays loaded once idle, from now on."""
+        Unset sampling fields take the model's defaults (`models_info()`); `temperature=0` is greedy.
+        `keep_alive` (seconds or "5m"; 0: unload after this request; negative: never): idle residency."""
         self._check_open()
         params = parse_sampling(sampling)
         prio = Priority.parse(priority)
-        if (prompt is None) == (messages is None):
-            raise InvalidRequestError("give either a prompt or messages (exactly one)", param="prompt")
-        chat = validate_messages(messages) if messages is not None else None
-        if chat is not None and self.config.system_prompt and not any(m["role"] == "system" for m in chat):
-            chat.insert(0, {"role": "system", "content": self.config.system_prompt})
-        if prompt is not None:
-            check_prompt(prompt)
-        check_timeout(timeout)
+        chat = check_input(prompt, messages, timeout, self.config.system_prompt)
         if adapter is not None:
             manifest = self.module_store.get(adapter)  # UnknownAdapterError lists what is installed
             model = model or manifest.base_model

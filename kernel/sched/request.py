@@ -231,6 +231,22 @@ def check_timeout(timeout: Any) -> None:
         raise InvalidRequestError(f"timeout must be a positive number of seconds, got {timeout!r}", param="timeout")
 
 
+def check_input(prompt: Any, messages: Sequence[dict[str, Any]] | None, timeout: Any,
+                system_prompt: str | None = None) -> list[dict[str, Any]] | None:
+    """Check a request's prompt or messages (exactly one) and timeout; returns the checked messages
+    (with `system_prompt` first when they bring no system message of their own), or None for a prompt."""
+    if (prompt is None) == (messages is None):
+        raise InvalidRequestError("give either a prompt or messages (exactly one)", param="prompt")
+    check_timeout(timeout)
+    if prompt is not None:
+        check_prompt(prompt)
+        return None
+    chat = validate_messages(messages)
+    if system_prompt and not any(m["role"] == "system" for m in chat):
+        chat.insert(0, {"role": "system", "content": system_prompt})
+    return chat
+
+
 @dataclass
 class PromptEnvelope:
     """What the prepare_prompt hook sees and may rewrite: the prompt text or chat messages."""
