@@ -14,6 +14,7 @@ from llmos.kernel.modules.table import ModuleBusyError
 from llmos.kernel.modules.store import BaseModelMismatchError, ModuleError, ModuleStore, check_safetensors
 from llmos.kernel.models.registry import ModelRegistry
 
+from .greedy import GreedyScorer
 from .lora import make_lora, torch_model_dir
 
 Q = [{"role": "user", "content": "What is the capital of France?"}]
@@ -145,8 +146,6 @@ def test_gguf_lora_on_llamacpp(kernel, peft_adapters, scorer):
     base = chat(kernel, driver="llamacpp").token_ids
     manifest = kernel.export_module("beta")
     assert manifest.formats == ["peft", "gguf"]
-    from .greedy import GreedyScorer
-
     beta_scorer = GreedyScorer(str(kernel.load("smollm2").spec.path),
                                lora_path=str(kernel.module_store.weights_path(manifest, "gguf")))
     with_b = chat(kernel, adapter="beta", driver="llamacpp")
