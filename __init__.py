@@ -3,7 +3,10 @@
 The public Python API:
 
     import llmos
-    with llmos.boot() as kernel:
+    with llmos.boot() as kernel:          # an in-process kernel
+        print(kernel.generate("What is the capital of France?").text)
+
+    with llmos.connect() as kernel:       # the resident kernel (`llmos up`): the same calls
         print(kernel.generate("What is the capital of France?").text)
 """
 
@@ -25,6 +28,16 @@ from .kernel.errors import *  # noqa: F401,F403 - the typed errors are public AP
 from .kernel.errors import LlmosError
 from .plugins.hookspecs import hookimpl
 
+
+
+def connect(url: str | None = None, api_key: str | None = None, *, home=None):
+    """A client of the resident kernel (`llmos up`), or of the server at `url` (LLMOS_URL), with the
+    `Kernel` surface: see shell/client/__init__.py."""
+    from .shell.client import connect as _connect
+
+    return _connect(url, api_key, home=home)
+
+
 try:
     __version__ = _version("llmos")
 except PackageNotFoundError:  # running from a source tree that is not installed
@@ -32,5 +45,5 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "Completion", "Config", "Kernel", "LlmosError", "Priority", "RequestHandle", "RequestStatus",
-    "SamplingParams", "boot", "hookimpl", "__version__",
+    "SamplingParams", "boot", "connect", "hookimpl", "__version__",
 ]

@@ -144,6 +144,12 @@ class StorageError(LlmosError, OSError):
     code = "storage_failed"
 
 
+class ProcessNotFoundError(InvalidRequestError, LookupError):
+    """A kill or lookup of a request or agent that is not (or no longer) running."""
+
+    code = "process_not_found"
+
+
 class DaemonNotRunningError(LlmosError):
     """No resident kernel (`llmos up`) answers for this LLMOS_HOME."""
 

@@ -24,7 +24,7 @@ from .commands import CommandSet, Context, Reply, is_command
 from .completion import Completer
 from .conversation import Conversation
 from .palette import ShellCommandsProvider
-from .streaming import Feed, ReplyStream
+from .streaming import Feed, ReplyStream, finished_completion
 from .widgets.chat_log import ChatLog
 from .widgets.prompt_input import PromptInput
 from .widgets.status_line import StatusLine
@@ -68,11 +68,13 @@ class ShellApp(App):
             self.kind, self.text, self.step, self.data = kind, text, step, data or {}
 
     def __init__(self, kernel: Any = None, *, home: str | None = None, model: str | None = None,
-                 boot: bool = True, resume: bool = True, sampling: dict[str, Any] | None = None) -> None:
+                 boot: bool = True, resume: bool = True, sampling: dict[str, Any] | None = None,
+                 local: bool = False) -> None:
         super().__init__()
         self.kernel = kernel
         self._own_kernel = kernel is None
         self._home, self._model, self._boot_kernel, self._resume = home, model, boot, resume
+        self._local = local
         self.sampling = {"max_tokens": 1024, **(sampling or {})}
         self.conv: Conversation | None = None
         self.commands: CommandSet | None = None
@@ -119,9 +121,10 @@ class ShellApp(App):
         try:
             kernel = self.kernel
             if kernel is None:
-                import llmos
+                from .attach import shell_kernel
 
-                kernel = llmos.boot(home=self._home)
+                kernel = shell_kernel(self._home, local=self._local,
+                                      say=lambda text: self.call_from_thread(setattr, self.status, "state", text))
             conv = Conversation.resume(kernel, new=not self._resume)
             if self._model:
                 conv.update(model=kernel.registry.resolve(self._model).name)
@@ -305,21 +308,21 @@ class ShellApp(App):
         text = message.text if message is not None else ""
         self.handle, self.reply, self._busy = None, None, False
         gc.enable()
-        metrics = handle.request.metrics if handle is not None else None
+        done = finished_completion(handle)
         self.last_reply = {"status": event.status, "error": event.error, "text": text,
                            "id": handle.id if handle is not None else None,
-                           "tokens": metrics.output_tokens if metrics else 0,
-                           "tokens_per_s": metrics.tokens_per_second if metrics else None}
+                           "tokens": len(done.token_ids) if done else 0,
+                           "tokens_per_s": done.metrics.get("tokens_per_s") if done else None}
         if self.conv is not None and (text or event.status == "done"):
             self.conv.append("assistant", text, **({"status": event.status} if event.status != "done" else {}))
         if message is not None and event.status == "cancelled":
             await message.append_note("\n\n*[cancelled]*")
-        if handle is not None and handle.request.sources and message is not None:
-            await message.append_note("\n\nSources: " + " ".join(f"`{p}`" for p in handle.request.sources))
+        if done is not None and done.sources and message is not None:
+            await message.append_note("\n\nSources: " + " ".join(f"`{p}`" for p in done.sources))
         if event.error:
             await self.chat_log.add(event.error, "error")
-        speed = f": {metrics.output_tokens} tokens, {metrics.tokens_per_second:.1f} tok/s" if metrics and \
-            metrics.tokens_per_second else ""
+        tps = self.last_reply["tokens_per_s"]
+        speed = f": {self.last_reply['tokens']} tokens, {tps:.1f} tok/s" if tps else ""
         self.status.state = f"reply {event.status}{speed}"
 
     def action_cancel(self) -> None:
@@ -392,5 +395,5 @@ class ShellApp(App):
         return ask_approval(self, tool, missing)
 
 
-def main(home: str | None = None, model: str | None = None, resume: bool = True) -> None:
-    ShellApp(home=home, model=model, resume=resume).run()
+def main(home: str | None = None, model: str | None = None, resume: bool = True, local: bool = False) -> None:
+    ShellApp(home=home, model=model, resume=resume, local=local).run()

@@ -42,9 +42,16 @@ def _root(
     ctx: typer.Context,
     home: Optional[str] = typer.Option(None, "--home", envvar="LLMOS_HOME", help="Data directory (LLMOS_HOME)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    local: bool = typer.Option(False, "--local", envvar="LLMOS_LOCAL",
+                               help="Boot an in-process kernel instead of using the resident one (`llmos up`); "
+                                    "also accepted after any command."),
 ) -> None:
-    """llmos: an LLM operating system runtime. Without a command, opens the shell."""
+    """llmos: an LLM operating system runtime. Without a command, opens the shell.
+
+    Commands use the resident kernel when one is up (`llmos up`; `llmos shell` starts it) and an
+    in-process kernel otherwise; `--local` always boots one in process."""
     STATE["home"] = home
+    STATE["local"] = STATE["local"] or local
     if ctx.invoked_subcommand is None:
         if not (sys.stdin.isatty() and sys.stdout.isatty()):  # no terminal to draw on: show the help
             typer.echo(ctx.get_help())
@@ -55,10 +62,11 @@ def _root(
 @app.command()
 def shell(model: Optional[str] = typer.Option(None, "--model", "-m", help="Chat with this model."),
           new: bool = typer.Option(False, "--new", help="Start a new chat instead of resuming the last one.")) -> None:
-    """Open the interactive shell (a terminal UI: chat, commands, process monitor). See docs/shell.md."""
+    """Open the interactive shell (a terminal UI: chat, commands, process monitor) on the resident kernel,
+    starting it when none is up (`--local`: an in-process kernel). See docs/shell.md."""
     from .app import main as shell_main
 
-    shell_main(home=STATE["home"], model=model, resume=not new)
+    shell_main(home=STATE["home"], model=model, resume=not new, local=bool(STATE["local"]))
 
 
 
@@ -122,11 +130,12 @@ def run(
                 sys.stdout.write(chunk)
                 sys.stdout.flush()
             sys.stdout.write("\n")
+            completion = handle.result()
             if stored is not None:
                 stored.append(user)
-                stored.append({"role": "assistant", "content": handle.result().text})
-            if handle.request.sources:
-                sys.stdout.write("Sources: " + " ".join(f"[{p}]" for p in handle.request.sources) + "\n")
+                stored.append({"role": "assistant", "content": completion.text})
+            if completion.sources:
+                sys.stdout.write("Sources: " + " ".join(f"[{p}]" for p in completion.sources) + "\n")
         except KeyboardInterrupt:
             handle.cancel()
             sys.stdout.write("\n")
@@ -191,6 +200,15 @@ app.add_typer(agent_app, name="agent")
 app.add_typer(sessions_app, name="sessions")
 
 
+def _take_local(argv: list[str]) -> list[str]:
+    """argv without the `--local` flags given anywhere before a `--` (they set STATE["local"])."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    if "--local" in argv[:end]:
+        STATE["local"] = True
+        return [a for a in argv[:end] if a != "--local"] + argv[end:]
+    return argv
+
+
 def main() -> None:
     add_plugin_commands(app)
-    app()
+    app(args=_take_local(sys.argv[1:]), prog_name="llmos")

@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -48,16 +46,6 @@ def _gone(pid: int) -> bool:
     return False
 
 
-def _tail(path: Path, n: int) -> list[str]:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 256 * 1024))
-            return fh.read().decode("utf-8", "replace").splitlines()[-n:] if n > 0 else []
-    except OSError:
-        return []
-
-
 def _report(info: daemon.DaemonInfo, prefix: str) -> None:
     err.print(f"{prefix} (pid {info.pid}, llmos {info.version})\n  socket: {info.socket}\n  tcp:    {info.tcp}/v1",
               highlight=False)
@@ -86,40 +74,12 @@ def up(
         return
     if info.state == "stale":
         err.print(f"replacing the stale pid file of a crashed daemon (pid {info.pid})", highlight=False)
-    logs = daemon.log_dir(home)
-    logs.mkdir(parents=True, exist_ok=True, mode=0o700)
-    stderr_log = logs / "stderr.log"
-    cmd = [sys.executable, "-m", "llmos", "--home", str(home), "serve", "--socket", str(daemon.socket_path(home)),
-           "--host", host, "--port", str(port), "--grace", str(grace), "--preload" if preload else "--no-preload"]
-    if idle_exit is not None:
-        cmd += ["--idle-exit", idle_exit]
-    with open(stderr_log, "ab") as fh:
-        child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                                 start_new_session=True, close_fds=True)
-    deadline = time.monotonic() + timeout
-    last: LlmosError | None = None
-    while time.monotonic() < deadline:
-        try:
-            daemon.probe(home, timeout=2)
-        except DaemonNotRunningError as exc:
-            last = exc
-        except LlmosError as exc:  # another version answers
-            raise fail(exc, False) from None
-        else:
-            info = daemon.daemon_address(home)
-            _report(info, "llmos is up" if info.pid == child.pid else "llmos is already running")
-            return
-        if child.poll() is not None and daemon.daemon_address(home).state in ("down", "stale"):
-            break  # ours died and no other daemon is starting
-        time.sleep(0.1)
-    code = child.poll()
-    if code is None:
-        child.terminate()
-    what = f"exited with status {code} before answering" if code is not None else \
-        f"did not answer within {timeout:g} s ({last})"
-    tail = "\n".join(_tail(logs / "llmos.log", 5) + _tail(stderr_log, 10))
-    raise fail(LlmosError(f"the daemon did not come up: it {what}; see {logs / 'llmos.log'} and "
-                          f"{stderr_log}:\n{tail}"), False)
+    try:
+        info = daemon.start(home, host=host, port=port, grace=grace, preload=preload, idle_exit=idle_exit,
+                            timeout=timeout)
+    except LlmosError as exc:
+        raise fail(exc, False) from None
+    _report(info[0], "llmos is up" if info[1] else "llmos is already running")
 
 
 def status(as_json: bool = typer.Option(False, "--json", help="One JSON object.")) -> None:
@@ -191,7 +151,7 @@ def logs(lines: int = typer.Option(50, "-n", "--lines", min=0, help="Show the la
     path = daemon.log_dir(_home()) / "llmos.log"
     if not path.exists() and not follow:
         raise fail(LlmosError(f"no log yet at {path}: the daemon has not run for this LLMOS_HOME"), False)
-    for line in _tail(path, lines):
+    for line in daemon.tail_lines(path, lines):
         typer.echo(line)
     if follow:
         try:

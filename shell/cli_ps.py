@@ -1,4 +1,6 @@
-"""`llmos ps` / `llmos kill`: processes of a running kernel, reached through its server (`llmos serve`)."""
+"""`llmos ps` / `llmos kill`: the processes (requests, agents, embedding jobs) of the kernel commands use:
+the resident one when it is up, a server named by `--url` / LLMOS_URL, else an in-process kernel
+(which has none but what it runs itself)."""
 
 from __future__ import annotations
 
@@ -8,37 +10,22 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from llmos.kernel.errors import LlmosError
+from .cli_common import STATE, kernel_session, out
 
-from .cli_common import fail, out
-
-URL = typer.Option("http://127.0.0.1:8000", "--url", envvar="LLMOS_URL", help="The running kernel's server.")
-KEY = typer.Option(None, "--api-key", envvar="LLMOS_API_KEY")
+URL = typer.Option(None, "--url", help="A server to ask instead of the resident kernel (LLMOS_URL).")
+KEY = typer.Option(None, "--api-key", envvar="LLMOS_API_KEY", help="Its API key.")
 
 
-class ServerUnreachableError(LlmosError):
-    code = "server_unreachable"
+def _target(url: Optional[str], api_key: Optional[str]) -> None:
+    if url:
+        STATE["url"], STATE["api_key"] = url, api_key
 
 
-def _call(method: str, url: str, path: str, key: Optional[str], as_json: bool):
-    import httpx
-
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    try:
-        r = httpx.request(method, url.rstrip("/") + path, headers=headers, timeout=10)
-    except httpx.HTTPError as exc:
-        raise fail(ServerUnreachableError(f"no llmos server at {url} ({exc}): start one with `llmos serve`"),
-                   as_json) from None
-    if r.status_code >= 400:
-        message = r.json().get("error", {}).get("message", r.text) if r.headers.get("content-type", "").startswith(
-            "application/json") else r.text
-        raise fail(LlmosError(f"{r.status_code}: {message}"), as_json)
-    return r.json()
-
-
-def ps(url: str = URL, api_key: Optional[str] = KEY, as_json: bool = typer.Option(False, "--json")) -> None:
-    """List the requests and embedding jobs of a running kernel."""
-    rows = _call("GET", url, "/llmos/ps", api_key, as_json)
+def ps(url: Optional[str] = URL, api_key: Optional[str] = KEY, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List the requests, agents and embedding jobs of the kernel, most urgent first."""
+    _target(url, api_key)
+    with kernel_session(as_json) as kernel:
+        rows = kernel.ps()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -50,7 +37,17 @@ def ps(url: str = URL, api_key: Optional[str] = KEY, as_json: bool = typer.Optio
     out.print(table)
 
 
-def kill(request_id: str, url: str = URL, api_key: Optional[str] = KEY) -> None:
-    """Cancel a request in a running kernel."""
-    _call("POST", url, f"/llmos/kill/{request_id}", api_key, False)
-    out.print(f"killed {request_id}")
+def kill(request_id: str, url: Optional[str] = URL, api_key: Optional[str] = KEY,
+         as_json: bool = typer.Option(False, "--json")) -> None:
+    """Cancel a request, or kill an agent, by id (see `llmos ps`)."""
+    from llmos.kernel.errors import ProcessNotFoundError
+
+    from .cli_common import fail
+
+    _target(url, api_key)
+    with kernel_session(as_json) as kernel:
+        killed = kernel.cancel(request_id)
+    if not killed:
+        raise fail(ProcessNotFoundError(f"no running request or agent {request_id!r}: `llmos ps` lists them",
+                                        param="request_id"), as_json)
+    typer.echo(json.dumps({"killed": request_id}) if as_json else f"killed {request_id}")

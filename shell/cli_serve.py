@@ -94,7 +94,7 @@ def serve(
     hosts = list(allowed_host or []) + ([host] if host not in ("0.0.0.0", "::", "") else [])
     daemon = _daemon(socket_file)
     try:
-        with kernel_session(False, max_queue=max_queue) as kernel:
+        with kernel_session(False, attach=False, max_queue=max_queue) as kernel:
             if preload:
                 kernel.load()
             owner = str(socket_file.absolute()) if socket_file else None

@@ -11,7 +11,8 @@ Files (all under `$LLMOS_HOME`):
   client there is the owner (no API key; see shell/server/security.py).
 - `logs/llmos.log`: the daemon's log (rotated), `logs/stderr.log`: its raw output (tracebacks).
 
-A client reuses `daemon_address(home)` (where it listens, without connecting) and `probe(home)` (asks
+`start(home)` starts one detached (`llmos up`, and the shell when none is up). A client reuses
+`daemon_address(home)` (where it listens, without connecting) and `probe(home)` (asks
 /health over the socket and checks the version). Standard library only, but httpx inside `probe`.
 """
 
@@ -23,6 +24,9 @@ import json
 import os
 import socket
 import stat
+import subprocess
+import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -206,3 +210,53 @@ def probe(home: Path, client_version: str | None = None, timeout: float = 5.0) -
                                     f"see {log_dir(home) / 'llmos.log'}") from None
     check_version(str(health.get("version")), client_version)
     return health
+
+
+def tail_lines(path: Path, n: int) -> list[str]:
+    """The last `n` lines of a log (read from its last 256 KiB)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 256 * 1024))
+            return fh.read().decode("utf-8", "replace").splitlines()[-n:] if n > 0 else []
+    except OSError:
+        return []
+
+
+def start(home: Path, *, host: str = "127.0.0.1", port: int = 8000, grace: float = 10.0, preload: bool = True,
+          idle_exit: str | None = None, timeout: float = 120.0) -> tuple[DaemonInfo, bool]:
+    """Start `llmos serve --socket` for `home` detached (a new session, stdin closed, output to
+    logs/stderr.log) and wait until it answers. Returns (its info, whether this call started it: False
+    when another daemon answered first). Raises LlmosError naming the logs when it does not come up,
+    VersionMismatchError when a daemon of another version answers."""
+    home = Path(home)
+    logs = log_dir(home)
+    logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stderr_log = logs / "stderr.log"
+    cmd = [sys.executable, "-m", "llmos", "--home", str(home), "serve", "--socket", str(socket_path(home)),
+           "--host", host, "--port", str(port), "--grace", str(grace), "--preload" if preload else "--no-preload"]
+    if idle_exit is not None:
+        cmd += ["--idle-exit", idle_exit]
+    with open(stderr_log, "ab") as fh:
+        child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                                 start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + timeout
+    last: LlmosError | None = None
+    while time.monotonic() < deadline:
+        try:
+            probe(home, timeout=2)
+        except DaemonNotRunningError as exc:
+            last = exc
+        else:
+            info = daemon_address(home)
+            return info, info.pid == child.pid
+        if child.poll() is not None and daemon_address(home).state in ("down", "stale"):
+            break  # ours died and no other daemon is starting
+        time.sleep(0.1)
+    code = child.poll()
+    if code is None:
+        child.terminate()
+    what = f"exited with status {code} before answering" if code is not None else \
+        f"did not answer within {timeout:g} s ({last})"
+    tail = "\n".join(tail_lines(logs / "llmos.log", 5) + tail_lines(stderr_log, 10))
+    raise LlmosError(f"the daemon did not come up: it {what}; see {logs / 'llmos.log'} and {stderr_log}:\n{tail}")

@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from textual.widgets import Markdown
+
+from llmos.kernel.errors import LlmosError
 
 from .widgets.chat_log import ChatLog
 from .widgets.chat_message import ChatMessage
@@ -143,3 +145,13 @@ class ReplyStream:
     async def append_note(self, markdown: str) -> None:
         """Text after the reply (a cancelled marker, sources), once the stream has stopped."""
         await self.message.append(markdown)
+
+
+def finished_completion(handle: Any):
+    """The finished request's `Completion` (None when there is none: never sent, or its server left)."""
+    if handle is None or not handle.done:
+        return None
+    try:
+        return handle.result(check=False)
+    except LlmosError:
+        return None

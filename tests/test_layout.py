@@ -30,6 +30,7 @@ KERNEL_LAYERS = {
     "tools": {"errors", "lib", "config", "port"},
     "proc": {"errors", "lib", "sched", "port"},
     "port": {"sched", "tools", "proc"},  # types only (TYPE_CHECKING)
+    "api": {"sched"},  # types only (TYPE_CHECKING)
 }
 
 

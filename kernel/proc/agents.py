@@ -113,6 +113,16 @@ class Process:
             i += 1
             yield event
 
+    def events_since(self, index: int, timeout: float | None = None) -> list[AgentEvent]:
+        """The events after the first `index`, waiting up to `timeout` for one ([]: none yet, or it ended)."""
+        with self._cond:
+            self._cond.wait_for(lambda: index < len(self._events) or self.state.finished, timeout)
+            return self._events[index:]
+
+    def post(self, kind: str, text: str = "", **data: Any) -> None:
+        """Add an event from outside the loop (the HTTP server's approval questions)."""
+        self._emit(kind, text, **data)
+
     def history(self) -> list[AgentEvent]:
         """The events so far (does not wait)."""
         with self._cond:

@@ -30,10 +30,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from llmos.kernel.errors import InvalidRequestError, LlmosError, UnknownModelError
 
 from .errors import error_response, json_error
+from .admin_routes import admin_router
 from .extras import MAX_AGENTS, extras_router
+from .mem_routes import mem_router
 from .metrics import Metrics
 from .schemas import MAX_EMBEDDING_CHARS, MAX_EMBEDDING_INPUTS, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from .security import HEADER_TIMEOUT_S, MAX_BODY_BYTES, Guard
+from .session_routes import session_router
 from .status import status_router
 from .tool_calls import parse_answer, render_messages, response_schema, tool_constraint
 
@@ -81,6 +84,9 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
         return error_response(exc)
 
     app.include_router(extras_router(kernel, max_agents=max_agents))
+    app.include_router(session_router(kernel))
+    app.include_router(mem_router(kernel))
+    app.include_router(admin_router(kernel))
     app.include_router(status_router(kernel))
 
     @app.get("/health")
@@ -106,15 +112,20 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
             raise InvalidRequestError("only n=1 is supported", param="n")
         model, adapter = split_model(body.model)
 
-        def submit_named():  # over HTTP a model is a served name, never a path on this machine
-            kernel.registry.resolve(model, allow_paths=False)
+        owner = bool(getattr(request.state, "owner", False))
+        extensions = body.extensions(trusted=owner or api_key is not None)
+
+        def submit_named():  # over HTTP a model is a served name, never a path on this machine (but the owner's)
+            kernel.registry.resolve(model, allow_paths=owner)
             return kernel.submit(model=model, adapter=adapter, owner=body.user or "api", keep_alive=body.keep_alive,
-                                 **submit, **body.sampling())
+                                 **extensions, **submit, **body.sampling())
 
         handle = await asyncio.to_thread(submit_named)
         metrics.submitted(handle)
+        headers = {"X-Llmos-Request-Id": handle.id}
         if body.stream:
-            return StreamingResponse(_sse(request, handle, body.model, submit), media_type="text/event-stream")
+            return StreamingResponse(_sse(request, handle, body.model, submit), media_type="text/event-stream",
+                                     headers=headers)
         try:
             completion = await _until_done(request, handle.aresult(check=False), handle.cancel)
         finally:
@@ -144,10 +155,13 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
                     return
                 yield event(chunk, None)
             done = handle.result(0, check=False)
-            yield event(None if chat else "", _finish(done))
+            last = json.loads(event(None if chat else "", _finish(done))[len("data: "):])
+            yield "data: " + json.dumps({**last, "usage": done.usage, "llmos": _extension(done)}) + "\n\n"
         except LlmosError as exc:
-            yield "data: " + json.dumps({"error": {"message": str(exc), "type": "server_error",
-                                                   "code": exc.code}}) + "\n\n"
+            failed: dict[str, Any] = {"error": {"message": str(exc), "type": "server_error", "code": exc.code}}
+            if handle.done:  # the request ended failed, cancelled or timed out: an llmos client reads which
+                failed["llmos"] = _extension(handle.result(0, check=False))
+            yield "data: " + json.dumps(failed) + "\n\n"
         finally:
             handle.cancel()
             metrics.finished(handle)
@@ -233,6 +247,13 @@ async def _one_chunk_stream(completion, model: str):
     yield "data: [DONE]\n\n"
 
 
+def _extension(completion) -> dict[str, Any]:
+    """What an llmos client reads beside OpenAI's fields: the whole `Completion` but its text."""
+    return {"request_id": completion.request_id, "model": completion.model, "status": completion.status.name.lower(),
+            "error": completion.error, "token_ids": list(completion.token_ids), "metrics": completion.metrics,
+            "sources": list(completion.sources)}
+
+
 def _finish(completion) -> str:
     reason = completion.finish_reason
     return reason if reason in ("stop", "length") else "stop"
@@ -243,7 +264,7 @@ def _completion_body(completion, model: str, *, chat: bool, tools: bool = False)
         status = 503 if completion.finish_reason == "cancelled" else 500
         return json_error(status, completion.error, "server_error", None, completion.status.name.lower())
     base = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{completion.request_id}", "created": int(time.time()),
-            "model": model, "usage": completion.usage}
+            "model": model, "usage": completion.usage, "llmos": _extension(completion)}
     if chat:
         content, calls = parse_answer(completion.text, tools)
         message: dict[str, Any] = {"role": "assistant", "content": content}

@@ -16,6 +16,10 @@ def json_error(status: int, message: str, kind: str, param: str | None = None, c
 
 def error_response(exc: LlmosError) -> JSONResponse:
     param = getattr(exc, "param", None)
+    if isinstance(exc, PermissionError):  # a capability not granted: `missing` lets a client ask its user
+        missing = sorted(getattr(exc, "missing", ()))
+        return JSONResponse({"error": {"message": str(exc), "type": "permission_error", "param": None,
+                                       "code": exc.code, "missing": missing}}, status_code=403)
     if isinstance(exc, PromptTooLongError):
         return json_error(413, str(exc), "invalid_request_error", param, exc.code)
     if isinstance(exc, (UnknownModelError, UnknownAdapterError)):

@@ -7,6 +7,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from llmos.kernel.errors import InvalidRequestError
+
 #: texts per embeddings request, and characters per text (all-MiniLM-L6-v2 reads 256 tokens, ~1,000 characters)
 MAX_EMBEDDING_INPUTS = 256
 MAX_EMBEDDING_CHARS = 16_384
@@ -79,6 +81,14 @@ class _Sampling(_Body):
     #: an extension, as Ollama's: how long the model stays loaded once idle, from this request on
     #: (seconds or "5m"; 0 = unload right after it, negative = never)
     keep_alive: Optional[Union[float, str]] = None
+    #: llmos extensions (what `llmos.connect()` clients send; docs/client.md): the priority class
+    #: (above normal: the owner's or an API key holder's only), memfs passages under `rag` (a directory)
+    #: to answer from, returned as `sources`, a driver to force, and a deadline in seconds
+    priority: Optional[Union[str, int]] = None
+    rag: Optional[str] = Field(None, max_length=4096)
+    driver: Optional[str] = Field(None, max_length=64)
+    timeout: Optional[float] = Field(None, gt=0, le=86400)
+    ignore_eos: bool = False  # as vLLM names it: decode max_tokens whatever the model says (benchmarks)
     # OpenAI fields llmos does not implement: accepted at their "off" value (clients send those by
     # default), refused otherwise rather than silently ignored
     logprobs: Optional[Union[bool, int]] = None
@@ -95,6 +105,18 @@ class _Sampling(_Body):
             raise ValueError(f"is not supported by llmos yet: leave it unset{hint}")
         return value
 
+    def extensions(self, *, trusted: bool) -> dict[str, Any]:
+        """The llmos extensions set, as `Kernel.submit` keywords; a priority above normal only when
+        `trusted` (the owner, or an API key holder)."""
+        out = {k: getattr(self, k) for k in ("priority", "rag", "driver", "timeout") if getattr(self, k) is not None}
+        if "priority" in out and not trusted:
+            from llmos.kernel.sched.request import Priority
+
+            if Priority.parse(out["priority"]) < Priority.NORMAL:
+                raise InvalidRequestError("a priority above normal needs the Unix socket or an API key",
+                                          param="priority")
+        return out
+
     def sampling(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         limit = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -106,6 +128,8 @@ class _Sampling(_Body):
             out["top_p"] = self.top_p
         if self.seed is not None:
             out["seed"] = self.seed
+        if self.ignore_eos:
+            out["ignore_eos"] = True
         out.update({k: getattr(self, k) for k in ("top_k", "min_p", "repetition_penalty") if getattr(self, k) is not None})
         if self.stop is not None:
             out["stop"] = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)

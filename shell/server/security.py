@@ -17,8 +17,11 @@
   machine owner can connect) is the owner's, and needs no key and no Host check. This is read from
   the ASGI scope's `server` entry, which uvicorn fills from the accepting socket's getsockname(): a
   Unix socket gives `(path, None)`, a TCP socket always `(address, port)`, whatever the client sends
-  (headers, Host, proxy headers never touch it). `OWNER_PATHS` (status, shutdown) are served only to
-  the owner or, over TCP, with the API key: a server without a key refuses them on TCP (403).
+  (headers, Host, proxy headers never touch it). `OWNER_PATHS` (status, shutdown) and the paths under
+  `OWNER_PREFIXES` (tool calls, task runs, and /llmos/admin/: what reads or writes files on this
+  machine by path) are served only to the owner or, over TCP, with the API key: a server without a
+  key refuses them on TCP (403). Endpoints read `request.state.owner` (e.g. model paths are the
+  owner's only).
 Every refusal is a 4xx in OpenAI's error shape.
 """
 
@@ -40,6 +43,11 @@ MAX_BODY_BYTES = 4 << 20
 HEADER_TIMEOUT_S = 10.0
 #: served only to the owner (Unix socket) or with the API key
 OWNER_PATHS = frozenset({"/llmos/status", "/llmos/shutdown"})
+OWNER_PREFIXES = ("/llmos/admin/", "/llmos/tools/", "/llmos/tasks/")
+
+
+def owner_only(path: str) -> bool:
+    return path in OWNER_PATHS or path.startswith(OWNER_PREFIXES)
 
 
 def host_name(host: str) -> str:
@@ -84,6 +92,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         refusal = self._refusal(scope, Headers(scope=scope))
+        scope.setdefault("state", {})["owner"] = self.is_owner(scope)  # request.state.owner in endpoints
         if refusal is None:
             body = await self._read_body(receive)
             if body is None:  # the client went away before sending its body
@@ -103,7 +112,7 @@ class Guard:
     def _refusal(self, scope: Scope, headers: Headers) -> Response | None:
         host = headers.get("host")
         owner = self.is_owner(scope)
-        if not owner and not self.api_key and scope["path"] in OWNER_PATHS:
+        if not owner and not self.api_key and owner_only(scope["path"]):
             return json_error(403, f"{scope['path']} is served over the Unix socket only, or over TCP with an API key",
                               "permission_error", None, "owner_only")
         if not owner and not self.api_key and host is not None:

@@ -1,0 +1,209 @@
+"""`Client`: a served kernel (the resident one, `llmos up`, or any `llmos serve`) with the `Kernel`
+surface programs use, over the HTTP API. `llmos.connect()` makes one.
+
+Boundaries: everything crosses the wire through the documented routes (OpenAI's /v1/... plus /llmos/...),
+no second protocol; what the kernel would refuse is checked here first with the kernel's own checks
+(`parse_sampling`, `check_input`), so a bad call raises the same typed error, with the same message,
+in both modes. `shutdown()` closes this client's connections and leaves the resident kernel running.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, AsyncIterator, Callable, Iterator, Sequence
+
+from llmos.kernel.errors import InvalidRequestError, ProcessNotFoundError
+from llmos.kernel.modules.store import Manifest
+from llmos.kernel.sched.handle import Completion
+from llmos.kernel.sched.request import check_input, parse_sampling
+from llmos.kernel.tools.capabilities import ToolDeniedError
+from llmos.kernel.tools.tools import ToolResult
+
+from .handles import RemoteHandle, RemoteProcess
+from .transport import Transport, q
+from .views import ClientConfig, RemoteMem, RemoteModuleStore, RemoteRegistry, RemoteSessions, RemoteTools
+
+
+def _manifest(row: dict[str, Any]) -> Manifest:
+    return Manifest(**{k: v for k, v in row.items() if k in Manifest.__dataclass_fields__})
+
+
+class Client:
+    def __init__(self, transport: Transport, *, client_version: str | None = None) -> None:
+        from ..daemon import check_version
+
+        self._t = transport
+        self.where = transport.where
+        health = transport.call("GET", "/health")
+        check_version(str(health.get("version")), client_version)
+        self.version = health.get("version")
+        self.config = ClientConfig(**transport.call("GET", "/llmos/config"))
+        self.registry = RemoteRegistry(transport)
+        self.tools = RemoteTools(transport)
+        self.module_store = RemoteModuleStore(transport)
+        self.mem = RemoteMem(transport)
+        self.sessions = RemoteSessions(transport)
+
+    # -- models ------------------------------------------------------------------------------------
+
+    def models_info(self) -> list[dict[str, Any]]:
+        return self._t.call("GET", "/llmos/models")
+
+    def models(self) -> list[SimpleNamespace]:
+        return [SimpleNamespace(**row) for row in self.models_info()]
+
+    def load(self, model: str | None = None, *, driver: str | None = None) -> dict[str, Any]:
+        """Load a model in the resident kernel now (it stays loaded its keep_alive)."""
+        return self._t.call("POST", "/llmos/models/load", json={"model": model, "driver": driver})
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    def submit(self, prompt: str | None = None, *, messages: Sequence[dict[str, Any]] | None = None,
+               model: str | None = None, driver: str | None = None, adapter: str | None = None,
+               rag: str | None = None, priority: Any = None, owner: str = "api", timeout: float | None = None,
+               keep_alive: float | str | None = None, **sampling: Any) -> RemoteHandle:
+        """Queue a request in the resident kernel and return its handle at once (`Kernel.submit`)."""
+        params = parse_sampling(sampling)  # the kernel's own checks, so a bad call fails the same way here
+        check_input(prompt, messages, timeout)
+        if adapter is not None and model is None:  # the adapter's base model, as the kernel picks it
+            model = self.module_store.base_of(adapter)
+        name = model or self.config.default_model
+        body: dict[str, Any] = {"model": f"{name}:{adapter}" if adapter else name, "user": owner}
+        body.update({k: v for k, v in sampling.items() if k != "json_schema" and v is not None})
+        if "stop" in body:
+            body["stop"] = list(body["stop"])
+        body.update({k: v for k, v in (("driver", driver), ("rag", rag), ("timeout", timeout),
+                                       ("keep_alive", keep_alive)) if v is not None})
+        if priority is not None:
+            body["priority"] = priority.name.lower() if hasattr(priority, "name") else priority
+        if params.json_schema is not None:
+            if messages is None:
+                raise InvalidRequestError("json_schema needs chat messages over the HTTP API", param="json_schema")
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output",
+                                                                              "schema": params.json_schema}}
+        if messages is not None:
+            body["messages"] = [dict(m) for m in messages]
+            return RemoteHandle(self._t, "/v1/chat/completions", body, name)
+        return RemoteHandle(self._t, "/v1/completions", {**body, "prompt": prompt}, name)
+
+    def generate(self, prompt: str, **kwargs: Any) -> Completion:
+        return self.submit(prompt, **kwargs).result()
+
+    def chat(self, messages: Sequence[dict[str, Any]], **kwargs: Any) -> Completion:
+        return self.submit(messages=messages, **kwargs).result()
+
+    def stream(self, prompt: str | None = None, **kwargs: Any) -> Iterator[str]:
+        """Text deltas; closing the iterator early cancels the request."""
+        handle = self.submit(prompt, **kwargs)
+        try:
+            yield from handle.stream()
+        finally:
+            handle.cancel()
+
+    async def agenerate(self, prompt: str, **kwargs: Any) -> Completion:
+        return await self.submit(prompt, **kwargs).aresult()
+
+    async def achat(self, messages: Sequence[dict[str, Any]], **kwargs: Any) -> Completion:
+        return await self.submit(messages=messages, **kwargs).aresult()
+
+    async def astream(self, prompt: str | None = None, **kwargs: Any) -> AsyncIterator[str]:
+        handle = self.submit(prompt, **kwargs)
+        try:
+            async for chunk in handle.astream():
+                yield chunk
+        finally:
+            handle.cancel()
+
+    def cancel(self, request_id: str) -> bool:
+        """Cancel a request or kill an agent by id; False if it is unknown or already finished."""
+        try:
+            self._t.call("POST", f"/llmos/kill/{q(request_id)}")
+        except ProcessNotFoundError:
+            return False
+        return True
+
+    # -- agents ------------------------------------------------------------------------------------
+
+    def spawn(self, goal: str | None = None, *, tools: list[str] | None = None, approve: Callable | None = None,
+              owner: str = "agent", detach: bool = False, **options: Any) -> RemoteProcess:
+        """Start an agent in the resident kernel (`Kernel.spawn`); `tools=None` means every tool. With
+        `approve`, its approval questions are asked through that callback while its events are read."""
+        if tools is None:
+            tools = list(self.tools.all())
+        if "priority" in options and hasattr(options["priority"], "name"):
+            options["priority"] = options["priority"].name.lower()
+        row = self._t.call("POST", "/llmos/agents", json={"goal": goal, "tools": tools, "owner": owner,
+                                                         "approvals": approve is not None, "detach": detach,
+                                                         **options})
+        return RemoteProcess(self._t, row["pid"], row["session"], approve)
+
+    # -- modules -----------------------------------------------------------------------------------
+
+    def insmod(self, name: str, *, driver: str | None = None) -> dict[str, Any]:
+        return self._t.call("POST", f"/llmos/modules/{q(name)}/load", params={"driver": driver} if driver else None)
+
+    def rmmod(self, name: str, *, force: bool = False) -> list[str]:
+        return self._t.call("POST", f"/llmos/modules/{q(name)}/unload", params={"force": force})["cancelled"]
+
+    def lsmod(self) -> list[dict[str, Any]]:
+        return self._t.call("GET", "/llmos/lsmod")
+
+    def modules_info(self) -> list[dict[str, Any]]:
+        return self._t.call("GET", "/llmos/modules")
+
+    def install_module(self, path: str, *, name: str | None = None, base: str | None = None) -> Manifest:
+        from pathlib import Path
+
+        return _manifest(self._t.call("POST", "/llmos/admin/modules/install",
+                                      json={"path": str(Path(path).resolve()), "name": name, "base": base}))
+
+    def export_module(self, name: str, fmt: str = "gguf") -> Manifest:
+        return _manifest(self._t.call("POST", f"/llmos/admin/modules/{q(name)}/export", params={"format": fmt}))
+
+    # -- tools, tasks, plugins -----------------------------------------------------------------------
+
+    def call_tool(self, name: str, args: Any, *, owner: str = "api", approve: Callable | None = None,
+                  timeout: float = 30.0) -> ToolResult:
+        """Call a tool in the resident kernel; a capability not granted is asked of `approve` here."""
+        body = {"args": args, "owner": owner, "timeout": timeout}
+        try:
+            row = self._t.call("POST", f"/llmos/tools/{q(name)}/call", json=body)
+        except ToolDeniedError as exc:
+            answer = approve(name, getattr(exc, "missing", frozenset())) if approve is not None else "deny"
+            if answer not in ("once", "always"):
+                raise
+            row = self._t.call("POST", f"/llmos/tools/{q(name)}/call", json={**body, "approve": answer})
+        return ToolResult(row["ok"], row.get("value"), row.get("error"), row.get("duration_s", 0.0), row.get("code"))
+
+    def run_task(self, name: str, params: Any) -> Any:
+        return self._t.call("POST", f"/llmos/tasks/{q(name)}/run", json=params)["result"]
+
+    def plugins_info(self) -> list[dict[str, Any]]:
+        return self._t.call("GET", "/llmos/plugins")
+
+    # -- introspection, lifecycle --------------------------------------------------------------------
+
+    def ps(self) -> list[dict[str, Any]]:
+        return self._t.call("GET", "/llmos/ps")
+
+    def engines(self) -> list[dict[str, Any]]:
+        return self._t.call("GET", "/llmos/engines")
+
+    def status(self) -> dict[str, Any]:
+        """The resident kernel's state (`llmos status`)."""
+        return self._t.call("GET", "/llmos/status")
+
+    def shutdown(self) -> None:
+        """Close this client's connections (the resident kernel keeps running: `llmos down` stops it)."""
+        self._t.close()
+
+    close = shutdown
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return f"<llmos.Client {self.where} llmos {self.version}>"

@@ -1,0 +1,144 @@
+"""memfs over HTTP (`/llmos/mem/...`): every `kernel.mem` operation a client needs, each one the
+MemFS call of the same name (so a `Client`'s `mem` is the kernel's: shell/client/mem.py).
+
+What reads this machine's files by path (`import`) or creates stores (`mount`) and the repair
+(`fsck`) sit under /llmos/admin/mem/: the owner's (Unix socket) or an API key holder's only
+(security.py). `import` streams its progress as SSE: `{"done": N, "total": M}` events, then
+`{"result": {...}}` (or `{"error": {...}}`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from llmos.kernel.errors import LlmosError
+
+
+class MemWrite(BaseModel):
+    path: str
+    text: str
+    tags: list[str] = Field(default_factory=list, max_length=64)
+    source: str | None = None
+
+
+class MemAppend(BaseModel):
+    path: str
+    text: str
+
+
+class MemMove(BaseModel):
+    src: str
+    dst: str
+
+
+class MemFind(BaseModel):
+    query: str
+    within: str = "/"
+    k: int = 5
+
+
+class MemGrep(BaseModel):
+    pattern: str = Field(max_length=1000)
+    within: str = "/"
+    ignore_case: bool = False
+
+
+class MemImport(BaseModel):
+    source: str
+    to: str
+    hidden: bool = False
+    max_bytes: int | None = Field(None, ge=1)
+
+
+def mem_router(kernel) -> APIRouter:
+    r = APIRouter(prefix="/llmos")
+    run = asyncio.to_thread  # memfs is SQLite + FAISS + the embedder: keep the event loop free
+
+    @r.get("/mem/ls")
+    async def mem_ls(path: str = "/", recursive: bool = False) -> list[dict[str, Any]]:
+        return await run(kernel.mem.ls, path, recursive)
+
+    @r.get("/mem/cat")
+    async def mem_cat(path: str) -> dict[str, Any]:
+        return {"path": path, "text": await run(kernel.mem.cat, path)}
+
+    @r.get("/mem/stat")
+    async def mem_stat(path: str) -> dict[str, Any]:
+        return await run(kernel.mem.stat, path)
+
+    @r.put("/mem/write")
+    async def mem_write(body: MemWrite) -> dict[str, Any]:
+        meta = {"source": body.source} if body.source is not None else {}
+        return await run(lambda: kernel.mem.write(body.path, body.text, tags=body.tags, **meta))
+
+    @r.post("/mem/append")
+    async def mem_append(body: MemAppend) -> dict[str, Any]:
+        return await run(kernel.mem.append, body.path, body.text)
+
+    @r.post("/mem/mv")
+    async def mem_mv(body: MemMove) -> dict[str, Any]:
+        await run(kernel.mem.mv, body.src, body.dst)
+        return {"moved": body.src, "to": body.dst}
+
+    @r.delete("/mem/rm")
+    async def mem_rm(path: str, recursive: bool = False) -> dict[str, Any]:
+        return {"removed": await run(kernel.mem.rm, path, recursive)}
+
+    @r.post("/mem/find")
+    async def mem_find(body: MemFind) -> list[dict[str, Any]]:
+        return await run(kernel.mem.find, body.query, body.within, body.k)
+
+    @r.post("/mem/grep")
+    async def mem_grep(body: MemGrep) -> list[dict[str, Any]]:
+        return await run(kernel.mem.grep, body.pattern, body.within, body.ignore_case)
+
+    @r.get("/mem/volumes")
+    async def mem_volumes() -> list[dict[str, Any]]:
+        return await run(kernel.mem.volumes)
+
+    @r.post("/admin/mem/mount/{name}")
+    async def mem_mount(name: str) -> dict[str, Any]:
+        return {"mounted": name, "at": await run(kernel.mem.mount, name)}
+
+    @r.post("/admin/mem/fsck")
+    async def mem_fsck(repair: bool = False) -> list[dict[str, Any]]:
+        return await run(kernel.mem.fsck, repair)
+
+    @r.post("/admin/mem/import")
+    async def mem_import(request: Request, body: MemImport) -> StreamingResponse:
+        return StreamingResponse(_import_events(request, kernel, body), media_type="text/event-stream")
+
+    return r
+
+
+async def _import_events(request: Request, kernel, body: MemImport):
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+
+    def progress(done: int, total: int) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, {"done": done, "total": total})
+
+    def work() -> dict[str, Any]:
+        return kernel.mem.import_dir(body.source, body.to, progress=progress, hidden=body.hidden,
+                                     max_bytes=body.max_bytes)
+
+    job = asyncio.ensure_future(asyncio.to_thread(work))
+    while not job.done() or not events.empty():
+        getter = asyncio.ensure_future(events.get())
+        await asyncio.wait({getter, job}, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            yield "data: " + json.dumps(getter.result()) + "\n\n"
+        else:
+            getter.cancel()
+        if await request.is_disconnected():
+            return  # the import goes on to the end of its current batch; what was written stays consistent
+    try:
+        yield "data: " + json.dumps({"result": job.result()}, default=str) + "\n\n"
+    except LlmosError as exc:
+        yield "data: " + json.dumps({"error": {"message": str(exc), "code": exc.code,
+                                               "param": getattr(exc, "param", None)}}) + "\n\n"

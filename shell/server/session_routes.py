@@ -1,0 +1,73 @@
+"""Sessions over HTTP (`/llmos/sessions`): list, show, export, delete, open (create or resume), append a
+message, change settings. The same store (`kernel.sessions`) the in-process shell and CLI use, so a
+`Client`'s `sessions` behaves like the kernel's (shell/client/sessions.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SessionOpen(BaseModel):
+    name: str | None = Field(None, max_length=200, description="Name or id; a new chat session when unknown or null.")
+    model: str | None = None
+    adapter: str | None = None
+    system: str | None = Field(None, max_length=100_000)
+
+
+class SessionMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")  # a tool call's extra fields are stored as given
+    role: str
+    content: str | None = Field(None, max_length=1_000_000)
+
+
+class SessionUpdate(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the store names the unknown settings in its 400
+
+
+def session_router(kernel) -> APIRouter:
+    r = APIRouter(prefix="/llmos")
+    run = asyncio.to_thread  # the store is SQLite: keep the event loop free
+
+    @r.get("/sessions")
+    async def sessions(kind: str | None = None) -> list[dict[str, Any]]:
+        return await run(kernel.sessions.list, kind)
+
+    @r.post("/sessions")
+    async def session_open(body: SessionOpen) -> dict[str, Any]:
+        def open_() -> dict[str, Any]:
+            s = kernel.sessions.open(body.name, model=body.model, adapter=body.adapter, system=body.system)
+            return s.as_dict()
+        return await run(open_)
+
+    @r.get("/sessions/{session}")
+    async def session_show(session: str, format: str | None = None) -> Any:  # noqa: A002 - the query name
+        if format is None:
+            return (await run(kernel.sessions.get, session)).as_dict()
+        return {"session": session, "format": format, "text": await run(kernel.sessions.export, session, format)}
+
+    @r.post("/sessions/{session}/messages")
+    async def session_append(session: str, body: SessionMessage) -> dict[str, Any]:
+        def append() -> dict[str, Any]:
+            stored = kernel.sessions.get(session)
+            stored.append(body.model_dump(exclude_none=True))
+            return {"session": stored.id, "appended": 1}
+        return await run(append)
+
+    @r.patch("/sessions/{session}")
+    async def session_update(session: str, body: SessionUpdate) -> dict[str, Any]:
+        def update() -> dict[str, Any]:
+            stored = kernel.sessions.get(session)
+            stored.update(**body.model_dump())
+            return stored.as_dict()
+        return await run(update)
+
+    @r.delete("/sessions/{session}")
+    async def session_rm(session: str) -> dict[str, Any]:
+        await run(kernel.sessions.delete, session)
+        return {"deleted": session}
+
+    return r
