@@ -24,6 +24,7 @@ from .kernel import (
     SamplingParams,
     boot,
 )
+from .kernel.api import KernelAPI
 from .kernel.errors import *  # noqa: F401,F403 - the typed errors are public API
 from .kernel.errors import LlmosError
 from .plugins.hookspecs import hookimpl
@@ -44,6 +45,6 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 __all__ = [
-    "Completion", "Config", "Kernel", "LlmosError", "Priority", "RequestHandle", "RequestStatus",
+    "Completion", "Config", "Kernel", "KernelAPI", "LlmosError", "Priority", "RequestHandle", "RequestStatus",
     "SamplingParams", "boot", "connect", "hookimpl", "__version__",
 ]

@@ -44,6 +44,18 @@ def _error_classes() -> dict[str, type[LlmosError]]:
 _CLASSES: dict[str, type[LlmosError]] | None = None
 
 
+def _bare(cls: type[LlmosError]) -> LlmosError:
+    """An instance of `cls` without running its constructor (classes that also derive from OSError
+    need OSError's allocator: the first built-in `__new__` along the MRO that accepts it)."""
+    for base in cls.__mro__:
+        if "__new__" in base.__dict__:
+            try:
+                return base.__new__(cls)
+            except TypeError:
+                continue
+    return LlmosError()
+
+
 def typed_error(body: Any, status: int, headers: httpx.Headers | None = None) -> LlmosError:
     """The `LlmosError` an error body stands for (built without its class's own constructor)."""
     global _CLASSES
@@ -53,8 +65,8 @@ def typed_error(body: Any, status: int, headers: httpx.Headers | None = None) ->
     if not isinstance(err, dict):
         err = {"message": f"HTTP {status}: {str(body)[:300]}"}
     cls = _CLASSES.get(str(err.get("code")), LlmosError)
-    exc = cls.__new__(cls)
-    Exception.__init__(exc, str(err.get("message") or f"HTTP {status}"))
+    exc = _bare(cls)
+    exc.args = (str(err.get("message") or f"HTTP {status}"),)
     exc.param = err.get("param")  # type: ignore[attr-defined]
     exc.status = status  # type: ignore[attr-defined]
     if "missing" in err:

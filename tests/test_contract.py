@@ -1,0 +1,185 @@
+"""One contract, two implementations: every test here runs against an in-process `Kernel`
+(`llmos.boot()`) and against a `Client` (`llmos.connect()`) of a resident kernel (`llmos up`, a real
+daemon process on its Unix socket), each on its own LLMOS_HOME with SmolLM2 on llama.cpp. Same calls,
+same results, same typed errors with the same messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import llmos
+from llmos.kernel.errors import (InvalidRequestError, PromptTooLongError, RequestCancelledError,
+                                 UnknownAdapterError, UnknownModelError)
+from llmos.kernel.memfs.paths import MemNotFoundError
+from llmos.kernel.proc.sessions import UnknownSessionError
+from llmos.kernel.sched.handle import Completion
+from llmos.kernel.sched.request import RequestStatus
+from llmos.kernel.tools.capabilities import ToolDeniedError
+from llmos.kernel.tools.tools import UnknownToolError
+
+from .test_daemon import Daemon
+
+pytestmark = [pytest.mark.model, pytest.mark.cli]
+
+GREEDY = {"max_tokens": 12, "temperature": 0}
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory):
+    """{"local": Kernel, "client": Client}: both up for the whole module."""
+    local = llmos.boot(home=tmp_path_factory.mktemp("local"), load_entrypoints=False)
+    local.load("smollm2")
+    daemon = Daemon(tmp_path_factory.mktemp("resident") / "home")
+    try:
+        daemon.up()
+        client = llmos.connect(home=daemon.home)
+        yield {"local": local, "client": client}
+        client.shutdown()
+    finally:
+        local.shutdown()
+        daemon.llmos("down")
+        daemon.kill_all()
+
+
+@pytest.fixture(params=["local", "client"])
+def k(request, kernels):
+    return kernels[request.param]
+
+
+def test_both_implement_the_kernel_api(k):
+    assert isinstance(k, llmos.KernelAPI)
+    assert k.config.default_model == "smollm2"
+    assert "smollm2" in [m["name"] for m in k.models_info()]
+
+
+def test_generate_returns_a_complete_completion(k):
+    done = k.generate("The capital of France is", **GREEDY)
+    assert isinstance(done, Completion) and done.text.strip()
+    assert done.status in (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH)
+    assert done.usage["completion_tokens"] == len(done.token_ids) > 0 and done.usage["prompt_tokens"] > 0
+    assert done.model == "smollm2" and done.request_id.startswith("req-")
+
+
+def test_greedy_answers_are_the_same_in_both_modes(kernels):
+    local, client = kernels["local"].chat(QUESTION, **GREEDY), kernels["client"].chat(QUESTION, **GREEDY)
+    assert local.text == client.text and local.token_ids == client.token_ids
+    assert local.finish_reason == client.finish_reason
+
+
+def test_stream_yields_the_text_that_result_returns(k):
+    handle = k.submit(messages=QUESTION, **GREEDY)
+    chunks = list(handle.stream())
+    assert len(chunks) > 1 and "".join(chunks) == handle.result().text
+    assert "".join(k.stream(messages=QUESTION, **GREEDY)) == handle.result().text
+
+
+def test_submit_cancel_and_ps(k):
+    handle = k.submit("Count from one to a thousand:", max_tokens=2000, temperature=0)
+    first = next(iter(handle.stream()))
+    assert first
+    assert handle.id in [row["id"] for row in k.ps()]
+    handle.cancel()
+    with pytest.raises(RequestCancelledError):
+        handle.result()
+    assert handle.result(check=False).status == RequestStatus.FINISHED_CANCELLED
+    assert handle.id not in [row["id"] for row in k.ps()]
+    assert k.cancel(handle.id) is False and k.cancel("req-none") is False
+
+
+def test_the_async_forms(k):
+    async def main():
+        done = await k.agenerate("The capital of France is", **GREEDY)
+        chat = await k.achat(QUESTION, **GREEDY)
+        chunks = [c async for c in k.astream(messages=QUESTION, **GREEDY)]
+        return done, chat, chunks
+
+    done, chat, chunks = asyncio.run(main())
+    assert done.text and "".join(chunks) == chat.text
+
+
+@pytest.mark.parametrize("call, error, param", [
+    (lambda k: k.submit("hi", temperature=5), InvalidRequestError, "temperature"),
+    (lambda k: k.submit("hi", max_tokne=3), InvalidRequestError, "max_tokne"),
+    (lambda k: k.submit("hi", model="no-such-model"), UnknownModelError, None),
+    (lambda k: k.submit("hi", adapter="no-such-module"), UnknownAdapterError, None),
+    (lambda k: k.submit("word " * 10000, max_tokens=16), PromptTooLongError, "prompt"),
+    (lambda k: k.submit(messages=[{"role": "wizard", "content": "x"}]), InvalidRequestError, None),
+])
+def test_bad_input_raises_the_same_typed_error_in_both_modes(kernels, call, error, param):
+    messages = []
+    for mode in ("local", "client"):
+        with pytest.raises(error) as info:
+            call(kernels[mode])
+        assert type(info.value) is error, mode
+        if param is not None:
+            assert info.value.param == param, mode
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+
+
+def test_memfs_operations(k, request):
+    root = f"/contract-{request.node.callspec.id}"
+    k.mem.write(f"{root}/paris.txt", "Paris is the capital of France.", tags=["geo"])
+    k.mem.append(f"{root}/paris.txt", " It is on the Seine.")
+    assert k.mem.cat(f"{root}/paris.txt") == "Paris is the capital of France. It is on the Seine."
+    assert k.mem.stat(f"{root}/paris.txt")["type"] == "file"
+    assert [e["path"] for e in k.mem.ls(root)] == [f"{root}/paris.txt"]
+    assert k.mem.find("Which river flows through Paris?", root, 1)[0]["path"] == f"{root}/paris.txt"
+    assert k.mem.grep("Seine", root)[0]["path"] == f"{root}/paris.txt"
+    k.mem.mv(f"{root}/paris.txt", f"{root}/fr/paris.txt")
+    assert k.mem.rm(root, recursive=True) == 1
+    with pytest.raises(MemNotFoundError):
+        k.mem.cat(f"{root}/paris.txt")
+
+
+def test_sessions(k, request):
+    name = f"contract-{request.node.callspec.id}"
+    s = k.sessions.open(name, system="Be brief.")
+    s.append({"role": "user", "content": "hello"})
+    s.update(model="smollm2")
+    again = k.sessions.get(name)
+    assert again.id == s.id and again.system == "Be brief." and again.model == "smollm2"
+    assert again.messages == [{"role": "user", "content": "hello"}]
+    assert name in [row["name"] for row in k.sessions.list("chat")]
+    assert "hello" in k.sessions.export(name, "md")
+    k.sessions.delete(name)
+    with pytest.raises(UnknownSessionError):
+        k.sessions.get(name)
+
+
+def test_tools_tasks_and_approvals(k):
+    assert {"calculator", "mem_write"} <= set(k.tools.all())
+    assert k.call_tool("calculator", {"expression": "6*7"}, owner="contract").value == 42
+    with pytest.raises(UnknownToolError):
+        k.call_tool("no_such_tool", {})
+    with pytest.raises(ToolDeniedError) as denied:  # memfs.write is not granted: nobody to ask
+        k.call_tool("mem_write", {"path": "/t/x.txt", "text": "x"})
+    assert "memfs.write" in str(denied.value)
+    asked = []
+    result = k.call_tool("mem_write", {"path": "/t/x.txt", "text": "x"},
+                         approve=lambda tool, missing: asked.append((tool, missing)) or "once")
+    assert result.ok and asked == [("mem_write", frozenset({"memfs.write"}))]
+    assert "summarize" in k.tools.tasks
+    assert k.run_task("summarize", {"text": "Cats are small furry animals."})["summary"]
+
+
+def test_an_agent_process_with_events_and_a_session(k):
+    proc = k.spawn("What is 2 plus 2? Answer in one short sentence.", tools=[], max_steps=2, max_tokens=64,
+                   owner="contract")
+    kinds = [e.kind for e in proc.events()]
+    assert proc.wait(60)
+    assert "answer" in kinds and "token" in kinds and proc.answer
+    assert proc.state.name == "FINISHED"
+    stored = k.sessions.get(proc.session_id)
+    assert stored.kind == "agent" and stored.messages[0]["content"].startswith("What is 2 plus 2?")
+
+
+def test_modules_and_engines(k):
+    assert k.lsmod() == [] and k.modules_info() == []
+    with pytest.raises(UnknownAdapterError):
+        k.insmod("no-such-module")
+    assert [e["model"] for e in k.engines()] == ["smollm2"]
