@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from fastapi.responses import JSONResponse
 
-from llmos.kernel.errors import (InvalidRequestError, KernelShutdownError, LlmosError, PromptTooLongError,
-                                 QueueFullError, StorageError, UnknownAdapterError, UnknownModelError)
+from llmos.kernel.errors import (InvalidRequestError, KernelShutdownError, LlmosError, ModelFormatError,
+                                 PromptTooLongError, QueueFullError, StorageError, UnknownAdapterError,
+                                 UnknownModelError)
 
 
 def json_error(status: int, message: str, kind: str, param: str | None = None, code: str | None = None,
@@ -33,6 +34,6 @@ def error_response(exc: LlmosError) -> JSONResponse:
                           headers={"Retry-After": str(max(1, round(exc.retry_after)))})
     if isinstance(exc, KernelShutdownError):
         return json_error(503, str(exc), "server_error", None, exc.code)
-    if isinstance(exc, InvalidRequestError):
+    if isinstance(exc, (InvalidRequestError, ModelFormatError)):  # a file that is not a model: the owner's input
         return json_error(400, str(exc), "invalid_request_error", param, exc.code)
     return json_error(500, str(exc), "server_error", None, exc.code)
