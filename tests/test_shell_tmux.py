@@ -1,8 +1,10 @@
 """The shell in a real terminal: `llmos shell` inside tmux at 80x24, a prompt typed with send-keys,
-the streamed reply read back with capture-pane."""
+the streamed reply read back with capture-pane. By default the shell attaches to the resident kernel,
+starting it when none is up (and it stays up after the shell quits); `--local` boots one in process."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,6 +13,7 @@ import uuid
 
 import pytest
 
+from .test_daemon import Daemon
 from .util import LLMOS
 
 pytestmark = [pytest.mark.cli, pytest.mark.model]
@@ -33,13 +36,17 @@ def _wait_screen(session: str, condition, timeout: float) -> str:
     raise AssertionError(f"timed out after {timeout}s; the screen was:\n{screen}")
 
 
-def test_shell_answers_in_a_real_terminal(tmp_path):
+@pytest.mark.parametrize("mode", ["resident", "local"])
+def test_shell_answers_in_a_real_terminal(tmp_path, mode):
     assert shutil.which("tmux"), NO_TMUX  # a missing dependency fails the suite, never skips it
     session = f"llmos-test-{uuid.uuid4().hex[:8]}"
     # the shell sends no sampling of its own: greedy through the model's table, so the answer is known
     (tmp_path / "llmos.toml").write_text("[models.smollm2]\ntemperature = 0.0\nrepetition_penalty = 1.0\n")
     env = {**{k: v for k, v in os.environ.items() if k.startswith(("LLMOS_", "HF_"))}, "LLMOS_HOME": str(tmp_path)}
-    command = " ".join(["env", *[f"{k}={v}" for k, v in env.items()], "TERM=xterm-256color", LLMOS, "shell", "--new"])
+    local = ["--local"] if mode == "local" else []
+    command = " ".join(["env", *[f"{k}={v}" for k, v in env.items()], "TERM=xterm-256color", LLMOS, "shell", "--new",
+                        *local])
+    daemon = Daemon(tmp_path)
     _tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", command)
     try:
         screen = _wait_screen(session, lambda s: "ready" in s, 60)
@@ -55,5 +62,14 @@ def test_shell_answers_in_a_real_terminal(tmp_path):
         while session in _tmux("ls") and time.monotonic() < deadline:
             time.sleep(0.2)
         assert session not in _tmux("ls"), "ctrl+q did not leave the shell"
+        status = daemon.llmos("status", "--json")
+        if mode == "local":
+            assert status.returncode == 3, status.stdout  # no daemon was started
+            return
+        assert status.returncode == 0, status.stderr  # the shell started it, and it outlives the shell
+        [chat] = [s for s in json.loads(daemon.llmos("sessions", "ls", "--json").stdout) if s["kind"] == "chat"]
+        assert chat["messages"] == 2  # the shell's turn, stored by the resident kernel
+        assert daemon.llmos("down").returncode == 0
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, timeout=10)
+        daemon.kill_all()

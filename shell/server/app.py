@@ -113,7 +113,7 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
         model, adapter = split_model(body.model)
 
         owner = bool(getattr(request.state, "owner", False))
-        extensions = body.extensions(trusted=owner or api_key is not None)
+        extensions = body.extensions(trusted=bool(getattr(request.state, "trusted", False)))
 
         def submit_named():  # over HTTP a model is a served name, never a path on this machine (but the owner's)
             kernel.registry.resolve(model, allow_paths=owner)

@@ -29,6 +29,12 @@ MAX_AGENT_STEPS = 32
 MAX_AGENT_TOKENS = 8192
 #: seconds an agent waits for its client's answer to an approval question before it is denied
 APPROVAL_TIMEOUT_S = 300.0
+#: seconds between two looks at an agent's events while streaming them
+EVENT_POLL_S = 0.05
+
+
+class ApprovalsRefusedError(InvalidRequestError, PermissionError):
+    code = "approvals_need_trust"
 
 
 class TooManyAgentsError(QueueFullError):
@@ -118,7 +124,11 @@ def extras_router(kernel, *, max_agents: int = MAX_AGENTS) -> APIRouter:
         return {"killed": request_id}
 
     @r.post("/agents")
-    async def agent_spawn(body: AgentSpawn) -> dict[str, Any]:
+    async def agent_spawn(request: Request, body: AgentSpawn) -> dict[str, Any]:
+        if body.approvals and not getattr(request.state, "trusted", False):  # an answer can grant "always"
+            raise ApprovalsRefusedError("agents that ask approvals need the Unix socket or an API key: "
+                                        "spawn it without approvals (ungranted tools are denied)", param="approvals")
+
         def spawn():
             if body.model is not None:  # a served name, never a path on this machine
                 kernel.registry.resolve(body.model, allow_paths=False)
@@ -156,15 +166,17 @@ def extras_router(kernel, *, max_agents: int = MAX_AGENTS) -> APIRouter:
     async def agent_events(request: Request, pid: str, since: int = 0) -> StreamingResponse:
         proc = _proc(pid)
 
-        async def stream():
+        async def stream():  # polled, not waited on in a thread: streams never hold the server's workers
             i = max(0, since)
             while True:
-                batch = await run(proc.events_since, i, 1.0)
+                batch = proc.events_since(i, 0)
                 for e in batch:
                     yield "data: " + json.dumps(_event(e), default=str) + "\n\n"
                 i += len(batch)
                 if not batch and proc.state.finished:
                     break
+                if not batch:
+                    await asyncio.sleep(EVENT_POLL_S)
                 if await request.is_disconnected():
                     if not spawned.get(proc.pid, True):
                         proc.kill()  # its client left: not detached, so its work stops

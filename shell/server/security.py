@@ -21,7 +21,8 @@
   `OWNER_PREFIXES` (tool calls, task runs, and /llmos/admin/: what reads or writes files on this
   machine by path) are served only to the owner or, over TCP, with the API key: a server without a
   key refuses them on TCP (403). Endpoints read `request.state.owner` (e.g. model paths are the
-  owner's only).
+  owner's only) and `request.state.trusted` (the owner or an API key holder: e.g. priorities above
+  normal, agents that ask approvals).
 Every refusal is a 4xx in OpenAI's error shape.
 """
 
@@ -92,7 +93,9 @@ class Guard:
             await self.app(scope, receive, send)
             return
         refusal = self._refusal(scope, Headers(scope=scope))
-        scope.setdefault("state", {})["owner"] = self.is_owner(scope)  # request.state.owner in endpoints
+        state = scope.setdefault("state", {})  # request.state in endpoints:
+        state["owner"] = self.is_owner(scope)  # over the Unix socket
+        state["trusted"] = state["owner"] or bool(self.api_key)  # the owner, or (past the check) a key holder
         if refusal is None:
             body = await self._read_body(receive)
             if body is None:  # the client went away before sending its body
