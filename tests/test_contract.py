@@ -183,3 +183,15 @@ def test_modules_and_engines(k):
     with pytest.raises(UnknownAdapterError):
         k.insmod("no-such-module")
     assert [e["model"] for e in k.engines()] == ["smollm2"]
+
+
+def test_an_agents_approval_is_asked_of_the_caller(k, request):
+    asked = []
+    path = f"/approved/{request.node.callspec.id}.txt"
+    proc = k.spawn(f"Write the word hello to the file {path}.", tools=["mem_write"], max_steps=2, max_tokens=256,
+                   approve=lambda tool, missing: asked.append((tool, missing)) or "once")
+    events = list(proc.events())
+    assert proc.wait(60)
+    assert asked and asked[0] == ("mem_write", frozenset({"memfs.write"}))
+    results = [e for e in events if e.kind == "tool_result"]
+    assert results and "capability" not in results[0].text  # approved: the call ran

@@ -1,5 +1,6 @@
 """kill -9 of the resident kernel while clients stream (issue 16, "Failure behaviour"): every client gets
-an error within 5 s, never a hang; `llmos status` says it is down; `llmos up` brings it back with memfs
+an error within 5 s, never a hang (raw HTTP over the socket and TCP, a `llmos.connect()` program and
+a `llmos run` in a terminal); `llmos status` says it is down; `llmos up` brings it back with memfs
 and sessions intact, the session of the agent it was running marked `crashed` (kernel/proc/sessions.py,
 `_mark_crashed`, when the new daemon opens the store)."""
 
@@ -8,16 +9,18 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 
 import httpx
 import pytest
 
+from llmos.kernel.errors import DaemonNotRunningError
 from llmos.shell import daemon as d
 
 from .test_daemon import CHAT, LONG, Daemon, _gone
-from .util import free_port, wait_for
+from .util import LLMOS, free_port, wait_for
 
 NOTE = "kept across kill -9: ünïcødé ✓\nsecond line\n"
 #: an agent that is still answering when the daemon dies (one step, no tools: a 256-token answer)
@@ -58,6 +61,26 @@ class Streamer(threading.Thread):
         self.ended = time.monotonic()
 
 
+class ClientStreamer(Streamer):
+    """The same through `llmos.connect()`: a program's Client must get DaemonNotRunningError."""
+
+    def __init__(self, home) -> None:
+        super().__init__("connect()", None)
+        self.home = home
+
+    def run(self) -> None:
+        import llmos
+
+        try:
+            with llmos.connect(home=self.home) as kernel:
+                for _chunk in kernel.stream(LONG["prompt"], max_tokens=LONG["max_tokens"], temperature=0):
+                    self.tokens += 1
+                    self.first.set()
+        except BaseException as exc:  # noqa: BLE001
+            self.error = exc
+        self.ended = time.monotonic()
+
+
 @pytest.mark.cli
 @pytest.mark.model
 def test_kill_9_while_clients_stream_then_up_restores_memfs_and_marks_the_agent_crashed(daemon):
@@ -67,12 +90,17 @@ def test_kill_9_while_clients_stream_then_up_restores_memfs_and_marks_the_agent_
         assert uds.put("/llmos/mem/write", json={"path": "/notes/crash.txt", "text": NOTE}).status_code == 200
 
     # three concurrent streams: two over the Unix socket, one over TCP (no key: loopback)
-    clients = [Streamer("uds-1", daemon.uds()), Streamer("uds-2", daemon.uds()),
-               Streamer("tcp", httpx.Client(base_url=tcp, timeout=60))]
+    clients = [Streamer("uds-1", daemon.uds()), Streamer("tcp", httpx.Client(base_url=tcp, timeout=60)),
+               ClientStreamer(daemon.home)]
     for c in clients:
         c.start()
     for c in clients:
         assert c.first.wait(60), f"{c.name} got no token (error: {c.error!r})"
+    # and a `llmos run` in a terminal, attached to the daemon
+    cli = subprocess.Popen([LLMOS, "run", "--raw", "-n", "3000", "-t", "0", LONG["prompt"]], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "LLMOS_HOME": str(daemon.home), "NO_COLOR": "1"})
+    assert len(cli.stdout.read(40)) == 40
 
     # an agent in the middle of its answer: its session is `running`, hosted by the daemon's pid
     with daemon.uds() as uds:
@@ -82,6 +110,11 @@ def test_kill_9_while_clients_stream_then_up_restores_memfs_and_marks_the_agent_
 
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
+    try:
+        _, cli_err = cli.communicate(timeout=DEADLINE_S + 5)
+    finally:
+        cli.kill()
+    cli_ended = time.monotonic()
     for c in clients:
         c.join(DEADLINE_S + 5)
     latencies = {c.name: round(c.ended - killed, 3) for c in clients if c.ended is not None}
@@ -89,8 +122,13 @@ def test_kill_9_while_clients_stream_then_up_restores_memfs_and_marks_the_agent_
           f"{ {c.name: type(c.error).__name__ for c in clients} }")
     for c in clients:
         assert not c.is_alive(), f"{c.name} still streaming {DEADLINE_S + 5} s after the kill: a hang"
-        assert isinstance(c.error, (httpx.RemoteProtocolError, httpx.ReadError)), (c.name, repr(c.error))
+        expected = DaemonNotRunningError if isinstance(c, ClientStreamer) else (httpx.RemoteProtocolError,
+                                                                                httpx.ReadError)
+        assert isinstance(c.error, expected), (c.name, repr(c.error))
         assert c.ended - killed < DEADLINE_S, (c.name, latencies)
+    assert "does not answer" in str(clients[-1].error) and "llmos up" in str(clients[-1].error)
+    assert cli.returncode == 1 and cli_ended - killed < DEADLINE_S, (cli.returncode, cli_err)
+    assert "does not answer" in cli_err and "Traceback" not in cli_err, cli_err
     wait_for(lambda: _gone(pid), timeout=5)
 
     # down, and the stale pid file of the crash named
@@ -114,10 +152,6 @@ def test_kill_9_while_clients_stream_then_up_restores_memfs_and_marks_the_agent_
         assert session["messages"][0] == {"role": "user", "content": COUNTING["goal"]}
         listed = {s["id"]: s["state"] for s in uds.get("/llmos/sessions").json()}
         assert listed[agent["session"]] == "crashed"
-        assert uds.get(f"/llmos/agents/{agent['pid']}").status_code == 400  # the process died with its kernel
+        assert uds.get(f"/llmos/agents/{agent['pid']}").status_code == 404  # the process died with its kernel
         reply = uds.post("/v1/chat/completions", json=CHAT)
         assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
-
-    # TODO(kill -9, CLI leg): a `llmos run` subprocess streaming from the daemon when it is killed must
-    # exit with a clear error within 5 s. It needs `llmos run` attached to the resident kernel (in
-    # progress on another branch); add it here once that lands.
