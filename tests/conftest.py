@@ -6,6 +6,7 @@ Markers: `model` (loads a real model), `cli` (runs the installed `llmos` command
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import shutil
 import tempfile
@@ -20,6 +21,21 @@ os.environ["LLMOS_PLUGINS"] = ""
 for _var in [v for v in os.environ if v.startswith("LLMOS_") and v not in ("LLMOS_HOME", "LLMOS_PLUGINS")]:
     del os.environ[_var]
 os.environ["LLMOS_KEEP_ALIVE"] = "-1"  # shared kernels keep their models loaded; keep_alive tests set their own
+
+
+#: a test (setup, call and teardown) running past this is stuck: every thread's stack is printed and the
+#: run ends. faulthandler's watchdog is a C thread, so it fires even when a thread holds the GIL or the
+#: main thread waits where pytest-timeout's signal cannot reach it (seen once: a silent CI hang).
+STUCK_S = 900
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    faulthandler.dump_traceback_later(STUCK_S, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,8 @@ same results, same typed errors with the same messages.
 from __future__ import annotations
 
 import asyncio
+import gc
+import threading
 
 import pytest
 
@@ -21,6 +23,7 @@ from llmos.kernel.tools.capabilities import ToolDeniedError
 from llmos.kernel.tools.tools import UnknownToolError
 
 from .test_daemon import Daemon
+from .util import wait_for
 
 pytestmark = [pytest.mark.model, pytest.mark.cli]
 
@@ -99,6 +102,32 @@ def test_the_async_forms(k):
 
     done, chat, chunks = asyncio.run(main())
     assert done.text and "".join(chunks) == chat.text
+
+
+def test_handles_dropped_mid_stream_are_closed_without_deadlocking_the_client(kernels, monkeypatch):
+    """A handle dropped mid-stream (its reader in a reference cycle) is finalized by the garbage collector
+    wherever a collection runs, also inside httpx's connection-pool lock: closing its stream there once
+    deadlocked the client (CI hung). Here a collection runs exactly there, on every request."""
+    from httpcore import ConnectionPool
+
+    client = kernels["client"]
+    dropped = []
+    gc.disable()  # the dropped handles wait for the collection below
+    try:
+        for _ in range(3):
+            handle = client.submit("Count from one to a hundred:", max_tokens=200, temperature=0)
+            next(iter(handle.stream()))
+            dropped.append(handle.id)
+            del handle
+        assign = ConnectionPool._assign_requests_to_connections  # called with the pool's lock held
+        monkeypatch.setattr(ConnectionPool, "_assign_requests_to_connections", lambda pool: (gc.collect(), assign(pool))[1])
+        answered = threading.Event()
+        threading.Thread(target=lambda: client.generate("Hi", max_tokens=2) and answered.set(), daemon=True).start()
+        assert answered.wait(60), "the client deadlocked closing a dropped stream inside its own pool lock"
+    finally:
+        gc.enable()
+    # each dropped stream was closed, and the kernel cancelled its request
+    wait_for(lambda: not set(dropped) & {row["id"] for row in client.ps()}, 60)
 
 
 @pytest.mark.parametrize("call, error, param", [

@@ -88,6 +88,12 @@ def test_kill_9_while_clients_stream_then_up_restores_memfs_and_marks_the_agent_
     pid, tcp = info["pid"], info["tcp"]
     with daemon.uds() as uds:
         assert uds.put("/llmos/mem/write", json={"path": "/notes/crash.txt", "text": NOTE}).status_code == 200
+    # keyless TCP serves the OpenAI routes; the kernel's own API (processes, memfs, agents) stays on the socket
+    assert httpx.get(f"{tcp}/v1/models").status_code == 200
+    for path in ("/llmos/ps", "/llmos/mem/ls", "/llmos/sessions"):
+        refused = httpx.get(f"{tcp}{path}")
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "owner_only", path
+    assert httpx.post(f"{tcp}/llmos/agents", json={"task": "hi"}).status_code == 403
 
     # three concurrent streams: two over the Unix socket, one over TCP (no key: loopback)
     clients = [Streamer("uds-1", daemon.uds()), Streamer("tcp", httpx.Client(base_url=tcp, timeout=60)),

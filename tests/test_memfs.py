@@ -7,11 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from llmos.kernel.errors import InvalidRequestError
 from llmos.kernel.memfs import MemFS, MemNotFoundError, MemPathError
 from llmos.kernel.memfs.paths import normalize
 
@@ -116,6 +118,17 @@ def test_grep_and_volumes(mem):
 
 
 @pytest.mark.model
+def test_a_pattern_that_backtracks_exponentially_is_refused_within_its_deadline(mem):
+    mem.write("/redos/a.txt", "a" * 40 + "\n")
+    start = time.monotonic()
+    with pytest.raises(InvalidRequestError, match="took over 0.5 s") as refused:
+        mem.grep(r"(a|a)*b", within="/redos", timeout=0.5)
+    assert refused.value.param == "pattern" and time.monotonic() - start < 30  # 2**40 steps otherwise
+    assert [h["line"] for h in mem.grep(r"a{40}", within="/redos")] == [1]  # an ordinary one still matches
+    mem.rm("/redos", recursive=True)
+
+
+@pytest.mark.model
 def test_corrupt_index_is_rebuilt(tmp_path):
     fs = MemFS(tmp_path)
     fs.write("/a.md", "Volcanoes erupt molten rock called lava.")
@@ -130,6 +143,7 @@ def test_corrupt_index_is_rebuilt(tmp_path):
 
 WRITER = r"""
 import sys
+import time
 from llmos.kernel.memfs import MemFS
 fs = MemFS(__import__("pathlib").Path(sys.argv[1]))
 for i in range(10_000):

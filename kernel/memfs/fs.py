@@ -24,6 +24,7 @@ from ..errors import InvalidRequestError
 
 from .importer import DEFAULT_MAX_BYTES, Skip, read_text, scan
 from .paths import MemPathError, normalize
+from .grep import GREP_TIMEOUT_S
 from .volume import StoredChunk, Volume, batch_prepare
 
 log = logging.getLogger("llmos.memfs")
@@ -205,11 +206,18 @@ class MemFS:
             hits += [self._fix(h, point) for h in vol.find(query, inner, k, vector=vector)]
         return sorted(hits, key=lambda h: -h["score"])[:k]
 
-    def grep(self, pattern: str, within: str = "/", ignore_case: bool = False) -> list[dict[str, Any]]:
+    def grep(self, pattern: str, within: str = "/", ignore_case: bool = False,
+             timeout: float = GREP_TIMEOUT_S) -> list[dict[str, Any]]:
+        """Lines matching `pattern` under `within`; past `timeout` seconds (all volumes together) the
+        pattern is refused (Volume.grep)."""
         within = normalize(within, param="within")
         targets = [(self._volume(n), "/", p) for n, p in self.mounts().items()] if within == "/" \
             else [self.resolve(within, "within")]
-        return [self._fix(h, point) for vol, inner, point in targets for h in vol.grep(pattern, inner, ignore_case)]
+        deadline, out = time.monotonic() + timeout, []
+        for vol, inner, point in targets:
+            hits = vol.grep(pattern, inner, ignore_case, timeout=timeout, deadline=deadline)
+            out += [self._fix(h, point) for h in hits]
+        return out
 
     def import_dir(self, source: str | Path, to: str, progress: Callable[[int, int], None] | None = None,
                    batch_files: int = 64, *, hidden: bool = False, max_bytes: int | None = None) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sqlite3
 import threading
 import time
@@ -28,6 +27,7 @@ import numpy as np
 
 from ..errors import InvalidRequestError, StorageError
 
+from .grep import GREP_TIMEOUT_S, grep_lines
 from .paths import MemNotFoundError, MemPathError, is_under, like_prefix, parent
 
 log = logging.getLogger("llmos.memfs")
@@ -361,19 +361,12 @@ class Volume:
                 out.append({"path": row[0], "score": score, "text": row[2], "chunk": row[1]})
             return out[:k]
 
-    def grep(self, pattern: str, within: str = "/", ignore_case: bool = False) -> list[dict[str, Any]]:
-        try:
-            rx = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
-        except re.error as exc:
-            raise InvalidRequestError(f"bad regular expression: {exc}", param="pattern") from None
-        out = []
+    def grep(self, pattern: str, within: str = "/", ignore_case: bool = False, timeout: float = GREP_TIMEOUT_S,
+             deadline: float | None = None) -> list[dict[str, Any]]:
+        """Lines matching `pattern` in the files under `within` (kernel/memfs/grep.py: refused past its deadline)."""
         rows = self.db.execute("SELECT path, text FROM files WHERE path=? OR path LIKE ? ESCAPE '\\' ORDER BY path",
                                (within, like_prefix(within)))
-        for path, text in rows:
-            for number, line in enumerate(text.splitlines(), start=1):
-                if rx.search(line):
-                    out.append({"path": path, "line": number, "text": line})
-        return out
+        return grep_lines(rows, pattern, ignore_case=ignore_case, timeout=timeout, deadline=deadline, where=within)
 
     def close(self) -> None:
         with self.lock:

@@ -241,7 +241,11 @@ class SessionStore:
         content = message.get("content")
         if content is not None and not isinstance(content, str):
             raise InvalidRequestError("message content must be a string", param="content")
-        calls = message.get("tool_calls")
+        calls, call_id = message.get("tool_calls"), message.get("tool_call_id")
+        if calls is not None and not isinstance(calls, list):
+            raise InvalidRequestError("message tool_calls must be a list", param="tool_calls")
+        if call_id is not None and not isinstance(call_id, str):
+            raise InvalidRequestError("message tool_call_id must be a string", param="tool_call_id")
         now = time.time()
         with self._lock:
             row = self._db.execute("SELECT title FROM sessions WHERE id = ?", (session_id,)).fetchone()
@@ -253,7 +257,7 @@ class SessionStore:
                     "INSERT INTO messages (session_id, role, content, tool_calls, tool_call_id, created)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
                     (session_id, role, self._mask(content), None if not calls else dumps_redacted(calls, self._redact),
-                     message.get("tool_call_id"), now))
+                     call_id, now))
                 title = row["title"] or (self._mask(content)[:120] if role == "user" and content else "")
                 self._db.execute("UPDATE sessions SET updated = ?, title = ? WHERE id = ?", (now, title, session_id))
                 self._db.execute("COMMIT")

@@ -139,7 +139,9 @@ class RequestHandle:
 
     # -- async consumption -----------------------------------------------------------------------
 
-    async def astream(self) -> AsyncIterator[str]:
+    async def astream(self, idle: float | None = None) -> AsyncIterator[str]:
+        """Text deltas as they come. With `idle`, an empty string is yielded whenever `idle` seconds pass
+        without one (a server's keep-alive while the request waits in a queue or prefills)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
         with self._cond:
@@ -147,17 +149,24 @@ class RequestHandle:
             final = self._final
             if final is None:
                 self._listeners.append((loop, queue))
+        getter: asyncio.Future | None = None
         try:
             for chunk in backlog:
                 yield chunk
             while final is None:
-                event = await queue.get()
+                getter = getter or asyncio.ensure_future(queue.get())  # kept across idle ticks: nothing is lost
+                if not (await asyncio.wait({getter}, timeout=idle))[0]:
+                    yield ""
+                    continue
+                event, getter = getter.result(), None
                 if event.text:
                     yield event.text
                 if event.finished:
                     final = event
             self._raise_if_error()
         finally:
+            if getter is not None:
+                getter.cancel()
             with self._cond:
                 if (loop, queue) in self._listeners:
                     self._listeners.remove((loop, queue))

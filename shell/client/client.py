@@ -135,7 +135,7 @@ class Client:
         row = self._t.call("POST", "/llmos/agents", json={"goal": goal, "tools": tools, "owner": owner,
                                                          "approvals": approve is not None, "detach": detach,
                                                          **options})
-        return RemoteProcess(self._t, row["pid"], row["session"], approve)
+        return RemoteProcess(self._t, row["pid"], row["session"], approve, token=row.get("token"))
 
     # -- modules -----------------------------------------------------------------------------------
 

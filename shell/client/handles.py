@@ -13,14 +13,13 @@ import asyncio
 import threading
 from typing import Any, AsyncIterator, Callable, Iterator
 
-import httpx
 
 from llmos.kernel.errors import LlmosError, ProcessNotFoundError, RequestCancelledError, RequestFailedError, RequestTimeoutError
 from llmos.kernel.proc.agents import AgentEvent, ProcessState
 from llmos.kernel.sched.handle import Completion
 from llmos.kernel.sched.request import RequestStatus
 
-from .transport import Transport, events, typed_error
+from .transport import OpenStream, Transport, typed_error
 
 _ERRORS = {RequestStatus.FINISHED_FAILED: RequestFailedError, RequestStatus.FINISHED_CANCELLED: RequestCancelledError,
            RequestStatus.FINISHED_TIMED_OUT: RequestTimeoutError}
@@ -30,21 +29,67 @@ def _status(name: str) -> RequestStatus:
     return RequestStatus[str(name).upper()]
 
 
+class _Reply:
+    """What a request's stream has said so far: text, the final `llmos` object, or the error."""
+
+    def __init__(self) -> None:
+        self.chunks: list[str] = []
+        self.final: dict[str, Any] | None = None
+        self.error: LlmosError | None = None
+
+
+def _read(stream: OpenStream, reply: _Reply, chat: bool, transport: Transport) -> Iterator[None]:
+    """Reads the stream one event per step into `reply`. After the final object it reads on to the end,
+    so a finished request's stream is closed here, at once.
+
+    It holds no reference to its handle, so a handle dropped mid-stream is freed (and its stream
+    closed) when its last reference goes, never later by the garbage collector: httpcore's own
+    generators close a connection under the pool's lock, and a collection can run inside that lock
+    (a self-deadlock, seen in CI)."""
+    try:
+        for obj in stream.objects():
+            if "error" in obj and "choices" not in obj:
+                reply.final = obj.get("llmos")
+                if reply.final is None:
+                    reply.error = typed_error(obj, 500)
+                continue
+            choice = obj["choices"][0]
+            text = choice.get("delta", {}).get("content") if chat else choice.get("text")
+            if text:
+                reply.chunks.append(text)
+            if "llmos" in obj:
+                reply.final = obj["llmos"]
+                continue
+            yield
+    except LlmosError as exc:
+        reply.error = exc
+    if reply.final is None and reply.error is None:
+        reply.error = transport.gone(ConnectionError("the stream ended without a result"))
+
+
 class RemoteHandle:
     def __init__(self, transport: Transport, path: str, body: dict[str, Any], model: str | None) -> None:
         self._transport = transport
-        self._chat = "messages" in body
-        self._cm = transport.stream("POST", path, json={**body, "stream": True})
-        self._response = self._cm.__enter__()  # raises the typed error of a refused request
-        self.id: str = self._response.headers.get("x-llmos-request-id", "")
+        self._stream = OpenStream(transport, "POST", path, json={**body, "stream": True})  # raises if refused
+        self.id: str = self._stream.response.headers.get("x-llmos-request-id", "")
         self.model = model
         self._lock = threading.Lock()  # one reader of the stream at a time
-        self._chunks: list[str] = []
-        self._final: dict[str, Any] | None = None
-        self._error: LlmosError | None = None
-        self._reader = self._events()
+        self._reply = _Reply()
+        self._reader = _read(self._stream, self._reply, "messages" in body, transport)
 
     # -- state ---------------------------------------------------------------------------------------
+
+    @property
+    def _chunks(self) -> list[str]:
+        return self._reply.chunks
+
+    @property
+    def _final(self) -> dict[str, Any] | None:
+        return self._reply.final
+
+    @property
+    def _error(self) -> LlmosError | None:
+        return self._reply.error
 
     @property
     def done(self) -> bool:
@@ -63,38 +108,9 @@ class RemoteHandle:
         except ProcessNotFoundError:
             pass  # it finished meanwhile: the stream has its result
         except LlmosError:
-            self._close()  # the server is gone: nothing runs any more
-
-    def _close(self) -> None:
-        try:
-            self._cm.__exit__(None, None, None)
-        except Exception:  # noqa: BLE001 - closing a broken connection
-            pass
+            self._stream.close()  # the server is gone: nothing runs any more
 
     # -- reading (one reader at a time pulls the stream: `_pump` under `_lock`) -----------------------
-
-    def _events(self) -> Iterator[None]:
-        """Reads the stream one event per step, recording text and the final `llmos` object."""
-        try:
-            for obj in events(self._response):
-                if "error" in obj and "choices" not in obj:
-                    self._final = obj.get("llmos")
-                    if self._final is None:
-                        self._error = typed_error(obj, 500)
-                    return
-                choice = obj["choices"][0]
-                text = choice.get("delta", {}).get("content") if self._chat else choice.get("text")
-                if text:
-                    self._chunks.append(text)
-                if "llmos" in obj:
-                    self._final = obj["llmos"]
-                yield
-        except httpx.HTTPError as exc:
-            self._error = self._transport.gone(exc)
-        finally:
-            if self._final is None and self._error is None:
-                self._error = self._transport.gone(ConnectionError("the stream ended without a result"))
-            self._close()
 
     def _pump(self) -> None:
         with self._lock:
@@ -164,8 +180,10 @@ class RemoteProcess:
     """An agent in the resident kernel: its events (SSE), its answer, kill. With an `approve`
     callback, its approval questions are asked here and answered back."""
 
-    def __init__(self, transport: Transport, pid: str, session: str, approve: Callable | None) -> None:
+    def __init__(self, transport: Transport, pid: str, session: str, approve: Callable | None,
+                 token: str | None = None) -> None:
         self._transport = transport
+        self._token = token  # the spawner's: its approvals are answered with it; its stream's end kills
         self.pid, self.session_id = pid, session
         self.approve = approve
         self._events: list[AgentEvent] = []
@@ -204,26 +222,23 @@ class RemoteProcess:
             yield from list(self._events)
             if self._end is not None:
                 return
-            with self._transport.stream("GET", f"/llmos/agents/{self.pid}/events",
-                                        params={"since": len(self._events)}) as r:
-                try:
-                    for obj in events(r):
-                        if "end" in obj:
-                            self._end = obj["end"]
-                            return
-                        kind, step, text = obj.pop("kind"), obj.pop("step"), obj.pop("text", "")
-                        event = AgentEvent(kind, step, text, obj)
-                        self._events.append(event)
-                        if kind == "approval" and self.approve is not None:
-                            self._answer(event)
-                        yield event
-                except httpx.HTTPError as exc:
-                    raise self._transport.gone(exc) from None
+            stream = OpenStream(self._transport, "GET", f"/llmos/agents/{self.pid}/events",
+                                params={"since": len(self._events), "token": self._token})
+            for obj in stream.objects():
+                if "end" in obj:
+                    self._end = obj["end"]
+                    continue  # on to the stream's end: it closes here
+                kind, step, text = obj.pop("kind"), obj.pop("step"), obj.pop("text", "")
+                event = AgentEvent(kind, step, text, obj)
+                self._events.append(event)
+                if kind == "approval" and self.approve is not None:
+                    self._answer(event)
+                yield event
 
     def _answer(self, event: AgentEvent) -> None:
         answer = self.approve(event.data["tool"], frozenset(event.data.get("missing", ())))
         self._transport.call("POST", f"/llmos/agents/{self.pid}/approve",
-                             json={"id": event.data["id"], "answer": answer})
+                             json={"id": event.data["id"], "answer": answer, "token": self._token})
 
     def history(self) -> list[AgentEvent]:
         return list(self._events)

@@ -21,6 +21,8 @@ from llmos.kernel.errors import DaemonNotRunningError, LlmosError
 #: seconds to connect, and to wait for a JSON answer (a model load can take minutes)
 CONNECT_TIMEOUT_S = 5.0
 CALL_TIMEOUT_S = 600.0
+#: seconds a stream may stay silent before the server counts as hung (it writes a keep-alive every 10 s)
+STREAM_IDLE_S = 60.0
 
 
 def _error_classes() -> dict[str, type[LlmosError]]:
@@ -96,6 +98,9 @@ class Transport:
             self.http = httpx.Client(base_url=self.where, headers=headers, timeout=timeout)
 
     def gone(self, exc: Exception) -> DaemonNotRunningError:
+        if isinstance(exc, httpx.ReadTimeout):
+            return DaemonNotRunningError(f"the llmos kernel at {self.where} sent nothing for {STREAM_IDLE_S:g} s (not "
+                                         f"even a keep-alive): it is hung or overloaded; `llmos logs` shows why")
         return DaemonNotRunningError(f"the llmos kernel at {self.where} does not answer ({type(exc).__name__}: "
                                      f"{exc}): `llmos status` says whether it runs, `llmos up` starts it")
 
@@ -116,21 +121,65 @@ class Transport:
             raise typed_error(body, r.status_code, r.headers)
         return body
 
-    @contextmanager
-    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
-        """An open streaming response (status checked: an error answer raises before anything is read)."""
+    def open(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """An open streaming response, status checked: an error answer raises before anything is read.
+        The caller closes it (no generator holds it: see OpenStream)."""
         try:
-            with self.http.stream(method, path, timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT_S),
-                                  **kwargs) as r:
-                if r.status_code >= 400:
+            r = self.http.send(self.http.build_request(method, path, timeout=httpx.Timeout(
+                STREAM_IDLE_S, connect=CONNECT_TIMEOUT_S), **kwargs), stream=True)
+            if r.status_code >= 400:
+                try:
                     r.read()
-                    self._json(r)
-                yield r
+                finally:
+                    r.close()
         except httpx.HTTPError as exc:
             raise self.gone(exc) from None
+        if r.status_code >= 400:
+            self._json(r)
+        return r
+
+    @contextmanager
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        """`open` for a `with` block read to its end in one go."""
+        r = self.open(method, path, **kwargs)
+        try:
+            yield r
+        except httpx.HTTPError as exc:
+            raise self.gone(exc) from None
+        finally:
+            r.close()
 
     def close(self) -> None:
         self.http.close()
+
+
+class OpenStream:
+    """A streaming answer, closed exactly once: by `objects()` when the stream ends, fails or its reader
+    is dropped, or by `close()`. Readers must not sit in reference cycles (see handles._read): httpcore
+    closes a connection under its pool's lock, and a garbage collection can run inside that lock."""
+
+    def __init__(self, transport: "Transport", method: str, path: str, **kwargs: Any) -> None:
+        self._transport = transport
+        self.response = transport.open(method, path, **kwargs)  # raises the typed error of a refused request
+        self._closed = False
+
+    def objects(self) -> Iterator[dict[str, Any]]:
+        """The JSON objects of the stream's `data:` lines; a dropped connection is a typed error."""
+        try:
+            yield from events(self.response)
+        except httpx.HTTPError as exc:
+            raise self._transport.gone(exc) from None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.response.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection
+            pass
 
 
 def events(response: httpx.Response) -> Iterator[dict[str, Any]]:

@@ -121,9 +121,10 @@ class RemoteMem:
     def find(self, query: str, within: str = "/", k: int = 5) -> list[dict[str, Any]]:
         return self._t.call("POST", "/llmos/mem/find", json={"query": query, "within": within, "k": k})
 
-    def grep(self, pattern: str, within: str = "/", ignore_case: bool = False) -> list[dict[str, Any]]:
+    def grep(self, pattern: str, within: str = "/", ignore_case: bool = False,
+             timeout: float = 2.0) -> list[dict[str, Any]]:
         return self._t.call("POST", "/llmos/mem/grep", json={"pattern": pattern, "within": within,
-                                                            "ignore_case": ignore_case})
+                                                            "ignore_case": ignore_case, "timeout": timeout})
 
     def volumes(self) -> list[dict[str, Any]]:
         return self._t.call("GET", "/llmos/mem/volumes")

@@ -37,6 +37,7 @@ from .metrics import Metrics
 from .schemas import MAX_EMBEDDING_CHARS, MAX_EMBEDDING_INPUTS, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from .security import HEADER_TIMEOUT_S, MAX_BODY_BYTES, Guard
 from .session_routes import session_router
+from .sse import DONE, KEEPALIVE, KEEPALIVE_S, sse
 from .status import status_router
 from .tool_calls import parse_answer, render_messages, response_schema, tool_constraint
 
@@ -145,27 +146,26 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
             else:
                 choice = {"index": 0, "text": delta_text or "", "finish_reason": finish}
                 obj = "text_completion"
-            return "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": model,
-                                          "choices": [choice]}) + "\n\n"
+            return sse({"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]})
 
         try:
-            async for chunk in handle.astream():
+            async for chunk in handle.astream(idle=KEEPALIVE_S):  # "" while it waits: an SSE comment
                 if await request.is_disconnected():
                     handle.cancel()
                     return
-                yield event(chunk, None)
+                yield event(chunk, None) if chunk else KEEPALIVE
             done = handle.result(0, check=False)
             last = json.loads(event(None if chat else "", _finish(done))[len("data: "):])
-            yield "data: " + json.dumps({**last, "usage": done.usage, "llmos": _extension(done)}) + "\n\n"
+            yield sse({**last, "usage": done.usage, "llmos": _extension(done)})
         except LlmosError as exc:
             failed: dict[str, Any] = {"error": {"message": str(exc), "type": "server_error", "code": exc.code}}
             if handle.done:  # the request ended failed, cancelled or timed out: an llmos client reads which
                 failed["llmos"] = _extension(handle.result(0, check=False))
-            yield "data: " + json.dumps(failed) + "\n\n"
+            yield sse(failed)
         finally:
             handle.cancel()
             metrics.finished(handle)
-        yield "data: [DONE]\n\n"
+        yield DONE
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, body: ChatCompletionRequest):
@@ -244,7 +244,7 @@ async def _one_chunk_stream(completion, model: str):
                              {"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}):
             yield "data: " + json.dumps({"id": body["id"], "object": "chat.completion.chunk", "created": body["created"],
                                          "model": model, "choices": [chunk_choice]}) + "\n\n"
-    yield "data: [DONE]\n\n"
+    yield DONE
 
 
 def _extension(completion) -> dict[str, Any]:

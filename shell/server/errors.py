@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from llmos.kernel.errors import (InvalidRequestError, KernelShutdownError, LlmosError, ModelFormatError,
                                  PromptTooLongError, QueueFullError, StorageError, UnknownAdapterError,
                                  UnknownModelError)
+from llmos.kernel.modules.store import ModuleError
 
 
 def json_error(status: int, message: str, kind: str, param: str | None = None, code: str | None = None,
@@ -19,7 +20,7 @@ def error_response(exc: LlmosError) -> JSONResponse:
     param = getattr(exc, "param", None)
     if isinstance(exc, PermissionError):  # a capability not granted: `missing` lets a client ask its user
         missing = sorted(getattr(exc, "missing", ()))
-        return JSONResponse({"error": {"message": str(exc), "type": "permission_error", "param": None,
+        return JSONResponse({"error": {"message": str(exc), "type": "permission_error", "param": param,
                                        "code": exc.code, "missing": missing}}, status_code=403)
     if isinstance(exc, PromptTooLongError):
         return json_error(413, str(exc), "invalid_request_error", param, exc.code)
@@ -34,6 +35,7 @@ def error_response(exc: LlmosError) -> JSONResponse:
                           headers={"Retry-After": str(max(1, round(exc.retry_after)))})
     if isinstance(exc, KernelShutdownError):
         return json_error(503, str(exc), "server_error", None, exc.code)
-    if isinstance(exc, (InvalidRequestError, ModelFormatError)):  # a file that is not a model: the owner's input
+    if isinstance(exc, (InvalidRequestError, ModelFormatError, ModuleError)):  # a file that is not a model or
+        # module: the owner's input
         return json_error(400, str(exc), "invalid_request_error", param, exc.code)
     return json_error(500, str(exc), "server_error", None, exc.code)

@@ -12,9 +12,9 @@ cancels its work."""
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import threading
+import time
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -23,12 +23,17 @@ from pydantic import BaseModel, Field
 
 from llmos.kernel.errors import InvalidRequestError, LlmosError, ProcessNotFoundError, QueueFullError
 
+from .schemas import check_trust
+from .sse import KEEPALIVE, KEEPALIVE_S, sse
+
 #: agents an HTTP client may have running at once, and each one's budgets
 MAX_AGENTS = 8
 MAX_AGENT_STEPS = 32
 MAX_AGENT_TOKENS = 8192
 #: seconds an agent waits for its client's answer to an approval question before it is denied
 APPROVAL_TIMEOUT_S = 300.0
+#: agent event streams open at once (each is polled)
+MAX_EVENT_STREAMS = 64
 #: seconds between two looks at an agent's events while streaming them
 EVENT_POLL_S = 0.05
 
@@ -43,6 +48,13 @@ class TooManyAgentsError(QueueFullError):
     def __init__(self, limit: int) -> None:
         LlmosError.__init__(self, f"{limit} agents are already running: wait for one to finish, or kill one "
                                   f"(POST /llmos/kill/<pid>)")
+        self.limit, self.retry_after = limit, 5.0
+
+
+class TooManyStreamsError(QueueFullError):
+    def __init__(self, limit: int) -> None:
+        LlmosError.__init__(self, f"{limit} agent event streams are open already: close one, or poll "
+                                  f"GET /llmos/agents/<pid>")
         self.limit, self.retry_after = limit, 5.0
 
 
@@ -62,15 +74,28 @@ class AgentSpawn(BaseModel):
 
 
 class Approval(BaseModel):
-    id: str
+    id: str = Field(max_length=64)
     answer: Literal["once", "always", "deny"]
+    token: str = Field(max_length=128, description="The token the spawn answered: only the spawner answers.")
+
+
+class _Spawned:
+    """An agent spawned over HTTP: its secret token (the spawner's proof, for approvals and for the
+    stream whose end kills a non-detached agent) and whether it is detached."""
+
+    def __init__(self, detach: bool, counted: bool) -> None:
+        self.token, self.detach, self.counted = secrets.token_urlsafe(24), detach, counted
+        self.watching = 0  # the spawner's streams open now
+
+    def holds(self, token: str | None) -> bool:
+        return token is not None and secrets.compare_digest(token.encode(), self.token.encode())
 
 
 class _Questions:
     """Approval questions waiting for their client's answer, by id."""
 
     def __init__(self) -> None:
-        self._waiting: dict[str, tuple[threading.Event, list[str]]] = {}
+        self._waiting: dict[str, tuple[threading.Event, list[str], str]] = {}  # id -> (answered, answer, pid)
         self._lock = threading.Lock()
 
     def asker(self, holder: dict[str, Any]):
@@ -78,7 +103,7 @@ class _Questions:
             qid = secrets.token_hex(8)
             done, box = threading.Event(), []
             with self._lock:
-                self._waiting[qid] = (done, box)
+                self._waiting[qid] = (done, box, holder["proc"].pid)
             holder["proc"].post("approval", f"{tool} needs {', '.join(sorted(missing))}", id=qid, tool=tool,
                                 missing=sorted(missing))
             done.wait(APPROVAL_TIMEOUT_S)
@@ -87,10 +112,10 @@ class _Questions:
             return box[0] if box else "deny"
         return approve
 
-    def answer(self, qid: str, answer: str) -> bool:
+    def answer(self, pid: str, qid: str, answer: str) -> bool:
         with self._lock:
             waiting = self._waiting.get(qid)
-        if waiting is None:
+        if waiting is None or waiting[2] != pid:
             return False
         waiting[1].append(answer)
         waiting[0].set()
@@ -101,12 +126,13 @@ def _event(e) -> dict[str, Any]:
     return {"kind": e.kind, "step": e.step, "text": e.text, **e.data}
 
 
-def extras_router(kernel, *, max_agents: int = MAX_AGENTS) -> APIRouter:
+def extras_router(kernel, *, max_agents: int = MAX_AGENTS, max_event_streams: int = MAX_EVENT_STREAMS) -> APIRouter:
     r = APIRouter(prefix="/llmos")
     run = asyncio.to_thread  # the kernel API blocks: keep the event loop free
     spawning = threading.Lock()  # the count of running agents and a spawn, together
-    spawned: dict[str, bool] = {}  # pid -> detached, for agents spawned over HTTP
+    spawned: dict[str, _Spawned] = {}  # pid -> its spawn, for agents spawned over HTTP
     questions = _Questions()
+    streams = [0]  # agent event streams open now: they are polled, so a bounded number
 
     @r.get("/ps")
     async def ps() -> list[dict[str, Any]]:
@@ -125,29 +151,34 @@ def extras_router(kernel, *, max_agents: int = MAX_AGENTS) -> APIRouter:
 
     @r.post("/agents")
     async def agent_spawn(request: Request, body: AgentSpawn) -> dict[str, Any]:
-        if body.approvals and not getattr(request.state, "trusted", False):  # an answer can grant "always"
+        owner, trusted = (bool(getattr(request.state, k, False)) for k in ("owner", "trusted"))
+        if body.approvals and not trusted:  # an answer can grant "always"
             raise ApprovalsRefusedError("agents that ask approvals need the Unix socket or an API key: "
                                         "spawn it without approvals (ungranted tools are denied)", param="approvals")
+        check_trust(trusted, priority=body.priority)
 
         def spawn():
-            if body.model is not None:  # a served name, never a path on this machine
-                kernel.registry.resolve(body.model, allow_paths=False)
+            # a served name, never a path on this machine (but the owner's), nor one stored in a session
+            for model in (body.model, body.session and kernel.sessions.get(body.session).model):
+                if model:
+                    kernel.registry.resolve(model, allow_paths=owner)
             holder: dict[str, Any] = {}
             with spawning:
-                if sum(not p.state.finished for p in kernel.processes.list() if p.pid in spawned) >= max_agents:
+                for pid in [p for p in spawned if kernel.processes.get(p) is None]:
+                    del spawned[pid]  # pruned by the process table
+                running = sum(s.counted and not kernel.processes.get(p).state.finished for p, s in spawned.items())
+                if not owner and running >= max_agents:  # the owner's own agents are not capped
                     raise TooManyAgentsError(max_agents)
                 proc = kernel.spawn(body.goal, tools=body.tools, model=body.model, adapter=body.adapter,
                                     max_steps=body.max_steps, max_tokens=body.max_tokens, session=body.session,
                                     owner=body.owner, priority=body.priority, tool_choice=body.tool_choice,
                                     approve=questions.asker(holder) if body.approvals else None)
                 holder["proc"] = proc
-                for pid in [p for p in spawned if kernel.processes.get(p) is None]:
-                    del spawned[pid]  # pruned by the process table
-                spawned[proc.pid] = body.detach
-            return proc
+                spawned[proc.pid] = _Spawned(body.detach, counted=not owner)
+            return proc, spawned[proc.pid].token
 
-        proc = await run(spawn)
-        return {"pid": proc.pid, "session": proc.session_id}
+        proc, token = await run(spawn)
+        return {"pid": proc.pid, "session": proc.session_id, "token": token}
 
     def _proc(pid: str):
         proc = kernel.processes.get(pid)
@@ -163,33 +194,54 @@ def extras_router(kernel, *, max_agents: int = MAX_AGENTS) -> APIRouter:
         return {**proc.as_row(), "answer": proc.answer, "error": proc.error, "events": events}
 
     @r.get("/agents/{pid}/events")
-    async def agent_events(request: Request, pid: str, since: int = 0) -> StreamingResponse:
+    async def agent_events(request: Request, pid: str, since: int = 0, token: str | None = None) -> StreamingResponse:
         proc = _proc(pid)
+        if streams[0] >= max_event_streams:
+            raise TooManyStreamsError(max_event_streams)
+        spawn = spawned.get(proc.pid)
+        kills = spawn is not None and not spawn.detach and spawn.holds(token)  # the spawner's stream
 
         async def stream():  # polled, not waited on in a thread: streams never hold the server's workers
-            i = max(0, since)
-            while True:
-                batch = proc.events_since(i, 0)
-                for e in batch:
-                    yield "data: " + json.dumps(_event(e), default=str) + "\n\n"
-                i += len(batch)
-                if not batch and proc.state.finished:
-                    break
-                if not batch:
-                    await asyncio.sleep(EVENT_POLL_S)
-                if await request.is_disconnected():
-                    if not spawned.get(proc.pid, True):
-                        proc.kill()  # its client left: not detached, so its work stops
-                    return
-            end = {**proc.as_row(), "answer": proc.answer, "error": proc.error}
-            yield "data: " + json.dumps({"end": end}, default=str) + "\n\n"
+            i, said = max(0, since), time.monotonic()
+            streams[0] += 1  # counted once started (all on the event loop): a stream never started holds nothing
+            if kills:
+                spawn.watching += 1
+            try:
+                while True:
+                    batch = proc.events_since(i, 0)
+                    for e in batch:
+                        yield sse(_event(e))
+                    i += len(batch)
+                    if not batch and proc.state.finished:
+                        break
+                    if batch:
+                        said = time.monotonic()
+                    else:
+                        await asyncio.sleep(EVENT_POLL_S)
+                        if time.monotonic() - said >= KEEPALIVE_S:
+                            said = time.monotonic()
+                            yield KEEPALIVE
+                    if await request.is_disconnected():
+                        return
+                end = {**proc.as_row(), "answer": proc.answer, "error": proc.error}
+                yield sse({"end": end})
+            finally:
+                streams[0] -= 1
+                if kills:
+                    spawn.watching -= 1
+                    if not spawn.watching and not proc.state.finished:
+                        proc.kill()  # its spawner left (or was cut off): not detached, so its work stops
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
     @r.post("/agents/{pid}/approve")
-    async def agent_approve(pid: str, body: Approval) -> dict[str, Any]:
+    async def agent_approve(request: Request, pid: str, body: Approval) -> dict[str, Any]:
         _proc(pid)
-        if not questions.answer(body.id, body.answer):
+        spawn = spawned.get(pid)
+        if spawn is None or not spawn.holds(body.token):
+            raise ApprovalsRefusedError("only the agent's spawner answers its approvals: send the token its "
+                                        "spawn answered", param="token")
+        if not questions.answer(pid, body.id, body.answer):
             raise InvalidRequestError(f"no approval question {body.id!r} is waiting (answered, or timed out)",
                                       param="id")
         return {"answered": body.id, "answer": body.answer}

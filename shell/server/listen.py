@@ -10,6 +10,7 @@ kernel still running.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import logging.handlers
 import os
@@ -78,6 +79,8 @@ def run(app, *, host: str, port: int, grace: float, header_timeout: float, max_c
                                            started=app.state.started, tcp=tcp, socket=path))
             logging.getLogger("llmos.daemon").info("llmos %s (pid %d) listening on %s and %s",
                                                    llmos.__version__, os.getpid(), tcp, path)
+        if daemon is not None:  # `kill -USR1 PID` writes every thread's stack to logs/stderr.log
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
         if threading.current_thread() is threading.main_thread():
             # uvicorn re-raises the signal that stopped it once it has: with SIGTERM's default action the
             # process would die there, before the kernel shut down and the pid file was removed. This

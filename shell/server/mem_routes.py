@@ -9,14 +9,18 @@ What reads this machine's files by path (`import`) or creates stores (`mount`) a
 from __future__ import annotations
 
 import asyncio
-import json
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from llmos.kernel.errors import LlmosError
+from llmos.kernel.errors import InvalidRequestError, LlmosError
+from llmos.kernel.memfs.paths import normalize
+from llmos.kernel.memfs.grep import GREP_TIMEOUT_S
+
+from .sse import KEEPALIVE, KEEPALIVE_S, sse
 
 
 class MemWrite(BaseModel):
@@ -46,6 +50,7 @@ class MemGrep(BaseModel):
     pattern: str = Field(max_length=1000)
     within: str = "/"
     ignore_case: bool = False
+    timeout: float = Field(GREP_TIMEOUT_S, gt=0, le=10, description="Seconds before the pattern is refused.")
 
 
 class MemImport(BaseModel):
@@ -95,7 +100,7 @@ def mem_router(kernel) -> APIRouter:
 
     @r.post("/mem/grep")
     async def mem_grep(body: MemGrep) -> list[dict[str, Any]]:
-        return await run(kernel.mem.grep, body.pattern, body.within, body.ignore_case)
+        return await run(kernel.mem.grep, body.pattern, body.within, body.ignore_case, body.timeout)
 
     @r.get("/mem/volumes")
     async def mem_volumes() -> list[dict[str, Any]]:
@@ -111,6 +116,9 @@ def mem_router(kernel) -> APIRouter:
 
     @r.post("/admin/mem/import")
     async def mem_import(request: Request, body: MemImport) -> StreamingResponse:
+        if not Path(body.source).expanduser().is_dir():  # refused as a 4xx, before the stream starts
+            raise InvalidRequestError(f"{body.source} is not a directory on the server's machine", param="source")
+        normalize(body.to, param="to")
         return StreamingResponse(_import_events(request, kernel, body), media_type="text/event-stream")
 
     return r
@@ -130,15 +138,16 @@ async def _import_events(request: Request, kernel, body: MemImport):
     job = asyncio.ensure_future(asyncio.to_thread(work))
     while not job.done() or not events.empty():
         getter = asyncio.ensure_future(events.get())
-        await asyncio.wait({getter, job}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({getter, job}, timeout=KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED)
         if getter.done():
-            yield "data: " + json.dumps(getter.result()) + "\n\n"
+            yield sse(getter.result())
         else:
             getter.cancel()
+            if not job.done():
+                yield KEEPALIVE  # a big file is still embedding
         if await request.is_disconnected():
             return  # the import goes on to the end of its current batch; what was written stays consistent
     try:
-        yield "data: " + json.dumps({"result": job.result()}, default=str) + "\n\n"
+        yield sse({"result": job.result()})
     except LlmosError as exc:
-        yield "data: " + json.dumps({"error": {"message": str(exc), "code": exc.code,
-                                               "param": getattr(exc, "param", None)}}) + "\n\n"
+        yield sse({"error": {"message": str(exc), "code": exc.code, "param": getattr(exc, "param", None)}})

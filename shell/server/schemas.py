@@ -64,6 +64,20 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
+def check_trust(trusted: bool, *, priority: Any = None, driver: str | None = None) -> None:
+    """What only the owner or an API key holder may ask: a priority above normal (it would jump every
+    other client's queue) and a named driver (it would load a second copy of a model on another engine)."""
+    if trusted:
+        return
+    from llmos.kernel.sched.request import Priority
+
+    if priority is not None and Priority.parse(priority) < Priority.NORMAL:
+        raise InvalidRequestError("a priority above normal needs the Unix socket or an API key", param="priority")
+    if driver is not None:
+        raise InvalidRequestError("choosing a driver needs the Unix socket or an API key: leave it out to use "
+                                  "the model's own", param="driver")
+
+
 class _Sampling(_Body):
     model: str = Field(min_length=1)
     max_tokens: Optional[int] = None
@@ -109,12 +123,7 @@ class _Sampling(_Body):
         """The llmos extensions set, as `Kernel.submit` keywords; a priority above normal only when
         `trusted` (the owner, or an API key holder)."""
         out = {k: getattr(self, k) for k in ("priority", "rag", "driver", "timeout") if getattr(self, k) is not None}
-        if "priority" in out and not trusted:
-            from llmos.kernel.sched.request import Priority
-
-            if Priority.parse(out["priority"]) < Priority.NORMAL:
-                raise InvalidRequestError("a priority above normal needs the Unix socket or an API key",
-                                          param="priority")
+        check_trust(trusted, priority=out.get("priority"), driver=out.get("driver"))
         return out
 
     def sampling(self) -> dict[str, Any]:

@@ -20,7 +20,8 @@
   (headers, Host, proxy headers never touch it). `OWNER_PATHS` (status, shutdown) and the paths under
   `OWNER_PREFIXES` (tool calls, task runs, and /llmos/admin/: what reads or writes files on this
   machine by path) are served only to the owner or, over TCP, with the API key: a server without a
-  key refuses them on TCP (403). Endpoints read `request.state.owner` (e.g. model paths are the
+  key refuses them on TCP (403); a server with an owner socket (the resident kernel) and no key keeps
+  all of /llmos/ to that socket. Endpoints read `request.state.owner` (e.g. model paths are the
   owner's only) and `request.state.trusted` (the owner or an API key holder: e.g. priorities above
   normal, agents that ask approvals).
 Every refusal is a 4xx in OpenAI's error shape.
@@ -112,10 +113,15 @@ class Guard:
         return self.owner_socket is not None and isinstance(server, (tuple, list)) and len(server) == 2 \
             and server[1] is None and server[0] == self.owner_socket
 
+    def _llmos_of_daemon(self, path: str) -> bool:
+        """The resident kernel (it has an owner socket) keeps its own API, /llmos/, to its socket when it
+        has no key: over keyless TCP any local user could list, kill or drive the owner's processes."""
+        return self.owner_socket is not None and path.startswith("/llmos/")
+
     def _refusal(self, scope: Scope, headers: Headers) -> Response | None:
         host = headers.get("host")
         owner = self.is_owner(scope)
-        if not owner and not self.api_key and owner_only(scope["path"]):
+        if not owner and not self.api_key and (owner_only(scope["path"]) or self._llmos_of_daemon(scope["path"])):
             return json_error(403, f"{scope['path']} is served over the Unix socket only, or over TCP with an API key",
                               "permission_error", None, "owner_only")
         if not owner and not self.api_key and host is not None:

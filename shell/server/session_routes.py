@@ -5,9 +5,9 @@ message, change settings. The same store (`kernel.sessions`) the in-process shel
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -19,9 +19,11 @@ class SessionOpen(BaseModel):
 
 
 class SessionMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")  # a tool call's extra fields are stored as given
-    role: str
+    model_config = ConfigDict(extra="ignore")  # what a session stores, nothing else
+    role: Literal["system", "user", "assistant", "tool"]
     content: str | None = Field(None, max_length=1_000_000)
+    tool_calls: list[dict[str, Any]] | None = Field(None, max_length=64)
+    tool_call_id: str | None = Field(None, max_length=200)
 
 
 class SessionUpdate(BaseModel):
@@ -36,9 +38,15 @@ def session_router(kernel) -> APIRouter:
     async def sessions(kind: str | None = None) -> list[dict[str, Any]]:
         return await run(kernel.sessions.list, kind)
 
+    def served_name(request: Request, model: Any) -> None:
+        """A session's model over HTTP: a served name, never a path on this machine (but the owner's)."""
+        if model is not None:
+            kernel.registry.resolve(model, allow_paths=bool(getattr(request.state, "owner", False)))
+
     @r.post("/sessions")
-    async def session_open(body: SessionOpen) -> dict[str, Any]:
+    async def session_open(request: Request, body: SessionOpen) -> dict[str, Any]:
         def open_() -> dict[str, Any]:
+            served_name(request, body.model)
             s = kernel.sessions.open(body.name, model=body.model, adapter=body.adapter, system=body.system)
             return s.as_dict()
         return await run(open_)
@@ -58,10 +66,12 @@ def session_router(kernel) -> APIRouter:
         return await run(append)
 
     @r.patch("/sessions/{session}")
-    async def session_update(session: str, body: SessionUpdate) -> dict[str, Any]:
+    async def session_update(request: Request, session: str, body: SessionUpdate) -> dict[str, Any]:
         def update() -> dict[str, Any]:
+            settings = body.model_dump()
+            served_name(request, settings.get("model"))
             stored = kernel.sessions.get(session)
-            stored.update(**body.model_dump())
+            stored.update(**settings)
             return stored.as_dict()
         return await run(update)
 
