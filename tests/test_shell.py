@@ -271,6 +271,7 @@ def test_memfs_commands_and_browser(kernel):
             await command(app, pilot, "/mem")
             await until(pilot, lambda: isinstance(app.screen, MemfsScreen))
             screen = app.screen
+            await until(pilot, lambda: bool(screen.query("#mem-tree")) and bool(screen.query("#mem-results")))  # mounted
             tree = screen.query_one("#mem-tree")
             await until(pilot, lambda: any(str(n.label) == "shelltest/" for n in tree.root.children))
             search = screen.query_one("#mem-search")
