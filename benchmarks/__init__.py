@@ -23,7 +23,8 @@ def available() -> dict[str, str]:
 
 
 def _load_all() -> None:
-    from . import agents_bench, llamacpp_bench, memfs_bench, shell_bench, torch_bench  # noqa: F401 - each registers its own
+    from . import agents_bench, daemon_bench, llamacpp_bench, memfs_bench, shell_bench, torch_bench  # noqa: F401 - each registers
+    # its own
 
 
 def run_benchmarks(names: list[str] | None = None, *, home: str | None = None, progress=None) -> list[BenchResult]:

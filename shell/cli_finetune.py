@@ -12,7 +12,6 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from llmos.kernel.config import Config
 from llmos.kernel.errors import LlmosError
 
 from .cli_common import EXIT_INTERRUPTED, STATE, err, fail, out
@@ -39,6 +38,8 @@ def finetune(
     from llmos.plugins.finetune.trainer import FinetuneInterrupted, FinetuneOptions, run_finetune
 
     try:
+        from llmos.kernel.config import Config
+
         config = Config.load(STATE["home"])
         opts = FinetuneOptions(model=model or config.default_model, data=data, out=out_name, method=method,
                                rank=rank, epochs=epochs, lr=lr, batch_size=batch_size, max_steps=max_steps,

@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from llmos.kernel.errors import InvalidRequestError
-from llmos.kernel.tools.tools import parse_cli_params
 
 from .cli_common import EXIT_FAILURE, fail, kernel_session, out
 
@@ -77,6 +76,8 @@ def task_run(name: str, param: Optional[List[str]] = typer.Option(None, "--param
     """Run a task; parameters are parsed per its schema (lists as a,b,c)."""
     with kernel_session(as_json) as kernel:
         task = kernel.tools.tasks.get(name)
+        from llmos.kernel.tools.tools import parse_cli_params
+
         params = parse_cli_params(task.schema if task else {}, param or [])
         result = kernel.run_task(name, params)
     typer.echo(json.dumps(result, default=str) if as_json else str(result))

@@ -29,10 +29,10 @@ def ps(url: Optional[str] = URL, api_key: Optional[str] = KEY, as_json: bool = t
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table("id", "owner", "model", "driver", "state", "priority", "tokens", "age", "tok/s")
+    table = Table("id", "client", "owner", "model", "driver", "state", "priority", "tokens", "age", "tok/s")
     for r in rows:
         tps = r.get("tokens_per_s")
-        table.add_row(r["id"], r["owner"], r["model"], r["driver"], r["state"], r["priority"],
+        table.add_row(r["id"], r.get("client") or "-", r["owner"], r["model"], r["driver"], r["state"], r["priority"],
                       str(r.get("output_tokens") or ""), f"{r['age_s']:.1f}s", f"{tps:.1f}" if tps else "")
     out.print(table)
 

@@ -15,17 +15,16 @@ OpenAI's `tool_calls` format.
 
 from __future__ import annotations
 
-import enum
 import json
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidRequestError, LlmosError, RequestCancelledError
 from ..sched.request import Priority
+from .process_state import AgentEvent, ProcessState
 from .structured import submit_json
 from .tool_calling import (ANSWER, Function, bounded, InvalidToolCall, arguments_prompt, choice_prompt, choice_schema,
                            condensed, parse_arguments, parse_choice)
@@ -43,30 +42,6 @@ FINAL = "Answer the user's goal. Use the tool results above when there are any."
 
 class _Killed(Exception):
     """The LLM call in flight was cancelled (the process is being killed)."""
-
-
-class ProcessState(enum.IntEnum):
-    """Ordered lifecycle: every state from FINISHED on is terminal."""
-
-    STARTING = 0
-    THINKING = 1
-    WAITING_TOOL = 2
-    FINISHED = 3
-    FAILED = 4
-    KILLED = 5
-    OUT_OF_BUDGET = 6
-
-    @property
-    def finished(self) -> bool:
-        return self >= ProcessState.FINISHED
-
-
-@dataclass(frozen=True)
-class AgentEvent:
-    kind: str  # step | token | tool_call | tool_result | answer | error
-    step: int
-    text: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
 
 
 class Process:

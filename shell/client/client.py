@@ -10,22 +10,19 @@ in both modes. `shutdown()` closes this client's connections and leaves the resi
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any, AsyncIterator, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, Sequence
 
 from llmos.kernel.errors import InvalidRequestError, ProcessNotFoundError
-from llmos.kernel.modules.store import Manifest
-from llmos.kernel.sched.handle import Completion
+from llmos.kernel.sched.completion import Completion
 from llmos.kernel.sched.request import check_input, parse_sampling
-from llmos.kernel.tools.capabilities import ToolDeniedError
-from llmos.kernel.tools.tools import ToolResult
 
 from .handles import RemoteHandle, RemoteProcess
 from .transport import Transport, q
-from .views import ClientConfig, RemoteMem, RemoteModuleStore, RemoteRegistry, RemoteSessions, RemoteTools
+from .views import ClientConfig, RemoteMem, RemoteModuleStore, RemoteRegistry, RemoteSessions, RemoteTools, manifest
 
-
-def _manifest(row: dict[str, Any]) -> Manifest:
-    return Manifest(**{k: v for k, v in row.items() if k in Manifest.__dataclass_fields__})
+if TYPE_CHECKING:  # imported when used: a client starts light
+    from llmos.kernel.modules.store import Manifest
+    from llmos.kernel.tools.tools import ToolResult
 
 
 class Client:
@@ -154,17 +151,20 @@ class Client:
     def install_module(self, path: str, *, name: str | None = None, base: str | None = None) -> Manifest:
         from pathlib import Path
 
-        return _manifest(self._t.call("POST", "/llmos/admin/modules/install",
+        return manifest(self._t.call("POST", "/llmos/admin/modules/install",
                                       json={"path": str(Path(path).resolve()), "name": name, "base": base}))
 
     def export_module(self, name: str, fmt: str = "gguf") -> Manifest:
-        return _manifest(self._t.call("POST", f"/llmos/admin/modules/{q(name)}/export", params={"format": fmt}))
+        return manifest(self._t.call("POST", f"/llmos/admin/modules/{q(name)}/export", params={"format": fmt}))
 
     # -- tools, tasks, plugins -----------------------------------------------------------------------
 
     def call_tool(self, name: str, args: Any, *, owner: str = "api", approve: Callable | None = None,
                   timeout: float = 30.0) -> ToolResult:
         """Call a tool in the resident kernel; a capability not granted is asked of `approve` here."""
+        from llmos.kernel.tools.capabilities import ToolDeniedError
+        from llmos.kernel.tools.tools import ToolResult
+
         body = {"args": args, "owner": owner, "timeout": timeout}
         try:
             row = self._t.call("POST", f"/llmos/tools/{q(name)}/call", json=body)

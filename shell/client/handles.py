@@ -9,14 +9,13 @@ kernel and drops the stream; a dropped stream cancels it too (the server notices
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from typing import Any, AsyncIterator, Callable, Iterator
 
 
 from llmos.kernel.errors import LlmosError, ProcessNotFoundError, RequestCancelledError, RequestFailedError, RequestTimeoutError
-from llmos.kernel.proc.agents import AgentEvent, ProcessState
-from llmos.kernel.sched.handle import Completion
+from llmos.kernel.proc.process_state import AgentEvent, ProcessState
+from llmos.kernel.sched.completion import Completion
 from llmos.kernel.sched.request import RequestStatus
 
 from .transport import OpenStream, Transport, typed_error
@@ -164,6 +163,8 @@ class RemoteHandle:
                           error=f.get("error"), metrics=f.get("metrics") or {}, sources=tuple(f.get("sources", ())))
 
     async def astream(self) -> AsyncIterator[str]:
+        import asyncio
+
         chunks = self.stream()
         done = object()
         while True:
@@ -173,6 +174,8 @@ class RemoteHandle:
             yield chunk
 
     async def aresult(self, *, check: bool = True) -> Completion:
+        import asyncio
+
         return await asyncio.to_thread(self.result, check=check)
 
 

@@ -10,6 +10,8 @@ httpx traceback. SSE streams are read line by line (`events`).
 from __future__ import annotations
 
 import json
+import os
+import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 from urllib.parse import quote
@@ -83,11 +85,24 @@ def q(name: str) -> str:
     return quote(str(name), safe="")
 
 
+def client_label() -> str:
+    """This program as `ps` names it: "llmos run pid 4242", "llmos shell pid 99", "script.py pid 7"."""
+    argv = sys.argv or [""]
+    name = os.path.basename(argv[0])
+    if name in ("llmos", "__main__.py"):
+        name = "llmos" + (f" {argv[1]}" if len(argv) > 1 and not argv[1].startswith("-") else "")
+    elif not name or name == "-c":
+        name = "python"
+    return f"{name[:40]} pid {os.getpid()}"
+
+
 class Transport:
     """One httpx connection pool to a server: `socket` (a Unix socket path) or `url` (http://...)."""
 
     def __init__(self, *, socket: str | None = None, url: str | None = None, api_key: str | None = None) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        headers = {"X-Llmos-Client": client_label()}  # shown by `ps`; display text only
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
         timeout = httpx.Timeout(CALL_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
         if socket is not None:
             self.where = socket

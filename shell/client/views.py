@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from llmos.kernel.errors import LlmosError
-from llmos.kernel.modules.store import Manifest
+if TYPE_CHECKING:  # imported when used: a client starts without the module store's imports
+    from llmos.kernel.modules.store import Manifest
 
 from .transport import Transport, events, q, typed_error
 
@@ -73,13 +74,19 @@ class RemoteTools:
                                                                    params={"limit": limit or 0}))
 
 
+def manifest(row: dict[str, Any]) -> Manifest:
+    """A module's manifest from its JSON row (fields a newer server adds are left out)."""
+    from llmos.kernel.modules.store import Manifest
+
+    return Manifest(**{k: v for k, v in row.items() if k in Manifest.__dataclass_fields__})
+
+
 class RemoteModuleStore:
     def __init__(self, t: Transport) -> None:
         self._t = t
 
     def list(self) -> list[Manifest]:
-        return [Manifest(**{k: v for k, v in row.items() if k in Manifest.__dataclass_fields__})
-                for row in self._t.call("GET", "/llmos/modules")]
+        return [manifest(row) for row in self._t.call("GET", "/llmos/modules")]
 
     def base_of(self, name: str) -> str | None:
         """The base model of installed module `name` (None when there is none: the server says so)."""

@@ -15,7 +15,7 @@ from textual.widgets import DataTable, Footer, Header, Label, Sparkline
 
 from ..commands import process_rows
 
-COLUMNS = ("id", "owner", "model", "state", "wait s", "ttft s", "tok/s", "tokens")
+COLUMNS = ("id", "client", "owner", "model", "state", "wait s", "ttft s", "tok/s", "tokens")
 HISTORY = 60
 
 
@@ -71,7 +71,8 @@ class TopScreen(Screen):
         selected = self._selected_id()
         table.clear()
         for r in rows:
-            table.add_row(str(r["id"]), str(r.get("owner", "")), str(r.get("model", "")), str(r.get("state", "")),
+            table.add_row(str(r["id"]), str(r.get("client") or "-"), str(r.get("owner", "")), str(r.get("model", "")),
+                          str(r.get("state", "")),
                           _fmt(r.get("queue_wait_s")), _fmt(r.get("ttft_s")), _fmt(r.get("tokens_per_s"), ".1f"),
                           str(r.get("output_tokens", "-")), key=str(r["id"]))
         if selected is not None and selected in {str(r["id"]) for r in rows}:

@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from llmos.kernel.errors import InvalidRequestError, LlmosError, UnknownModelError
 
+from .clients import ClientLabels, label_of
 from .errors import error_response, json_error
 from .admin_routes import admin_router
 from .extras import MAX_AGENTS, extras_router
@@ -84,7 +85,8 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
     async def llmos_error(_request: Request, exc: LlmosError):
         return error_response(exc)
 
-    app.include_router(extras_router(kernel, max_agents=max_agents))
+    labels = ClientLabels()
+    app.include_router(extras_router(kernel, max_agents=max_agents, labels=labels))
     app.include_router(session_router(kernel))
     app.include_router(mem_router(kernel))
     app.include_router(admin_router(kernel))
@@ -122,6 +124,7 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
                                  **extensions, **submit, **body.sampling())
 
         handle = await asyncio.to_thread(submit_named)
+        labels.record(handle.id, label_of(request))
         metrics.submitted(handle)
         headers = {"X-Llmos-Request-Id": handle.id}
         if body.stream:

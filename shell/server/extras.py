@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from llmos.kernel.errors import InvalidRequestError, LlmosError, ProcessNotFoundError, QueueFullError
 
+from .clients import ClientLabels, label_of
 from .schemas import check_trust
 from .sse import KEEPALIVE, KEEPALIVE_S, sse
 
@@ -126,17 +127,19 @@ def _event(e) -> dict[str, Any]:
     return {"kind": e.kind, "step": e.step, "text": e.text, **e.data}
 
 
-def extras_router(kernel, *, max_agents: int = MAX_AGENTS, max_event_streams: int = MAX_EVENT_STREAMS) -> APIRouter:
+def extras_router(kernel, *, max_agents: int = MAX_AGENTS, max_event_streams: int = MAX_EVENT_STREAMS,
+                  labels: ClientLabels | None = None) -> APIRouter:
     r = APIRouter(prefix="/llmos")
     run = asyncio.to_thread  # the kernel API blocks: keep the event loop free
     spawning = threading.Lock()  # the count of running agents and a spawn, together
     spawned: dict[str, _Spawned] = {}  # pid -> its spawn, for agents spawned over HTTP
     questions = _Questions()
+    labels = labels if labels is not None else ClientLabels()
     streams = [0]  # agent event streams open now: they are polled, so a bounded number
 
     @r.get("/ps")
     async def ps() -> list[dict[str, Any]]:
-        return kernel.ps()
+        return labels.annotate(kernel.ps())
 
     @r.get("/engines")
     async def engines() -> list[dict[str, Any]]:
@@ -178,6 +181,7 @@ def extras_router(kernel, *, max_agents: int = MAX_AGENTS, max_event_streams: in
             return proc, spawned[proc.pid].token
 
         proc, token = await run(spawn)
+        labels.record(proc.pid, label_of(request))
         return {"pid": proc.pid, "session": proc.session_id, "token": token}
 
     def _proc(pid: str):
