@@ -209,6 +209,24 @@ def _take_local(argv: list[str]) -> list[str]:
     return argv
 
 
+def _subcommand(argv: list[str]) -> str | None:
+    """The command named in `argv` (past the root options), if any."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--home":
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _builtin_commands() -> set[str]:
+    return {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands} | \
+        {g.name for g in app.registered_groups}
+
+
 def main() -> None:
-    add_plugin_commands(app)
-    app(args=_take_local(sys.argv[1:]), prog_name="llmos")
+    argv = _take_local(sys.argv[1:])
+    if _subcommand(argv) not in _builtin_commands():  # loading plugins costs start-up: only when one may be meant
+        add_plugin_commands(app)
+    app(args=argv, prog_name="llmos")
