@@ -10,11 +10,13 @@ and a non-detached agent ends when its spawner's event stream does.
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
 
 from llmos.kernel.proc.sessions import SessionStore
+from llmos.shell.server.sse import KEEPALIVE_S
 
 from .test_server_hardening import refused, served
 from .util import wait_for
@@ -103,6 +105,10 @@ def test_only_the_spawner_answers_an_agents_approvals(keyed):
                       timeout=120) as response:
         events = response.iter_lines()
         question = _first_event(events, "approval")
+        # the agent now waits on its spawner in silence: the stream says it is alive (an SSE comment)
+        waited = time.monotonic()
+        assert next(line for line in events if line.startswith(":")) == ": keepalive"
+        assert time.monotonic() - waited >= KEEPALIVE_S - 1
         for guess in ("", "guess", other["token"]):
             refused(httpx.post(approve, headers=AUTH, json={"id": question["id"], "answer": "always", "token": guess}),
                     403, "approvals_need_trust", "token")
