@@ -125,11 +125,14 @@ class RequestHandle:
             for chunk in backlog:
                 yield chunk
             while final is None:
-                getter = getter or asyncio.ensure_future(queue.get())  # kept across idle ticks: nothing is lost
-                if not (await asyncio.wait({getter}, timeout=idle))[0]:
-                    yield ""
-                    continue
-                event, getter = getter.result(), None
+                if idle is None:
+                    event = await queue.get()
+                else:
+                    getter = getter or asyncio.ensure_future(queue.get())  # kept across idle ticks: nothing lost
+                    if not (await asyncio.wait({getter}, timeout=idle))[0]:
+                        yield ""
+                        continue
+                    event, getter = getter.result(), None
                 if event.text:
                     yield event.text
                 if event.finished:
