@@ -16,6 +16,8 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
+from .security import is_owner
+
 
 class ModelLoad(BaseModel):
     model: str | None = None
@@ -35,10 +37,6 @@ class ModuleInstall(BaseModel):
     base: str | None = None
 
 
-def _owner(request: Request) -> bool:
-    return bool(getattr(request.state, "owner", False))
-
-
 def admin_router(kernel) -> APIRouter:
     r = APIRouter(prefix="/llmos")
     run = asyncio.to_thread  # the kernel API blocks (loads, disk): keep the event loop free
@@ -53,14 +51,14 @@ def admin_router(kernel) -> APIRouter:
 
     @r.get("/models/resolve")
     async def resolve(request: Request, name: str) -> dict[str, Any]:
-        spec = await run(kernel.registry.resolve, name, allow_paths=_owner(request))
+        spec = await run(kernel.registry.resolve, name, allow_paths=is_owner(request))
         return {"name": spec.name, "format": spec.format, "source": spec.source, "location": str(spec.location)}
 
     @r.post("/models/load")
     async def load(request: Request, body: ModelLoad) -> dict[str, Any]:
         def load_() -> dict[str, Any]:
             name = body.model or kernel.config.default_model
-            kernel.registry.resolve(name, allow_paths=_owner(request))
+            kernel.registry.resolve(name, allow_paths=is_owner(request))
             loaded = kernel.load(name, driver=body.driver)
             return {"model": loaded.spec.name, "driver": loaded.driver_name}
         return await run(load_)

@@ -36,7 +36,7 @@ from .extras import MAX_AGENTS, extras_router
 from .mem_routes import mem_router
 from .metrics import Metrics
 from .schemas import MAX_EMBEDDING_CHARS, MAX_EMBEDDING_INPUTS, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from .security import HEADER_TIMEOUT_S, MAX_BODY_BYTES, Guard
+from .security import HEADER_TIMEOUT_S, MAX_BODY_BYTES, Guard, is_owner, is_trusted
 from .session_routes import session_router
 from .sse import DONE, KEEPALIVE, KEEPALIVE_S, sse
 from .status import status_router
@@ -115,8 +115,8 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
             raise InvalidRequestError("only n=1 is supported", param="n")
         model, adapter = split_model(body.model)
 
-        owner = bool(getattr(request.state, "owner", False))
-        extensions = body.extensions(trusted=bool(getattr(request.state, "trusted", False)))
+        owner = is_owner(request)
+        extensions = body.extensions(trusted=is_trusted(request))
 
         def submit_named():  # over HTTP a model is a served name, never a path on this machine (but the owner's)
             kernel.registry.resolve(model, allow_paths=owner)

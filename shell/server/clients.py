@@ -8,6 +8,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from .security import is_owner
+
 HEADER = "X-Llmos-Client"
 MAX_LABEL = 64
 
@@ -16,7 +18,7 @@ def label_of(request) -> str:
     given = "".join(ch for ch in request.headers.get(HEADER, "") if ch.isprintable()).strip()[:MAX_LABEL]
     if given:
         return given
-    if getattr(request.state, "owner", False):
+    if is_owner(request):
         return "socket"
     return f"http {request.client.host}" if request.client else "http"
 

@@ -25,6 +25,7 @@ from llmos.kernel.errors import InvalidRequestError, LlmosError, ProcessNotFound
 
 from .clients import ClientLabels, label_of
 from .schemas import check_trust
+from .security import is_owner, is_trusted
 from .sse import KEEPALIVE, KEEPALIVE_S, sse
 
 #: agents an HTTP client may have running at once, and each one's budgets
@@ -154,7 +155,7 @@ def extras_router(kernel, *, max_agents: int = MAX_AGENTS, max_event_streams: in
 
     @r.post("/agents")
     async def agent_spawn(request: Request, body: AgentSpawn) -> dict[str, Any]:
-        owner, trusted = (bool(getattr(request.state, k, False)) for k in ("owner", "trusted"))
+        owner, trusted = is_owner(request), is_trusted(request)
         if body.approvals and not trusted:  # an answer can grant "always"
             raise ApprovalsRefusedError("agents that ask approvals need the Unix socket or an API key: "
                                         "spawn it without approvals (ungranted tools are denied)", param="approvals")

@@ -48,6 +48,16 @@ OWNER_PATHS = frozenset({"/llmos/status", "/llmos/shutdown"})
 OWNER_PREFIXES = ("/llmos/admin/", "/llmos/tools/", "/llmos/tasks/")
 
 
+def is_owner(request) -> bool:
+    """The request came over the owner's Unix socket (set by Guard on the scope's state)."""
+    return bool(getattr(request.state, "owner", False))
+
+
+def is_trusted(request) -> bool:
+    """The owner, or an API key holder."""
+    return bool(getattr(request.state, "trusted", False))
+
+
 def owner_only(path: str) -> bool:
     return path in OWNER_PATHS or path.startswith(OWNER_PREFIXES)
 

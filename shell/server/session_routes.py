@@ -10,6 +10,8 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from .security import is_owner
+
 
 class SessionOpen(BaseModel):
     name: str | None = Field(None, max_length=200, description="Name or id; a new chat session when unknown or null.")
@@ -41,7 +43,7 @@ def session_router(kernel) -> APIRouter:
     def served_name(request: Request, model: Any) -> None:
         """A session's model over HTTP: a served name, never a path on this machine (but the owner's)."""
         if model is not None:
-            kernel.registry.resolve(model, allow_paths=bool(getattr(request.state, "owner", False)))
+            kernel.registry.resolve(model, allow_paths=is_owner(request))
 
     @r.post("/sessions")
     async def session_open(request: Request, body: SessionOpen) -> dict[str, Any]:
