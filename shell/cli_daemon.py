@@ -151,19 +151,23 @@ def logs(lines: int = typer.Option(50, "-n", "--lines", min=0, help="Show the la
     path = daemon.log_dir(_home()) / "llmos.log"
     if not path.exists() and not follow:
         raise fail(LlmosError(f"no log yet at {path}: the daemon has not run for this LLMOS_HOME"), False)
-    for line in daemon.tail_lines(path, lines):
+    fh = None
+    if follow and path.exists():  # opened before the tail is read: what is appended meanwhile is followed
+        fh = open(path, encoding="utf-8", errors="replace")
+        fh.seek(0, os.SEEK_END)
+    for line in daemon.tail_lines(path, lines, end=fh.tell() if fh else None):
         typer.echo(line)
     if follow:
         try:
-            _follow(path)
+            _follow(path, fh)
         except KeyboardInterrupt:
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
-def _follow(path: Path) -> None:
-    """Print lines appended to `path`; when it is rotated (a new inode, or shorter), reopen it from the start."""
-    fh = None
-    inode = None
+def _follow(path: Path, fh=None) -> None:
+    """Print what is appended to `path` from `fh`'s position (a file that appears later: from its start);
+    when it is rotated (a new inode, or shorter), finish the old file and read the new one from its start."""
+    inode = os.fstat(fh.fileno()).st_ino if fh is not None else None
     while True:
         try:
             st = path.stat()
@@ -174,11 +178,8 @@ def _follow(path: Path) -> None:
             if fh is not None:
                 typer.echo(fh.read(), nl=False)  # what the old file got before it was renamed
                 fh.close()
-            first = fh is None
             fh = open(path, encoding="utf-8", errors="replace")
             inode = st.st_ino
-            if first:
-                fh.seek(0, os.SEEK_END)
         chunk = fh.read()
         if chunk:
             typer.echo(chunk, nl=False)

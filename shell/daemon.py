@@ -212,13 +212,14 @@ def probe(home: Path, client_version: str | None = None, timeout: float = 5.0) -
     return health
 
 
-def tail_lines(path: Path, n: int) -> list[str]:
-    """The last `n` lines of a log (read from its last 256 KiB)."""
+def tail_lines(path: Path, n: int, end: int | None = None) -> list[str]:
+    """The last `n` lines of a log (read from its last 256 KiB), of its first `end` bytes if given."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 256 * 1024))
-            return fh.read().decode("utf-8", "replace").splitlines()[-n:] if n > 0 else []
+            stop = fh.tell() if end is None else min(end, fh.tell())
+            fh.seek(max(0, stop - 256 * 1024))
+            return fh.read(stop - fh.tell()).decode("utf-8", "replace").splitlines()[-n:] if n > 0 else []
     except OSError:
         return []
 

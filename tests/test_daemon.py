@@ -332,6 +332,23 @@ def test_up_failure_points_to_the_log(daemon):
 
 
 @pytest.mark.cli
+def test_logs_follow_a_log_that_appears_later_from_its_first_line(daemon):
+    log = d.log_dir(daemon.home) / "llmos.log"
+    env = {**os.environ, "LLMOS_HOME": str(daemon.home)}
+    proc = subprocess.Popen([LLMOS, "logs", "-f"], env=env, stdout=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    threading.Thread(target=lambda: seen.extend(iter(proc.stdout.readline, "")), daemon=True).start()
+    try:
+        time.sleep(1.0)  # it is waiting for the file
+        log.parent.mkdir(parents=True)
+        log.write_text("the daemon's first line\n")
+        wait_for(lambda: seen == ["the daemon's first line\n"], timeout=10, msg=lambda: seen)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.cli
 def test_logs_follow_across_a_rotation(daemon):
     log = d.log_dir(daemon.home) / "llmos.log"
     log.parent.mkdir(parents=True)
