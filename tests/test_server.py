@@ -79,7 +79,7 @@ def test_errors_have_the_openai_shape_and_status(server, client):
 def test_disconnect_cancels_the_request(server):
     h = {"Authorization": f"Bearer {KEY}"}
     before = cancelled_total(server)
-    body = {"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 2000, "stream": True}
+    body = {"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 2000, "stream": True, "ignore_eos": True}
     with httpx.stream("POST", f"{server}/v1/completions", headers=h, json=body, timeout=60) as r:
         for i, _line in enumerate(r.iter_lines()):
             if i > 5:
@@ -129,7 +129,8 @@ def test_llmos_extras(server):
 def test_ps_and_kill_from_the_cli(server):
     env = {**os.environ, "LLMOS_URL": server, "LLMOS_API_KEY": KEY, "NO_COLOR": "1"}
     h = {"Authorization": f"Bearer {KEY}"}
-    body = {"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 1500, "stream": True}
+    body = {"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 1500, "stream": True,
+            "ignore_eos": True}  # it runs until killed: a story that ended early would leave nothing to kill
     with httpx.stream("POST", f"{server}/v1/completions", headers=h, json=body, timeout=60) as r:
         lines = r.iter_lines()
         next(lines)
