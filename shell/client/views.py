@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Callable
 
 from llmos.kernel.errors import LlmosError
+from llmos.kernel.memfs.grep import GREP_TIMEOUT_S
 if TYPE_CHECKING:  # imported when used: a client starts without the module store's imports
     from llmos.kernel.modules.store import Manifest
 
@@ -129,7 +130,7 @@ class RemoteMem:
         return self._t.call("POST", "/llmos/mem/find", json={"query": query, "within": within, "k": k})
 
     def grep(self, pattern: str, within: str = "/", ignore_case: bool = False,
-             timeout: float = 2.0) -> list[dict[str, Any]]:
+             timeout: float = GREP_TIMEOUT_S) -> list[dict[str, Any]]:
         return self._t.call("POST", "/llmos/mem/grep", json={"pattern": pattern, "within": within,
                                                             "ignore_case": ignore_case, "timeout": timeout})
 
