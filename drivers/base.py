@@ -66,6 +66,9 @@ class Driver(abc.ABC):
     formats: ClassVar[frozenset[str]]
     supports_lora: ClassVar[bool] = False
     #: rows of one step may use different adapters (else the scheduler groups steps by adapter)
+    #: drivers naming the same group share one compute resource; their engines take turns by urgency
+    #: (kernel/sched/gate.py). None: the driver has its own (a remote server, a dedicated device).
+    compute_group: ClassVar[str | None] = None
     mixed_adapters: ClassVar[bool] = False
     #: output can be constrained to a JSON schema (SamplingParams.json_schema)
     supports_json_schema: ClassVar[bool] = False

@@ -53,6 +53,7 @@ class LlamaCppDriver(Driver):
     formats = frozenset({"gguf"})
     supports_lora = True
     supports_json_schema = True  # grammar-constrained sampling
+    compute_group = "llama.cpp"  # every model runs on the process's one llama.cpp thread (llamacpp_lib.on_device)
     mixed_adapters = False  # llama.cpp applies LoRA adapters per context, not per sequence
 
     @classmethod

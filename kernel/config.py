@@ -15,6 +15,7 @@
     max_loaded_models = 0    # models loaded at once (0 = no limit but the memory budget); idle ones
                              # beyond it are unloaded, least recently used first
     prefix_cache = true
+    fair_share = true        # tenants share by tokens (VTC), within and across models; false = FIFO
     max_loaded_modules = 8   # adapters loaded at once; idle ones beyond this are unloaded (LRU)
     system_prompt = "..."    # prepended to chat requests that bring no system message ("" = none)
     mem_import_max_bytes = 10485760  # `mem import` skips (and reports) larger files
@@ -83,6 +84,7 @@ class Config:
     keep_alive: Any = "10m"
     max_loaded_models: int = 0
     prefix_cache: bool = True
+    fair_share: bool = True
     max_loaded_modules: int = 8
     system_prompt: str = "You are a helpful assistant. Answer briefly and accurately."
     mem_import_max_bytes: int = 10 * 1024 * 1024

@@ -164,3 +164,25 @@ class VersionMismatchError(LlmosError):
     def __init__(self, message: str, daemon: str, client: str) -> None:
         super().__init__(message)
         self.daemon, self.client = daemon, client
+
+
+class QuotaExceededError(QueueFullError):
+    """A tenant is over its tokens-per-minute or concurrency limit (429; `retry_after` is computed from its
+    token bucket, or from its running requests for concurrency)."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, tenant: str, retry_after: float) -> None:
+        LlmosError.__init__(self, message)
+        self.tenant, self.limit, self.retry_after = tenant, 0, retry_after
+
+
+class TenantDeniedError(LlmosError, PermissionError):
+    """A tenant asked for something that is not its own (another tenant's process, session or memfs
+    path) or that needs an admin key; every denial is written to the audit log."""
+
+    code = "permission_denied"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param, self.missing = param, frozenset()

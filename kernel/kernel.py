@@ -14,20 +14,23 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .config import Config, PluginTable, parse_keep_alive
 from .errors import InvalidRequestError, KernelShutdownError, PromptTooLongError
 from .lib.masking import Redactors, redact_messages, redact_text
 from .models.loaded import LoadProgress, ModelManager
 from .models.registry import ModelRegistry, ModelSpec
-from .modules.store import Manifest, ModuleStore
+from .modules.calls import ModuleCalls
+from .modules.store import ModuleStore
 from .modules.table import ModuleTable
 from .proc.agents import Process, ProcessTable
 from .proc.sessions import SessionStore
 from .sched.handle import Completion, RequestHandle, acancel_on_close, cancel_on_close
 from .sched.request import (Priority, PromptEnvelope, Request, check_input, check_prompt, next_request_id,
                             parse_sampling, validate_messages)
+from .tenants.table import TenantTable
+from .tenants.tenant import Tenant
 from .tools.jobs import Job
 from .tools.toolbox import ToolBox
 
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("llmos.kernel")
 
 
-class Kernel:
+class Kernel(ModuleCalls):
     def __init__(self, config: Config | None = None, *, plugins=None,
                  progress: LoadProgress | None = None, load_entrypoints: bool = True) -> None:
         from llmos.plugins.manager import PluginManager
@@ -59,6 +62,7 @@ class Kernel:
         self._embedding: EmbeddingService | None = None
         self._jobs: list[Job] = []
         self._sessions: SessionStore | None = None
+        self.tenants = TenantTable(audit=self.tools.audit.record)
         self.processes = ProcessTable(self, self.tools.all, self.config.default_model)
         self._lock = threading.RLock()
         self.started = time.monotonic()
@@ -98,8 +102,10 @@ class Kernel:
         driver: str | None = None,
         adapter: str | None = None,
         rag: str | None = None,
-        priority: Priority | int | str = Priority.NORMAL,
+        priority: Priority | int | str | None = None,
         owner: str = "default",
+        tenant: Tenant | None = None,
+        user: str | None = None,
         timeout: float | None = None,
         keep_alive: float | str | None = None,
         **sampling: Any,
@@ -107,10 +113,16 @@ class Kernel:
         """Queue a request and return its handle at once (tokens stream as they are produced).
 
         Unset sampling fields take the model's defaults (`models_info()`); `temperature=0` is greedy.
-        `keep_alive` (seconds or "5m"; 0: unload after this request; negative: never): idle residency."""
+        `keep_alive` (seconds or "5m"; 0: unload after this request; negative: never): idle residency.
+        `tenant` (kernel/tenants): the request is its tenant's (`owner` is then the tenant's name), runs at
+        most at its class's priority and is held to its quotas; `user` is a free label shown in ps."""
         self._check_open()
         params = parse_sampling(sampling)
-        prio = Priority.parse(priority)
+        if tenant is not None:
+            owner, prio = tenant.name, tenant.priority(priority)
+        else:
+            prio = Priority.NORMAL if priority is None else Priority.parse(priority)
+        who = _Who(owner, tenant, user)
         chat = check_input(prompt, messages, timeout, self.config.system_prompt)
         if adapter is not None:
             manifest = self.module_store.get(adapter)  # UnknownAdapterError lists what is installed
@@ -123,11 +135,11 @@ class Kernel:
         keep = None if keep_alive is None else parse_keep_alive(keep_alive)
         loaded = self._models.get(model or self.config.default_model, driver, pin=True, keep_alive=keep)
         try:  # pinned: the keep_alive reaper leaves it loaded until the request is queued on it
-            return self._submit_to(loaded, prompt, chat, params, prio, owner, adapter, rag, timeout)
+            return self._submit_to(loaded, prompt, chat, params, prio, who, adapter, rag, timeout)
         finally:
             self._models.unpin(loaded)
 
-    def _submit_to(self, loaded, prompt, chat, params, prio, owner, adapter, rag, timeout) -> RequestHandle:
+    def _submit_to(self, loaded, prompt, chat, params, prio, who, adapter, rag, timeout) -> RequestHandle:
         params = params.with_defaults(loaded.spec.sampling_defaults())  # unset fields: the model's defaults
         sources: list[str] = []
         if rag is not None:  # before the hook: plugins (redaction) see, and mask, the passages too
@@ -136,17 +148,17 @@ class Kernel:
             chat, sources = add_passages(self.mem, loaded, prompt, chat, params.max_tokens, self.config.system_prompt,
                                          rag)
             prompt = None
-        prompt, chat = self._prepare_prompt(prompt, chat, loaded.spec.name, owner, adapter)
+        prompt, chat = self._prepare_prompt(prompt, chat, loaded.spec.name, who.owner, adapter)
         rid = next_request_id()
         if adapter is not None:  # loads it if needed and holds a reference for this request
             self.modules.insmod(adapter, driver=loaded.driver_name, user=rid)
         try:
-            return self._submit(rid, loaded, prompt, chat, params, prio, owner, adapter, sources, timeout)
+            return self._submit(rid, loaded, prompt, chat, params, prio, who, adapter, sources, timeout)
         except BaseException:
             self.modules.release(rid)
             raise
 
-    def _submit(self, rid, loaded, prompt, chat, params, prio, owner, adapter, sources, timeout) -> RequestHandle:
+    def _submit(self, rid, loaded, prompt, chat, params, prio, who, adapter, sources, timeout) -> RequestHandle:
         drv = loaded.driver
         tokens = drv.tokenize_chat(chat) if chat is not None else drv.tokenize(prompt)
         if not tokens:
@@ -159,13 +171,19 @@ class Kernel:
         request = Request(
             prompt_token_ids=tokens, sampling=params, model=loaded.spec.name, adapter=adapter,
             exclusive_adapter=exclusive,
-            priority=prio, owner=owner, prompt=prompt, messages=chat,
+            priority=prio, owner=who.owner, user=who.user, prompt=prompt, messages=chat,
             deadline=None if timeout is None else time.monotonic() + timeout, sources=sources, request_id=rid,
         )
         handle = RequestHandle(request, self.cancel)
-        loaded.engine.submit(request, handle)
+        if who.tenant is not None:  # its quota and concurrency (QuotaExceededError: 429)
+            self.tenants.admit(who.tenant, rid, len(tokens), params.max_tokens)
+        try:
+            loaded.engine.submit(request, handle)
+        except BaseException:
+            self.tenants.abandon(rid)
+            raise
         self.plugins.call_each("request_submitted", request={
-            "id": request.request_id, "owner": owner, "model": request.model, "adapter": adapter,
+            "id": request.request_id, "owner": who.owner, "model": request.model, "adapter": adapter,
             "priority": prio.name.lower(), "prompt_tokens": len(tokens)})
         return handle
 
@@ -187,38 +205,13 @@ class Kernel:
         return envelope.text, messages
 
     def _on_finish(self, request: Request) -> None:
+        self.tenants.finished(request)
         self._models.poke()  # the keep_alive reaper looks again (0: unload right after use)
         if request.adapter is not None:
             self.modules.release(request.request_id)
         self.plugins.call_each("request_finished", request={
             "id": request.request_id, "owner": request.owner, "model": request.model, "adapter": request.adapter,
             "status": request.status.name.lower(), "error": request.error, "metrics": request.metrics.as_dict()})
-
-    # -- modules (adapters) ------------------------------------------------------------------------
-
-    def install_module(self, path: str, *, name: str | None = None, base: str | None = None) -> Manifest:
-        """Verify an adapter (PEFT dir or GGUF LoRA) and copy it into $LLMOS_HOME/modules/."""
-        return self.module_store.install(path, name=name, base=base)
-
-    def insmod(self, name: str, *, driver: str | None = None) -> dict[str, Any]:
-        """Load an installed module into the driver serving its base model."""
-        return self.modules.insmod(name, driver=driver).as_dict()
-
-    def rmmod(self, name: str, *, force: bool = False) -> list[str]:
-        """Unload a module; refused while in use unless `force` (which cancels its requests)."""
-        return self.modules.rmmod(name, force=force)
-
-    def lsmod(self) -> list[dict[str, Any]]:
-        """Loaded modules with base model, driver, memory and use count."""
-        return self.modules.lsmod()
-
-    def modules_info(self) -> list[dict[str, Any]]:
-        """Installed modules, each with where it is loaded (driver, memory, use count)."""
-        return self.modules.installed()
-
-    def export_module(self, name: str, fmt: str = "gguf") -> Manifest:
-        """Add a GGUF LoRA form to a PEFT module so the llama.cpp driver can mount it too."""
-        return self.module_store.export(name, fmt)
 
     def generate(self, prompt: str, **kwargs: Any) -> Completion:
         """Complete `prompt` and wait for the whole answer."""
@@ -254,6 +247,12 @@ class Kernel:
             proc.kill()
             return True
         return any(m.engine.cancel(request_id) for m in self._models.loaded())
+
+    def tenants_info(self) -> list[dict[str, Any]]:
+        """Per tenant (those with keys, and any that ran here): limits, usage, queued and running now."""
+        from .tenants.keys import KeyStore
+
+        return self.tenants.rows(self.ps(), KeyStore(self.config.home).tenants())
 
     # -- agents and sessions (proc/agents.py, proc/sessions.py) --------------------------------------
 
@@ -397,3 +396,9 @@ def boot(config: Config | None = None, **overrides: Any) -> Kernel:
     kernel_kwargs = {k: overrides.pop(k) for k in ("plugins", "progress", "load_entrypoints") if k in overrides}
     cfg = config.with_overrides(**overrides) if config is not None else Config.load(**overrides)
     return Kernel(cfg, **kernel_kwargs)
+
+
+class _Who(NamedTuple):
+    owner: str
+    tenant: Tenant | None
+    user: str | None

@@ -21,6 +21,7 @@ from .cli_agents import agent_app, sessions_app
 from .cli_daemon import down, logs, status, up
 from .cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, STATE, err, fail, kernel_session, out
 from .cli_finetune import finetune
+from .cli_keys import keys_app, tenants
 from .cli_mem import mem_app
 from .cli_modules import mod_app
 from .cli_plugins import add_plugin_commands, audit, plugins, task_app, tasks, tools_app
@@ -89,6 +90,8 @@ def run(
     raw: bool = typer.Option(False, "--raw", help="Send the prompt as is, without the chat template."),
     adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help="An installed module (see `llmos mod ls`)."),
     rag: Optional[str] = typer.Option(None, "--rag", help="Answer from memfs passages under this directory."),
+    priority: Optional[str] = typer.Option(None, "--priority",
+                                           help="realtime, high, normal, low or batch (at most your tenant's class)."),
     session: Optional[str] = typer.Option(None, "--session", help="Continue (or create) this named chat session."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming text."),
 ) -> None:
@@ -115,7 +118,7 @@ def run(
         if rag is not None and raw:
             raise fail(InvalidRequestError("--rag works with chat prompts, not --raw", param="rag"), as_json)
         handle = kernel.submit(**request, model=model, driver=driver, adapter=adapter, rag=rag, owner="cli",
-                               **sampling)
+                               priority=priority, **sampling)
         try:
             if as_json:
                 completion = handle.result(check=False)
@@ -198,6 +201,8 @@ app.command("ps")(ps)
 app.command("kill")(kill)
 app.add_typer(agent_app, name="agent")
 app.add_typer(sessions_app, name="sessions")
+app.add_typer(keys_app, name="keys")
+app.command("tenants")(tenants)
 
 
 def _take_local(argv: list[str]) -> list[str]:

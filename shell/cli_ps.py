@@ -29,12 +29,21 @@ def ps(url: Optional[str] = URL, api_key: Optional[str] = KEY, as_json: bool = t
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table("id", "client", "owner", "model", "driver", "state", "priority", "tokens", "age", "tok/s")
+    table = Table("id", "client", "tenant", "user", "model", "driver", "state", "priority", "tokens", "age", "tok/s")
     for r in rows:
         tps = r.get("tokens_per_s")
-        table.add_row(r["id"], r.get("client") or "-", r["owner"], r["model"], r["driver"], r["state"], r["priority"],
-                      str(r.get("output_tokens") or ""), f"{r['age_s']:.1f}s", f"{tps:.1f}" if tps else "")
+        table.add_row(r["id"], r.get("client") or "-", r["owner"], r.get("user") or "-", r["model"], r["driver"],
+                      _state(r), r["priority"], str(r.get("output_tokens") or ""), f"{r['age_s']:.1f}s",
+                      f"{tps:.1f}" if tps else "")
     out.print(table)
+
+
+def _state(row: dict) -> str:
+    """`waiting #3 ~4s`: a queued request's place in line and when it should start."""
+    if row.get("position") is None:
+        return row["state"]
+    eta = row.get("eta_s")
+    return f"{row['state']} #{row['position']}" + (f" ~{eta:.0f}s" if eta is not None else "")
 
 
 def kill(request_id: str, url: Optional[str] = URL, api_key: Optional[str] = KEY,

@@ -201,7 +201,8 @@ def test_a_run_in_one_terminal_is_seen_and_killed_from_another(resident):
     try:
         assert len(proc.stdout.read(100)) == 100  # it streams from the resident kernel
         rows = json.loads(llmos("ps", "--json", env=env).stdout)
-        [row] = [r for r in rows if r["owner"] == "cli" and r["state"] == "running"]
+        [row] = [r for r in rows if r["user"] == "cli" and r["state"] == "running"]
+        assert row["owner"] == "owner"  # the socket is the machine owner; "cli" is only a label
         assert row["client"] == f"llmos run pid {proc.pid}"  # which terminal's program it is
         table = llmos("ps", env=env).stdout
         assert row["id"] in table and f"llmos run pid {proc.pid}" in table

@@ -29,6 +29,7 @@ KERNEL_LAYERS = {
     "memfs": {"errors", "lib", "sched"},
     "tools": {"errors", "lib", "config", "port"},
     "proc": {"errors", "lib", "sched", "port"},
+    "tenants": {"errors", "sched", "memfs"},  # memfs: its path rules only
     "port": {"sched", "tools", "proc"},  # types only (TYPE_CHECKING)
     "api": {"sched"},  # types only (TYPE_CHECKING)
 }

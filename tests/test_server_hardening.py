@@ -247,7 +247,7 @@ def test_malformed_tool_fields_are_a_400_naming_the_field(server, case):
 # -- embeddings and agents: bounded --------------------------------------------------------------------
 
 def _owners(base: str) -> dict[str, str]:
-    return {row["owner"]: row["state"] for row in httpx.get(f"{base}/llmos/ps").json()}
+    return {row["user"]: row["state"] for row in httpx.get(f"{base}/llmos/ps").json()}
 
 
 @pytest.mark.cli

@@ -94,6 +94,9 @@ def test_top_screen_updates_and_kills(kernel):
             await until(pilot, lambda: handle.done, 20, "the kill")
             assert handle.status.name == "FINISHED_CANCELLED"
             await until(pilot, lambda: handle.id not in {str(k.value) for k in table.rows}, 5)
+            tenants = top.query_one("#tenants")  # its owner's usage, counted as it ended
+            await until(pilot, lambda: any(tenants.get_row_at(i)[0] == "toptest" for i in range(tenants.row_count)),
+                        10, "the tenant row")
             await pilot.press("escape")
             assert not isinstance(app.screen, TopScreen)
             await pilot.press("f3")

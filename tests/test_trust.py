@@ -58,7 +58,7 @@ def test_without_trust_no_priority_above_normal_and_no_driver(keyless):
     base, _ = keyless
     chat = f"{base}/v1/chat/completions"
     for priority in ("realtime", "high", 0, 1):
-        refused(httpx.post(chat, json={**CHAT, "priority": priority}, timeout=60), 400, param="priority")
+        refused(httpx.post(chat, json={**CHAT, "priority": priority}, timeout=60), 403, param="priority")
         refused(httpx.post(f"{base}/llmos/agents", json={"goal": "x", "priority": priority}, timeout=60), 400,
                 param="priority")
     refused(httpx.post(chat, json={**CHAT, "driver": "torch"}, timeout=60), 400, param="driver")
@@ -72,7 +72,7 @@ def test_without_trust_a_session_never_carries_a_model_path(keyless):
     refused(httpx.patch(f"{base}/llmos/sessions/{made['id']}", json={"model": "/etc/passwd"}), 404, "model_not_found")
     # a session that holds a path (the owner set it in-process) lends it to no HTTP agent
     store = SessionStore(home / "sessions.db")
-    planted = store.create(kind="agent", model="/nonexistent/weights.gguf")
+    planted = store.create(kind="agent", model="/nonexistent/weights.gguf", owner="anonymous")
     store.close()
     refused(httpx.post(f"{base}/llmos/agents", json={"goal": "x", "session": planted.id}, timeout=60), 404,
             "model_not_found")

@@ -30,6 +30,7 @@ class _Job:
     texts: list[str] = field(compare=False)
     owner: str = field(compare=False)
     future: Future = field(compare=False)
+    user: str | None = field(compare=False, default=None)
     id: str = field(compare=False, default="")
     arrival: float = field(compare=False, default_factory=time.monotonic)
     started: float | None = field(compare=False, default=None)
@@ -58,12 +59,12 @@ class EmbeddingService:
         return self.submit(texts, priority=priority, owner=owner).result()
 
     def submit(self, texts: list[str], *, priority: Priority | str | int = Priority.NORMAL, owner: str = "memfs",
-               max_waiting: int | None = None) -> Future:
+               max_waiting: int | None = None, user: str | None = None) -> Future:
         """Queue texts for embedding; the future gives the vectors. With `max_waiting`, a queue already
         holding that many waiting jobs refuses with QueueFullError. Cancelling the future before the job
         starts drops it from the queue (a job that started runs to its end)."""
         seq = next(_ids)
-        job = _Job(int(Priority.parse(priority)), seq, list(texts), owner, Future(), f"embed-{seq}")
+        job = _Job(int(Priority.parse(priority)), seq, list(texts), owner, Future(), user, f"embed-{seq}")
         with self._lock:
             if max_waiting is not None and sum(j.started is None for j in self._jobs.values()) >= max_waiting:
                 raise QueueFullError(max_waiting)
@@ -93,7 +94,7 @@ class EmbeddingService:
         now = time.monotonic()
         with self._lock:
             jobs = list(self._jobs.values())
-        return [{"id": j.id, "owner": j.owner, "model": self.name, "driver": "embedder", "adapter": None,
+        return [{"id": j.id, "owner": j.owner, "user": j.user, "model": self.name, "driver": "embedder", "adapter": None,
                  "state": "running" if j.started else "waiting", "priority": Priority(j.priority).name.lower(),
                  "prompt_tokens": None, "output_tokens": None, "texts": len(j.texts), "age_s": now - j.arrival,
                  "queue_wait_s": (j.started - j.arrival) if j.started else None, "ttft_s": None,

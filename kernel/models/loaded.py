@@ -20,6 +20,8 @@ from typing import Callable
 
 from ..config import Config
 from ..sched.engine import Engine
+from ..sched.fairshare import ServiceLedger
+from ..sched.gate import Gates
 from ..errors import DriverUnavailableError, InvalidRequestError, LlmosError, ModelLoadError
 from .registry import ModelRegistry, ModelSpec
 from ..sched.request import Request
@@ -68,6 +70,9 @@ class ModelManager:
         self.on_unload: Callable[[LoadedModel], None] = lambda _loaded: None
         self._wake = threading.Event()  # never the lock: an engine thread pokes while the reaper may hold it
         self._closed = False
+        # one fair-share ledger for every engine, one turn-taking gate per shared compute resource
+        self.ledger = ServiceLedger(fifo=not config.fair_share)
+        self.gates = Gates(fifo=not config.fair_share)
         self._reaper = threading.Thread(target=self._reap_loop, name="llmos-model-reaper", daemon=True)
         self._reaper.start()
 
@@ -192,8 +197,10 @@ class ModelManager:
                             preemption=getattr(cls, "preemptible", True)),
             eos_token_ids=info.eos_token_ids,
             detokenizer_factory=lambda req: driver.detokenizer(req.prompt_token_ids),
+            ledger=self.ledger,
         )
-        engine = Engine(f"{spec.name}@{cls.name}", driver, scheduler, on_finish=self._on_finish)
+        engine = Engine(f"{spec.name}@{cls.name}", driver, scheduler, on_finish=self._on_finish,
+                        gate=self.gates.get(getattr(cls, "compute_group", None)))
         return LoadedModel(spec, cls.name, engine, seconds)
 
     def _enforce_budget(self, keep: tuple[str, str]) -> None:
@@ -235,10 +242,13 @@ class ModelManager:
         now = time.monotonic()
         rows = []
         for loaded in self.loaded():
-            for req in loaded.engine.requests():
+            requests, positions = loaded.engine.queue()
+            for req in requests:
                 m = req.metrics
+                position = positions.get(req.request_id)
                 rows.append({
-                    "id": req.request_id, "owner": req.owner, "model": req.model,
+                    "id": req.request_id, "owner": req.owner, "user": req.user, "model": req.model,
+                    "position": position, "eta_s": None if position is None else loaded.engine.eta_s(position),
                     "driver": loaded.driver_name, "adapter": req.adapter,
                     "state": req.status.name.lower(), "priority": req.priority.name.lower(),
                     "prompt_tokens": m.prompt_tokens, "output_tokens": m.output_tokens,

@@ -47,13 +47,15 @@ class _Killed(Exception):
 class Process:
     def __init__(self, kernel: "KernelPort", session: "Session", *, catalog: ToolCatalog, default_model: str,
                  tools: list[str], model: str | None, adapter: str | None, max_steps: int, max_tokens: int,
-                 owner: str, priority: Priority, approve: Callable | None, tool_choice: str = "first") -> None:
+                 owner: str, priority: Priority, approve: Callable | None, tool_choice: str = "first",
+                 tenant: Any = None) -> None:
         self.pid = f"agent-{secrets.token_hex(8)}"  # unguessable: an id is enough to kill it
         self.kernel, self.session = kernel, session
         self._catalog, self.default_model = catalog, default_model
         self.tools, self.model, self.adapter = tools, model, adapter
         self.max_steps, self.max_tokens = max_steps, max_tokens
         self.owner, self.priority, self.approve = owner, priority, approve
+        self.tenant = tenant  # its requests are held to this tenant's quotas (kernel/tenants)
         self.tool_choice = tool_choice
         self.state = ProcessState.STARTING
         self.step = 0
@@ -208,7 +210,8 @@ class Process:
         chat = [{"role": "system", "content": instruction},
                 *condensed(messages)]
         kwargs = dict(messages=chat, model=self.model, adapter=self.adapter, owner=self.owner,
-                      priority=self.priority, max_tokens=max(1, min(STEP_MAX_TOKENS, self.max_tokens - self.tokens)),
+                      priority=self.priority, **({"tenant": self.tenant} if self.tenant is not None else {}),
+                      max_tokens=max(1, min(STEP_MAX_TOKENS, self.max_tokens - self.tokens)),
                       temperature=0.0)
         handle = submit_json(self.kernel, schema, **kwargs) if schema is not None else self.kernel.submit(**kwargs)
         self._handle = handle
@@ -269,13 +272,16 @@ class ProcessTable:
 
     def spawn(self, goal: str | None, *, tools: list[str] | None = None, model: str | None = None,
               adapter: str | None = None, max_steps: int = 8, max_tokens: int = 2048, owner: str = "agent",
-              priority: Priority | int | str = Priority.NORMAL, approve: Callable | None = None,
-              session: str | None = None, tool_choice: str = "first") -> Process:
+              priority: Priority | int | str | None = None, approve: Callable | None = None,
+              session: str | None = None, tool_choice: str = "first", tenant: Any = None) -> Process:
         # 1. Validate everything before anything starts or is stored.
         for name, value, lo in (("max_steps", max_steps, 1), ("max_tokens", max_tokens, 16)):
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
                 raise InvalidRequestError(f"{name} must be an integer >= {lo}, got {value!r}", param=name)
-        prio = Priority.parse(priority)
+        if tenant is not None:  # runs as its tenant: the tenant's name, its class caps the priority
+            owner, prio = tenant.name, tenant.priority(priority)
+        else:
+            prio = Priority.NORMAL if priority is None else Priority.parse(priority)
         if tool_choice not in ("first", "auto"):
             raise InvalidRequestError(f"tool_choice must be first (the first step calls a tool) or auto, got "
                                       f"{tool_choice!r}", param="tool_choice")
@@ -299,12 +305,12 @@ class ProcessTable:
             raise InvalidRequestError("give a goal (or a session to resume)", param="goal")
         else:
             stored = store.create(kind="agent", model=model, adapter=adapter, settings=settings, state="starting",
-                                  title=goal)
+                                  title=goal, owner=owner if tenant is not None else "owner")
         if goal is not None:
             stored.append({"role": "user", "content": goal})
         proc = Process(self.kernel, stored, catalog=self.catalog, default_model=self.default_model, tools=tools,
                        model=model or stored.model, adapter=adapter, max_steps=max_steps, max_tokens=max_tokens,
-                       owner=owner, priority=prio, approve=approve, tool_choice=tool_choice)
+                       owner=owner, priority=prio, approve=approve, tool_choice=tool_choice, tenant=tenant)
         with self._lock:
             self._prune()
             self._procs[proc.pid] = proc

@@ -79,6 +79,7 @@ class Session:
         self.settings: dict[str, Any] = json.loads(row["settings"])
         self.state: str = row["state"]
         self.title: str = row["title"]
+        self.owner: str = row["owner"]  # the tenant it belongs to
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -96,7 +97,7 @@ class Session:
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "kind": self.kind, "model": self.model, "adapter": self.adapter,
                 "system": self.system, "settings": self.settings, "state": self.state, "title": self.title,
-                "messages": self.messages}
+                "owner": self.owner, "messages": self.messages}
 
 
 class SessionStore:
@@ -116,6 +117,9 @@ class SessionStore:
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.execute("PRAGMA foreign_keys=ON")
                 self._db.executescript(SCHEMA)
+                if "owner" not in {r["name"] for r in self._db.execute("PRAGMA table_info(sessions)")}:
+                    # stores made before tenants: every session is the machine owner's
+                    self._db.execute("ALTER TABLE sessions ADD COLUMN owner TEXT NOT NULL DEFAULT 'owner'")
                 self._mark_crashed()
                 self.prune()
         except sqlite3.DatabaseError as exc:
@@ -161,7 +165,7 @@ class SessionStore:
 
     def create(self, *, name: str | None = None, kind: str = "chat", model: str | None = None,
                adapter: str | None = None, system: str | None = None, settings: dict[str, Any] | None = None,
-               state: str = "idle", title: str = "") -> Session:
+               state: str = "idle", title: str = "", owner: str = "owner") -> Session:
         if name is not None and (not isinstance(name, str) or not name.strip() or len(name) > 200):
             raise InvalidRequestError("a session name must be 1-200 characters", param="session")
         if kind not in ("chat", "agent"):
@@ -172,22 +176,25 @@ class SessionStore:
             try:
                 self._db.execute(
                     "INSERT INTO sessions (id, name, kind, model, adapter, system, settings, state, title, host_pid,"
-                    " created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " created, updated, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (sid, name, kind, model, adapter, self._mask(system), json.dumps(settings or {}), state,
-                     self._mask(title)[:120], os.getpid(), now, now))
+                     self._mask(title)[:120], os.getpid(), now, now, owner))
             except sqlite3.IntegrityError:
                 raise InvalidRequestError(f"a session named {name!r} already exists", param="session") from None
             self.prune()
         return self.get(sid)
 
     def open(self, name_or_id: str | None = None, *, model: str | None = None, adapter: str | None = None,
-             system: str | None = None) -> Session:
-        """The named (or id'd) session, created as a chat session when there is none; settings given
-        here update it."""
+             system: str | None = None, owner: str = "owner", check: Callable[[Session], None] | None = None
+             ) -> Session:
+        """The named (or id'd) session, created as a chat session of `owner` when there is none; settings
+        given here update it (after `check(session)`, which may refuse another owner's)."""
         row = self._row(name_or_id) if name_or_id is not None else None
         if row is None:
-            return self.create(name=name_or_id, model=model, adapter=adapter, system=system)
+            return self.create(name=name_or_id, model=model, adapter=adapter, system=system, owner=owner)
         session = Session(self, row)
+        if check is not None:
+            check(session)
         changes = {k: v for k, v in (("model", model), ("adapter", adapter), ("system", system)) if v is not None}
         if changes:
             session.update(**changes)
@@ -221,7 +228,7 @@ class SessionStore:
             rows = self._db.execute(query, (kind,) if kind else ()).fetchall()
         return [{"id": r["id"], "name": r["name"], "kind": r["kind"], "model": r["model"], "adapter": r["adapter"],
                  "title": r["title"], "state": r["state"], "created": r["created"], "updated": r["updated"],
-                 "messages": r["n"]} for r in rows]
+                 "owner": r["owner"], "messages": r["n"]} for r in rows]
 
     def last(self, kind: str = "chat") -> dict[str, Any] | None:
         rows = self.list(kind)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -19,8 +20,9 @@ from typing import Any, Callable
 
 from ..errors import KernelShutdownError
 from .handle import RequestHandle
+from .gate import DeviceGate
 from .interface import SchedulerOutput
-from .request import Request, RequestStatus
+from .request import Priority, Request, RequestStatus
 from .scheduler import RequestOutput, Scheduler
 
 log = logging.getLogger("llmos.engine")
@@ -31,8 +33,9 @@ IDLE_POLL_S = 0.25
 
 class Engine:
     def __init__(self, name: str, driver, scheduler: Scheduler,
-                 on_finish: Callable[[Request], None] | None = None) -> None:
+                 on_finish: Callable[[Request], None] | None = None, gate: DeviceGate | None = None) -> None:
         self.name = name
+        self.gate = gate  # shared with the engines of the same compute group (gate.py)
         self.driver = driver
         self.scheduler = scheduler
         self._on_finish = on_finish
@@ -42,6 +45,7 @@ class Engine:
         self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
         self.steps = 0
         self.failures = 0
+        self.service_s: float | None = None  # moving average of a request's time from admission to its end
         self.last_used = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"llmos-engine-{name}", daemon=True)
         self._thread.start()
@@ -102,6 +106,17 @@ class Engine:
         with self._cond:
             return self.scheduler.requests()
 
+    def queue(self) -> tuple[list[Request], dict[str, int]]:
+        """Its requests, and each waiting one's place in line."""
+        with self._cond:
+            return self.scheduler.requests(), self.scheduler.queue_positions()
+
+    def eta_s(self, position: int) -> float | None:
+        """Seconds until the request at `position` in line starts, from recent requests' service times."""
+        if self.service_s is None:
+            return None
+        return math.ceil(position / self.scheduler.config.max_running) * self.service_s
+
     def stop(self, timeout: float = 120.0) -> bool:
         """Cancel everything still queued or running, then join the loop thread; False if it is
         still inside a driver step after `timeout` (the caller must not unload the driver then)."""
@@ -114,6 +129,8 @@ class Engine:
         self._dispatch(events)
         self._thread.join(timeout)
         stopped = not self._thread.is_alive()
+        if self.gate is not None:
+            self.gate.forget(self.name)
         with self._cond:
             pending, self._calls = list(self._calls), deque()
         for _fn, future in pending:
@@ -149,16 +166,28 @@ class Engine:
             # 1. Decide this step.
             sched = self.scheduler.schedule()
             events = self.scheduler.drain()
+            urgency = self.scheduler.urgency()
         self._dispatch(events)
         if sched.is_empty:
+            if self.gate is not None:
+                self.gate.release(self.name, None)  # nothing to run: no claim on the device
             self._idle_wait()
             return True
-        # 2. Run it on the device, outside the lock so submits and cancels never wait on it.
+        # 2. Run it on the device, outside the lock so submits and cancels never wait on it; engines
+        #    sharing the device take turns by urgency (gate.py).
+        if self.gate is not None:
+            self.gate.acquire(self.name, urgency or (len(Priority), 0.0))
+        next_claim = None
         try:
             output = self.driver.execute(sched)
         except Exception as exc:  # noqa: BLE001 - any driver failure ends in FINISHED_FAILED
             self._recover(sched, exc)
             return True
+        finally:
+            if self.gate is not None:
+                with self._cond:
+                    next_claim = self.scheduler.urgency()
+                self.gate.release(self.name, next_claim)
         # 3. Fold the results back in and stream them out.
         with self._cond:
             self.scheduler.update_from_output(sched, output)
@@ -205,6 +234,10 @@ class Engine:
                 with self._cond:
                     self._handles.pop(event.request_id, None)
                     self.last_used = time.monotonic()  # idle from here (keep_alive counts from the last finish)
+                started = handle.request.metrics.first_scheduled
+                if started is not None:
+                    took = self.last_used - started
+                    self.service_s = took if self.service_s is None else 0.8 * self.service_s + 0.2 * took
             handle.deliver(event)
             if event.finished and self._on_finish is not None:
                 try:

@@ -5,14 +5,15 @@ DriverOutput`, `scheduler.update_from_output(SchedulerOutput, DriverOutput)`.
 
 The driver keeps its own per-sequence state keyed by `request_id`: it learns a sequence from
 `NewSequence`, appends the tokens it samples itself, and drops the sequence when its id appears in
-`SchedulerOutput.released`.
+`SchedulerOutput.released`. The scheduler's own settings (`SchedulerConfig`) and the events it gives
+the engine (`RequestOutput`) are dataclasses here too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .request import SamplingParams
+from .request import RequestStatus, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -68,3 +69,36 @@ class DriverOutput:
     cached_tokens: dict[str, int] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     pending: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_running: int = 16
+    max_waiting: int = 256
+    max_batched_tokens: int = 512
+    kv_capacity: int = 8192
+    max_model_len: int = 8192
+    #: the driver can run rows with different adapters in one step; if not, steps are grouped
+    mixed_adapters: bool = True
+    #: running requests may be preempted for more urgent ones (off for remote drivers, whose
+    #: generations cannot be resumed: priority then orders admission only)
+    preemption: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_batched_tokens < self.max_running:
+            raise ValueError("max_batched_tokens must be >= max_running so every decode fits a step")
+
+
+@dataclass(frozen=True)
+class RequestOutput:
+    """An event for a request's consumer: new text/tokens and, at the end, a terminal status."""
+
+    request_id: str
+    text: str
+    token_ids: tuple[int, ...]
+    status: RequestStatus
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status.finished

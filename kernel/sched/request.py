@@ -322,6 +322,7 @@ class Request:
     exclusive_adapter: bool = False
     priority: Priority = Priority.NORMAL
     owner: str = "default"
+    user: str | None = None  # a free label inside the owner (OpenAI's `user`): shown, never trusted
     deadline: float | None = None  # absolute time.monotonic()
     request_id: str = field(default_factory=next_request_id)
     prompt: str | None = None

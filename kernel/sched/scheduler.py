@@ -7,9 +7,10 @@ Policy, in order of precedence:
 1. Priority classes: a lower `Priority` value is admitted first, and when the batch is full it
    preempts the least urgent running request (which goes back to the front of its queue and is
    recomputed later: prompt + what it already generated).
-2. Fair share within a class: each owner (session) accrues the tokens computed for it; the next
-   admission goes to the waiting owner with the least service, so one chatty session cannot starve
-   another. An owner that was idle is lifted to the current minimum so it gets no burst credit.
+2. Fair share within a class: each owner (tenant) accrues the tokens computed for it in a ledger that
+   every engine shares (fairshare.py, VTC); the next admission goes to the waiting owner with the least
+   service, so one chatty tenant cannot starve another. An owner that was idle is lifted to the
+   current minimum so it gets no burst credit. A recomputation after preemption is not charged.
 3. Continuous batching with chunked prefill: each step runs every running decode (1 token) first,
    then prefill chunks, within `max_batched_tokens`; KV use never exceeds `kv_capacity`.
 4. Deadlines end a request FINISHED_TIMED_OUT wherever it is; the waiting queue is bounded
@@ -21,46 +22,13 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from .detokenizer import Detokenizer
+from .fairshare import ServiceLedger
 from ..errors import PromptTooLongError, QueueFullError
-from .interface import DriverOutput, NewSequence, SchedulerOutput
+from .interface import DriverOutput, NewSequence, RequestOutput, SchedulerConfig, SchedulerOutput
 from .request import Priority, Request, RequestStatus
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    max_running: int = 16
-    max_waiting: int = 256
-    max_batched_tokens: int = 512
-    kv_capacity: int = 8192
-    max_model_len: int = 8192
-    #: the driver can run rows with different adapters in one step; if not, steps are grouped
-    mixed_adapters: bool = True
-    #: running requests may be preempted for more urgent ones (off for remote drivers, whose
-    #: generations cannot be resumed: priority then orders admission only)
-    preemption: bool = True
-
-    def __post_init__(self) -> None:
-        if self.max_batched_tokens < self.max_running:
-            raise ValueError("max_batched_tokens must be >= max_running so every decode fits a step")
-
-
-@dataclass(frozen=True)
-class RequestOutput:
-    """An event for a request's consumer: new text/tokens and, at the end, a terminal status."""
-
-    request_id: str
-    text: str
-    token_ids: tuple[int, ...]
-    status: RequestStatus
-    error: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.status.finished
 
 
 class Scheduler:
@@ -71,6 +39,7 @@ class Scheduler:
         eos_token_ids: Iterable[int] = (),
         detokenizer_factory: Callable[[Request], Detokenizer] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ledger: ServiceLedger | None = None,
     ) -> None:
         self.config = config or SchedulerConfig()
         self.eos_token_ids = frozenset(eos_token_ids)
@@ -84,7 +53,8 @@ class Scheduler:
         self._waiting: dict[Priority, dict[str, deque[Request]]] = {p: {} for p in Priority}
         self._num_waiting = 0
         self._running: list[Request] = []
-        self._served: dict[str, int] = {}
+        self.ledger = ledger if ledger is not None else ServiceLedger()  # shared by the kernel's engines
+        self._charged: dict[str, int] = {}  # request -> prompt tokens charged to its owner (no recompute twice)
         self._released: list[str] = []
         self._bypassed: dict[str, int] = {}  # waiting head -> requests of another group admitted ahead of it
         self._outbox: list[RequestOutput] = []
@@ -134,6 +104,7 @@ class Scheduler:
             self._detok[request.request_id] = self._detokenizer_factory(request)
         self._emitted[request.request_id] = 0
         request.status = RequestStatus.WAITING
+        self.ledger.joined(request.owner)
         self._enqueue(request, front=False)
 
     def finish_requests(
@@ -242,10 +213,10 @@ class Scheduler:
             if rid in out.pending:
                 continue
             req.num_computed_tokens += n
-            self._served[req.owner] = self._served.get(req.owner, 0) + n
             if rid in out.cached_tokens:
                 req.metrics.cached_prompt_tokens = out.cached_tokens[rid]
             token = out.sampled.get(rid)
+            self._charge(req, token is not None)
             if token is None:
                 if req.num_computed_tokens >= req.num_tokens:
                     self._finish(req, RequestStatus.FINISHED_FAILED, "driver returned no token")
@@ -253,6 +224,27 @@ class Scheduler:
             self._append_token(req, token)
 
     # -- internals ---------------------------------------------------------------------------------
+
+    def queue_positions(self) -> dict[str, int]:
+        """Waiting requests -> their place in line (1: admitted next), in the order admission takes them."""
+        waiting = [r for q in self._waiting.values() for d in q.values() for r in d]
+        waiting.sort(key=lambda r: (int(r.priority), self.ledger.served(r.owner), self._order[r.request_id]))
+        return {r.request_id: i for i, r in enumerate(waiting, 1)}
+
+    def urgency(self) -> tuple[int, float] | None:
+        """(priority, service) of the most urgent owner with work here, None if idle: how device gates
+        (gate.py) choose between engines that share one compute resource."""
+        if not self._requests:
+            return None
+        prio = min(r.priority for r in self._requests.values())
+        return int(prio), min(self.ledger.served(r.owner) for r in self._requests.values() if r.priority == prio)
+
+    def _charge(self, req: Request, sampled: bool) -> None:
+        """Charge the owner for prompt tokens computed the first time, and for a sampled token."""
+        charged = self._charged.get(req.request_id, 0)
+        fresh = max(0, min(req.num_computed_tokens, len(req.prompt_token_ids)) - charged)
+        self._charged[req.request_id] = charged + fresh
+        self.ledger.charge(req.owner, fresh, int(sampled))
 
     def _sort_key(self, req: Request) -> tuple[int, int]:
         return (int(req.priority), self._order[req.request_id])
@@ -294,29 +286,15 @@ class Scheduler:
         self._enqueue(req, front=True)
 
     def _enqueue(self, req: Request, *, front: bool) -> None:
-        queues = self._waiting[req.priority]
-        if not self._owner_active(req.owner):
-            # an owner returning from idle starts level with the least-served active owner
-            active = [self._served.get(o, 0) for o in self._active_owners()]
-            self._served[req.owner] = max(self._served.get(req.owner, 0), min(active, default=0))
-        q = queues.setdefault(req.owner, deque())
+        q = self._waiting[req.priority].setdefault(req.owner, deque())
         q.appendleft(req) if front else q.append(req)
         self._num_waiting += 1
-
-    def _active_owners(self) -> set[str]:
-        owners = {r.owner for r in self._running}
-        for queues in self._waiting.values():
-            owners.update(o for o, q in queues.items() if q)
-        return owners
-
-    def _owner_active(self, owner: str) -> bool:
-        return owner in self._active_owners()
 
     def _peek_waiting(self) -> Request:
         for prio in Priority:
             heads = [q[0] for q in self._waiting[prio].values() if q]
             if heads:
-                return min(heads, key=lambda r: (self._served.get(r.owner, 0), self._order[r.request_id]))
+                return min(heads, key=lambda r: (self.ledger.served(r.owner), self._order[r.request_id]))
         raise LookupError("no waiting request")
 
     def _bypass(self, head: Request) -> Request | None:
@@ -327,7 +305,7 @@ class Scheduler:
         for prio in Priority:
             if prio < head.priority:
                 continue
-            for owner in sorted(self._waiting[prio], key=lambda o: self._served.get(o, 0)):
+            for owner in sorted(self._waiting[prio], key=self.ledger.served):
                 for req in self._waiting[prio][owner]:
                     if self._fits_group(req) and req.request_id not in self._released:  # not one just preempted
                         self._bypassed[head.request_id] = self._bypassed.get(head.request_id, 0) + 1
@@ -399,5 +377,5 @@ class Scheduler:
         rid = req.request_id
         del self._requests[rid], self._order[rid], self._emitted[rid]
         self._detok.pop(rid, None)
-        if not self._owner_active(req.owner):
-            self._served.pop(req.owner, None)
+        self._charged.pop(rid, None)
+        self.ledger.left(req.owner)

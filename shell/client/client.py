@@ -189,6 +189,10 @@ class Client:
     def engines(self) -> list[dict[str, Any]]:
         return self._t.call("GET", "/llmos/engines")
 
+    def tenants_info(self) -> list[dict[str, Any]]:
+        """Per tenant limits and usage (`Kernel.tenants_info`; a non-admin key sees its own row)."""
+        return self._t.call("GET", "/llmos/tenants")
+
     def status(self) -> dict[str, Any]:
         """The resident kernel's state (`llmos status`)."""
         return self._t.call("GET", "/llmos/status")

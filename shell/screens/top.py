@@ -1,5 +1,6 @@
-"""The process monitor: live requests and agents from `kernel.ps()`, and per-engine sparklines of
-throughput and queue depth from `kernel.engines()`. `k` kills the selected row."""
+"""The process monitor: live requests and agents from `kernel.ps()` (a queued one with its place in line
+and ETA), per tenant its tokens in/out, requests, queue and throttles from `kernel.tenants_info()`, and
+per-engine sparklines of throughput and queue depth from `kernel.engines()`. `k` kills the selected row."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from textual.widgets import DataTable, Footer, Header, Label, Sparkline
 
 from ..commands import process_rows
 
-COLUMNS = ("id", "client", "owner", "model", "state", "wait s", "ttft s", "tok/s", "tokens")
+COLUMNS = ("id", "client", "tenant", "model", "state", "wait s", "ttft s", "tok/s", "tokens")
+TENANT_COLUMNS = ("tenant", "class", "tokens in", "tokens out", "requests", "queued", "running", "throttled", "denied")
 HISTORY = 60
 
 
@@ -23,9 +25,18 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _state(row: dict[str, Any]) -> str:
+    """`waiting #2 ~3s` for a queued request: its place in line and when it should start."""
+    state, position, eta = str(row.get("state", "")), row.get("position"), row.get("eta_s")
+    if position is None:
+        return state
+    return f"{state} #{position}" + (f" ~{eta:.0f}s" if eta is not None else "")
+
+
 class TopScreen(Screen):
     DEFAULT_CSS = """
     TopScreen #procs { height: 1fr; }
+    TopScreen #tenants { height: auto; max-height: 8; border-top: solid $primary 50%; }
     TopScreen #engines { height: auto; max-height: 12; border-top: solid $primary 50%; }
     TopScreen .engine { height: 2; }
     TopScreen .engine Label { width: 22; }
@@ -54,6 +65,9 @@ class TopScreen(Screen):
         table: DataTable = DataTable(id="procs", cursor_type="row", zebra_stripes=True)
         table.add_columns(*COLUMNS)
         yield table
+        tenants: DataTable = DataTable(id="tenants", cursor_type="none", zebra_stripes=True)
+        tenants.add_columns(*TENANT_COLUMNS)
+        yield tenants
         yield Vertical(id="engines")
         yield Footer()
 
@@ -72,16 +86,24 @@ class TopScreen(Screen):
         table.clear()
         for r in rows:
             table.add_row(str(r["id"]), str(r.get("client") or "-"), str(r.get("owner", "")), str(r.get("model", "")),
-                          str(r.get("state", "")),
+                          _state(r),
                           _fmt(r.get("queue_wait_s")), _fmt(r.get("ttft_s")), _fmt(r.get("tokens_per_s"), ".1f"),
                           str(r.get("output_tokens", "-")), key=str(r["id"]))
         if selected is not None and selected in {str(r["id"]) for r in rows}:
             table.move_cursor(row=table.get_row_index(selected))
         self._update_engines(rows)
+        self._update_tenants()
         self.refreshes += 1
         running = sum(1 for r in rows if r.get("state") == "running")
         self.query_one("#summary", Label).update(f"{len(rows)} processes, {running} running - k kills the "
                                                  f"selected row, esc returns")
+
+    def _update_tenants(self) -> None:
+        table = self.query_one("#tenants", DataTable)
+        table.clear()
+        for t in self.kernel.tenants_info():
+            table.add_row(t["tenant"], str(t.get("priority") or "-"), str(t["prompt_tokens"]), str(t["completion_tokens"]),
+                          str(t["requests"]), str(t["queued"]), str(t["running"]), str(t["throttled"]), str(t["denied"]))
 
     def _update_engines(self, rows: list[dict[str, Any]]) -> None:
         box = self.query_one("#engines", Vertical)

@@ -28,6 +28,7 @@ from starlette.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from llmos.kernel.errors import InvalidRequestError, LlmosError, UnknownModelError
+from llmos.kernel.tenants.keys import KeyStore
 
 from .clients import ClientLabels, label_of
 from .errors import error_response, json_error
@@ -36,7 +37,8 @@ from .extras import MAX_AGENTS, extras_router
 from .mem_routes import mem_router
 from .metrics import Metrics
 from .schemas import MAX_EMBEDDING_CHARS, MAX_EMBEDDING_INPUTS, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from .security import HEADER_TIMEOUT_S, MAX_BODY_BYTES, Guard, is_owner, is_trusted
+from .security import HEADER_TIMEOUT_S, MAX_BODY_BYTES, Guard, is_owner, tenant_of
+from .tenancy import readable
 from .session_routes import session_router
 from .sse import DONE, KEEPALIVE, KEEPALIVE_S, sse
 from .status import status_router
@@ -61,13 +63,14 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
     app = FastAPI(title="llmos", version=getattr(__import__("llmos"), "__version__", "0"),
                   description="OpenAI-compatible API of an llmos kernel.")
     metrics = Metrics(kernel)
+    keys = KeyStore(kernel.config.home)
     app.state.kernel = kernel
     if allowed_origins:  # CORS only where asked for, inside the guard (which refuses other origins first)
         app.add_middleware(CORSMiddleware, allow_origins=list(allowed_origins), allow_methods=["*"],
                            allow_headers=["*"])
     app.add_middleware(Guard, api_key=api_key, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins,
                        public_metrics=public_metrics, max_body=max_body, read_timeout=read_timeout,
-                       owner_socket=owner_socket)
+                       owner_socket=owner_socket, keys=keys, on_deny=kernel.tenants.deny)
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(_request: Request, exc: RequestValidationError):
@@ -86,7 +89,7 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
         return error_response(exc)
 
     labels = ClientLabels()
-    app.include_router(extras_router(kernel, max_agents=max_agents, labels=labels))
+    app.include_router(extras_router(kernel, max_agents=max_agents, labels=labels, keys=keys))
     app.include_router(session_router(kernel))
     app.include_router(mem_router(kernel))
     app.include_router(admin_router(kernel))
@@ -115,12 +118,14 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
             raise InvalidRequestError("only n=1 is supported", param="n")
         model, adapter = split_model(body.model)
 
-        owner = is_owner(request)
-        extensions = body.extensions(trusted=is_trusted(request))
+        owner, tenant = is_owner(request), tenant_of(request)
+        extensions = body.extensions(tenant, request.headers.get("x-llmos-priority"))
+        if "rag" in extensions:  # passages the tenant may read only
+            extensions["rag"] = readable(kernel, request, extensions["rag"], "rag", "rag")
 
         def submit_named():  # over HTTP a model is a served name, never a path on this machine (but the owner's)
             kernel.registry.resolve(model, allow_paths=owner)
-            return kernel.submit(model=model, adapter=adapter, owner=body.user or "api", keep_alive=body.keep_alive,
+            return kernel.submit(model=model, adapter=adapter, tenant=tenant, user=body.user, keep_alive=body.keep_alive,
                                  **extensions, **submit, **body.sampling())
 
         handle = await asyncio.to_thread(submit_named)
@@ -213,7 +218,9 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
                                       f"(the model reads about 1,000): split longer texts", param="input")
         service = await asyncio.to_thread(lambda: kernel.embedding)  # loads the embedder on first use
         # the kernel's embedding queue, capped like the model queues (429 when full); leaving cancels the job
-        job = service.submit(texts, owner=body.user or "api", max_waiting=kernel.config.max_queue)
+        tenant = tenant_of(request)
+        job = service.submit(texts, owner=tenant.name, priority=tenant.default_priority,
+                             max_waiting=kernel.config.max_queue, user=body.user)
         vectors = await _until_done(request, asyncio.wrap_future(job), job.cancel)
         if vectors is None:
             return Response(status_code=499)  # the client left: nobody reads this

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from fastapi.responses import JSONResponse
 
 from llmos.kernel.errors import (InvalidRequestError, KernelShutdownError, LlmosError, ModelFormatError,
@@ -32,7 +34,7 @@ def error_response(exc: LlmosError) -> JSONResponse:
         return json_error(507, str(exc), "server_error", None, exc.code)
     if isinstance(exc, QueueFullError):
         return json_error(429, str(exc), "rate_limit_error", None, exc.code,
-                          headers={"Retry-After": str(max(1, round(exc.retry_after)))})
+                          headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))})
     if isinstance(exc, KernelShutdownError):
         return json_error(503, str(exc), "server_error", None, exc.code)
     if isinstance(exc, (InvalidRequestError, ModelFormatError, ModuleError)):  # a file that is not a model or

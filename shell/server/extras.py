@@ -7,7 +7,11 @@ and only the tools the request names (none if it names none). Their events strea
 tool needs a capability not granted (an `approval` event; the client answers with
 `POST /llmos/agents/PID/approve`, else it is denied after APPROVAL_TIMEOUT_S). An agent spawned
 without `detach` is killed when an event stream of it disconnects before it ends: a dropped client
-cancels its work."""
+cancels its work.
+
+Tenants (tenancy.py): ps lists a tenant's own requests and agents, kill and the agent routes act on its
+own only, an agent runs as its spawner's tenant (quotas and priority class included), and loading or
+unloading modules needs an admin."""
 
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ from llmos.kernel.errors import InvalidRequestError, LlmosError, ProcessNotFound
 
 from .clients import ClientLabels, label_of
 from .schemas import check_trust
-from .security import is_owner, is_trusted
+from .security import is_owner, tenant_of
+from .tenancy import check_owner, require_admin, visible
 from .sse import KEEPALIVE, KEEPALIVE_S, sse
 
 #: agents an HTTP client may have running at once, and each one's budgets
@@ -68,8 +73,8 @@ class AgentSpawn(BaseModel):
     max_steps: int = Field(8, ge=1, le=MAX_AGENT_STEPS)
     max_tokens: int = Field(2048, ge=16, le=MAX_AGENT_TOKENS)
     session: str | None = None
-    owner: str = Field("api", min_length=1, max_length=64)
-    priority: str = "normal"
+    owner: str = Field("api", min_length=1, max_length=64)  # ignored: an agent runs as its spawner's tenant
+    priority: str | None = None
     tool_choice: Literal["first", "auto"] = "first"
     approvals: bool = False
     detach: bool = False
@@ -129,7 +134,7 @@ def _event(e) -> dict[str, Any]:
 
 
 def extras_router(kernel, *, max_agents: int = MAX_AGENTS, max_event_streams: int = MAX_EVENT_STREAMS,
-                  labels: ClientLabels | None = None) -> APIRouter:
+                  labels: ClientLabels | None = None, keys=None) -> APIRouter:
     r = APIRouter(prefix="/llmos")
     run = asyncio.to_thread  # the kernel API blocks: keep the event loop free
     spawning = threading.Lock()  # the count of running agents and a spawn, together
@@ -139,27 +144,42 @@ def extras_router(kernel, *, max_agents: int = MAX_AGENTS, max_event_streams: in
     streams = [0]  # agent event streams open now: they are polled, so a bounded number
 
     @r.get("/ps")
-    async def ps() -> list[dict[str, Any]]:
-        return labels.annotate(kernel.ps())
+    async def ps(request: Request) -> list[dict[str, Any]]:
+        return labels.annotate(visible(request, kernel.ps()))
+
+    @r.get("/tenants")
+    async def tenants(request: Request) -> list[dict[str, Any]]:
+        """Each tenant's limits and usage: tokens in/out, requests, queued, throttled (its own row only,
+        but for an admin)."""
+        known = keys.tenants() if keys is not None else []
+        rows = kernel.tenants.rows(kernel.ps(), known)
+        tenant = tenant_of(request)
+        return rows if tenant.admin else [r for r in rows if r["tenant"] == tenant.name]
 
     @r.get("/engines")
     async def engines() -> list[dict[str, Any]]:
         return kernel.engines()
 
     @r.post("/kill/{request_id}")
-    async def kill(request_id: str) -> dict[str, Any]:
-        if not kernel.cancel(request_id):
+    async def kill(request: Request, request_id: str) -> dict[str, Any]:
+        row = next((p for p in kernel.ps() if p["id"] == request_id), None)
+        if row is not None:
+            check_owner(kernel, request, row.get("owner"), "kill", request_id, "request_id")
+        if row is None or not kernel.cancel(request_id):
             raise ProcessNotFoundError(f"no running request or agent {request_id!r} (see GET /llmos/ps)",
                                  param="request_id")
         return {"killed": request_id}
 
     @r.post("/agents")
     async def agent_spawn(request: Request, body: AgentSpawn) -> dict[str, Any]:
-        owner, trusted = is_owner(request), is_trusted(request)
-        if body.approvals and not trusted:  # an answer can grant "always"
-            raise ApprovalsRefusedError("agents that ask approvals need the Unix socket or an API key: "
+        owner, tenant = is_owner(request), tenant_of(request)
+        if body.approvals and not tenant.admin:  # an answer can grant "always"
+            raise ApprovalsRefusedError("agents that ask approvals need an admin key or the Unix socket: "
                                         "spawn it without approvals (ungranted tools are denied)", param="approvals")
-        check_trust(trusted, priority=body.priority)
+        check_trust(tenant, priority=body.priority)
+        if body.session is not None:
+            stored = await run(kernel.sessions.get, body.session)
+            check_owner(kernel, request, stored.owner, "resume", f"session {body.session}", "session")
 
         def spawn():
             # a served name, never a path on this machine (but the owner's), nor one stored in a session
@@ -175,7 +195,8 @@ def extras_router(kernel, *, max_agents: int = MAX_AGENTS, max_event_streams: in
                     raise TooManyAgentsError(max_agents)
                 proc = kernel.spawn(body.goal, tools=body.tools, model=body.model, adapter=body.adapter,
                                     max_steps=body.max_steps, max_tokens=body.max_tokens, session=body.session,
-                                    owner=body.owner, priority=body.priority, tool_choice=body.tool_choice,
+                                    owner=tenant.name, tenant=tenant, priority=body.priority,
+                                    tool_choice=body.tool_choice,
                                     approve=questions.asker(holder) if body.approvals else None)
                 holder["proc"] = proc
                 spawned[proc.pid] = _Spawned(body.detach, counted=not owner)
@@ -185,22 +206,23 @@ def extras_router(kernel, *, max_agents: int = MAX_AGENTS, max_event_streams: in
         labels.record(proc.pid, label_of(request))
         return {"pid": proc.pid, "session": proc.session_id, "token": token}
 
-    def _proc(pid: str):
+    def _proc(request: Request, pid: str):
         proc = kernel.processes.get(pid)
         if proc is None:
             raise ProcessNotFoundError(f"no agent {pid!r} (finished agents are listed for a minute; their sessions "
                                  f"stay under /llmos/sessions)", param="pid")
+        check_owner(kernel, request, proc.owner, "watch", pid, "pid")
         return proc
 
     @r.get("/agents/{pid}")
-    async def agent_show(pid: str) -> dict[str, Any]:
-        proc = _proc(pid)
+    async def agent_show(request: Request, pid: str) -> dict[str, Any]:
+        proc = _proc(request, pid)
         events = [_event(e) for e in proc.history() if e.kind != "token"]
         return {**proc.as_row(), "answer": proc.answer, "error": proc.error, "events": events}
 
     @r.get("/agents/{pid}/events")
     async def agent_events(request: Request, pid: str, since: int = 0, token: str | None = None) -> StreamingResponse:
-        proc = _proc(pid)
+        proc = _proc(request, pid)
         if streams[0] >= max_event_streams:
             raise TooManyStreamsError(max_event_streams)
         spawn = spawned.get(proc.pid)
@@ -241,7 +263,7 @@ def extras_router(kernel, *, max_agents: int = MAX_AGENTS, max_event_streams: in
 
     @r.post("/agents/{pid}/approve")
     async def agent_approve(request: Request, pid: str, body: Approval) -> dict[str, Any]:
-        _proc(pid)
+        _proc(request, pid)
         spawn = spawned.get(pid)
         if spawn is None or not spawn.holds(body.token):
             raise ApprovalsRefusedError("only the agent's spawner answers its approvals: send the token its "
@@ -256,11 +278,13 @@ def extras_router(kernel, *, max_agents: int = MAX_AGENTS, max_event_streams: in
         return await run(kernel.modules_info)
 
     @r.post("/modules/{name}/load")
-    async def insmod(name: str, driver: str | None = None) -> dict[str, Any]:
+    async def insmod(request: Request, name: str, driver: str | None = None) -> dict[str, Any]:
+        require_admin(kernel, request, "insmod", name)
         return await run(kernel.insmod, name, driver=driver)
 
     @r.post("/modules/{name}/unload")
-    async def rmmod(name: str, force: bool = False) -> dict[str, Any]:
+    async def rmmod(request: Request, name: str, force: bool = False) -> dict[str, Any]:
+        require_admin(kernel, request, "rmmod", name)
         return {"unloaded": name, "cancelled": await run(kernel.rmmod, name, force=force)}
 
     return r

@@ -1,9 +1,36 @@
 """Prometheus metrics of a served kernel: requests by status, queue depth, TTFT and tokens/s
-histograms per model and driver, loaded modules, memfs sizes (prometheus-client, own registry)."""
+histograms per model and driver, loaded modules, memfs sizes, and per tenant its tokens, requests,
+throttles and denials (prometheus-client, own registry). Tenant labels are bounded: the kernel's tenant
+table counts at most MAX_TENANTS names and the rest as "other"."""
 
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+
+#: (metric name, help, usage fields summed into it, label for the field or None)
+TENANT_METRICS = (
+    ("llmos_tenant_tokens", "Tokens served per tenant, by kind (prompt, completion)",
+     {"prompt": "prompt_tokens", "completion": "completion_tokens"}),
+    ("llmos_tenant_requests", "Requests ended per tenant", {None: "requests"}),
+    ("llmos_tenant_throttled", "Requests refused by a tenant's quota (429)", {None: "throttled"}),
+    ("llmos_tenant_denied", "Requests refused by isolation (403), audited", {None: "denied"}),
+)
+
+
+class _TenantCollector:
+    def __init__(self, kernel) -> None:
+        self.kernel = kernel
+
+    def collect(self):
+        usage = self.kernel.tenants.usage()
+        for name, text, fields in TENANT_METRICS:
+            labels = ["tenant", "kind"] if None not in fields else ["tenant"]
+            family = CounterMetricFamily(name, text, labels=labels)
+            for tenant, counts in sorted(usage.items()):
+                for kind, field in fields.items():
+                    family.add_metric([tenant, kind] if kind else [tenant], counts[field])
+            yield family
 
 
 class Metrics:
@@ -21,6 +48,7 @@ class Metrics:
         self.modules = Gauge("llmos_loaded_modules", "Loaded adapter modules", registry=r)
         self.memfs = Gauge("llmos_memfs_files", "Files per memfs volume", ["volume"], registry=r)
         self._drivers: dict[str, str] = {}
+        r.register(_TenantCollector(kernel))
 
     def submitted(self, handle) -> None:
         self._drivers[handle.id] = next((e["driver"] for e in self.kernel.engines()

@@ -64,17 +64,12 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
-def check_trust(trusted: bool, *, priority: Any = None, driver: str | None = None) -> None:
-    """What only the owner or an API key holder may ask: a priority above normal (it would jump every
-    other client's queue) and a named driver (it would load a second copy of a model on another engine)."""
-    if trusted:
-        return
-    from llmos.kernel.sched.request import Priority
-
-    if priority is not None and Priority.parse(priority) < Priority.NORMAL:
-        raise InvalidRequestError("a priority above normal needs the Unix socket or an API key", param="priority")
-    if driver is not None:
-        raise InvalidRequestError("choosing a driver needs the Unix socket or an API key: leave it out to use "
+def check_trust(tenant, *, priority: Any = None, driver: str | None = None) -> None:
+    """What a tenant's class and rights allow: a priority up to its class (kernel/tenants/tenant.py), and a
+    named driver only for an admin (it would load a second copy of a model on another engine)."""
+    tenant.priority(priority)  # TenantDeniedError above its class
+    if driver is not None and not tenant.admin:
+        raise InvalidRequestError("choosing a driver needs an admin key (or the Unix socket): leave it out to use "
                                   "the model's own", param="driver")
 
 
@@ -96,7 +91,7 @@ class _Sampling(_Body):
     #: (seconds or "5m"; 0 = unload right after it, negative = never)
     keep_alive: Optional[Union[float, str]] = None
     #: llmos extensions (what `llmos.connect()` clients send; docs/client.md): the priority class
-    #: (above normal: the owner's or an API key holder's only), memfs passages under `rag` (a directory)
+    #: (at most the tenant's class), memfs passages under `rag` (a directory)
     #: to answer from, returned as `sources`, a driver to force, and a deadline in seconds
     priority: Optional[Union[str, int]] = None
     rag: Optional[str] = Field(None, max_length=4096)
@@ -119,11 +114,13 @@ class _Sampling(_Body):
             raise ValueError(f"is not supported by llmos yet: leave it unset{hint}")
         return value
 
-    def extensions(self, *, trusted: bool) -> dict[str, Any]:
-        """The llmos extensions set, as `Kernel.submit` keywords; a priority above normal only when
-        `trusted` (the owner, or an API key holder)."""
+    def extensions(self, tenant, header_priority: str | None = None) -> dict[str, Any]:
+        """The llmos extensions set, as `Kernel.submit` keywords (the priority: the body's, else the
+        X-Llmos-Priority header's), checked against `tenant` (its class caps the priority)."""
         out = {k: getattr(self, k) for k in ("priority", "rag", "driver", "timeout") if getattr(self, k) is not None}
-        check_trust(trusted, priority=out.get("priority"), driver=out.get("driver"))
+        if "priority" not in out and header_priority:
+            out["priority"] = header_priority.strip()[:32]
+        check_trust(tenant, priority=out.get("priority"), driver=out.get("driver"))
         return out
 
     def sampling(self) -> dict[str, Any]:

@@ -6,9 +6,14 @@
 - Origin: a request from a web page (it carries an Origin header) is refused unless the origin is in
   `allowed_origins` ("*": any) or is the server's own (the same authority as Host). CORS headers are
   added (app.py, inside this guard) only for allowed origins; by default there are none.
-- API key: every path but /health (and /metrics with `public_metrics`) needs `Authorization: Bearer
-  KEY` (but a CORS preflight of an allowed origin, which never carries one). The path compared is
-  the ASGI scope's (the one routing uses), never one rebuilt from Host.
+- API key: with `--api-key` or any stored key (`llmos keys add`, kernel/tenants/keys.py), every path
+  but /health (and /metrics with `public_metrics`) needs `Authorization: Bearer KEY` (but a CORS
+  preflight of an allowed origin, which never carries one). The path compared is the ASGI scope's (the
+  one routing uses), never one rebuilt from Host.
+- Tenant: every request gets one on `request.state.tenant` (`tenant_of`): the stored key's tenant, the
+  admin tenant for `--api-key`, the owner (admin) over the Unix socket without a key, and `anonymous`
+  (no rights beyond its own things) on a server that needs no key. Never from anything else the client
+  sends: OpenAI's `user` is a label.
 - Body: at most `max_body` bytes, counted on the stream (chunked bodies too, not only Content-Length);
   a body that sends nothing for `read_timeout` seconds is refused with 408.
 - Connections (`guarded_h11`): a connection whose request head is not complete `header_timeout`
@@ -20,10 +25,9 @@
   (headers, Host, proxy headers never touch it). `OWNER_PATHS` (status, shutdown) and the paths under
   `OWNER_PREFIXES` (tool calls, task runs, and /llmos/admin/: what reads or writes files on this
   machine by path) are served only to the owner or, over TCP, with the API key: a server without a
-  key refuses them on TCP (403); a server with an owner socket (the resident kernel) and no key keeps
-  all of /llmos/ to that socket. Endpoints read `request.state.owner` (e.g. model paths are the
-  owner's only) and `request.state.trusted` (the owner or an API key holder: e.g. priorities above
-  normal, agents that ask approvals).
+  key refuses them on TCP (403), and only an admin tenant passes them; a server with an owner socket
+  (the resident kernel) and no key keeps all of /llmos/ to that socket. Endpoints ask `is_owner`
+  (model paths are the owner's only) and `is_trusted` (an admin tenant: named drivers, approvals).
 Every refusal is a 4xx in OpenAI's error shape.
 """
 
@@ -32,12 +36,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llmos.kernel.tenants.keys import KeyStore
+from llmos.kernel.tenants.tenant import ADMIN_TENANT, ANONYMOUS_TENANT, OWNER_TENANT, Tenant
 
 from .errors import json_error
 
@@ -48,14 +55,19 @@ OWNER_PATHS = frozenset({"/llmos/status", "/llmos/shutdown"})
 OWNER_PREFIXES = ("/llmos/admin/", "/llmos/tools/", "/llmos/tasks/")
 
 
+def tenant_of(request) -> Tenant:
+    """The request's tenant (set by Guard from its key or its socket)."""
+    return getattr(request.state, "tenant", ANONYMOUS_TENANT)
+
+
 def is_owner(request) -> bool:
-    """The request came over the owner's Unix socket (set by Guard on the scope's state)."""
-    return bool(getattr(request.state, "owner", False))
+    """The machine's owner: over the Unix socket, without a key."""
+    return tenant_of(request) is OWNER_TENANT
 
 
 def is_trusted(request) -> bool:
-    """The owner, or an API key holder."""
-    return bool(getattr(request.state, "trusted", False))
+    """An admin tenant (the owner, the --api-key holder, or a key made with --admin)."""
+    return tenant_of(request).admin
 
 
 def owner_only(path: str) -> bool:
@@ -89,8 +101,11 @@ class Guard:
 
     def __init__(self, app: ASGIApp, *, api_key: str | None = None, allowed_hosts: Iterable[str] = (),
                  allowed_origins: Iterable[str] = (), public_metrics: bool = False, max_body: int = MAX_BODY_BYTES,
-                 read_timeout: float = HEADER_TIMEOUT_S, owner_socket: str | None = None) -> None:
+                 read_timeout: float = HEADER_TIMEOUT_S, owner_socket: str | None = None,
+                 keys: KeyStore | None = None, on_deny: Callable[[Tenant, str, str, str], None] | None = None) -> None:
         self.app = app
+        self.keys = keys
+        self.on_deny = on_deny or (lambda *_args: None)  # (tenant, action, target, reason): the audit log
         self.owner_socket = owner_socket
         self.api_key = api_key
         self.hosts = {host_name(h) for h in allowed_hosts}
@@ -103,10 +118,10 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        refusal = self._refusal(scope, Headers(scope=scope))
-        state = scope.setdefault("state", {})  # request.state in endpoints:
-        state["owner"] = self.is_owner(scope)  # over the Unix socket
-        state["trusted"] = state["owner"] or bool(self.api_key)  # the owner, or (past the check) a key holder
+        headers = Headers(scope=scope)
+        tenant = self._tenant(scope, headers)
+        scope.setdefault("state", {})["tenant"] = tenant  # request.state.tenant in endpoints
+        refusal = self._refusal(scope, headers, tenant)
         if refusal is None:
             body = await self._read_body(receive)
             if body is None:  # the client went away before sending its body
@@ -128,13 +143,34 @@ class Guard:
         has no key: over keyless TCP any local user could list, kill or drive the owner's processes."""
         return self.owner_socket is not None and path.startswith("/llmos/")
 
-    def _refusal(self, scope: Scope, headers: Headers) -> Response | None:
+    def keyed(self) -> bool:
+        """Clients over TCP need a key: there is an --api-key or a stored key."""
+        return bool(self.api_key) or bool(self.keys)
+
+    def _tenant(self, scope: Scope, headers: Headers) -> Tenant | None:
+        """Who the request is: its key's tenant, the owner on the socket, anonymous where no key is
+        needed; None for a wrong or missing key where one is."""
+        given = headers.get("authorization", "")
+        key = given[7:].strip() if given[:7].lower() == "bearer " else ""
+        if key:
+            if self.api_key and secrets.compare_digest(key.encode(), self.api_key.encode()):
+                return ADMIN_TENANT
+            tenant = self.keys.lookup(key) if self.keys is not None else None
+            if tenant is not None:
+                return tenant
+        if self.is_owner(scope):
+            return OWNER_TENANT
+        return None if self.keyed() else ANONYMOUS_TENANT
+
+    def _refusal(self, scope: Scope, headers: Headers, tenant: Tenant | None) -> Response | None:
         host = headers.get("host")
         owner = self.is_owner(scope)
-        if not owner and not self.api_key and (owner_only(scope["path"]) or self._llmos_of_daemon(scope["path"])):
-            return json_error(403, f"{scope['path']} is served over the Unix socket only, or over TCP with an API key",
+        keyed = self.keyed()
+        path = scope["path"]
+        if not owner and not keyed and (owner_only(path) or self._llmos_of_daemon(path)):
+            return json_error(403, f"{path} is served over the Unix socket only, or over TCP with an API key",
                               "permission_error", None, "owner_only")
-        if not owner and not self.api_key and host is not None:
+        if not owner and not keyed and host is not None:
             name = host_name(host)
             if not is_loopback_name(name) and name not in self.hosts:
                 return json_error(400, f"this server has no API key and answers loopback names only, not Host "
@@ -145,11 +181,13 @@ class Guard:
             return json_error(403, f"requests from web pages (Origin {origin[:100]!r}) are refused: allow the "
                                    f"origin with --allow-origin", "permission_error", None, "origin_not_allowed")
         preflight = scope["method"] == "OPTIONS" and origin is not None and "access-control-request-method" in headers
-        if self.api_key and not owner and scope["path"] not in self.open_paths and not preflight:
-            given = headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
-                return json_error(401, "missing or wrong API key: send Authorization: Bearer <key>",
-                                  "invalid_request_error", None, "invalid_api_key")
+        if tenant is None and path not in self.open_paths and not preflight:
+            return json_error(401, "missing or wrong API key: send Authorization: Bearer <key>",
+                              "invalid_request_error", None, "invalid_api_key")
+        if tenant is not None and not tenant.admin and owner_only(path):
+            self.on_deny(tenant, "http", path, "needs an admin key")
+            return json_error(403, f"{path} needs an admin key (tenant {tenant.name!r} is not an admin)",
+                              "permission_error", None, "admin_only")
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
             return self._too_large()

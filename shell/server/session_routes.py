@@ -10,7 +10,8 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from .security import is_owner
+from .security import is_owner, tenant_of
+from .tenancy import check_owner, visible
 
 
 class SessionOpen(BaseModel):
@@ -37,8 +38,14 @@ def session_router(kernel) -> APIRouter:
     run = asyncio.to_thread  # the store is SQLite: keep the event loop free
 
     @r.get("/sessions")
-    async def sessions(kind: str | None = None) -> list[dict[str, Any]]:
-        return await run(kernel.sessions.list, kind)
+    async def sessions(request: Request, kind: str | None = None) -> list[dict[str, Any]]:
+        return visible(request, await run(kernel.sessions.list, kind))
+
+    def own(request: Request, session: str, action: str):
+        """The stored session, if it is the request's tenant's (or the tenant is an admin)."""
+        stored = kernel.sessions.get(session)
+        check_owner(kernel, request, stored.owner, action, f"session {session}", "session")
+        return stored
 
     def served_name(request: Request, model: Any) -> None:
         """A session's model over HTTP: a served name, never a path on this machine (but the owner's)."""
@@ -49,20 +56,23 @@ def session_router(kernel) -> APIRouter:
     async def session_open(request: Request, body: SessionOpen) -> dict[str, Any]:
         def open_() -> dict[str, Any]:
             served_name(request, body.model)
-            s = kernel.sessions.open(body.name, model=body.model, adapter=body.adapter, system=body.system)
+            s = kernel.sessions.open(body.name, model=body.model, adapter=body.adapter, system=body.system,
+                                     owner=tenant_of(request).name,
+                                     check=lambda found: own(request, found.id, "open"))
             return s.as_dict()
         return await run(open_)
 
     @r.get("/sessions/{session}")
-    async def session_show(session: str, format: str | None = None) -> Any:  # noqa: A002 - the query name
+    async def session_show(request: Request, session: str, format: str | None = None) -> Any:  # noqa: A002
+        stored = await run(own, request, session, "read")
         if format is None:
-            return (await run(kernel.sessions.get, session)).as_dict()
-        return {"session": session, "format": format, "text": await run(kernel.sessions.export, session, format)}
+            return stored.as_dict()
+        return {"session": session, "format": format, "text": await run(kernel.sessions.export, stored.id, format)}
 
     @r.post("/sessions/{session}/messages")
-    async def session_append(session: str, body: SessionMessage) -> dict[str, Any]:
+    async def session_append(request: Request, session: str, body: SessionMessage) -> dict[str, Any]:
         def append() -> dict[str, Any]:
-            stored = kernel.sessions.get(session)
+            stored = own(request, session, "write")
             stored.append(body.model_dump(exclude_none=True))
             return {"session": stored.id, "appended": 1}
         return await run(append)
@@ -72,14 +82,15 @@ def session_router(kernel) -> APIRouter:
         def update() -> dict[str, Any]:
             settings = body.model_dump()
             served_name(request, settings.get("model"))
-            stored = kernel.sessions.get(session)
+            stored = own(request, session, "change")
             stored.update(**settings)
             return stored.as_dict()
         return await run(update)
 
     @r.delete("/sessions/{session}")
-    async def session_rm(session: str) -> dict[str, Any]:
-        await run(kernel.sessions.delete, session)
+    async def session_rm(request: Request, session: str) -> dict[str, Any]:
+        stored = await run(own, request, session, "delete")
+        await run(kernel.sessions.delete, stored.id)
         return {"deleted": session}
 
     return r

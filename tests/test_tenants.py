@@ -1,0 +1,236 @@
+"""Tenants over HTTP, several keys against one real `llmos serve` on loopback: identity from the key (never
+from `user`), priority classes, token quotas and concurrency (429 with a Retry-After from the bucket),
+isolation of processes, sessions and memfs homes (each denial audited), visibility (/llmos/tenants,
+ps positions, /metrics), and keys that change while the server runs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from llmos.kernel.tenants.keys import KeyStore
+
+from .test_server_hardening import refused, served
+from .util import LLMOS, wait_for
+
+pytestmark = [pytest.mark.cli, pytest.mark.model]
+
+ADMIN_KEY = "tenants-admin-key-789"
+ASK = [{"role": "user", "content": "Say hi."}]
+CHAT = {"model": "smollm2", "messages": ASK, "max_tokens": 4, "temperature": 0}
+LONG = {"model": "smollm2", "messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 3000,
+        "temperature": 0, "ignore_eos": True, "stream": True}
+
+
+@pytest.fixture(scope="module")
+def tenants(tmp_path_factory):
+    where = tmp_path_factory.mktemp("tenants")
+    home = where / "home"
+    home.mkdir(parents=True)
+    store = KeyStore(home)
+    keys = {name: store.add(name, **options)[1] for name, options in {
+        "alice": {}, "bob": {}, "reader": {"shared": ("/home/alice",)}, "nightly": {"priority": "batch"},
+        "metered": {"tokens_per_minute": 600}, "slow": {"tokens_per_minute": 60}, "single": {"max_concurrency": 1},
+    }.items()}
+    with served(where, "--api-key", ADMIN_KEY, env={"LLMOS_MAX_RUNNING": "2"}) as (_proc, base):
+        yield base, home, keys
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def as_(ctx, name: str) -> httpx.Client:
+    base, _home, keys = ctx
+    key = ADMIN_KEY if name == "admin" else keys[name]
+    return httpx.Client(base_url=base, headers=auth(key), timeout=120)
+
+
+@contextmanager
+def streaming(client: httpx.Client, body: dict = LONG):
+    """A long streamed request of `client`, running until the block ends; yields its request id."""
+    with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200, r.read()
+        lines = r.iter_lines()
+        next(line for line in lines if line.startswith("data: "))  # it is decoding
+        yield r.headers["x-llmos-request-id"]
+
+
+def audited_denials(home) -> list[dict]:
+    lines = (home / "audit.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e.get("decision") == "denied"]
+
+
+def test_a_key_is_the_identity_and_user_is_only_a_label(tenants):
+    base, _home, _keys = tenants
+    refused(httpx.post(f"{base}/v1/chat/completions", json=CHAT), 401, "invalid_api_key")
+    refused(httpx.post(f"{base}/v1/chat/completions", json=CHAT, headers=auth("llmos-not-a-key")), 401)
+    with as_(tenants, "alice") as alice, as_(tenants, "admin") as admin:
+        with streaming(alice, {**LONG, "user": "bob"}) as rid:
+            [row] = [r for r in admin.get("/llmos/ps").json() if r["id"] == rid]
+            assert row["owner"] == "alice" and row["user"] == "bob"  # posing as bob changes the label only
+        assert alice.post("/v1/chat/completions", json=CHAT).status_code == 200
+
+
+def test_a_tenant_sees_and_kills_only_its_own_requests_and_every_denial_is_audited(tenants):
+    _base, home, _keys = tenants
+    with as_(tenants, "alice") as alice, as_(tenants, "bob") as bob, as_(tenants, "admin") as admin:
+        with streaming(alice) as rid:
+            assert rid not in [r["id"] for r in bob.get("/llmos/ps").json()]
+            assert rid in [r["id"] for r in alice.get("/llmos/ps").json()]
+            assert rid in [r["id"] for r in admin.get("/llmos/ps").json()]  # admins see all
+            refused(bob.post(f"/llmos/kill/{rid}"), 403, "permission_denied", "request_id")
+            assert rid in [r["id"] for r in alice.get("/llmos/ps").json()]  # still running
+            assert any(e["who"] == "bob" and e["tool"] == "kill" and e["args"] == {"target": rid}
+                       for e in audited_denials(home))
+            assert alice.post(f"/llmos/kill/{rid}").json() == {"killed": rid}
+
+
+def test_modules_admin_routes_and_drivers_need_an_admin(tenants):
+    _base, home, _keys = tenants
+    with as_(tenants, "bob") as bob, as_(tenants, "admin") as admin:
+        refused(bob.post("/llmos/modules/anything/load"), 403, "permission_denied")
+        refused(bob.post("/llmos/modules/anything/unload"), 403, "permission_denied")
+        refused(bob.get("/llmos/status"), 403, "admin_only")
+        refused(bob.post("/v1/chat/completions", json={**CHAT, "driver": "llamacpp"}), 400, param="driver")
+        assert admin.get("/llmos/status").status_code == 200
+        refused(admin.post("/llmos/modules/anything/load"), 404)  # past the check: no such module
+    denied = {(e["who"], e["tool"]) for e in audited_denials(home)}
+    assert {("bob", "insmod"), ("bob", "rmmod"), ("bob", "http")} <= denied
+
+
+def test_a_priority_class_caps_what_requests_may_ask(tenants):
+    with as_(tenants, "nightly") as nightly, as_(tenants, "alice") as alice, as_(tenants, "admin") as admin:
+        refused(nightly.post("/v1/chat/completions", json={**CHAT, "priority": "normal"}), 403, param="priority")
+        refused(alice.post("/v1/chat/completions", json=CHAT, headers={"X-Llmos-Priority": "high"}), 403,
+                param="priority")
+        assert alice.post("/v1/chat/completions", json=CHAT, headers={"X-Llmos-Priority": "low"}).status_code == 200
+        with streaming(nightly) as rid:  # asking nothing: the class's own priority
+            [row] = [r for r in admin.get("/llmos/ps").json() if r["id"] == rid]
+            assert row["priority"] == "batch"
+
+
+def test_over_its_tokens_per_minute_a_tenant_gets_a_429_whose_retry_after_comes_from_its_bucket(tenants):
+    waits = {}
+    for name in ("metered", "slow"):  # 600 and 60 tokens per minute
+        with as_(tenants, name) as client:
+            first = client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 16, "ignore_eos": True})
+            assert first.status_code == 200, first.text
+            used = first.json()["usage"]["total_tokens"]
+            over = client.post("/v1/chat/completions", json=CHAT)
+            error = refused(over, 429, "quota_exceeded")
+            assert "tokens per minute" in error["message"]
+            waits[name] = int(over.headers["retry-after"])
+            # the debt the first request left, paid back at the tenant's rate (burst: 2 s of it)
+            rate = {"metered": 10, "slow": 1}[name]
+            assert waits[name] <= (used - 2 * rate) / rate + 2
+    assert waits["slow"] >= 5 * waits["metered"] >= 5
+    with as_(tenants, "metered") as client:
+        time.sleep(waits["metered"])
+        assert client.post("/v1/chat/completions", json=CHAT).status_code == 200  # the Retry-After was honest
+    with as_(tenants, "admin") as admin:
+        rows = {r["tenant"]: r for r in admin.get("/llmos/tenants").json()}
+        assert rows["metered"]["throttled"] >= 1 and rows["slow"]["throttled"] >= 1
+
+
+def test_over_its_concurrency_a_tenant_gets_a_429_and_others_are_not_held(tenants):
+    with as_(tenants, "single") as single, as_(tenants, "bob") as bob:
+        with streaming(single):
+            refused(single.post("/v1/chat/completions", json=CHAT), 429, "quota_exceeded")
+            assert bob.post("/v1/chat/completions", json=CHAT).status_code == 200
+        wait_for(lambda: single.post("/v1/chat/completions", json=CHAT).status_code == 200, 30)
+
+
+def test_sessions_are_their_tenants(tenants):
+    _base, home, _keys = tenants
+    with as_(tenants, "alice") as alice, as_(tenants, "bob") as bob, as_(tenants, "admin") as admin:
+        made = alice.post("/llmos/sessions", json={"name": "alice-notes"}).json()
+        assert made["owner"] == "alice"
+        assert alice.post(f"/llmos/sessions/{made['id']}/messages", json={"role": "user", "content": "secret"}
+                          ).status_code == 200
+        assert made["id"] not in [s["id"] for s in bob.get("/llmos/sessions").json()]
+        assert made["id"] in [s["id"] for s in admin.get("/llmos/sessions").json()]
+        for attempt in (bob.get(f"/llmos/sessions/{made['id']}"), bob.get("/llmos/sessions/alice-notes"),
+                        bob.post("/llmos/sessions", json={"name": "alice-notes"}),
+                        bob.post(f"/llmos/sessions/{made['id']}/messages", json={"role": "user", "content": "x"}),
+                        bob.patch(f"/llmos/sessions/{made['id']}", json={"system": "be evil"}),
+                        bob.delete(f"/llmos/sessions/{made['id']}"),
+                        bob.post("/llmos/agents", json={"session": made["id"]})):
+            refused(attempt, 403, "permission_denied")
+        assert alice.get(f"/llmos/sessions/{made['id']}").json()["messages"] == [{"role": "user", "content": "secret"}]
+    assert sum(e["who"] == "bob" for e in audited_denials(home)) >= 7
+
+
+def test_memfs_a_tenant_reads_and_writes_its_home_and_reads_what_is_shared(tenants):
+    with as_(tenants, "alice") as alice, as_(tenants, "bob") as bob, as_(tenants, "reader") as reader:
+        note = {"path": "/home/alice/plan.md", "text": "The launch code word is heliotrope."}
+        assert alice.put("/llmos/mem/write", json=note).status_code == 200
+        assert bob.put("/llmos/mem/write", json={"path": "/home/bob/b.md", "text": "Bob likes tea."}).status_code == 200
+        refused(bob.put("/llmos/mem/write", json={"path": "/home/alice/x.md", "text": "x"}), 403, "permission_denied")
+        refused(bob.put("/llmos/mem/write", json={"path": "/shared.md", "text": "x"}), 403, "permission_denied")
+        refused(bob.get("/llmos/mem/cat", params={"path": "/home/alice/plan.md"}), 403, "permission_denied")
+        refused(bob.post("/llmos/mem/mv", json={"src": "/home/alice/plan.md", "dst": "/home/bob/p.md"}), 403)
+        refused(bob.delete("/llmos/mem/rm", params={"path": "/home/alice", "recursive": True}), 403)
+        refused(bob.post("/llmos/mem/find", json={"query": "launch", "within": "/home/alice"}), 403)
+        found = bob.post("/llmos/mem/find", json={"query": "launch code word", "k": 10}).json()
+        assert found and all(h["path"].startswith("/home/bob/") for h in found)  # "/": only what it may read
+        grep = bob.post("/llmos/mem/grep", json={"pattern": "heliotrope"}).json()
+        assert grep == []
+        listed = [e["path"] for e in bob.get("/llmos/mem/ls", params={"path": "/home"}).json()]
+        assert listed == ["/home/bob"]
+        refused(bob.post("/v1/chat/completions", json={**CHAT, "rag": "/home/alice"}), 403, param="rag")
+        # shared with reader for reading: it reads, and may not write
+        assert "heliotrope" in reader.get("/llmos/mem/cat", params={"path": "/home/alice/plan.md"}).json()["text"]
+        hits = reader.post("/llmos/mem/find", json={"query": "launch code word"}).json()
+        assert hits[0]["path"] == "/home/alice/plan.md"
+        refused(reader.post("/llmos/mem/append", json={"path": "/home/alice/plan.md", "text": "x"}), 403)
+
+
+def test_tenants_view_ps_positions_and_metrics(tenants):
+    with as_(tenants, "alice") as alice, as_(tenants, "bob") as bob, as_(tenants, "admin") as admin:
+        with streaming(alice), streaming(alice):  # max_running is 2: the next one waits
+            queued = threading.Thread(target=lambda: alice.post("/v1/chat/completions", json={**CHAT, "max_tokens": 2}))
+            queued.start()
+            wait_for(lambda: any(r["state"] == "waiting" for r in alice.get("/llmos/ps").json()), 30)
+            [row] = [r for r in alice.get("/llmos/ps").json() if r["state"] == "waiting"]
+            assert row["position"] == 1
+            mine = {r["tenant"]: r for r in alice.get("/llmos/tenants").json()}
+            assert set(mine) == {"alice"} and mine["alice"]["queued"] == 1 and mine["alice"]["running"] == 2
+            for r in alice.get("/llmos/ps").json():
+                if r["state"] == "running":
+                    alice.post(f"/llmos/kill/{r['id']}")
+            queued.join(60)
+        rows = {r["tenant"]: r for r in admin.get("/llmos/tenants").json()}
+        assert {"alice", "bob", "metered"} <= set(rows)
+        assert rows["alice"]["prompt_tokens"] > 0 and rows["alice"]["completion_tokens"] > 0
+        assert rows["alice"]["requests"] >= 3
+        assert set(r["tenant"] for r in bob.get("/llmos/tenants").json()) == {"bob"}
+        text = admin.get("/metrics").text
+        assert 'llmos_tenant_tokens_total{kind="prompt",tenant="alice"}' in text
+        assert 'llmos_tenant_throttled_total{tenant="metered"}' in text
+
+
+def test_keys_rotate_and_rm_take_effect_without_a_restart(tenants):
+    base, home, keys = tenants
+    env = {"LLMOS_HOME": str(home), "PATH": "/usr/bin:/bin"}
+    made = subprocess.run([LLMOS, "keys", "add", "carol", "--json"], capture_output=True, text=True, env=env)
+    carol = json.loads(made.stdout)["key"]
+    assert httpx.post(f"{base}/v1/chat/completions", json=CHAT, headers=auth(carol), timeout=60).status_code == 200
+    listed = subprocess.run([LLMOS, "keys", "ls", "--json"], capture_output=True, text=True, env=env).stdout
+    assert carol not in listed and "hash" not in listed and "carol" in listed
+    assert carol not in (home / "keys.json").read_text()  # only its hash is kept
+    rotated = subprocess.run([LLMOS, "keys", "rotate", "carol", "--json"], capture_output=True, text=True, env=env)
+    new = json.loads(rotated.stdout)["key"]
+    refused(httpx.post(f"{base}/v1/chat/completions", json=CHAT, headers=auth(carol), timeout=60), 401)
+    assert httpx.post(f"{base}/v1/chat/completions", json=CHAT, headers=auth(new), timeout=60).status_code == 200
+    assert subprocess.run([LLMOS, "keys", "rm", "carol"], env=env, capture_output=True).returncode == 0
+    refused(httpx.post(f"{base}/v1/chat/completions", json=CHAT, headers=auth(new), timeout=60), 401)
+    bad = subprocess.run([LLMOS, "keys", "add", "owner"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "reserved" in bad.stderr
