@@ -23,6 +23,14 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _stored_keys() -> bool:
+    """Tenants' keys exist in this LLMOS_HOME (`llmos keys add`): every TCP client then needs one."""
+    from llmos.kernel.config import default_home
+    from llmos.kernel.tenants.keys import KeyStore
+
+    return bool(KeyStore(Path(STATE["home"]).expanduser() if STATE["home"] else default_home()))
+
+
 def _key(api_key: Optional[str], key_file: Optional[Path]) -> Optional[str]:
     """The API key from --api-key / LLMOS_API_KEY or from --api-key-file (one of them)."""
     if key_file is None:
@@ -87,10 +95,10 @@ def serve(
 
     api_key = _key(api_key, api_key_file)
     idle_s = duration_option(idle_exit, "idle_exit")
-    if not _loopback(host) and not api_key and not insecure_public:
+    if not _loopback(host) and not api_key and not insecure_public and not _stored_keys():
         raise fail(InvalidRequestError(
-            f"refusing to listen on {host} without an API key: pass --api-key-file or LLMOS_API_KEY "
-            f"(or --insecure-public)", param="host"), False)
+            f"refusing to listen on {host} without an API key: pass --api-key-file or LLMOS_API_KEY, add "
+            f"tenants' keys with `llmos keys add` (or --insecure-public)", param="host"), False)
     hosts = list(allowed_host or []) + ([host] if host not in ("0.0.0.0", "::", "") else [])
     daemon = _daemon(socket_file)
     try:

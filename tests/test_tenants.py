@@ -234,3 +234,18 @@ def test_keys_rotate_and_rm_take_effect_without_a_restart(tenants):
     refused(httpx.post(f"{base}/v1/chat/completions", json=CHAT, headers=auth(new), timeout=60), 401)
     bad = subprocess.run([LLMOS, "keys", "add", "owner"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "reserved" in bad.stderr
+
+
+def test_an_unreadable_keys_file_refuses_everyone_and_loses_nothing(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    key = KeyStore(home).add("alice")[1]
+    with served(tmp_path) as (_proc, base):
+        assert httpx.post(f"{base}/v1/chat/completions", json=CHAT, headers=auth(key), timeout=60).status_code == 200
+        good = (home / "keys.json").read_text()
+        (home / "keys.json").write_text(good[: len(good) // 2])  # a half-written file (not how llmos writes it)
+        for headers in (auth(key), {}):
+            error = refused(httpx.post(f"{base}/v1/chat/completions", json=CHAT, headers=headers, timeout=60), 503)
+            assert "keys.json" in error["message"]  # says which file to fix
+        (home / "keys.json").write_text(good)
+        assert httpx.post(f"{base}/v1/chat/completions", json=CHAT, headers=auth(key), timeout=60).status_code == 200

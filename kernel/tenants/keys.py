@@ -23,7 +23,7 @@ from .tenant import ADMIN, ANONYMOUS, OWNER, Tenant, check_name
 
 PREFIX = "llmos-"
 #: names the kernel gives its own identities: no stored key may take them
-RESERVED = frozenset({OWNER, ADMIN, ANONYMOUS})
+RESERVED = frozenset({OWNER, ADMIN, ANONYMOUS, "other"})  # "other": the overflow label of usage counts
 
 
 class UnknownTenantError(InvalidRequestError, LookupError):

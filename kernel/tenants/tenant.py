@@ -98,6 +98,7 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-OWNER_TENANT = Tenant(OWNER, "interactive", admin=True)
-ADMIN_TENANT = Tenant(ADMIN, "interactive", admin=True)
+#: admins run at normal unless they ask for more (they may ask anything)
+OWNER_TENANT = Tenant(OWNER, "normal", admin=True)
+ADMIN_TENANT = Tenant(ADMIN, "normal", admin=True)
 ANONYMOUS_TENANT = Tenant(ANONYMOUS, "normal")

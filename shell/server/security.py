@@ -43,6 +43,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llmos.kernel.errors import LlmosError
 from llmos.kernel.tenants.keys import KeyStore
 from llmos.kernel.tenants.tenant import ADMIN_TENANT, ANONYMOUS_TENANT, OWNER_TENANT, Tenant
 
@@ -119,7 +120,11 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        tenant = self._tenant(scope, headers)
+        try:
+            tenant = self._tenant(scope, headers)
+        except LlmosError as exc:  # keys.json unreadable: refuse everyone (never guess who a client is)
+            await json_error(503, str(exc), "server_error", None, exc.code)(scope, receive, send)
+            return
         scope.setdefault("state", {})["tenant"] = tenant  # request.state.tenant in endpoints
         refusal = self._refusal(scope, headers, tenant)
         if refusal is None:
