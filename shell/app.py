@@ -202,7 +202,7 @@ class ShellApp(App):
     @work(thread=True, group="command")
     def _command(self, line: str) -> None:
         assert self.commands is not None and self.conv is not None
-        ctx = Context(self.kernel, self.conv, self.approve, self.agents)
+        ctx = Context(self.kernel, self.conv, self.approve, self.agents, self.sampling)
         self.post_message(self.CommandDone(self.commands.run(ctx, line)))
 
     @on(CommandDone)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from llmos.kernel.errors import InvalidRequestError, LlmosError
+from llmos.kernel.sched.request import Priority
 from llmos.kernel.tools.tools import parse_cli_params
 
 from .conversation import Conversation
@@ -42,6 +43,7 @@ class Context:
     conv: Conversation
     approve: Callable[[str, frozenset[str]], str] | None = None
     agents: dict[str, Any] = field(default_factory=dict)  # pid -> Process spawned by this shell
+    sampling: dict[str, Any] = field(default_factory=dict)  # what the shell's chat requests are sent with
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,17 @@ def _rag(ctx: Context, args: str) -> Reply:
     return Reply(f"answers now use passages under **{arg}**", action="settings")
 
 
+def _priority(ctx: Context, args: str) -> Reply:
+    if not args:
+        return Reply(f"priority: **{ctx.sampling.get('priority') or 'your tenant class'}**")
+    if args.lower() in ("default", "off", "none"):
+        ctx.sampling.pop("priority", None)
+        return Reply("chat requests run at your tenant's class", action="settings")
+    level = Priority.parse(args).name.lower()  # a bad name lists the good ones; the kernel checks the class
+    ctx.sampling["priority"] = level
+    return Reply(f"chat requests now run at priority **{level}**", action="settings")
+
+
 def _tools(ctx: Context, args: str) -> Reply:
     rows = [t.as_dict() for t in ctx.kernel.tools.all().values()]
     return Reply(md_table(rows, ["name", "capabilities", "plugin", "description"]))
@@ -269,6 +282,8 @@ BUILTINS: list[ShellCommand] = [
     ShellCommand("find", "/find QUERY", "search memfs by meaning", _find),
     ShellCommand("write", "/write PATH [TEXT]", "save the last answer (or TEXT) to memfs", _write, "path"),
     ShellCommand("rag", "/rag DIR|off", "answer from memfs passages under DIR", _rag, "path"),
+    ShellCommand("priority", "/priority LEVEL|default", "run chat requests at realtime, high, normal, low or batch",
+                 _priority),
     ShellCommand("tools", "/tools", "tools plugins registered", _tools),
     ShellCommand("call", "/call TOOL {json}", "call a tool (asks before granting capabilities)", _call, "tool"),
     ShellCommand("task", "/task NAME k=v ...", "run a task", _task, "task"),

@@ -227,6 +227,10 @@ COMMANDS = [  # line, text expected in the answer, is an error
     ("/cat", "missing argument", True),
     ("/write", "missing argument", True),
     ("/rag off", "no longer use memfs", False),
+    ("/priority wizard", "priority must be one of", True),
+    ("/priority batch", "priority **batch**", False),
+    ("/priority", "priority: **batch**", False),
+    ("/priority default", "tenant's class", False),
     ("/sessions no-such-session", "no session 'no-such-session'", True),
 ]
 
@@ -243,6 +247,7 @@ def test_every_command_answers_inline(kernel):
                 assert answer.role == ("error" if is_error else "info"), (line, answer.text)
                 assert expected in answer.text, (line, answer.text)
             assert app.conv.model == "smollm2" and app.conv.system is None
+            assert "priority" not in app.sampling  # /priority default took it back
             await command(app, pilot, "/write")
             assert app.is_running  # nothing crashed the app
             assert await command(app, pilot, "/clear") is None and not app.chat_log.messages

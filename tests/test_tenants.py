@@ -249,3 +249,22 @@ def test_an_unreadable_keys_file_refuses_everyone_and_loses_nothing(tmp_path):
             assert "keys.json" in error["message"]  # says which file to fix
         (home / "keys.json").write_text(good)
         assert httpx.post(f"{base}/v1/chat/completions", json=CHAT, headers=auth(key), timeout=60).status_code == 200
+
+
+def test_on_the_unix_socket_a_client_is_the_owner_unless_it_presents_a_key(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    key = KeyStore(home).add("alice")[1]
+    sock = tmp_path / "s.sock"
+    with served(tmp_path, "--socket", str(sock)) as (_proc, base):
+        local = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://localhost", timeout=120)
+        with local, httpx.Client(base_url=base, headers=auth(key), timeout=120) as alice:
+            with streaming(local) as owners:  # no key: the owner's
+                assert owners not in [r["id"] for r in alice.get("/llmos/ps").json()]
+                local.headers.update(auth(key))  # the same socket, with alice's key: alice
+                assert [r["id"] for r in local.get("/llmos/ps").json()] == []
+                refused(local.post(f"/llmos/kill/{owners}"), 403, "permission_denied")
+                refused(local.get("/llmos/status"), 403, "admin_only")
+                del local.headers["authorization"]
+                assert local.get("/llmos/status").status_code == 200
+                assert local.post(f"/llmos/kill/{owners}").json() == {"killed": owners}
