@@ -8,47 +8,29 @@ sampled by their own sampler chain. Requests join and leave between steps (conti
 Prefix reuse: a finished sequence's slot keeps its KV as a cache entry (LRU). A new sequence whose
 prompt shares a prefix with any resident sequence copies that prefix (`seq_cp`, no compute) and
 computes only the rest. New sequences of the same step that share a prefix are split in two
-phases, so the second one copies what the first just computed.
+phases, so the second one copies what the first just computed (slots and cache: llamacpp_slots.py).
+
+Interrupts: a step of decodes only can be aborted mid-graph (`interrupt()`, when a more urgent request
+arrives: llamacpp_lib.AbortSwitch); llama.cpp keeps nothing of it, the sequences' positions are put
+back and the step is reported `pending`, so the scheduler gives it again. The step after an aborted
+one always completes.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from llmos.kernel.sched.detokenizer import ByteDetokenizer, Detokenizer
-from llmos.kernel.errors import InvalidRequestError, ModelLoadError
-from llmos.kernel.sched.interface import DriverOutput, NewSequence, SchedulerOutput
+from llmos.kernel.errors import ModelLoadError
+from llmos.kernel.sched.interface import DriverOutput, SchedulerOutput
 from llmos.kernel.models.registry import check_gguf
 
 from .base import Driver, DriverOptions, ModelInfo, ProbeResult, ProgressCallback
+from .llamacpp_slots import SlotCache, SeqState
 
-#: a same-step donor must beat resident KV by this many tokens to split the step in two phases
-MIN_PHASE_GAIN = 16
-
-
-@dataclass
-class _Seq:
-    request_id: str
-    slot: int
-    tokens: list[int]
-    n_past: int  # tokens whose KV is in the cache for this slot
-    sched_pos: int  # tokens the scheduler believes are computed
-    sampler: Any
-    adapter: str | None = None
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-class LlamaCppDriver(Driver):
+class LlamaCppDriver(SlotCache, Driver):
     name = "llamacpp"
     formats = frozenset({"gguf"})
     supports_lora = True
@@ -74,7 +56,7 @@ class LlamaCppDriver(Driver):
     def __init__(self, spec, options: DriverOptions) -> None:
         super().__init__(spec, options)
         self._model = None
-        self._seqs: dict[str, _Seq] = {}
+        self._seqs: dict[str, SeqState] = {}
         self._cache: OrderedDict[int, tuple[str | None, list[int]]] = OrderedDict()  # slot -> (adapter, tokens)
         self._adapters: dict[str, Any] = {}  # name -> llama_adapter_lora pointer
         self._adapter_paths: dict[str, Path] = {}  # kept across reloads
@@ -82,6 +64,7 @@ class LlamaCppDriver(Driver):
         self._free: list[int] = []
         self._formatter = None
         self._batch = None
+        self._aborted_last = False  # the last step was aborted: the next one is not (progress)
         self.prefix_hits = 0
         self.prefix_tokens_reused = 0
 
@@ -235,6 +218,8 @@ class LlamaCppDriver(Driver):
             self._place(new, out)
         # 3. Compute: phase one, then deferred sequences that copy a prefix computed in phase one.
         first = [rid for rid in batch.num_scheduled_tokens if rid not in deferred]
+        if self._interruptible(batch, first):
+            return self._compute_interruptible(model, batch, first, out)
         self._compute(model, batch, first, out)
         if deferred:
             by_id = {n.request_id: n for n in batch.new}
@@ -243,8 +228,41 @@ class LlamaCppDriver(Driver):
             self._compute(model, batch, list(deferred), out)
         return out
 
+    def interrupt(self) -> bool:
+        """Abort the decode step in flight, if it can be redone exactly (the engine calls this when a more
+        urgent request arrives: it then waits a node, not a step)."""
+        model = self._model
+        return model is not None and model.abort.pull()
+
+    def _interruptible(self, batch: SchedulerOutput, rids: list[str]) -> bool:
+        """A step of decodes only (one token each, one ubatch, no new sequence): llama.cpp keeps nothing
+        of it when it is aborted, so putting the sequences' positions back redoes it exactly. The step
+        after an aborted one always runs to its end: interrupts can slow decodes, never stop them."""
+        if self._aborted_last:
+            self._aborted_last = False
+            return False
+        return (not batch.new and 0 < len(rids) <= self._batch.capacity
+                and all(batch.num_scheduled_tokens[r] == 1 and r in self._seqs for r in rids))
+
+    def _compute_interruptible(self, model, batch: SchedulerOutput, rids: list[str], out: DriverOutput) -> DriverOutput:
+        from .llamacpp_lib import DecodeAborted
+
+        undo = [(self._seqs[r], self._seqs[r].sched_pos, self._seqs[r].n_past) for r in rids]
+        model.abort.arm(True)
+        try:
+            self._compute(model, batch, rids, out)
+        except DecodeAborted:  # nothing of this step happened: the scheduler gives it again
+            for seq, sched_pos, n_past in undo:
+                seq.sched_pos, seq.n_past = sched_pos, n_past
+            out.sampled.clear()
+            out.pending = frozenset(rids)
+            self._aborted_last = True
+        finally:
+            model.abort.arm(False)
+        return out
+
     def _compute(self, model, batch: SchedulerOutput, rids: list[str], out: DriverOutput) -> None:
-        work: list[tuple[_Seq, int, int, bool]] = []  # seq, start, end, wants logits
+        work: list[tuple[SeqState, int, int, bool]] = []  # seq, start, end, wants logits
         for rid in rids:
             seq = self._seqs.get(rid)
             if seq is None:
@@ -256,7 +274,7 @@ class LlamaCppDriver(Driver):
             if start < end:
                 work.append((seq, start, end, end == len(seq.tokens)))
         self._ensure_kv_room(sum(e - s for _, s, e, _ in work))
-        pending: list[tuple[_Seq, int]] = []  # sequences to sample after the current decode
+        pending: list[tuple[SeqState, int]] = []  # sequences to sample after the current decode
         b = self._batch
         b.clear()
         for seq, start, end, wants in work:
@@ -271,13 +289,17 @@ class LlamaCppDriver(Driver):
         if b.n:
             self._flush(model, pending, out)
 
-    def _flush(self, model, pending: list[tuple[_Seq, int]], out: DriverOutput) -> None:
+    def _flush(self, model, pending: list[tuple[SeqState, int]], out: DriverOutput) -> None:
         rc = self._batch.decode(model)
         if rc == 1:  # no room in the KV cache: drop every cached prefix and retry once
             self._evict_cache(len(self._cache))
             rc = self._batch.decode(model)
         if rc != 0:
             self._batch.clear()
+            if rc == 2:
+                from .llamacpp_lib import DecodeAborted
+
+                raise DecodeAborted()
             raise RuntimeError(f"llama_decode failed with code {rc}")
         for seq, idx in pending:
             token = seq.sampler.sample(model, idx)
@@ -285,97 +307,6 @@ class LlamaCppDriver(Driver):
             out.sampled[seq.request_id] = token
         pending.clear()
         self._batch.clear()
-
-    # -- slots and prefix cache ----------------------------------------------------------------
-
-    def _place(self, new: NewSequence, out: DriverOutput, donor: _Seq | None = None) -> None:
-        from .llamacpp_lib import Sampler
-
-        model = self._model
-        tokens = list(new.token_ids)
-        try:  # first: a sampler that cannot be built fails this sequence alone, before it takes a slot
-            sampler = Sampler(new.sampling, tokens, model=model,
-                              generated=tokens[new.prompt_len:] if new.prompt_len else ())
-        except InvalidRequestError as exc:
-            out.failed[new.request_id] = str(exc)
-            return
-        limit = len(tokens) - 1  # the last prompt token is always computed, for its logits
-        reuse, src_slot, cached_slot = 0, None, None
-        if self.options.prefix_cache:  # KV computed under another adapter is not reusable
-            candidates = [(s.tokens[: s.n_past], s.slot, False) for s in self._seqs.values()
-                          if s.adapter == new.adapter]
-            candidates += [(toks, slot, True) for slot, (a, toks) in self._cache.items() if a == new.adapter]
-            if donor is not None:
-                candidates = [(donor.tokens[: donor.n_past], donor.slot, False)]
-            for toks, slot, is_cached in candidates:
-                n = min(_common_prefix(toks, tokens), limit)
-                if n > reuse:
-                    reuse, src_slot, cached_slot = n, slot, slot if is_cached else None
-        if cached_slot is not None:
-            slot = cached_slot  # take over the cache entry's slot, cut its KV after the prefix
-            del self._cache[slot]
-            model.seq_rm(slot, reuse, -1)
-        else:
-            slot = self._take_slot()
-            model.seq_rm(slot, 0, -1)
-            if reuse:
-                model.seq_cp(src_slot, slot, 0, reuse)
-        if reuse:
-            self.prefix_hits += 1
-            self.prefix_tokens_reused += reuse
-            out.cached_tokens[new.request_id] = reuse
-        self._seqs[new.request_id] = _Seq(new.request_id, slot, tokens, reuse, 0, sampler, new.adapter)
-
-    def _same_step_donor(self, new: NewSequence, batch: SchedulerOutput) -> str | None:
-        """Another new sequence of this step worth waiting for (it computes a long shared prefix)."""
-        if not self.options.prefix_cache:
-            return None
-        resident = [s.tokens[: s.n_past] for s in self._seqs.values() if s.adapter == new.adapter]
-        resident += [t for a, t in self._cache.values() if a == new.adapter]
-        best_resident = max((_common_prefix(t, new.token_ids) for t in resident), default=0)
-        for other in batch.new:
-            if other.request_id == new.request_id:
-                break
-            if other.adapter != new.adapter:
-                continue
-            shared = min(_common_prefix(other.token_ids, new.token_ids),
-                         batch.num_scheduled_tokens.get(other.request_id, 0), len(new.token_ids) - 1)
-            if shared >= best_resident + MIN_PHASE_GAIN and other.request_id in self._seqs:
-                return other.request_id
-        return None
-
-    def _take_slot(self) -> int:
-        if not self._free:
-            self._evict_cache(1)
-        if not self._free:
-            raise RuntimeError("no free llama.cpp sequence slot: more sequences than max_seqs")
-        return self._free.pop()
-
-    def _release(self, rid: str) -> None:
-        seq = self._seqs.pop(rid, None)
-        if seq is None:
-            return
-        seq.sampler.free()
-        if self.options.prefix_cache and seq.n_past > 0:
-            self._cache[seq.slot] = (seq.adapter, seq.tokens[: seq.n_past])
-            self._cache.move_to_end(seq.slot)
-        else:
-            self._model.seq_rm(seq.slot, 0, -1)
-            self._free.append(seq.slot)
-
-    def _evict_cache(self, count: int) -> None:
-        for _ in range(min(count, len(self._cache))):
-            slot, _tokens = self._cache.popitem(last=False)
-            self._model.seq_rm(slot, 0, -1)
-            self._free.append(slot)
-
-    def _ensure_kv_room(self, incoming: int) -> None:
-        """Evict cached prefixes (LRU) while the KV cells in use plus `incoming` exceed the context."""
-        def used() -> int:
-            return sum(s.n_past for s in self._seqs.values()) + sum(len(t) for _a, t in self._cache.values())
-
-        while self._cache and used() + incoming > self._model.n_ctx:
-            self._evict_cache(1)
 
     def stats(self) -> dict[str, Any]:
         return {

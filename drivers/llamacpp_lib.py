@@ -30,11 +30,17 @@ T = TypeVar("T")
 _log = logging.getLogger("llmos.llamacpp")
 
 
+#: what llama.cpp logs as errors when an AbortSwitch ends a step (GGML_STATUS_ABORTED, llama_decode's 2)
+_ABORT_LINES = ("compute status: 1", "ret = 2", "failed with error 1")
+
+
 @C.llama_log_callback
 def _route_log(level: int, text: bytes, _user: Any) -> None:
     """llama.cpp/ggml messages go to Python logging ("llmos.llamacpp"), not straight to stderr."""
     # ggml levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation; model-file warnings are noise here
-    _log.log(logging.ERROR if level == 4 else logging.DEBUG, "%s", text.decode("utf-8", "replace").rstrip())
+    line = text.decode("utf-8", "replace").rstrip()
+    error = level == 4 and not any(s in line for s in _ABORT_LINES)  # an abort asked for is no error
+    _log.log(logging.ERROR if error else logging.DEBUG, "%s", line)
 
 
 llama_logger.set_verbose(False)
@@ -63,6 +69,43 @@ def on_device(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 def gpu_offload() -> bool:
     return bool(C.llama_supports_gpu_offload())
+
+
+class DecodeAborted(Exception):
+    """llama_decode returned 2: the abort switch was pulled (the ubatch it was computing is not kept)."""
+
+
+class AbortSwitch:
+    """Ends a running llama_decode early, from any thread, when more urgent work arrives.
+
+    The abort callback ggml's compute threads poll between graph nodes is libc's `strlen` over a 2-byte
+    flag: read in C, it never takes the GIL (a Python callback would, hundreds of times per step). The
+    switch works only while `arm(True)`: the driver arms it for steps whose rollback is exact (pure
+    decodes, one ubatch, which llama.cpp removes from the KV cache when it aborts).
+    """
+
+    def __init__(self, ctx) -> None:
+        self._flag = ctypes.create_string_buffer(2)  # b"\0": go on, b"\1": abort
+        self._lock = threading.Lock()
+        self._armed = False
+        self.pulled = 0
+        strlen = ctypes.CDLL(None).strlen
+        self._callback = C.ggml_abort_callback(ctypes.cast(strlen, ctypes.c_void_p).value)  # kept alive here
+        C.llama_set_abort_callback(ctx, self._callback, ctypes.cast(self._flag, ctypes.c_void_p))
+
+    def arm(self, armed: bool) -> None:
+        with self._lock:
+            self._armed = armed
+            self._flag[0] = b"\0"
+
+    def pull(self) -> bool:
+        """Abort the armed step in flight; False when none is (nothing happens then)."""
+        with self._lock:
+            if not self._armed:
+                return False
+            self._flag[0] = b"\1"
+            self.pulled += 1
+            return True
 
 
 class LlamaModel:
@@ -107,6 +150,7 @@ class LlamaModel:
             C.llama_model_free(self.model)
             raise ModelLoadError(f"llama.cpp could not create a context of {n_ctx} tokens for {path}")
         self.memory = C.llama_get_memory(self.ctx)
+        self.abort = AbortSwitch(self.ctx)
         self.n_ctx = int(C.llama_n_ctx(self.ctx))
         self.n_batch = n_batch
         self.n_vocab = int(C.llama_vocab_n_tokens(self.vocab))

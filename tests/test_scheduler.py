@@ -322,3 +322,25 @@ def test_requests_of_the_running_adapter_may_pass_a_blocked_head_a_bounded_numbe
     # at most max_running (2) requests of the running group passed it: it ran before the last ones
     assert order.index(blocked.request_id) < order.index(behind[-1].request_id)
     assert sum(1 for r in behind if order.index(r.request_id) < order.index(blocked.request_id)) <= 2
+
+
+def test_while_an_urgent_request_waits_for_its_first_token_less_urgent_decodes_sit_the_step_out():
+    s, state, _ = make(max_running=4)
+    batch = [req("batch work", max_tokens=50, priority=Priority.BATCH, owner="nightly") for _ in range(2)]
+    for r in batch:
+        s.add_request(r)
+    step(s, state)  # prefill
+    out, _ = step(s, state)
+    assert {r.request_id for r in batch} <= set(out.num_scheduled_tokens)  # decoding
+    urgent = req("now please", max_tokens=3, priority=Priority.HIGH, owner="desk")
+    s.add_request(urgent)
+    assert s.outranks_running(urgent) and not s.outranks_running(req(priority=Priority.BATCH))
+    out, _ = step(s, state)
+    assert set(out.num_scheduled_tokens) == {urgent.request_id}  # its prefill alone
+    out, _ = step(s, state)
+    assert set(out.num_scheduled_tokens) == {urgent.request_id, *(r.request_id for r in batch)}  # then all decode
+    # equal priorities never hold each other's decodes back
+    peer = req("peer", priority=Priority.BATCH, owner="other")
+    s.add_request(peer)
+    out, _ = step(s, state)
+    assert {r.request_id for r in batch} <= set(out.num_scheduled_tokens)

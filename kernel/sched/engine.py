@@ -36,6 +36,9 @@ class Engine:
                  on_finish: Callable[[Request], None] | None = None, gate: DeviceGate | None = None) -> None:
         self.name = name
         self.gate = gate  # shared with the engines of the same compute group (gate.py)
+        self._interrupt = getattr(driver, "interrupt", None)  # aborts a step in flight (llama.cpp decodes)
+        if gate is not None and self._interrupt is not None:
+            gate.register(name, self._interrupt)
         self.driver = driver
         self.scheduler = scheduler
         self._on_finish = on_finish
@@ -60,6 +63,9 @@ class Engine:
             self._handles[request.request_id] = handle
             self.last_used = time.monotonic()
             self._cond.notify_all()
+            outranks = self.scheduler.outranks_running(request)
+        if outranks and self._interrupt is not None:
+            self._interrupt()  # a step of less urgent decodes in flight ends now and is redone after
 
     def cancel(self, request_id: str, status: RequestStatus = RequestStatus.FINISHED_CANCELLED,
                reason: str | None = None) -> bool:

@@ -13,6 +13,9 @@ passes its steps through that group's gate:
    it to whoever was waiting), or drops it (`None`) when it has nothing left. A kept claim that is not
    taken up within `CLAIM_TTL_S` lapses, so a claim can delay others, never block them.
 
+3. A claim more urgent (a lower priority value) than the holder's pulls the holder's `interrupt` (drivers
+   that can abort a step in flight: llama.cpp's decodes), so it waits a graph node, not a whole step.
+
 With `fifo=True` every key is equal: turns go in claim order (the old behaviour, for benchmarks).
 Boundaries: pure Python and a condition variable; knows nothing of drivers.
 """
@@ -35,12 +38,23 @@ class DeviceGate:
         self._claims: dict[str, tuple[tuple, int, float | None]] = {}  # engine -> (key, order, lapses at)
         self._order = itertools.count()
         self.turns: dict[str, int] = {}
+        self._interrupts: dict[str, object] = {}  # engine -> callable that aborts its step in flight
+
+    def register(self, engine: str, interrupt) -> None:
+        """`interrupt()` aborts `engine`'s step in flight (returns False when it cannot)."""
+        with self._cond:
+            self._interrupts[engine] = interrupt
 
     def acquire(self, engine: str, key: tuple) -> None:
         with self._cond:
             claim = self._claims.get(engine)
             order = claim[1] if claim is not None else next(self._order)
             self._claims[engine] = ((0,) if self.fifo else tuple(key), order, None)
+            holder = self._holder
+            if holder is not None and not self.fifo and tuple(key)[:1] < self._claims.get(holder, ((99,),))[0][:1]:
+                interrupt = self._interrupts.get(holder)
+                if interrupt is not None:
+                    interrupt()  # the holder's step ends at its next graph node, to be redone later
             while True:
                 best, wait = self._best()
                 if self._holder is None and best == engine:
@@ -63,6 +77,8 @@ class DeviceGate:
     def forget(self, engine: str) -> None:
         """An engine that stops (its model unloads) withdraws its claim."""
         self.release(engine, None)
+        with self._cond:
+            self._interrupts.pop(engine, None)
 
     def _best(self) -> tuple[str | None, float | None]:
         """The engine whose claim wins now, and how long until a kept claim lapses (None: no timer)."""

@@ -12,7 +12,8 @@ Policy, in order of precedence:
    service, so one chatty tenant cannot starve another. An owner that was idle is lifted to the
    current minimum so it gets no burst credit. A recomputation after preemption is not charged.
 3. Continuous batching with chunked prefill: each step runs every running decode (1 token) first,
-   then prefill chunks, within `max_batched_tokens`; KV use never exceeds `kv_capacity`.
+   then prefill chunks, within `max_batched_tokens`; KV use never exceeds `kv_capacity`. While a
+   more urgent request waits for its first token, less urgent decodes sit the step out.
 4. Deadlines end a request FINISHED_TIMED_OUT wherever it is; the waiting queue is bounded
    (`QueueFullError`, never a blocking put).
 """
@@ -150,11 +151,16 @@ class Scheduler:
                 break
             self._preempt(worst)
 
-        # 3. Running sequences: decodes first (one token each), then prefill chunks.
+        # 3. Running sequences: decodes first (one token each), then prefill chunks; while a more urgent
+        #    request waits for its first token, less urgent decodes sit this step out (its TTFT is one
+        #    prefill, not a prefill plus everyone's decodes).
+        urgent = self._urgent_first_token()
         for decoding in (True, False):
             for req in list(self._running):
                 if req.status != RequestStatus.RUNNING:
                     continue  # preempted earlier in this pass to make room
+                if decoding and urgent is not None and req.priority > urgent:
+                    continue
                 need = req.num_tokens - req.num_computed_tokens
                 if (need == 1) != decoding or req.request_id in scheduled or budget <= 0:
                     continue
@@ -230,6 +236,23 @@ class Scheduler:
         waiting = [r for q in self._waiting.values() for d in q.values() for r in d]
         waiting.sort(key=lambda r: (int(r.priority), self.ledger.served(r.owner), self._order[r.request_id]))
         return {r.request_id: i for i, r in enumerate(waiting, 1)}
+
+    def _urgent_first_token(self) -> Priority | None:
+        """The most urgent priority among requests still before their first token that run or will be
+        admitted this step (the waiting head, if a slot and its KV are free), when it outranks a decode."""
+        waiting = []
+        if self._num_waiting and len(self._running) < self.config.max_running:
+            head = self._peek_waiting()
+            if self._fits_group(head) and self._kv_used({}) + head.num_tokens <= self.config.kv_capacity:
+                waiting.append(head)
+        fresh = [r.priority for r in (*self._running, *waiting) if r.metrics.first_token is None]
+        if not fresh or not any(r.priority > min(fresh) for r in self._running):
+            return None
+        return min(fresh)
+
+    def outranks_running(self, request: Request) -> bool:
+        """`request` is more urgent than everything running (worth ending a step in flight for)."""
+        return bool(self._running) and all(request.priority < r.priority for r in self._running)
 
     def urgency(self) -> tuple[int, float] | None:
         """(priority, service) of the most urgent owner with work here, None if idle: how device gates

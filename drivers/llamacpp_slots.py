@@ -1,0 +1,128 @@
+"""Slots and the prefix cache of the llama.cpp driver (a mixin of `LlamaCppDriver`).
+
+Each running request owns a llama.cpp sequence id (slot); a finished sequence's slot keeps its KV as
+a cache entry (LRU) that a new sequence sharing its prefix copies (`seq_cp`) or takes over. Boundaries:
+these methods use the driver's `_model`, `_seqs`, `_cache`, `_free`, `options` and prefix counters,
+and run on the llama.cpp thread like the rest of a step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from llmos.kernel.errors import InvalidRequestError
+from llmos.kernel.sched.interface import DriverOutput, NewSequence, SchedulerOutput
+
+#: a same-step donor must beat resident KV by this many tokens to split the step in two phases
+MIN_PHASE_GAIN = 16
+
+
+@dataclass
+class SeqState:
+    request_id: str
+    slot: int
+    tokens: list[int]
+    n_past: int  # tokens whose KV is in the cache for this slot
+    sched_pos: int  # tokens the scheduler believes are computed
+    sampler: Any
+    adapter: str | None = None
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class SlotCache:
+    def _place(self, new: NewSequence, out: DriverOutput, donor: SeqState | None = None) -> None:
+        from .llamacpp_lib import Sampler
+
+        model = self._model
+        tokens = list(new.token_ids)
+        try:  # first: a sampler that cannot be built fails this sequence alone, before it takes a slot
+            sampler = Sampler(new.sampling, tokens, model=model,
+                              generated=tokens[new.prompt_len:] if new.prompt_len else ())
+        except InvalidRequestError as exc:
+            out.failed[new.request_id] = str(exc)
+            return
+        limit = len(tokens) - 1  # the last prompt token is always computed, for its logits
+        reuse, src_slot, cached_slot = 0, None, None
+        if self.options.prefix_cache:  # KV computed under another adapter is not reusable
+            candidates = [(s.tokens[: s.n_past], s.slot, False) for s in self._seqs.values()
+                          if s.adapter == new.adapter]
+            candidates += [(toks, slot, True) for slot, (a, toks) in self._cache.items() if a == new.adapter]
+            if donor is not None:
+                candidates = [(donor.tokens[: donor.n_past], donor.slot, False)]
+            for toks, slot, is_cached in candidates:
+                n = min(_common_prefix(toks, tokens), limit)
+                if n > reuse:
+                    reuse, src_slot, cached_slot = n, slot, slot if is_cached else None
+        if cached_slot is not None:
+            slot = cached_slot  # take over the cache entry's slot, cut its KV after the prefix
+            del self._cache[slot]
+            model.seq_rm(slot, reuse, -1)
+        else:
+            slot = self._take_slot()
+            model.seq_rm(slot, 0, -1)
+            if reuse:
+                model.seq_cp(src_slot, slot, 0, reuse)
+        if reuse:
+            self.prefix_hits += 1
+            self.prefix_tokens_reused += reuse
+            out.cached_tokens[new.request_id] = reuse
+        self._seqs[new.request_id] = SeqState(new.request_id, slot, tokens, reuse, 0, sampler, new.adapter)
+
+    def _same_step_donor(self, new: NewSequence, batch: SchedulerOutput) -> str | None:
+        """Another new sequence of this step worth waiting for (it computes a long shared prefix)."""
+        if not self.options.prefix_cache:
+            return None
+        resident = [s.tokens[: s.n_past] for s in self._seqs.values() if s.adapter == new.adapter]
+        resident += [t for a, t in self._cache.values() if a == new.adapter]
+        best_resident = max((_common_prefix(t, new.token_ids) for t in resident), default=0)
+        for other in batch.new:
+            if other.request_id == new.request_id:
+                break
+            if other.adapter != new.adapter:
+                continue
+            shared = min(_common_prefix(other.token_ids, new.token_ids),
+                         batch.num_scheduled_tokens.get(other.request_id, 0), len(new.token_ids) - 1)
+            if shared >= best_resident + MIN_PHASE_GAIN and other.request_id in self._seqs:
+                return other.request_id
+        return None
+
+    def _take_slot(self) -> int:
+        if not self._free:
+            self._evict_cache(1)
+        if not self._free:
+            raise RuntimeError("no free llama.cpp sequence slot: more sequences than max_seqs")
+        return self._free.pop()
+
+    def _release(self, rid: str) -> None:
+        seq = self._seqs.pop(rid, None)
+        if seq is None:
+            return
+        seq.sampler.free()
+        if self.options.prefix_cache and seq.n_past > 0:
+            self._cache[seq.slot] = (seq.adapter, seq.tokens[: seq.n_past])
+            self._cache.move_to_end(seq.slot)
+        else:
+            self._model.seq_rm(seq.slot, 0, -1)
+            self._free.append(seq.slot)
+
+    def _evict_cache(self, count: int) -> None:
+        for _ in range(min(count, len(self._cache))):
+            slot, _tokens = self._cache.popitem(last=False)
+            self._model.seq_rm(slot, 0, -1)
+            self._free.append(slot)
+
+    def _ensure_kv_room(self, incoming: int) -> None:
+        """Evict cached prefixes (LRU) while the KV cells in use plus `incoming` exceed the context."""
+        def used() -> int:
+            return sum(s.n_past for s in self._seqs.values()) + sum(len(t) for _a, t in self._cache.values())
+
+        while self._cache and used() + incoming > self._model.n_ctx:
+            self._evict_cache(1)

@@ -1,0 +1,63 @@
+"""Steps that end early: a decode step of llama.cpp can be aborted when more urgent work arrives
+(drivers/llamacpp_lib.py AbortSwitch), and is then redone exactly; while an urgent request waits for its
+first token, less urgent decodes sit the step out (kernel/sched/scheduler.py).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from llmos.kernel.tenants.tenant import Tenant
+
+pytestmark = pytest.mark.model
+
+PROMPTS = ["The history of the lighthouse", "A recipe for bread", "Why the sky is blue", "The rules of chess"]
+
+
+def _run(kernel, **kw):
+    handles = [kernel.submit(p, max_tokens=48, temperature=0, ignore_eos=True, **kw) for p in PROMPTS]
+    return [h.result(120) for h in handles]
+
+
+def test_an_aborted_decode_step_is_redone_exactly(kernel, scorer):
+    driver = kernel.load("smollm2").driver
+    plain = _run(kernel)
+    stop = threading.Event()
+    pulls = [0]
+
+    def pull_all_the_time() -> None:
+        while not stop.is_set():
+            pulls[0] += driver.interrupt()
+            stop.wait(0.002)
+
+    puller = threading.Thread(target=pull_all_the_time)
+    puller.start()
+    try:
+        aborted = _run(kernel)
+    finally:
+        stop.set()
+        puller.join()
+    assert pulls[0] >= 5, "no decode step was aborted: the test proved nothing"
+    for prompt, a, b in zip(PROMPTS, plain, aborted):
+        assert b.usage["completion_tokens"] == 48
+        scorer.assert_same_or_near_tie(driver.tokenize(prompt), b.token_ids, a.token_ids)
+
+
+def test_an_urgent_request_ends_the_step_in_flight(kernel):
+    driver = kernel.load("smollm2").driver
+    batch = [kernel.submit(p, tenant=Tenant("nightly", "batch"), max_tokens=2000, temperature=0, ignore_eos=True)
+             for p in PROMPTS]
+    try:
+        while not all(h.request.output_token_ids for h in batch):
+            threading.Event().wait(0.01)
+        before = driver._model.abort.pulled
+        urgent = kernel.submit("Name a colour.", tenant=Tenant("desk", "interactive"), max_tokens=4, temperature=0)
+        done = urgent.result(60)
+        assert driver._model.abort.pulled > before  # its arrival ended the batch's step in flight
+        assert done.usage["completion_tokens"] >= 1
+        assert not any(h.done for h in batch)  # the batch goes on after it
+    finally:
+        for h in batch:
+            h.cancel()
