@@ -128,9 +128,9 @@ def test_over_its_tokens_per_minute_a_tenant_gets_a_429_whose_retry_after_comes_
             error = refused(over, 429, "quota_exceeded")
             assert "tokens per minute" in error["message"]
             waits[name] = int(over.headers["retry-after"])
-            # the debt the first request left, paid back at the tenant's rate (burst: 2 s of it)
+            # the debt the first request left, paid back at the tenant's rate (burst: 1 s of it)
             rate = {"metered": 10, "slow": 1}[name]
-            assert waits[name] <= (used - 2 * rate) / rate + 2
+            assert waits[name] <= (used - rate) / rate + 2
     assert waits["slow"] >= 5 * waits["metered"] >= 5
     with as_(tenants, "metered") as client:
         time.sleep(waits["metered"])

@@ -18,7 +18,7 @@ from typing import Callable
 from ..errors import QuotaExceededError
 
 #: seconds of its rate a tenant that was idle may spend at once
-BURST_S = 2.0
+BURST_S = 1.0
 
 
 class TokenBucket:
