@@ -16,6 +16,7 @@ for quick runs.
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import tempfile
 import threading
@@ -33,12 +34,22 @@ ASK = "What is the capital of France? Answer in one word."
 STORY = "Write a long story about a lighthouse keeper and the storms she saw."
 
 
-def _boot(fair: bool):
-    import llmos
+class _Kernel:
+    """A kernel on a scratch LLMOS_HOME (removed after), its default model loaded."""
 
-    kernel = llmos.boot(home=tempfile.mkdtemp(prefix="llmos-bench-tenants-"), load_entrypoints=False, fair_share=fair)
-    kernel.load()
-    return kernel
+    def __init__(self, fair: bool) -> None:
+        import llmos
+
+        self.home = tempfile.mkdtemp(prefix="llmos-bench-tenants-")
+        self.kernel = llmos.boot(home=self.home, load_entrypoints=False, fair_share=fair)
+        self.kernel.load()
+
+    def __enter__(self):
+        return self.kernel
+
+    def __exit__(self, *_exc) -> None:
+        self.kernel.shutdown()
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 def _jain(xs: list[float]) -> float:
@@ -72,22 +83,21 @@ def _backlog(kernel, tenant, prompt: str, depth: int, stop: threading.Event, **s
 def _b10_arm(fair: bool, log) -> tuple[float, float]:
     from llmos.kernel.tenants.tenant import Tenant
 
-    kernel = _boot(fair)
     stop, threads = threading.Event(), []
-    try:
-        threads += _backlog(kernel, Tenant("short"), SHORT, 16, stop, max_tokens=32)  # 32 clients, 16 slots
-        threads += _backlog(kernel, Tenant("long"), LONG, 16, stop, max_tokens=32)
-        time.sleep(min(5.0, WINDOW_S / 4))  # warm: both queues full
-        (start, out0), t0 = _served(kernel, ["short", "long"]), time.monotonic()
-        time.sleep(WINDOW_S)
-        (end, out1), wall = _served(kernel, ["short", "long"]), time.monotonic() - t0
-        got = [b - a for a, b in zip(start, end)]
-        log(f"B10 {'fair' if fair else 'FIFO'}: tokens served short {got[0]}, long {got[1]} in {wall:.0f} s "
-            f"({sum(got) / wall:.0f} tok/s in all, {(out1 - out0) / wall:.1f} generated tok/s)")
-        return _jain(got), (out1 - out0) / wall
-    finally:
-        _stop(stop, threads)
-        kernel.shutdown()
+    with _Kernel(fair) as kernel:
+        try:
+            threads += _backlog(kernel, Tenant("short"), SHORT, 16, stop, max_tokens=32)  # 32 clients, 16 slots
+            threads += _backlog(kernel, Tenant("long"), LONG, 16, stop, max_tokens=32)
+            time.sleep(min(5.0, WINDOW_S / 4))  # warm: both queues full
+            (start, out0), t0 = _served(kernel, ["short", "long"]), time.monotonic()
+            time.sleep(WINDOW_S)
+            (end, out1), wall = _served(kernel, ["short", "long"]), time.monotonic() - t0
+        finally:
+            _stop(stop, threads)
+    got = [b - a for a, b in zip(start, end)]
+    log(f"B10 {'fair' if fair else 'FIFO'}: tokens served short {got[0]}, long {got[1]} in {wall:.0f} s "
+        f"({sum(got) / wall:.0f} tok/s in all, {(out1 - out0) / wall:.1f} generated tok/s)")
+    return _jain(got), (out1 - out0) / wall
 
 
 def _stop(stop: threading.Event, threads: list[threading.Thread]) -> None:
@@ -120,22 +130,21 @@ def _p95_ttft(kernel, tenant, samples: int) -> float:
 def _b11_arm(mode: str, log) -> float:
     from llmos.kernel.tenants.tenant import Tenant
 
-    kernel = _boot(fair=mode != "fifo")
     samples = max(10, int(40 * SCALE)) if mode != "fifo" else 5  # FIFO: each waits out the whole queue
+    desk = Tenant("desk", "interactive" if mode != "fifo" else "normal")
+    nightly = Tenant("nightly", "batch" if mode != "fifo" else "normal")
     stop, threads = threading.Event(), []
-    try:
-        desk = Tenant("desk", "interactive" if mode != "fifo" else "normal")
-        nightly = Tenant("nightly", "batch" if mode != "fifo" else "normal")
-        _p95_ttft(kernel, desk, 5)  # warm
-        if mode != "idle":  # 16 running (max_running) and 32 queued behind them
-            threads = _backlog(kernel, nightly, STORY, 48, stop, max_tokens=100)
-            time.sleep(3)
-        p95 = _p95_ttft(kernel, desk, samples)
-        log(f"B11 {mode}: interactive p95 TTFT {p95 * 1000:.1f} ms over {samples} requests")
-        return p95
-    finally:
-        _stop(stop, threads)
-        kernel.shutdown()
+    with _Kernel(fair=mode != "fifo") as kernel:
+        try:
+            _p95_ttft(kernel, desk, 5)  # warm
+            if mode != "idle":  # 16 running (max_running) and 32 queued behind them
+                threads = _backlog(kernel, nightly, STORY, 48, stop, max_tokens=100)
+                time.sleep(3)
+            p95 = _p95_ttft(kernel, desk, samples)
+        finally:
+            _stop(stop, threads)
+    log(f"B11 {mode}: interactive p95 TTFT {p95 * 1000:.1f} ms over {samples} requests")
+    return p95
 
 
 @benchmark("B11", "an interactive tenant's p95 TTFT while a batch tenant keeps 32 requests queued vs on an idle kernel")
@@ -154,8 +163,7 @@ def b11b(ctx: BenchContext) -> BenchResult:
     from llmos.kernel.errors import QuotaExceededError
     from llmos.kernel.tenants.tenant import Tenant
 
-    kernel = _boot(True)
-    try:
+    with _Kernel(True) as kernel:
         metered = Tenant("metered", tokens_per_minute=QUOTA_TPM)
         cost = len(kernel.load().driver.tokenize(SHORT)) + 20
         interval = cost / (4 * QUOTA_TPM / 60)  # asks at 4x its quota
@@ -173,8 +181,6 @@ def b11b(ctx: BenchContext) -> BenchResult:
             served += done.usage["prompt_tokens"] + done.usage["completion_tokens"]
         allowed = QUOTA_TPM * QUOTA_S / 60
         ctx.log(f"B11b: served {served} tokens of {allowed:.0f} allowed, {len(handles)} admitted, {refused} refused")
-    finally:
-        kernel.shutdown()
     error = abs(served / allowed - 1)
     return BenchResult("B11b tokens served vs quota (1 - |error|)", 1.0, 1 - error, "fraction", 0.98,
                        description=f"{served} served of {allowed:.0f} allowed ({served / allowed - 1:+.1%}); "

@@ -53,10 +53,13 @@ def test_an_urgent_request_ends_the_step_in_flight(kernel):
         while not all(h.request.output_token_ids for h in batch):
             threading.Event().wait(0.01)
         before = driver._model.abort.pulled
-        urgent = kernel.submit("Name a colour.", tenant=Tenant("desk", "interactive"), max_tokens=4, temperature=0)
-        done = urgent.result(60)
-        assert driver._model.abort.pulled > before  # its arrival ended the batch's step in flight
-        assert done.usage["completion_tokens"] >= 1
+        for _attempt in range(5):  # one arriving between two steps has nothing to end (the next one is its)
+            urgent = kernel.submit("Name a colour.", tenant=Tenant("desk", "interactive"), max_tokens=4,
+                                   temperature=0)
+            assert urgent.result(60).usage["completion_tokens"] >= 1
+            if driver._model.abort.pulled > before:
+                break
+        assert driver._model.abort.pulled > before  # an arrival ended the batch's step in flight
         assert not any(h.done for h in batch)  # the batch goes on after it
     finally:
         for h in batch:

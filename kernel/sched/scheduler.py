@@ -81,8 +81,25 @@ class Scheduler:
         return sorted(self._requests.values(), key=self._sort_key)
 
     def next_deadline(self) -> float | None:
-        deadlines = [r.deadline for r in self._requests.values() if r.deadline is not None]
-        return min(deadlines, default=None)
+        return min((r.deadline for r in self._requests.values() if r.deadline is not None), default=None)
+
+    def queue_positions(self) -> dict[str, int]:
+        """Waiting requests -> their place in line (1: admitted next), in the order admission takes them."""
+        waiting = [r for q in self._waiting.values() for d in q.values() for r in d]
+        waiting.sort(key=lambda r: (int(r.priority), self.ledger.served(r.owner), self._order[r.request_id]))
+        return {r.request_id: i for i, r in enumerate(waiting, 1)}
+
+    def outranks_running(self, request: Request) -> bool:
+        """`request` is more urgent than everything running (worth ending a step in flight for)."""
+        return bool(self._running) and all(request.priority < r.priority for r in self._running)
+
+    def urgency(self) -> tuple[int, float] | None:
+        """(priority, service) of the most urgent owner with work here, None if idle: how device gates
+        (gate.py) choose between engines that share one compute resource."""
+        if not self._requests:
+            return None
+        prio = min(r.priority for r in self._requests.values())
+        return int(prio), min(self.ledger.served(r.owner) for r in self._requests.values() if r.priority == prio)
 
     def drain(self) -> list[RequestOutput]:
         """Events produced since the last drain (tokens, finishes, timeouts, cancellations)."""
@@ -108,9 +125,7 @@ class Scheduler:
         self.ledger.joined(request.owner)
         self._enqueue(request, front=False)
 
-    def finish_requests(
-        self, request_ids: Iterable[str], status: RequestStatus, error: str | None = None
-    ) -> None:
+    def finish_requests(self, request_ids: Iterable[str], status: RequestStatus, error: str | None = None) -> None:
         """End requests in any non-terminal state (cancel, kill, failure, timeout)."""
         if not status.finished:
             raise ValueError(f"{status!r} is not a terminal status")
@@ -231,12 +246,6 @@ class Scheduler:
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def queue_positions(self) -> dict[str, int]:
-        """Waiting requests -> their place in line (1: admitted next), in the order admission takes them."""
-        waiting = [r for q in self._waiting.values() for d in q.values() for r in d]
-        waiting.sort(key=lambda r: (int(r.priority), self.ledger.served(r.owner), self._order[r.request_id]))
-        return {r.request_id: i for i, r in enumerate(waiting, 1)}
-
     def _urgent_first_token(self) -> Priority | None:
         """The most urgent priority among requests still before their first token that run or will be
         admitted this step (the waiting head, if a slot and its KV are free), when it outranks a decode."""
@@ -249,18 +258,6 @@ class Scheduler:
         if not fresh or not any(r.priority > min(fresh) for r in self._running):
             return None
         return min(fresh)
-
-    def outranks_running(self, request: Request) -> bool:
-        """`request` is more urgent than everything running (worth ending a step in flight for)."""
-        return bool(self._running) and all(request.priority < r.priority for r in self._running)
-
-    def urgency(self) -> tuple[int, float] | None:
-        """(priority, service) of the most urgent owner with work here, None if idle: how device gates
-        (gate.py) choose between engines that share one compute resource."""
-        if not self._requests:
-            return None
-        prio = min(r.priority for r in self._requests.values())
-        return int(prio), min(self.ledger.served(r.owner) for r in self._requests.values() if r.priority == prio)
 
     def _charge(self, req: Request, sampled: bool) -> None:
         """Charge the owner for prompt tokens computed the first time, and for a sampled token."""
