@@ -1,7 +1,7 @@
 """Fair share by tokens (virtual token counters, as in VTC, OSDI'24), one ledger for every engine.
 
-Each owner (a tenant, over HTTP) accrues the tokens computed for it: prompt tokens as they are
-prefilled, completion tokens as they are sampled, on whatever model. A scheduler admits the waiting
+Each owner (a tenant, over HTTP) accrues the tokens served to it: its prompt tokens when the request
+is admitted, completion tokens as they are sampled, on whatever model. A scheduler admits the waiting
 owner with the least service first, so a tenant sending prompts 8x longer gets the same tokens, not
 8x the service. An owner returning from idle is lifted to the least-served active owner's counter: no
 credit is banked while away. The ledger is shared by all schedulers (and by the device gates that

@@ -13,7 +13,7 @@ Policy, in order of precedence:
    current minimum so it gets no burst credit. A recomputation after preemption is not charged.
 3. Continuous batching with chunked prefill: each step runs every running decode (1 token) first,
    then prefill chunks, within `max_batched_tokens`; KV use never exceeds `kv_capacity`. While a
-   more urgent request waits for its first token, less urgent decodes sit the step out.
+   more urgent request waits for its first token, less urgent work sits the step out.
 4. Deadlines end a request FINISHED_TIMED_OUT wherever it is; the waiting queue is bounded
    (`QueueFullError`, never a blocking put).
 """
@@ -55,7 +55,7 @@ class Scheduler:
         self._num_waiting = 0
         self._running: list[Request] = []
         self.ledger = ledger if ledger is not None else ServiceLedger()  # shared by the kernel's engines
-        self._charged: dict[str, int] = {}  # request -> prompt tokens charged to its owner (no recompute twice)
+        self._charged: set[str] = set()  # requests whose prompt their owner paid for (recompute is free)
         self._released: list[str] = []
         self._bypassed: dict[str, int] = {}  # waiting head -> requests of another group admitted ahead of it
         self._outbox: list[RequestOutput] = []
@@ -167,14 +167,14 @@ class Scheduler:
             self._preempt(worst)
 
         # 3. Running sequences: decodes first (one token each), then prefill chunks; while a more urgent
-        #    request waits for its first token, less urgent decodes sit this step out (its TTFT is one
+        #    request waits for its first token, less urgent work sits this step out (its TTFT is one
         #    prefill, not a prefill plus everyone's decodes).
         urgent = self._urgent_first_token()
         for decoding in (True, False):
             for req in list(self._running):
                 if req.status != RequestStatus.RUNNING:
                     continue  # preempted earlier in this pass to make room
-                if decoding and urgent is not None and req.priority > urgent:
+                if urgent is not None and req.priority > urgent:
                     continue
                 need = req.num_tokens - req.num_computed_tokens
                 if (need == 1) != decoding or req.request_id in scheduled or budget <= 0:
@@ -189,6 +189,8 @@ class Scheduler:
         # 4. Admit waiting requests while capacity, budget and KV allow; preempt for priority.
         while budget > 0 and self._num_waiting:
             cand = self._peek_waiting()
+            if urgent is not None and cand.priority > urgent:
+                break  # less urgent admissions wait for the urgent first token too
             if not self._fits_group(cand):
                 # the running batch (another adapter) drains first, then this group runs; meanwhile a
                 # bounded number of requests of the running group queued behind it may still join
@@ -207,6 +209,7 @@ class Scheduler:
                     or len(self._running) >= self.config.max_running):
                 break
             self._pop_waiting(cand)
+            self._charge(cand, sampled=False)
             n = min(cand.num_tokens, budget)
             cand.status = RequestStatus.RUNNING
             cand.num_computed_tokens = 0
@@ -237,7 +240,8 @@ class Scheduler:
             if rid in out.cached_tokens:
                 req.metrics.cached_prompt_tokens = out.cached_tokens[rid]
             token = out.sampled.get(rid)
-            self._charge(req, token is not None)
+            if token is not None:
+                self._charge(req, sampled=True)
             if token is None:
                 if req.num_computed_tokens >= req.num_tokens:
                     self._finish(req, RequestStatus.FINISHED_FAILED, "driver returned no token")
@@ -260,11 +264,13 @@ class Scheduler:
         return min(fresh)
 
     def _charge(self, req: Request, sampled: bool) -> None:
-        """Charge the owner for prompt tokens computed the first time, and for a sampled token."""
-        charged = self._charged.get(req.request_id, 0)
-        fresh = max(0, min(req.num_computed_tokens, len(req.prompt_token_ids)) - charged)
-        self._charged[req.request_id] = charged + fresh
-        self.ledger.charge(req.owner, fresh, int(sampled))
+        """VTC: an owner pays for a prompt when it is first admitted (the next admission of the same step
+        already sees it), and for each token sampled; a recomputation after preemption is free."""
+        prompt = 0
+        if req.request_id not in self._charged:
+            self._charged.add(req.request_id)
+            prompt = len(req.prompt_token_ids)
+        self.ledger.charge(req.owner, prompt, int(sampled))
 
     def _sort_key(self, req: Request) -> tuple[int, int]:
         return (int(req.priority), self._order[req.request_id])
@@ -397,5 +403,5 @@ class Scheduler:
         rid = req.request_id
         del self._requests[rid], self._order[rid], self._emitted[rid]
         self._detok.pop(rid, None)
-        self._charged.pop(rid, None)
+        self._charged.discard(rid)
         self.ledger.left(req.owner)
