@@ -29,6 +29,7 @@ from .proc.sessions import SessionStore
 from .sched.handle import Completion, RequestHandle, acancel_on_close, cancel_on_close
 from .sched.request import (Priority, PromptEnvelope, Request, check_input, check_prompt, next_request_id,
                             parse_sampling, validate_messages)
+from .tenants.scope import TenantView
 from .tenants.table import TenantTable
 from .tenants.tenant import Tenant
 from .tools.jobs import Job
@@ -340,9 +341,11 @@ class Kernel(ModuleCalls):
         """Loaded plugins: name, version, source, hooks, error (None when it loaded)."""
         return self.plugins.info()
 
-    def call_tool(self, name: str, args: Any, **kwargs: Any):
-        """Validate, authorize, run and audit a tool call (see tools/toolbox.py)."""
-        return self.tools.call(name, args, **kwargs)
+    def call_tool(self, name: str, args: Any, *, tenant: Tenant | None = None, **kwargs: Any):
+        """Validate, authorize, run and audit a tool call (see tools/toolbox.py); for a `tenant` that is no
+        admin, a tool that takes the kernel gets it as that tenant sees it (tenants/scope.py)."""
+        view = TenantView(self, tenant) if tenant is not None and not tenant.admin else None
+        return self.tools.call(name, args, kernel=view, **kwargs)
 
     def run_task(self, name: str, params: Any) -> Any:
         """Run a registered task with validated parameters; returns its JSON-serialisable result."""

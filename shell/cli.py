@@ -158,7 +158,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print a JSON list
     for row in rows:
         sampling = " ".join(f"{k}={v}" for k, v in row["sampling"].items()) or "the node's"
         table.add_row(row["name"], ",".join(row["drivers"]) or "-", f"{row['size_bytes'] / 1e6:.0f} MB",
-                      row["path"], sampling, row["description"])
+                      row.get("path", "-"), sampling, row["description"])
     out.print(table)
 
 

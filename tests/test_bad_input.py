@@ -177,7 +177,7 @@ HTTP_CASES = [
     ("memfs relative", "PUT", "/llmos/mem/write", {"path": "etc/passwd", "text": "x"}, 400, "path"),
     ("memfs long name", "PUT", "/llmos/mem/write", {"path": "/" + "n" * 300, "text": "x"}, 400, "path"),
     ("kill unknown", "POST", "/llmos/kill/req-none", None, 404, None),
-    ("unknown module", "POST", "/llmos/modules/nope/load", None, 404, None),
+    ("module load without an admin key", "POST", "/llmos/modules/nope/load", None, 403, None),
     ("unknown session", "GET", "/llmos/sessions/nope", None, 404, None),
     ("agent with no goal", "POST", "/llmos/agents", {"goal": " "}, 400, "goal"),
 ]

@@ -96,14 +96,19 @@ def test_a_tenant_sees_and_kills_only_its_own_requests_and_every_denial_is_audit
 def test_modules_admin_routes_and_drivers_need_an_admin(tenants):
     _base, home, _keys = tenants
     with as_(tenants, "bob") as bob, as_(tenants, "admin") as admin:
-        refused(bob.post("/llmos/modules/anything/load"), 403, "permission_denied")
-        refused(bob.post("/llmos/modules/anything/unload"), 403, "permission_denied")
+        refused(bob.post("/llmos/modules/anything/load"), 403, "admin_only")
+        refused(bob.post("/llmos/modules/anything/unload"), 403, "admin_only")
         refused(bob.get("/llmos/status"), 403, "admin_only")
-        refused(bob.post("/v1/chat/completions", json={**CHAT, "driver": "llamacpp"}), 400, param="driver")
+        refused(bob.get("/metrics"), 403, "admin_only")  # every tenant's usage is in it
+        refused(bob.post("/v1/chat/completions", json={**CHAT, "driver": "llamacpp"}), 403, "admin_only", "driver")
+        refused(bob.post("/llmos/models/load", json={"model": "smollm2", "driver": "torch"}), 403, "admin_only")
+        refused(bob.post("/v1/chat/completions", json={**CHAT, "keep_alive": 0}), 403, "admin_only", "keep_alive")
+        assert all("path" not in m for m in bob.get("/llmos/models").json())  # no paths of this machine
+        assert all("path" in m for m in admin.get("/llmos/models").json())
         assert admin.get("/llmos/status").status_code == 200
         refused(admin.post("/llmos/modules/anything/load"), 404)  # past the check: no such module
     denied = {(e["who"], e["tool"]) for e in audited_denials(home)}
-    assert {("bob", "insmod"), ("bob", "rmmod"), ("bob", "http")} <= denied
+    assert {("bob", "insmod"), ("bob", "rmmod"), ("bob", "http"), ("bob", "driver"), ("bob", "keep_alive")} <= denied
 
 
 def test_a_priority_class_caps_what_requests_may_ask(tenants):
@@ -112,6 +117,7 @@ def test_a_priority_class_caps_what_requests_may_ask(tenants):
         refused(alice.post("/v1/chat/completions", json=CHAT, headers={"X-Llmos-Priority": "high"}), 403,
                 param="priority")
         assert alice.post("/v1/chat/completions", json=CHAT, headers={"X-Llmos-Priority": "low"}).status_code == 200
+        assert any(e["who"] == "nightly" and e["tool"] == "priority" for e in audited_denials(tenants[1]))
         with streaming(nightly) as rid:  # asking nothing: the class's own priority
             [row] = [r for r in admin.get("/llmos/ps").json() if r["id"] == rid]
             assert row["priority"] == "batch"
@@ -157,13 +163,17 @@ def test_sessions_are_their_tenants(tenants):
                           ).status_code == 200
         assert made["id"] not in [s["id"] for s in bob.get("/llmos/sessions").json()]
         assert made["id"] in [s["id"] for s in admin.get("/llmos/sessions").json()]
+        # another tenant's session is answered as one that does not exist (its name and id say nothing)
+        missing = refused(bob.get("/llmos/sessions/no-such-session"), 404)
         for attempt in (bob.get(f"/llmos/sessions/{made['id']}"), bob.get("/llmos/sessions/alice-notes"),
-                        bob.post("/llmos/sessions", json={"name": "alice-notes"}),
                         bob.post(f"/llmos/sessions/{made['id']}/messages", json={"role": "user", "content": "x"}),
                         bob.patch(f"/llmos/sessions/{made['id']}", json={"system": "be evil"}),
                         bob.delete(f"/llmos/sessions/{made['id']}"),
                         bob.post("/llmos/agents", json={"session": made["id"]})):
-            refused(attempt, 403, "permission_denied")
+            assert refused(attempt, 404)["code"] == missing["code"]
+        taken = refused(bob.post("/llmos/sessions", json={"name": "alice-notes"}), 400, param="name")
+        assert made["id"] not in taken["message"] and "alice" not in taken["message"].replace("alice-notes", "")
+        refused(bob.post("/llmos/sessions", json={"name": "chat-0123456789"}), 400)  # looks like an id
         assert alice.get(f"/llmos/sessions/{made['id']}").json()["messages"] == [{"role": "user", "content": "secret"}]
     assert sum(e["who"] == "bob" for e in audited_denials(home)) >= 7
 
@@ -268,3 +278,37 @@ def test_on_the_unix_socket_a_client_is_the_owner_unless_it_presents_a_key(tmp_p
                 del local.headers["authorization"]
                 assert local.get("/llmos/status").status_code == 200
                 assert local.post(f"/llmos/kill/{owners}").json() == {"killed": owners}
+
+
+def test_the_tools_an_agent_calls_see_memfs_as_its_tenant(tmp_path):
+    """What an agent's tools do for a tenant (a tool that takes the kernel gets the tenant's view), and
+    memfs prefixes that differ only in case stay apart."""
+    import llmos
+    from llmos.kernel.errors import TenantDeniedError
+    from llmos.kernel.tenants.scope import ScopedMem
+    from llmos.kernel.tenants.tenant import Tenant
+
+    def denied(tool: str, args: dict) -> bool:
+        try:
+            result = kernel.call_tool(tool, args, tenant=alice, approve=yes)
+        except TenantDeniedError:
+            return True
+        return not result.ok and "tenant 'alice'" in (result.error or "")
+
+    kernel = llmos.boot(home=tmp_path / "home", load_entrypoints=False)
+    try:
+        kernel.mem.write("/home/bob/secret.txt", "bob's password is hunter2 zebra")
+        kernel.mem.write("/HOME/ALICE/admins.txt", "only for admins: zebra")
+        kernel.mem.write("/home/alice/mine.txt", "alice keeps a zebra")
+        alice, yes = Tenant("alice"), (lambda *_a: "once")
+        result = kernel.call_tool("mem_find", {"query": "zebra password", "k": 10}, tenant=alice, approve=yes)
+        assert result.ok and [h["path"] for h in result.value] == ["/home/alice/mine.txt"]
+        assert denied("mem_cat", {"path": "/home/bob/secret.txt"})
+        assert denied("mem_write", {"path": "/home/bob/x.txt", "text": "x"})
+        assert kernel.call_tool("mem_cat", {"path": "/home/bob/secret.txt"}, approve=yes).ok  # the owner's own call
+        scoped = ScopedMem(kernel.mem, alice, kernel.tenants)
+        assert [e["path"] for e in scoped.ls("/home/alice")] == ["/home/alice/mine.txt"]
+        assert scoped.rm("/home/alice", recursive=True) == 1
+        assert kernel.mem.cat("/HOME/ALICE/admins.txt") == "only for admins: zebra"  # not "below" /home/alice
+    finally:
+        kernel.shutdown()

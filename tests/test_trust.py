@@ -59,9 +59,9 @@ def test_without_trust_no_priority_above_normal_and_no_driver(keyless):
     chat = f"{base}/v1/chat/completions"
     for priority in ("realtime", "high", 0, 1):
         refused(httpx.post(chat, json={**CHAT, "priority": priority}, timeout=60), 403, param="priority")
-        refused(httpx.post(f"{base}/llmos/agents", json={"goal": "x", "priority": priority}, timeout=60), 400,
+        refused(httpx.post(f"{base}/llmos/agents", json={"goal": "x", "priority": priority}, timeout=60), 403,
                 param="priority")
-    refused(httpx.post(chat, json={**CHAT, "driver": "torch"}, timeout=60), 400, param="driver")
+    refused(httpx.post(chat, json={**CHAT, "driver": "torch"}, timeout=60), 403, "admin_only", "driver")
     assert httpx.post(chat, json={**CHAT, "priority": "batch", "max_tokens": 4}, timeout=60).status_code == 200
 
 

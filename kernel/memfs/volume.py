@@ -62,6 +62,11 @@ class Volume:
                                   isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
+        # directory prefixes are LIKE patterns: ASCII case-insensitive by default, which would make
+        # /HOME/ALICE "below" /home/alice (another tenant's files listed, moved or removed with it)
+        self.db.execute("PRAGMA case_sensitive_like=ON")
+        if self.db.execute("SELECT 'A' LIKE 'a'").fetchone()[0]:
+            raise StorageError("this SQLite ignores case_sensitive_like: memfs cannot tell /A from /a")
         self.db.executescript(SCHEMA)
         self.lock = threading.RLock()
         self._version = None

@@ -236,7 +236,8 @@ class Process:
 
         def call() -> None:
             try:
-                r = self.kernel.call_tool(name, args, owner=self.owner, approve=self.approve)
+                r = self.kernel.call_tool(name, args, owner=self.owner, approve=self.approve,
+                                          **({"tenant": self.tenant} if self.tenant is not None else {}))
                 box["out"] = ((json.dumps(r.value, default=str, ensure_ascii=False), None) if r.ok
                               else (f"error: {r.error}", r.code))
             except LlmosError as exc:  # denied, invalid arguments: the model reads why

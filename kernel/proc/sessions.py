@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -170,6 +171,8 @@ class SessionStore:
             raise InvalidRequestError("a session name must be 1-200 characters", param="session")
         if kind not in ("chat", "agent"):
             raise InvalidRequestError(f"session kind must be chat or agent, got {kind!r}", param="kind")
+        if name is not None and re.fullmatch(r"(chat|agent)-[0-9a-f]{10}", name):  # ids and names share a lookup
+            raise InvalidRequestError(f"{name!r} looks like a session id: choose another name", param="session")
         sid = f"{kind}-{uuid.uuid4().hex[:10]}"
         now = time.time()
         with self._lock:

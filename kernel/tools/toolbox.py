@@ -52,7 +52,7 @@ class ToolBox:
         return tool
 
     def call(self, name: str, args: Any, *, owner: str = "default", approve: Approver | None = None,
-             timeout: float = DEFAULT_TIMEOUT_S) -> ToolResult:
+             timeout: float = DEFAULT_TIMEOUT_S, kernel: Any = None) -> ToolResult:
         """Validate, check capabilities, run and audit one tool call.
 
         Unknown tools, bad arguments and denials raise typed errors; a tool that fails, times out,
@@ -70,7 +70,8 @@ class ToolBox:
             self.audit.record(**entry, decision="invalid", outcome="invalid", error=str(exc), duration_s=0.0)
             raise
         started = time.monotonic()
-        call = (lambda: tool.fn(self.kernel, **params)) if tool.takes_kernel else (lambda: tool.fn(**params))
+        target = kernel if kernel is not None else self.kernel  # `kernel`: the caller's view (a tenant's)
+        call = (lambda: tool.fn(target, **params)) if tool.takes_kernel else (lambda: tool.fn(**params))
         try:
             result = ToolResult(True, self.workers.run(name, call, timeout))
         except ToolError as exc:

@@ -16,7 +16,8 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from .security import is_owner
+from .security import is_owner, tenant_of
+from .tenancy import require_admin
 
 
 class ModelLoad(BaseModel):
@@ -46,16 +47,23 @@ def admin_router(kernel) -> APIRouter:
         return {"default_model": kernel.config.default_model}
 
     @r.get("/models")
-    async def models() -> list[dict[str, Any]]:
-        return await run(kernel.models_info)
+    async def models(request: Request) -> list[dict[str, Any]]:
+        rows = await run(kernel.models_info)
+        if tenant_of(request).admin:
+            return rows
+        return [{k: v for k, v in row.items() if k != "path"} for row in rows]  # no paths of this machine
 
     @r.get("/models/resolve")
     async def resolve(request: Request, name: str) -> dict[str, Any]:
         spec = await run(kernel.registry.resolve, name, allow_paths=is_owner(request))
-        return {"name": spec.name, "format": spec.format, "source": spec.source, "location": str(spec.location)}
+        row = {"name": spec.name, "format": spec.format, "source": spec.source, "location": str(spec.location)}
+        return row if tenant_of(request).admin else {k: v for k, v in row.items() if k != "location"}
 
     @r.post("/models/load")
     async def load(request: Request, body: ModelLoad) -> dict[str, Any]:
+        if body.driver is not None:  # a second engine of the model, which every tenant's requests would share
+            require_admin(kernel, request, "load a model on a named driver", body.driver)
+
         def load_() -> dict[str, Any]:
             name = body.model or kernel.config.default_model
             kernel.registry.resolve(name, allow_paths=is_owner(request))

@@ -38,7 +38,7 @@ from .mem_routes import mem_router
 from .metrics import Metrics
 from .schemas import MAX_EMBEDDING_CHARS, MAX_EMBEDDING_INPUTS, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from .security import HEADER_TIMEOUT_S, MAX_BODY_BYTES, Guard, is_owner, tenant_of
-from .tenancy import readable
+from llmos.kernel.tenants.scope import ScopedMem
 from .session_routes import session_router
 from .sse import DONE, KEEPALIVE, KEEPALIVE_S, sse
 from .status import status_router
@@ -119,9 +119,9 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
         model, adapter = split_model(body.model)
 
         owner, tenant = is_owner(request), tenant_of(request)
-        extensions = body.extensions(tenant, request.headers.get("x-llmos-priority"))
+        extensions = body.extensions(tenant, request.headers.get("x-llmos-priority"), audit=kernel.tenants.deny)
         if "rag" in extensions:  # passages the tenant may read only
-            extensions["rag"] = readable(kernel, request, extensions["rag"], "rag", "rag")
+            extensions["rag"] = ScopedMem(kernel.mem, tenant, kernel.tenants).readable(extensions["rag"], "rag", "rag")
 
         def submit_named():  # over HTTP a model is a served name, never a path on this machine (but the owner's)
             kernel.registry.resolve(model, allow_paths=owner)
@@ -219,9 +219,14 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
         service = await asyncio.to_thread(lambda: kernel.embedding)  # loads the embedder on first use
         # the kernel's embedding queue, capped like the model queues (429 when full); leaving cancels the job
         tenant = tenant_of(request)
-        job = service.submit(texts, owner=tenant.name, priority=tenant.default_priority,
-                             max_waiting=kernel.config.max_queue, user=body.user)
-        vectors = await _until_done(request, asyncio.wrap_future(job), job.cancel)
+        held = f"embed-{uuid.uuid4().hex[:12]}"
+        kernel.tenants.admit(tenant, held, 0, 0)  # its concurrency (and a quota in debt) holds here too: 429
+        try:
+            job = service.submit(texts, owner=tenant.name, priority=tenant.default_priority,
+                                 max_waiting=kernel.config.max_queue, user=body.user)
+            vectors = await _until_done(request, asyncio.wrap_future(job), job.cancel)
+        finally:
+            kernel.tenants.abandon(held)
         if vectors is None:
             return Response(status_code=499)  # the client left: nobody reads this
         return {"object": "list", "model": EMBEDDING_MODEL,

@@ -30,7 +30,7 @@ from llmos.kernel.errors import InvalidRequestError, LlmosError, ProcessNotFound
 from .clients import ClientLabels, label_of
 from .schemas import check_trust
 from .security import is_owner, tenant_of
-from .tenancy import check_owner, require_admin, visible
+from .tenancy import check_owner, own_session, require_admin, visible
 from .sse import KEEPALIVE, KEEPALIVE_S, sse
 
 #: agents an HTTP client may have running at once, and each one's budgets
@@ -74,7 +74,7 @@ class AgentSpawn(BaseModel):
     max_tokens: int = Field(2048, ge=16, le=MAX_AGENT_TOKENS)
     session: str | None = None
     owner: str = Field("api", min_length=1, max_length=64)  # ignored: an agent runs as its spawner's tenant
-    priority: str | None = None
+    priority: str | int | None = None
     tool_choice: Literal["first", "auto"] = "first"
     approvals: bool = False
     detach: bool = False
@@ -174,12 +174,12 @@ def extras_router(kernel, *, max_agents: int = MAX_AGENTS, max_event_streams: in
     async def agent_spawn(request: Request, body: AgentSpawn) -> dict[str, Any]:
         owner, tenant = is_owner(request), tenant_of(request)
         if body.approvals and not tenant.admin:  # an answer can grant "always"
+            kernel.tenants.deny(tenant, "approvals", "agent spawn", "agents that ask approvals need an admin key")
             raise ApprovalsRefusedError("agents that ask approvals need an admin key or the Unix socket: "
                                         "spawn it without approvals (ungranted tools are denied)", param="approvals")
-        check_trust(tenant, priority=body.priority)
+        check_trust(tenant, priority=body.priority, audit=kernel.tenants.deny)
         if body.session is not None:
-            stored = await run(kernel.sessions.get, body.session)
-            check_owner(kernel, request, stored.owner, "resume", f"session {body.session}", "session")
+            await run(own_session, kernel, request, body.session, "resume")
 
         def spawn():
             # a served name, never a path on this machine (but the owner's), nor one stored in a session

@@ -7,7 +7,7 @@ What reads this machine's files by path (`import`) or creates stores (`mount`) a
 `{"result": {...}}` (or `{"error": {...}}`).
 
 Each path is checked against the request's tenant first (tenancy.py): a tenant reads its home and what is
-shared with it, writes its home only; a search of "/" covers what it may read."""
+shared with it, writes its home only; a search of "/" covers what it may read (kernel/tenants/scope.py)."""
 
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ from pydantic import BaseModel, Field
 from llmos.kernel.errors import InvalidRequestError, LlmosError
 from llmos.kernel.memfs.paths import normalize
 from llmos.kernel.memfs.grep import GREP_TIMEOUT_S
+from llmos.kernel.tenants.scope import ScopedMem
 
 from .sse import KEEPALIVE, KEEPALIVE_S, sse
-from .tenancy import listing, readable, search_roots, writable
+from .security import tenant_of
 
 
 class MemWrite(BaseModel):
@@ -68,60 +69,54 @@ def mem_router(kernel) -> APIRouter:
     r = APIRouter(prefix="/llmos")
     run = asyncio.to_thread  # memfs is SQLite + FAISS + the embedder: keep the event loop free
 
+    def mem(request: Request) -> ScopedMem:
+        """memfs as the request's tenant sees it (every path checked, refusals audited)."""
+        return ScopedMem(kernel.mem, tenant_of(request), kernel.tenants)
+
     @r.get("/mem/ls")
     async def mem_ls(request: Request, path: str = "/", recursive: bool = False) -> list[dict[str, Any]]:
-        path = normalize(path)
-        search_roots(kernel, request, path, "mem ls")  # readable, or above what is: then filtered
-        return listing(request, path, await run(kernel.mem.ls, path, recursive))
+        return await run(mem(request).ls, path, recursive)
 
     @r.get("/mem/cat")
     async def mem_cat(request: Request, path: str) -> dict[str, Any]:
-        path = readable(kernel, request, path, "mem cat")
-        return {"path": path, "text": await run(kernel.mem.cat, path)}
+        return {"path": path, "text": await run(mem(request).cat, path)}
 
     @r.get("/mem/stat")
     async def mem_stat(request: Request, path: str) -> dict[str, Any]:
-        return await run(kernel.mem.stat, readable(kernel, request, path, "mem stat"))
+        return await run(mem(request).stat, path)
 
     @r.put("/mem/write")
     async def mem_write(request: Request, body: MemWrite) -> dict[str, Any]:
-        path = writable(kernel, request, body.path, "mem write")
         meta = {"source": body.source} if body.source is not None else {}
-        return await run(lambda: kernel.mem.write(path, body.text, tags=body.tags, **meta))
+        return await run(lambda: mem(request).write(body.path, body.text, tags=body.tags, **meta))
 
     @r.post("/mem/append")
     async def mem_append(request: Request, body: MemAppend) -> dict[str, Any]:
-        return await run(kernel.mem.append, writable(kernel, request, body.path, "mem append"), body.text)
+        return await run(mem(request).append, body.path, body.text)
 
     @r.post("/mem/mv")
     async def mem_mv(request: Request, body: MemMove) -> dict[str, Any]:
-        src = writable(kernel, request, body.src, "mem mv", "src")
-        dst = writable(kernel, request, body.dst, "mem mv", "dst")
-        await run(kernel.mem.mv, src, dst)
-        return {"moved": src, "to": dst}
+        await run(mem(request).mv, body.src, body.dst)
+        return {"moved": body.src, "to": body.dst}
 
     @r.delete("/mem/rm")
     async def mem_rm(request: Request, path: str, recursive: bool = False) -> dict[str, Any]:
-        return {"removed": await run(kernel.mem.rm, writable(kernel, request, path, "mem rm"), recursive)}
+        return {"removed": await run(mem(request).rm, path, recursive)}
 
     @r.post("/mem/find")
     async def mem_find(request: Request, body: MemFind) -> list[dict[str, Any]]:
-        roots = search_roots(kernel, request, body.within, "mem find")
-
-        def find() -> list[dict[str, Any]]:
-            hits = [h for root in roots if _exists(kernel, root) for h in kernel.mem.find(body.query, root, body.k)]
-            return sorted(hits, key=lambda h: -h["score"])[:body.k]
-        return await run(find)
+        return await run(mem(request).find, body.query, body.within, body.k)
 
     @r.post("/mem/grep")
     async def mem_grep(request: Request, body: MemGrep) -> list[dict[str, Any]]:
-        roots = search_roots(kernel, request, body.within, "mem grep")
-        return await run(lambda: [h for root in roots if _exists(kernel, root)
-                                  for h in kernel.mem.grep(body.pattern, root, body.ignore_case, body.timeout)])
+        return await run(mem(request).grep, body.pattern, body.within, body.ignore_case, body.timeout)
 
     @r.get("/mem/volumes")
-    async def mem_volumes() -> list[dict[str, Any]]:
-        return await run(kernel.mem.volumes)
+    async def mem_volumes(request: Request) -> list[dict[str, Any]]:
+        rows = await run(kernel.mem.volumes)
+        if tenant_of(request).admin:
+            return rows
+        return [{k: v for k, v in row.items() if k != "dir"} for row in rows]  # no paths of this machine
 
     @r.post("/admin/mem/mount/{name}")
     async def mem_mount(name: str) -> dict[str, Any]:
@@ -139,17 +134,6 @@ def mem_router(kernel) -> APIRouter:
         return StreamingResponse(_import_events(request, kernel, body), media_type="text/event-stream")
 
     return r
-
-
-def _exists(kernel, path: str) -> bool:
-    """A tenant's home need not exist yet: searching it finds nothing rather than failing."""
-    if path == "/":
-        return True
-    try:
-        kernel.mem.stat(path)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 async def _import_events(request: Request, kernel, body: MemImport):

@@ -7,7 +7,6 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from llmos.kernel.errors import InvalidRequestError
 
 #: texts per embeddings request, and characters per text (all-MiniLM-L6-v2 reads 256 tokens, ~1,000 characters)
 MAX_EMBEDDING_INPUTS = 256
@@ -64,13 +63,24 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
-def check_trust(tenant, *, priority: Any = None, driver: str | None = None) -> None:
+def check_trust(tenant, *, priority: Any = None, driver: str | None = None, audit=None) -> None:
     """What a tenant's class and rights allow: a priority up to its class (kernel/tenants/tenant.py), and a
-    named driver only for an admin (it would load a second copy of a model on another engine)."""
-    tenant.priority(priority)  # TenantDeniedError above its class
+    named driver only for an admin (it would load a second copy of a model on another engine). A refusal
+    is a TenantDeniedError (403), reported to `audit(tenant, action, target, reason)` first."""
+    from llmos.kernel.errors import TenantDeniedError
+
+    audit = audit or (lambda *_args: None)
+    try:
+        tenant.priority(priority)
+    except TenantDeniedError as exc:
+        audit(tenant, "priority", str(priority)[:32], str(exc))
+        raise
     if driver is not None and not tenant.admin:
-        raise InvalidRequestError("choosing a driver needs an admin key (or the Unix socket): leave it out to use "
+        error = TenantDeniedError("choosing a driver needs an admin key (or the Unix socket): leave it out to use "
                                   "the model's own", param="driver")
+        error.code = "admin_only"
+        audit(tenant, "driver", driver, str(error))
+        raise error
 
 
 class _Sampling(_Body):
@@ -114,13 +124,21 @@ class _Sampling(_Body):
             raise ValueError(f"is not supported by llmos yet: leave it unset{hint}")
         return value
 
-    def extensions(self, tenant, header_priority: str | None = None) -> dict[str, Any]:
+    def extensions(self, tenant, header_priority: str | None = None, audit=None) -> dict[str, Any]:
         """The llmos extensions set, as `Kernel.submit` keywords (the priority: the body's, else the
         X-Llmos-Priority header's), checked against `tenant` (its class caps the priority)."""
         out = {k: getattr(self, k) for k in ("priority", "rag", "driver", "timeout") if getattr(self, k) is not None}
         if "priority" not in out and header_priority:
             out["priority"] = header_priority.strip()[:32]
-        check_trust(tenant, priority=out.get("priority"), driver=out.get("driver"))
+        check_trust(tenant, priority=out.get("priority"), driver=out.get("driver"), audit=audit)
+        if self.keep_alive is not None and not tenant.admin:  # how long the shared model stays loaded
+            from llmos.kernel.errors import TenantDeniedError
+
+            error = TenantDeniedError("keep_alive decides how long a model every tenant shares stays loaded: it "
+                                      "needs an admin key", param="keep_alive")
+            error.code = "admin_only"
+            (audit or (lambda *_a: None))(tenant, "keep_alive", str(self.keep_alive)[:32], str(error))
+            raise error
         return out
 
     def sampling(self) -> dict[str, Any]:

@@ -54,6 +54,7 @@ HEADER_TIMEOUT_S = 10.0
 #: served only to the owner (Unix socket) or with the API key
 OWNER_PATHS = frozenset({"/llmos/status", "/llmos/shutdown"})
 OWNER_PREFIXES = ("/llmos/admin/", "/llmos/tools/", "/llmos/tasks/")
+# /metrics too, once keys exist (every tenant's usage is in it), unless --public-metrics
 
 
 def tenant_of(request) -> Tenant:
@@ -189,7 +190,8 @@ class Guard:
         if tenant is None and path not in self.open_paths and not preflight:
             return json_error(401, "missing or wrong API key: send Authorization: Bearer <key>",
                               "invalid_request_error", None, "invalid_api_key")
-        if tenant is not None and not tenant.admin and owner_only(path):
+        if tenant is not None and not tenant.admin and (owner_only(path) or (path == "/metrics" and keyed and
+                                                                           path not in self.open_paths)):
             self.on_deny(tenant, "http", path, "needs an admin key")
             return json_error(403, f"{path} needs an admin key (tenant {tenant.name!r} is not an admin)",
                               "permission_error", None, "admin_only")

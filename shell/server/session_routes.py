@@ -10,8 +10,10 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmos.kernel.errors import InvalidRequestError
+
 from .security import is_owner, tenant_of
-from .tenancy import check_owner, visible
+from .tenancy import own_session, visible
 
 
 class SessionOpen(BaseModel):
@@ -42,10 +44,14 @@ def session_router(kernel) -> APIRouter:
         return visible(request, await run(kernel.sessions.list, kind))
 
     def own(request: Request, session: str, action: str):
-        """The stored session, if it is the request's tenant's (or the tenant is an admin)."""
-        stored = kernel.sessions.get(session)
-        check_owner(kernel, request, stored.owner, action, f"session {session}", "session")
-        return stored
+        return own_session(kernel, request, session, action)
+
+    def name_taken(request: Request, found) -> None:
+        """Opening a name another tenant's session has: refused without saying whose, or its id."""
+        tenant = tenant_of(request)
+        if not tenant.admin and found.owner != tenant.name:
+            kernel.tenants.deny(tenant, "open", f"session {found.name}", "another tenant's session name")
+            raise InvalidRequestError(f"the session name {found.name!r} is taken: choose another", param="name")
 
     def served_name(request: Request, model: Any) -> None:
         """A session's model over HTTP: a served name, never a path on this machine (but the owner's)."""
@@ -58,7 +64,7 @@ def session_router(kernel) -> APIRouter:
             served_name(request, body.model)
             s = kernel.sessions.open(body.name, model=body.model, adapter=body.adapter, system=body.system,
                                      owner=tenant_of(request).name,
-                                     check=lambda found: own(request, found.id, "open"))
+                                     check=lambda found: name_taken(request, found))
             return s.as_dict()
         return await run(open_)
 

@@ -11,22 +11,26 @@ from __future__ import annotations
 from typing import Any
 
 from llmos.kernel.errors import TenantDeniedError
-from llmos.kernel.memfs.paths import normalize
 from llmos.kernel.tenants.tenant import Tenant
 
 from .security import tenant_of
 
 
-def deny(kernel, tenant: Tenant, action: str, target: str, message: str, param: str | None = None):
+def deny(kernel, tenant: Tenant, action: str, target: str, message: str, param: str | None = None,
+         code: str | None = None):
+    """Audit a refusal and return its error (403; `code`: e.g. admin_only)."""
     kernel.tenants.deny(tenant, action, target, message)
-    return TenantDeniedError(message, param=param)
+    error = TenantDeniedError(message, param=param)
+    if code is not None:
+        error.code = code
+    return error
 
 
 def require_admin(kernel, request, action: str, target: str = "") -> Tenant:
     tenant = tenant_of(request)
     if not tenant.admin:
         raise deny(kernel, tenant, action, target, f"{action} needs an admin key (tenant {tenant.name!r} is not an "
-                                                   f"admin)")
+                                                   f"admin)", code="admin_only")
     return tenant
 
 
@@ -39,50 +43,20 @@ def check_owner(kernel, request, owner: str | None, action: str, target: str, pa
     return tenant
 
 
+def own_session(kernel, request, session: str, action: str):
+    """The stored session, if it is the request's tenant's (or the tenant is an admin); another tenant's
+    is refused (audited) as if it did not exist: its name or id says nothing."""
+    from llmos.kernel.proc.sessions import UnknownSessionError
+
+    stored = kernel.sessions.get(session)
+    tenant = tenant_of(request)
+    if not tenant.admin and stored.owner != tenant.name:
+        kernel.tenants.deny(tenant, action, f"session {session}", "another tenant's session")
+        raise UnknownSessionError(f"no session {session!r}: `llmos sessions ls` lists yours")
+    return stored
+
+
 def visible(request, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows (ps, sessions) the request's tenant may see."""
     tenant = tenant_of(request)
     return rows if tenant.admin else [r for r in rows if r.get("owner") == tenant.name]
-
-
-def readable(kernel, request, path: str, action: str, param: str = "path") -> str:
-    tenant = tenant_of(request)
-    path = normalize(path, param=param)
-    if not tenant.may_read(path):
-        raise deny(kernel, tenant, action, path, f"tenant {tenant.name!r} reads memfs under {tenant.home} (and what is "
-                                                 f"shared with it: {', '.join(tenant.shared) or 'nothing'}), not {path}",
-                   param)
-    return path
-
-
-def writable(kernel, request, path: str, action: str, param: str = "path") -> str:
-    tenant = tenant_of(request)
-    path = normalize(path, param=param)
-    if not tenant.may_write(path):
-        raise deny(kernel, tenant, action, path, f"tenant {tenant.name!r} writes memfs under {tenant.home} only, "
-                                                 f"not {path}", param)
-    return path
-
-
-def search_roots(kernel, request, within: str, action: str) -> list[str]:
-    """Where a search `within` a directory may look: the directory itself if readable, else the
-    tenant's readable roots under it (a search of "/" by a tenant covers its home and shares)."""
-    tenant = tenant_of(request)
-    within = normalize(within, param="within")
-    if tenant.may_read(within):
-        return [within]
-    prefix = within.rstrip("/") + "/"
-    roots = [r for r in (tenant.home, *tenant.shared) if r.startswith(prefix)]
-    if not roots:
-        readable(kernel, request, within, action, "within")  # raises, audited
-    return roots
-
-
-def listing(request, path: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Entries of a directory above the tenant's roots: only those leading to them."""
-    tenant = tenant_of(request)
-    if tenant.may_read(path):
-        return entries
-    roots = (tenant.home, *tenant.shared)
-    return [e for e in entries if any(r == e["path"] or r.startswith(e["path"].rstrip("/") + "/") or
-                                      tenant.may_read(e["path"]) for r in roots)]
