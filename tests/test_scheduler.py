@@ -344,3 +344,32 @@ def test_while_an_urgent_request_waits_for_its_first_token_less_urgent_decodes_s
     s.add_request(peer)
     out, _ = step(s, state)
     assert {r.request_id for r in batch} <= set(out.num_scheduled_tokens)
+
+
+def test_fair_share_counts_tokens_not_requests():
+    """Two owners kept backlogged, one with prompts 8x longer: each is served about the same tokens
+    (VTC). Sharing by requests would give the long-prompt owner several times the tokens."""
+    s, state, _ = make(max_running=2, max_batched_tokens=64, max_waiting=400)
+    prompts = {"short": "s" * 8, "long": "l" * 64}
+    served = dict.fromkeys(prompts, 0)
+    for i in range(200):
+        for owner, prompt in prompts.items():  # top up: both always have work waiting
+            while sum(r.owner == owner for r in s.requests()) < 4:
+                s.add_request(req(prompt, max_tokens=2, owner=owner, request_id=f"{owner}-{i}-{len(s.requests())}"))
+        out, _ = step(s, state)
+        for rid, n in out.num_scheduled_tokens.items():
+            served[rid.split("-")[0]] += n
+    ratio = served["long"] / served["short"]
+    assert 0.8 <= ratio <= 1.25, served
+
+
+def test_without_preemption_kv_is_reserved_for_each_requests_longest_so_nothing_deadlocks():
+    """Nothing can be evicted without preemption (remote nodes): four requests whose prompts fit the KV
+    cache together but whose answers do not must run in turns, never all stop one token short of it."""
+    s, state, _ = make(max_running=4, kv_capacity=120, max_model_len=60, preemption=False)
+    reqs = [req("p" * 28, max_tokens=12, owner=o) for o in "abcd"]
+    for r in reqs:
+        s.add_request(r)
+    out, _ = step(s, state)
+    assert len(out.new) == 3  # 3 x (28 + 12) = 120: the fourth waits for room
+    assert len(run_all(s, state)) == 4 and all(r.status == RequestStatus.FINISHED_LENGTH for r in reqs)

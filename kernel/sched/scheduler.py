@@ -12,8 +12,10 @@ Policy, in order of precedence:
    service, so one chatty tenant cannot starve another. An owner that was idle is lifted to the
    current minimum so it gets no burst credit. A recomputation after preemption is not charged.
 3. Continuous batching with chunked prefill: each step runs every running decode (1 token) first,
-   then prefill chunks, within `max_batched_tokens`; KV use never exceeds `kv_capacity`. While a
-   more urgent request waits for its first token, less urgent work sits the step out.
+   then prefill chunks, within `max_batched_tokens`; KV use never exceeds `kv_capacity` (without
+   preemption, admission reserves each request's longest, so running sequences never wait on each
+   other for KV). While a more urgent request waits for its first token, less urgent work sits the
+   step out.
 4. Deadlines end a request FINISHED_TIMED_OUT wherever it is; the waiting queue is bounded
    (`QueueFullError`, never a blocking put).
 """
@@ -206,7 +208,7 @@ class Scheduler:
                 continue
             budget += self._make_room(cand, cand.num_tokens, scheduled, admitting=True)
             if (self._kv_used(scheduled) + cand.num_tokens > self.config.kv_capacity
-                    or len(self._running) >= self.config.max_running):
+                    or len(self._running) >= self.config.max_running or not self._kv_reservable(cand)):
                 break
             self._pop_waiting(cand)
             self._charge(cand, sampled=False)
@@ -234,11 +236,11 @@ class Scheduler:
             if rid in out.failed:
                 self._finish(req, RequestStatus.FINISHED_FAILED, out.failed[rid])
                 continue
+            if rid in out.cached_tokens:  # reported when a sequence is placed, also in a step given again
+                req.metrics.cached_prompt_tokens = out.cached_tokens[rid]
             if rid in out.pending:
                 continue
             req.num_computed_tokens += n
-            if rid in out.cached_tokens:
-                req.metrics.cached_prompt_tokens = out.cached_tokens[rid]
             token = out.sampled.get(rid)
             if token is not None:
                 self._charge(req, sampled=True)
@@ -286,6 +288,18 @@ class Scheduler:
 
     def _kv_used(self, scheduled: dict[str, int]) -> int:
         return sum(r.num_computed_tokens + scheduled.get(r.request_id, 0) for r in self._running)
+
+    def _kv_reservable(self, req: Request) -> bool:
+        """Without preemption nothing running can be evicted to make room, so a request is admitted only
+        if every running sequence can still grow to its longest (prompt + max_tokens) beside it: else all
+        of them could stop one token short of the KV cache, waiting on each other forever."""
+        if self.config.preemption or not self._running:
+            return True
+
+        def longest(r: Request) -> int:
+            return min(len(r.prompt_token_ids) + r.sampling.max_tokens, self.config.max_model_len)
+
+        return sum(map(longest, self._running)) + longest(req) <= self.config.kv_capacity
 
     def _make_room(self, req: Request, n: int, scheduled: dict[str, int], admitting: bool = False) -> int:
         """Preempt less urgent running requests until `n` more KV tokens fit (or none is left);
