@@ -10,10 +10,11 @@ prompt shares a prefix with any resident sequence copies that prefix (`seq_cp`, 
 computes only the rest. New sequences of the same step that share a prefix are split in two
 phases, so the second one copies what the first just computed (slots and cache: llamacpp_slots.py).
 
-Interrupts: a step of decodes only can be aborted mid-graph (`interrupt()`, when a more urgent request
-arrives: llamacpp_lib.AbortSwitch); llama.cpp keeps nothing of it, the sequences' positions are put
-back and the step is reported `pending`, so the scheduler gives it again. The step after an aborted
-one always completes.
+Interrupts: a step that is one llama_decode call of one ubatch -- decodes, prefill chunks and new
+sequences alike -- can be aborted mid-graph (`interrupt()`, when a more urgent request arrives:
+llamacpp_lib.AbortSwitch); llama.cpp removes that ubatch's positions from the KV cache, the sequences'
+positions are put back (a new sequence keeps its slot and the prefix it copied) and the step is reported
+`pending`, so the scheduler gives it again. The step after an aborted one always completes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from llmos.kernel.sched.interface import DriverOutput, SchedulerOutput
 from llmos.kernel.models.registry import check_gguf
 
 from .base import Driver, DriverOptions, ModelInfo, ProbeResult, ProgressCallback
-from .llamacpp_slots import SlotCache, SeqState
+from .llamacpp_slots import CacheEntry, SlotCache, SeqState
 
 class LlamaCppDriver(SlotCache, Driver):
     name = "llamacpp"
@@ -57,7 +58,7 @@ class LlamaCppDriver(SlotCache, Driver):
         super().__init__(spec, options)
         self._model = None
         self._seqs: dict[str, SeqState] = {}
-        self._cache: OrderedDict[int, tuple[str | None, list[int]]] = OrderedDict()  # slot -> (adapter, tokens)
+        self._cache: OrderedDict[int, CacheEntry] = OrderedDict()  # slot -> its KV, least recently used first
         self._adapters: dict[str, Any] = {}  # name -> llama_adapter_lora pointer
         self._adapter_paths: dict[str, Path] = {}  # kept across reloads
         self._active_adapter: str | None = None
@@ -180,7 +181,7 @@ class LlamaCppDriver(SlotCache, Driver):
         def free() -> None:
             if self._active_adapter == name:
                 self._use_adapter(None)
-            for slot in [s for s, (a, _t) in self._cache.items() if a == name]:
+            for slot in [s for s, e in self._cache.items() if e.adapter == name]:
                 del self._cache[slot]
                 self._model.seq_rm(slot, 0, -1)
                 self._free.append(slot)
@@ -218,7 +219,7 @@ class LlamaCppDriver(SlotCache, Driver):
             self._place(new, out)
         # 3. Compute: phase one, then deferred sequences that copy a prefix computed in phase one.
         first = [rid for rid in batch.num_scheduled_tokens if rid not in deferred]
-        if self._interruptible(batch, first):
+        if not deferred and self._interruptible(batch, first):
             return self._compute_interruptible(model, batch, first, out)
         self._compute(model, batch, first, out)
         if deferred:
@@ -229,33 +230,35 @@ class LlamaCppDriver(SlotCache, Driver):
         return out
 
     def interrupt(self) -> bool:
-        """Abort the decode step in flight, if it can be redone exactly (the engine calls this when a more
-        urgent request arrives: it then waits a node, not a step)."""
+        """Abort the step in flight, if it can be redone exactly (the engine calls this when a more urgent
+        request arrives: it then waits a graph node, not a step)."""
         model = self._model
         return model is not None and model.abort.pull()
 
     def _interruptible(self, batch: SchedulerOutput, rids: list[str]) -> bool:
-        """A step of decodes only (one token each, one ubatch, no new sequence): llama.cpp keeps nothing
-        of it when it is aborted, so putting the sequences' positions back redoes it exactly. The step
-        after an aborted one always runs to its end: interrupts can slow decodes, never stop them."""
+        """A step that is one llama_decode of one ubatch (n_ubatch == n_batch): when it is aborted llama.cpp
+        removes exactly that ubatch's positions, so putting the sequences' positions back redoes it exactly.
+        Sequences that failed to be placed are left out of it. The step after an aborted one always runs to
+        its end: interrupts can slow other work, never stop it."""
         if self._aborted_last:
             self._aborted_last = False
             return False
-        return (not batch.new and 0 < len(rids) <= self._batch.capacity
-                and all(batch.num_scheduled_tokens[r] == 1 and r in self._seqs for r in rids))
+        live = [r for r in rids if r in self._seqs]
+        return 0 < len(live) and sum(batch.num_scheduled_tokens[r] for r in live) <= self._batch.capacity
 
     def _compute_interruptible(self, model, batch: SchedulerOutput, rids: list[str], out: DriverOutput) -> DriverOutput:
         from .llamacpp_lib import DecodeAborted
 
-        undo = [(self._seqs[r], self._seqs[r].sched_pos, self._seqs[r].n_past) for r in rids]
+        live = [r for r in rids if r in self._seqs]
+        undo = [(self._seqs[r], self._seqs[r].sched_pos, self._seqs[r].n_past) for r in live]
         model.abort.arm(True)
         try:
             self._compute(model, batch, rids, out)
-        except DecodeAborted:  # nothing of this step happened: the scheduler gives it again
+        except DecodeAborted:  # nothing of this step is kept: the scheduler gives it again
             for seq, sched_pos, n_past in undo:
                 seq.sched_pos, seq.n_past = sched_pos, n_past
             out.sampled.clear()
-            out.pending = frozenset(rids)
+            out.pending = frozenset(live)
             self._aborted_last = True
         finally:
             model.abort.arm(False)

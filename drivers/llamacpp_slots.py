@@ -1,7 +1,9 @@
 """Slots and the prefix cache of the llama.cpp driver (a mixin of `LlamaCppDriver`).
 
 Each running request owns a llama.cpp sequence id (slot); a finished sequence's slot keeps its KV as
-a cache entry (LRU) that a new sequence sharing its prefix copies (`seq_cp`) or takes over. Boundaries:
+a cache entry that a new sequence sharing its prefix copies (`seq_cp`) or takes over. Eviction takes
+the entry of the least urgent request first, the least recently used among equals: a batch tenant's
+churn of new prompts does not push an interactive tenant's prompt out of the cache. Boundaries:
 these methods use the driver's `_model`, `_seqs`, `_cache`, `_free`, `options` and prefix counters,
 and run on the llama.cpp thread like the rest of a step.
 """
@@ -27,6 +29,16 @@ class SeqState:
     sched_pos: int  # tokens the scheduler believes are computed
     sampler: Any
     adapter: str | None = None
+    priority: int = 2  # the request's Priority value
+
+
+@dataclass
+class CacheEntry:
+    """The KV a finished sequence left in its slot."""
+
+    adapter: str | None
+    tokens: list[int]
+    priority: int  # of the request that computed it: less urgent entries are evicted first
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -54,7 +66,7 @@ class SlotCache:
         if self.options.prefix_cache:  # KV computed under another adapter is not reusable
             candidates = [(s.tokens[: s.n_past], s.slot, False) for s in self._seqs.values()
                           if s.adapter == new.adapter]
-            candidates += [(toks, slot, True) for slot, (a, toks) in self._cache.items() if a == new.adapter]
+            candidates += [(e.tokens, slot, True) for slot, e in self._cache.items() if e.adapter == new.adapter]
             if donor is not None:
                 candidates = [(donor.tokens[: donor.n_past], donor.slot, False)]
             for toks, slot, is_cached in candidates:
@@ -74,14 +86,15 @@ class SlotCache:
             self.prefix_hits += 1
             self.prefix_tokens_reused += reuse
             out.cached_tokens[new.request_id] = reuse
-        self._seqs[new.request_id] = SeqState(new.request_id, slot, tokens, reuse, 0, sampler, new.adapter)
+        self._seqs[new.request_id] = SeqState(new.request_id, slot, tokens, reuse, 0, sampler, new.adapter,
+                                              new.priority)
 
     def _same_step_donor(self, new: NewSequence, batch: SchedulerOutput) -> str | None:
         """Another new sequence of this step worth waiting for (it computes a long shared prefix)."""
         if not self.options.prefix_cache:
             return None
         resident = [s.tokens[: s.n_past] for s in self._seqs.values() if s.adapter == new.adapter]
-        resident += [t for a, t in self._cache.values() if a == new.adapter]
+        resident += [e.tokens for e in self._cache.values() if e.adapter == new.adapter]
         best_resident = max((_common_prefix(t, new.token_ids) for t in resident), default=0)
         for other in batch.new:
             if other.request_id == new.request_id:
@@ -107,22 +120,25 @@ class SlotCache:
             return
         seq.sampler.free()
         if self.options.prefix_cache and seq.n_past > 0:
-            self._cache[seq.slot] = (seq.adapter, seq.tokens[: seq.n_past])
+            self._cache[seq.slot] = CacheEntry(seq.adapter, seq.tokens[: seq.n_past], seq.priority)
             self._cache.move_to_end(seq.slot)
         else:
             self._model.seq_rm(seq.slot, 0, -1)
             self._free.append(seq.slot)
 
     def _evict_cache(self, count: int) -> None:
+        """Free `count` cache entries: the least urgent first, least recently used among equals."""
         for _ in range(min(count, len(self._cache))):
-            slot, _tokens = self._cache.popitem(last=False)
+            least_urgent = max(e.priority for e in self._cache.values())
+            slot = next(s for s, e in self._cache.items() if e.priority == least_urgent)  # in LRU order
+            del self._cache[slot]
             self._model.seq_rm(slot, 0, -1)
             self._free.append(slot)
 
     def _ensure_kv_room(self, incoming: int) -> None:
         """Evict cached prefixes (LRU) while the KV cells in use plus `incoming` exceed the context."""
         def used() -> int:
-            return sum(s.n_past for s in self._seqs.values()) + sum(len(t) for _a, t in self._cache.values())
+            return sum(s.n_past for s in self._seqs.values()) + sum(len(e.tokens) for e in self._cache.values())
 
         while self._cache and used() + incoming > self._model.n_ctx:
             self._evict_cache(1)

@@ -124,6 +124,30 @@ def test_prefix_reuse_gives_the_recomputed_output(scorer):
         scorer.assert_same_or_near_tie(first_ids(cold, msgs("Name a fruit.")), again.token_ids, second.token_ids)
 
 
+def test_an_urgent_requests_cached_prefix_outlives_a_batch_tenants_churn(kernel):
+    """Prefix-cache eviction takes the least urgent entries first: 40 distinct batch prompts (more than
+    the driver's slots) push out a batch request's cached prompt but not an interactive one's."""
+    from llmos.kernel.tenants.tenant import Tenant
+
+    driver = kernel.load("smollm2").driver
+    nightly = Tenant("nightly", "batch")
+    prompt = "The lighthouse keeper looked at the sea and said"
+
+    def cached_after_churn(tenant) -> tuple[int, int]:
+        driver._evict_cache(len(driver._cache))
+        kernel.submit(prompt, tenant=tenant, max_tokens=2, temperature=0).result(60)
+        churn = [kernel.submit(f"Item {i}: the number {i * 7919} in words is", tenant=nightly, max_tokens=2,
+                               temperature=0) for i in range(40)]
+        for h in churn:
+            h.result(120)
+        again = kernel.submit(prompt, tenant=tenant, max_tokens=2, temperature=0).result(60)
+        return again.metrics["cached_prompt_tokens"], again.metrics["prompt_tokens"]
+
+    assert cached_after_churn(Tenant("nightly2", "batch"))[0] == 0  # equals: least recently used goes first
+    cached, prompt_tokens = cached_after_churn(Tenant("desk", "interactive"))
+    assert cached == prompt_tokens - 1  # all but the last token, whose logits are always computed
+
+
 def first_ids(kernel, messages):
     return kernel.load("smollm2").driver.tokenize_chat(messages)  # messages bring their own system
 

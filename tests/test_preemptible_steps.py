@@ -1,6 +1,7 @@
-"""Steps that end early: a decode step of llama.cpp can be aborted when more urgent work arrives
-(drivers/llamacpp_lib.py AbortSwitch), and is then redone exactly; while an urgent request waits for its
-first token, less urgent decodes sit the step out (kernel/sched/scheduler.py).
+"""Steps that end early: a llama.cpp step (decodes, prefills and admissions of new sequences) can be
+aborted when more urgent work arrives (drivers/llamacpp_lib.py AbortSwitch), and is then redone exactly;
+while an urgent request waits for its first token, less urgent work sits the step out
+(kernel/sched/scheduler.py).
 """
 
 from __future__ import annotations
@@ -42,6 +43,46 @@ def test_an_aborted_decode_step_is_redone_exactly(kernel, scorer):
     assert pulls[0] >= 5, "no decode step was aborted: the test proved nothing"
     for prompt, a, b in zip(PROMPTS, plain, aborted):
         assert b.usage["completion_tokens"] == 48
+        scorer.assert_same_or_near_tie(driver.tokenize(prompt), b.token_ids, a.token_ids)
+
+
+def test_an_aborted_admission_step_is_redone_exactly(kernel, scorer, monkeypatch):
+    """Steps that place new sequences (their whole prefill) are aborted and given again: every request
+    still gets its own greedy continuation."""
+    driver = kernel.load("smollm2").driver
+    prompts = PROMPTS + [PROMPTS[0] + " and its keeper"]
+    plain = [kernel.submit(p, max_tokens=8, temperature=0, ignore_eos=True).result(120) for p in prompts]
+    aborted_admissions = [0]
+    compute = driver._compute_interruptible
+
+    def spy(model, batch, rids, out):
+        result = compute(model, batch, rids, out)
+        aborted_admissions[0] += bool(batch.new and result.pending)
+        return result
+
+    monkeypatch.setattr(driver, "_compute_interruptible", spy)
+    stop = threading.Event()
+
+    def pull_all_the_time() -> None:
+        while not stop.is_set():
+            driver.interrupt()
+            stop.wait(0.001)
+
+    puller = threading.Thread(target=pull_all_the_time)
+    puller.start()
+    try:
+        for _attempt in range(10):  # a pull can land between two steps; admissions are few
+            driver._evict_cache(len(driver._cache))  # every prompt is computed again, not copied whole
+            handles = [kernel.submit(p, max_tokens=8, temperature=0, ignore_eos=True) for p in prompts]
+            again = [h.result(120) for h in handles]
+            if aborted_admissions[0]:
+                break
+    finally:
+        stop.set()
+        puller.join()
+    assert aborted_admissions[0], "no step that admits new sequences was aborted: the test proved nothing"
+    for prompt, a, b in zip(prompts, plain, again):
+        assert b.usage["completion_tokens"] == 8
         scorer.assert_same_or_near_tie(driver.tokenize(prompt), b.token_ids, a.token_ids)
 
 

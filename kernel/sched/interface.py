@@ -28,6 +28,7 @@ class NewSequence:
     sampling: SamplingParams
     adapter: str | None = None
     prompt_len: int = 0  # token_ids[prompt_len:] were generated before a preemption
+    priority: int = 2  # the request's Priority value (lower: more urgent); caches keep urgent work longer
 
 
 @dataclass(frozen=True)

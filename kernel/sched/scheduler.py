@@ -220,7 +220,7 @@ class Scheduler:
             self._running.append(cand)
             self._running.sort(key=self._sort_key)
             new.append(NewSequence(cand.request_id, tuple(cand.all_token_ids), cand.sampling, cand.adapter,
-                                   len(cand.prompt_token_ids)))
+                                   len(cand.prompt_token_ids), int(cand.priority)))
             scheduled[cand.request_id] = n
             budget -= n
 
