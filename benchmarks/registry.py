@@ -5,6 +5,7 @@ The benchmark modules import this, never the package (whose `run_benchmarks` imp
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,6 +34,49 @@ class BenchResult:
         return {"name": self.name, "baseline": self.baseline, "candidate": self.candidate,
                 "unit": self.unit, "ratio": round(self.ratio, 3), "target": self.target,
                 "description": self.description}
+
+
+@dataclass(frozen=True)
+class BenchSummary:
+    """One result over repeated runs: each run measured its baseline and candidate side by side, so the
+    runs interleave the two; the figures are medians and `met` holds for the median ratio."""
+
+    runs: tuple[BenchResult, ...]
+
+    @property
+    def first(self) -> BenchResult:
+        return self.runs[0]
+
+    @property
+    def name(self) -> str:
+        return self.first.name
+
+    @property
+    def ratios(self) -> list[float]:
+        return sorted(r.ratio for r in self.runs)
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def baseline(self) -> float:
+        return statistics.median(r.baseline for r in self.runs)
+
+    @property
+    def candidate(self) -> float:
+        return statistics.median(r.candidate for r in self.runs)
+
+    @property
+    def met(self) -> bool:
+        return self.ratio >= self.first.target
+
+    def as_dict(self) -> dict:
+        row = self.first.as_dict()
+        row.update(baseline=self.baseline, candidate=self.candidate, ratio=round(self.ratio, 3),
+                   ratio_min=round(self.ratios[0], 3), ratio_max=round(self.ratios[-1], 3), met=self.met,
+                   runs=[{k: r.as_dict()[k] for k in ("baseline", "candidate", "ratio")} for r in self.runs])
+        return row
 
 
 @dataclass

@@ -166,21 +166,22 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print a JSON list
 def bench(
     names: Optional[List[str]] = typer.Argument(None, help="Benchmarks to run (default: all)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of results."),
+    repeat: int = typer.Option(3, "--repeat", "-r", help="Runs of each benchmark: the median ratio decides."),
 ) -> None:
-    """Run benchmarks side by side and print baseline, candidate and their ratio."""
+    """Run benchmarks side by side and print baseline, candidate and their ratio (medians of --repeat runs)."""
     from llmos.benchmarks import run_benchmarks
 
     try:
-        results = run_benchmarks(names or None, home=STATE["home"], progress=None if as_json else err)
+        results = run_benchmarks(names or None, home=STATE["home"], progress=None if as_json else err, repeat=repeat)
     except LlmosError as exc:
         raise fail(exc, as_json) from None
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in results], indent=2))
         return
-    table = Table("name", "baseline", "candidate", "unit", "ratio", "target", "met")
+    table = Table("name", "baseline", "candidate", "unit", "ratio (median)", "min-max", "target", "met")
     for r in results:
-        table.add_row(r.name, f"{r.baseline:.3g}", f"{r.candidate:.3g}", r.unit, f"{r.ratio:.2f}x",
-                      f">= {r.target:g}x", "yes" if r.met else "no")
+        table.add_row(r.name, f"{r.baseline:.3g}", f"{r.candidate:.3g}", r.first.unit, f"{r.ratio:.2f}x",
+                      f"{r.ratios[0]:.2f}-{r.ratios[-1]:.2f}x", f">= {r.first.target:g}x", "yes" if r.met else "no")
     out.print(table)
 
 

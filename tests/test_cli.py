@@ -112,12 +112,18 @@ def test_bench_unknown_name():
 
 @pytest.mark.model
 def test_bench_json_shape():
-    r = llmos("bench", "B4", "--json", timeout=600)
+    r = llmos("bench", "B4", "--json", "--repeat", "2", timeout=600)
     assert r.returncode == 0, r.stderr
     [row] = json.loads(r.stdout)
-    assert set(row) >= {"name", "baseline", "candidate", "unit", "ratio", "target"}
-    assert row["name"] == "B4" and row["baseline"] > 0 and row["candidate"] > 0
-    assert abs(row["ratio"] - row["candidate"] / row["baseline"]) < 0.01
+    assert set(row) >= {"name", "baseline", "candidate", "unit", "ratio", "ratio_min", "ratio_max", "target", "met"}
+    assert row["name"] == "B4" and len(row["runs"]) == 2
+    for run in row["runs"]:  # each run measured both arms
+        assert run["baseline"] > 0 and run["candidate"] > 0
+        assert abs(run["ratio"] - run["candidate"] / run["baseline"]) < 0.01
+    ratios = sorted(run["ratio"] for run in row["runs"])
+    assert (row["ratio_min"], row["ratio_max"]) == (ratios[0], ratios[1])
+    assert abs(row["ratio"] - sum(ratios) / 2) < 0.002  # the median of two
+    assert row["met"] == (row["ratio"] >= row["target"])
 
 
 @pytest.mark.model
