@@ -42,6 +42,8 @@ class DriverOptions:
     n_ctx: int = 8192
     max_batched_tokens: int = 512
     prefix_cache: bool = True
+    kv_swap_bytes: int = 0  # RAM for the KV of evicted sequences (llama.cpp); 0: none, they recompute
+    kv_swap_disk_bytes: int = 0  # past that, spilled to extra["swap_dir"], up to this many bytes
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -30,6 +30,7 @@ from llmos.kernel.models.registry import check_gguf
 
 from .base import Driver, DriverOptions, ModelInfo, ProbeResult, ProgressCallback
 from .llamacpp_slots import CacheEntry, SlotCache, SeqState
+from .llamacpp_swap import SwapArea
 
 class LlamaCppDriver(SlotCache, Driver):
     name = "llamacpp"
@@ -63,6 +64,7 @@ class LlamaCppDriver(SlotCache, Driver):
         self._adapter_paths: dict[str, Path] = {}  # kept across reloads
         self._active_adapter: str | None = None
         self._free: list[int] = []
+        self._swap = SwapArea(0)  # made at load: swapped state is only valid for the context that saved it
         self._formatter = None
         self._batch = None
         self._aborted_last = False  # the last step was aborted: the next one is not (progress)
@@ -84,6 +86,7 @@ class LlamaCppDriver(SlotCache, Driver):
         )
         m = self._model
         self._free = list(range(n_slots - 1, -1, -1))
+        self._swap = SwapArea(opts.kv_swap_bytes, opts.kv_swap_disk_bytes, opts.extra.get("swap_dir"))
         self._batch = lib.Batch(m.n_batch)
         self._formatter = m.chat_formatter()
         self._active_adapter = None
@@ -111,6 +114,7 @@ class LlamaCppDriver(SlotCache, Driver):
             seq.sampler.free()
         self._seqs.clear()
         self._cache.clear()
+        self._swap.clear()
         self._adapters.clear()  # freed with the model
         if self._batch is not None:
             self._batch.free()
@@ -181,6 +185,7 @@ class LlamaCppDriver(SlotCache, Driver):
         def free() -> None:
             if self._active_adapter == name:
                 self._use_adapter(None)
+            self._swap.discard_adapter(name)
             for slot in [s for s, e in self._cache.items() if e.adapter == name]:
                 del self._cache[slot]
                 self._model.seq_rm(slot, 0, -1)
@@ -317,4 +322,5 @@ class LlamaCppDriver(SlotCache, Driver):
             "cached_prefixes": len(self._cache),
             "prefix_hits": self.prefix_hits,
             "prefix_tokens_reused": self.prefix_tokens_reused,
+            **self._swap.stats(),
         }

@@ -250,6 +250,22 @@ class LlamaModel:
     def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
         C.llama_memory_seq_cp(self.memory, src, dst, p0, p1)
 
+    def seq_state(self, seq: int) -> bytes:
+        """The KV state of one sequence (its cells and positions), as llama.cpp serializes it."""
+        size = C.llama_state_seq_get_size_ext(self.ctx, seq, 0)
+        buf = (ctypes.c_uint8 * size)()
+        written = C.llama_state_seq_get_data_ext(self.ctx, buf, size, seq, 0)
+        return ctypes.string_at(buf, written)
+
+    def set_seq_state(self, seq: int, data: bytes) -> bool:
+        """Restore a state from `seq_state` into sequence `seq` (emptied first); False if llama.cpp refused it."""
+        self.seq_rm(seq, 0, -1)
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if C.llama_state_seq_set_data_ext(self.ctx, buf, len(data), seq, 0) == 0:
+            self.seq_rm(seq, 0, -1)
+            return False
+        return True
+
     def clear(self) -> None:
         C.llama_memory_clear(self.memory, True)
 

@@ -4,7 +4,7 @@ Each running request owns a llama.cpp sequence id (slot); a finished sequence's 
 a cache entry that a new sequence sharing its prefix copies (`seq_cp`) or takes over. Eviction takes
 the entry of the least urgent request first, the least recently used among equals: a batch tenant's
 churn of new prompts does not push an interactive tenant's prompt out of the cache. Boundaries:
-these methods use the driver's `_model`, `_seqs`, `_cache`, `_free`, `options` and prefix counters,
+these methods use the driver's `_model`, `_seqs`, `_cache`, `_swap`, `_free`, `options` and prefix counters,
 and run on the llama.cpp thread like the rest of a step.
 """
 
@@ -73,7 +73,14 @@ class SlotCache:
                 n = min(_common_prefix(toks, tokens), limit)
                 if n > reuse:
                     reuse, src_slot, cached_slot = n, slot, slot if is_cached else None
-        if cached_slot is not None:
+        swapped = self._swap_candidate(tokens, new.adapter, limit, reuse)
+        if swapped is not None:  # a longer prefix in the swap area: restore it instead of recomputing
+            slot, reuse = self._take_slot(), 0
+            self._ensure_kv_room(len(swapped[0].tokens))
+            if model.set_seq_state(slot, swapped[1]):
+                reuse = swapped[2]
+                model.seq_rm(slot, reuse, -1)
+        elif cached_slot is not None:
             slot = cached_slot  # take over the cache entry's slot, cut its KV after the prefix
             del self._cache[slot]
             model.seq_rm(slot, reuse, -1)
@@ -88,6 +95,19 @@ class SlotCache:
             out.cached_tokens[new.request_id] = reuse
         self._seqs[new.request_id] = SeqState(new.request_id, slot, tokens, reuse, 0, sampler, new.adapter,
                                               new.priority)
+
+    def _swap_candidate(self, tokens: list[int], adapter: str | None, limit: int, reuse: int):
+        """(entry, state, tokens to reuse) taken out of the swap area when it holds a prefix of `tokens`
+        longer than `reuse` by enough to beat recomputing the difference (llamacpp_swap.py)."""
+        swap = self._swap
+        if not swap.enabled or not self.options.prefix_cache:
+            return None
+        key, n = swap.match(tokens, adapter)
+        n = min(n, limit)
+        if key is None or not swap.wants(n - reuse):
+            return None
+        taken = swap.take(key)
+        return None if taken is None else (*taken, n)
 
     def _same_step_donor(self, new: NewSequence, batch: SchedulerOutput) -> str | None:
         """Another new sequence of this step worth waiting for (it computes a long shared prefix)."""
@@ -131,7 +151,9 @@ class SlotCache:
         for _ in range(min(count, len(self._cache))):
             least_urgent = max(e.priority for e in self._cache.values())
             slot = next(s for s, e in self._cache.items() if e.priority == least_urgent)  # in LRU order
-            del self._cache[slot]
+            entry = self._cache.pop(slot)
+            if self._swap.wants(len(entry.tokens)):  # worth keeping: to RAM (or disk) instead of lost
+                self._swap.put(entry.adapter, entry.tokens, entry.priority, self._model.seq_state(slot))
             self._model.seq_rm(slot, 0, -1)
             self._free.append(slot)
 

@@ -15,6 +15,9 @@
     max_loaded_models = 0    # models loaded at once (0 = no limit but the memory budget); idle ones
                              # beyond it are unloaded, least recently used first
     prefix_cache = true
+    kv_swap_mb = 1024        # RAM per loaded model for the KV of evicted (preempted, cached) sequences
+                             # of 256+ tokens, restored instead of recomputed; 0 = off (llama.cpp)
+    kv_swap_disk_mb = 4096   # past that, spilled to $LLMOS_HOME/swap/ up to this many MB; 0 = no spill
     fair_share = true        # tenants share by tokens (VTC), within and across models; false = FIFO
     max_loaded_modules = 8   # adapters loaded at once; idle ones beyond this are unloaded (LRU)
     system_prompt = "..."    # prepended to chat requests that bring no system message ("" = none)
@@ -84,6 +87,8 @@ class Config:
     keep_alive: Any = "10m"
     max_loaded_models: int = 0
     prefix_cache: bool = True
+    kv_swap_mb: int = 1024
+    kv_swap_disk_mb: int = 4096
     fair_share: bool = True
     max_loaded_modules: int = 8
     system_prompt: str = "You are a helpful assistant. Answer briefly and accurately."
@@ -94,7 +99,8 @@ class Config:
     def __post_init__(self) -> None:
         for name, lo in (("max_running", 1), ("max_queue", 1), ("max_batched_tokens", 16),
                          ("n_ctx", 256), ("memory_budget_mb", 1), ("n_threads", 0),
-                         ("max_loaded_modules", 1), ("mem_import_max_bytes", 1), ("max_loaded_models", 0)):
+                         ("max_loaded_modules", 1), ("mem_import_max_bytes", 1), ("max_loaded_models", 0),
+                         ("kv_swap_mb", 0), ("kv_swap_disk_mb", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
                 raise ConfigError(f"{name} must be an integer >= {lo}, got {value!r}")

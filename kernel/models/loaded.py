@@ -176,7 +176,8 @@ class ModelManager:
         cfg = self.config
         options = DriverOptions(n_threads=cfg.threads, max_seqs=cfg.max_running, n_ctx=cfg.n_ctx,
                                 max_batched_tokens=cfg.max_batched_tokens, prefix_cache=cfg.prefix_cache,
-                                extra={"cache_dir": cfg.home / "cache"})
+                                kv_swap_bytes=cfg.kv_swap_mb << 20, kv_swap_disk_bytes=cfg.kv_swap_disk_mb << 20,
+                                extra={"cache_dir": cfg.home / "cache", "swap_dir": cfg.home / "swap"})
         driver = cls(spec, options)
         report = self._progress or (lambda _name, _f: None)
         report(spec.name, 0.0)

@@ -1,0 +1,177 @@
+"""The KV swap area of the llama.cpp driver: evicted prefix-cache entries, kept as llama.cpp sequence
+state instead of thrown away.
+
+When the driver needs a slot or KV cells, it evicts prefix-cache entries (llamacpp_slots.py), among
+them the KV of a preempted request. An entry long enough to be worth it (`MIN_SWAP_TOKENS`: shorter
+ones recompute faster than they copy) is saved first with `llama_state_seq_get_data_ext` into RAM, up
+to a byte budget; past it the least recently swapped entries spill to files under the spill folder, up
+to a second budget; past that they are dropped. A new sequence whose tokens extend a swapped entry's
+(a preempted request resuming, a prompt seen before) restores it with `llama_state_seq_set_data_ext`
+instead of recomputing. Whatever cannot be restored (a file that is gone, cut short or altered: each
+file carries a SHA-256 of its state) is recomputed, with a log line; never a wrong answer.
+
+State is only valid for the context that produced it: the area is cleared when the model unloads, and
+spill files are named per driver instance and removed with it. Boundaries: pure Python over bytes;
+the driver does the llama.cpp calls, on its one compute thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .llamacpp_slots import _common_prefix
+
+log = logging.getLogger("llmos.llamacpp")
+
+#: entries shorter than this are recomputed, not swapped (a short prefill costs less than the copy)
+MIN_SWAP_TOKENS = 256
+
+
+@dataclass
+class Swapped:
+    adapter: str | None
+    tokens: list[int]
+    priority: int
+    nbytes: int
+    data: bytes | None = None  # in RAM; None: spilled to `path`
+    path: Path | None = None
+    digest: str = ""
+
+
+class SwapArea:
+    def __init__(self, ram_bytes: int, disk_bytes: int = 0, spill_dir: Path | None = None) -> None:
+        self.ram_bytes, self.disk_bytes = ram_bytes, disk_bytes if spill_dir is not None else 0
+        self._dir = spill_dir / f"{os.getpid()}-{uuid.uuid4().hex[:8]}" if spill_dir is not None else None
+        self._entries: OrderedDict[int, Swapped] = OrderedDict()  # least recently swapped first
+        self._ids = itertools.count()
+        self.swapped_out = self.swapped_in = self.spilled = self.dropped = self.failed = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.ram_bytes > 0
+
+    def used(self) -> tuple[int, int]:
+        """(bytes in RAM, bytes on disk)."""
+        ram = sum(e.nbytes for e in self._entries.values() if e.data is not None)
+        return ram, sum(e.nbytes for e in self._entries.values() if e.data is None)
+
+    def wants(self, n_tokens: int) -> bool:
+        return self.enabled and n_tokens >= MIN_SWAP_TOKENS
+
+    def put(self, adapter: str | None, tokens: list[int], priority: int, data: bytes) -> None:
+        """Keep a sequence's state; spill or drop the oldest entries to stay within the budgets."""
+        if not data or len(data) > self.ram_bytes:
+            self.dropped += 1
+            return
+        self._entries[next(self._ids)] = Swapped(adapter, list(tokens), priority, len(data), data,
+                                                 digest=hashlib.sha256(data).hexdigest())
+        self.swapped_out += 1
+        self._fit()
+
+    def match(self, tokens: Sequence[int], adapter: str | None) -> tuple[int | None, int]:
+        """The entry sharing the longest prefix with `tokens` (same adapter), and that length."""
+        best, best_n = None, 0
+        for key, e in self._entries.items():
+            if e.adapter != adapter:
+                continue
+            n = _common_prefix(e.tokens, tokens)
+            if n > best_n:
+                best, best_n = key, n
+        return best, best_n
+
+    def take(self, key: int) -> tuple[Swapped, bytes] | None:
+        """Remove an entry and return it with its state; None (logged) if a spilled file is unusable."""
+        e = self._entries.pop(key)
+        data = e.data
+        if data is None:
+            try:
+                data = e.path.read_bytes()
+            except OSError as exc:
+                data = None
+                log.warning("KV swap file %s unreadable (%s): recomputing", e.path, exc)
+            finally:
+                _unlink(e.path)
+            if data is not None and (len(data) != e.nbytes or hashlib.sha256(data).hexdigest() != e.digest):
+                log.warning("KV swap file %s is damaged (%d of %d bytes, or altered): recomputing",
+                            e.path, len(data), e.nbytes)
+                data = None
+        if data is None:
+            self.failed += 1
+            return None
+        self.swapped_in += 1
+        return e, data
+
+    def discard_adapter(self, adapter: str) -> None:
+        for key in [k for k, e in self._entries.items() if e.adapter == adapter]:
+            self._drop(key)
+
+    def clear(self) -> None:
+        for key in list(self._entries):
+            self._drop(key)
+        if self._dir is not None:
+            try:
+                self._dir.rmdir()
+            except OSError:
+                pass
+
+    def stats(self) -> dict[str, int]:
+        ram, disk = self.used()
+        return {"swap_entries": len(self._entries), "swap_ram_bytes": ram, "swap_disk_bytes": disk,
+                "swapped_out": self.swapped_out, "swapped_in": self.swapped_in, "swap_spilled": self.spilled,
+                "swap_dropped": self.dropped, "swap_failed": self.failed}
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _fit(self) -> None:
+        ram, disk = self.used()
+        for key, e in list(self._entries.items()):  # oldest first
+            if ram <= self.ram_bytes:
+                break
+            if e.data is None:
+                continue
+            ram -= e.nbytes
+            if self._dir is not None and e.nbytes <= self.disk_bytes and self._spill(e):
+                disk += e.nbytes
+            else:
+                self._drop(key)
+        for key, e in list(self._entries.items()):
+            if disk <= self.disk_bytes:
+                break
+            if e.data is None:
+                disk -= e.nbytes
+                self._drop(key)
+
+    def _spill(self, e: Swapped) -> bool:
+        path = self._dir / f"{uuid.uuid4().hex}.kv"
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path.write_bytes(e.data)
+        except OSError as exc:
+            log.warning("KV swap: could not spill to %s (%s): dropping the entry", path, exc)
+            _unlink(path)
+            return False
+        e.data, e.path = None, path
+        self.spilled += 1
+        return True
+
+    def _drop(self, key: int) -> None:
+        e = self._entries.pop(key)
+        if e.path is not None and e.data is None:
+            _unlink(e.path)
+        self.dropped += 1
+
+
+def _unlink(path: Path | None) -> None:
+    if path is not None:
+        try:
+            path.unlink()
+        except OSError:
+            pass
