@@ -34,7 +34,7 @@
     max_bytes = 50_000_000
     [sessions]               # retention of $LLMOS_HOME/sessions.db (0 = no limit)
     max_age_days = 90        # sessions not updated for this long are deleted (running ones never)
-    max_count = 1000         # beyond this, the least recently updated are deleted
+    max_count = 1000         # per owner (tenant): beyond this, its least recently updated are deleted
 
 Other tables belong to other subsystems and are kept verbatim in `Config.sections`: [capabilities]
 and [mcp] (kernel/tools/capabilities.py, plugins/mcp_tools.py), and tables plugins declare with the

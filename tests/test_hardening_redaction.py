@@ -241,6 +241,14 @@ def test_the_session_store_drops_sessions_past_max_age_and_max_count(tmp_path):
         assert {s["id"] for s in k.sessions.list()} == {ids[1], ids[5], new}
 
 
+def test_session_retention_counts_per_owner_so_one_tenant_cannot_push_out_anothers(tmp_path):
+    with boot(tmp_path / "home", "[sessions]\nmax_count = 2\n") as k:
+        bobs = [k.sessions.create(title=f"bob {i}", owner="bob").id for i in range(2)]
+        flood = [k.sessions.create(title=f"flood {i}", owner="mallory").id for i in range(6)]
+        kept = {s["id"] for s in k.sessions.list()}
+        assert kept == {*bobs, *flood[-2:]}  # mallory's oldest went, bob's stayed
+
+
 def test_retention_defaults_are_documented(tmp_path):
     from llmos.kernel.config import RETENTION, Config
 

@@ -107,6 +107,8 @@ def test_modules_admin_routes_and_drivers_need_an_admin(tenants):
         assert all("path" in m for m in admin.get("/llmos/models").json())
         assert admin.get("/llmos/status").status_code == 200
         refused(admin.post("/llmos/modules/anything/load"), 404)  # past the check: no such module
+        refused(bob.get("/llmos/admin/" + "x" * 8000), 403, "admin_only")  # huge targets are cut in the log
+        assert len(json.dumps(audited_denials(home)[-1])) < 1000
     denied = {(e["who"], e["tool"]) for e in audited_denials(home)}
     assert {("bob", "insmod"), ("bob", "rmmod"), ("bob", "http"), ("bob", "driver"), ("bob", "keep_alive")} <= denied
 
@@ -175,6 +177,9 @@ def test_sessions_are_their_tenants(tenants):
         assert made["id"] not in taken["message"] and "alice" not in taken["message"].replace("alice-notes", "")
         refused(bob.post("/llmos/sessions", json={"name": "chat-0123456789"}), 400)  # looks like an id
         assert alice.get(f"/llmos/sessions/{made['id']}").json()["messages"] == [{"role": "user", "content": "secret"}]
+        # a "running" session is never pruned: only the kernel (an admin) sets states
+        refused(alice.patch(f"/llmos/sessions/{made['id']}", json={"state": "running"}), 403)
+        assert admin.patch(f"/llmos/sessions/{made['id']}", json={"state": "idle"}).status_code == 200
     assert sum(e["who"] == "bob" for e in audited_denials(home)) >= 7
 
 
@@ -242,11 +247,12 @@ def test_keys_rotate_and_rm_take_effect_without_a_restart(tenants):
     assert httpx.post(f"{base}/v1/chat/completions", json=CHAT, headers=auth(new), timeout=60).status_code == 200
     assert subprocess.run([LLMOS, "keys", "rm", "carol"], env=env, capture_output=True).returncode == 0
     refused(httpx.post(f"{base}/v1/chat/completions", json=CHAT, headers=auth(new), timeout=60), 401)
-    bad = subprocess.run([LLMOS, "keys", "add", "owner"], capture_output=True, text=True, env=env)
-    assert bad.returncode == 2 and "reserved" in bad.stderr
+    for name in ("owner", "shell"):  # the kernel's identities, and the owner of the shell's own requests
+        bad = subprocess.run([LLMOS, "keys", "add", name], capture_output=True, text=True, env=env)
+        assert bad.returncode == 2 and "reserved" in bad.stderr
 
 
-def test_an_unreadable_keys_file_refuses_everyone_and_loses_nothing(tmp_path):
+def test_an_unreadable_keys_file_refuses_everyone_and_loses_nothing_and_no_keys_never_opens_the_server(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     key = KeyStore(home).add("alice")[1]
@@ -259,6 +265,8 @@ def test_an_unreadable_keys_file_refuses_everyone_and_loses_nothing(tmp_path):
             assert "keys.json" in error["message"]  # says which file to fix
         (home / "keys.json").write_text(good)
         assert httpx.post(f"{base}/v1/chat/completions", json=CHAT, headers=auth(key), timeout=60).status_code == 200
+        (home / "keys.json").unlink()  # as the 503 suggests ("move it away"), or `keys rm` of the last key
+        refused(httpx.post(f"{base}/v1/chat/completions", json=CHAT, timeout=60), 401)  # still needs a key
 
 
 def test_on_the_unix_socket_a_client_is_the_owner_unless_it_presents_a_key(tmp_path):
@@ -310,5 +318,33 @@ def test_the_tools_an_agent_calls_see_memfs_as_its_tenant(tmp_path):
         assert [e["path"] for e in scoped.ls("/home/alice")] == ["/home/alice/mine.txt"]
         assert scoped.rm("/home/alice", recursive=True) == 1
         assert kernel.mem.cat("/HOME/ALICE/admins.txt") == "only for admins: zebra"  # not "below" /home/alice
+    finally:
+        kernel.shutdown()
+
+
+def test_a_tenants_agents_get_only_tools_that_need_nothing_beyond_its_memfs(tmp_path):
+    import llmos
+    from llmos.kernel.errors import TenantDeniedError
+    from llmos.kernel.tenants.tenant import ADMIN_TENANT, Tenant
+    from llmos.kernel.tools.tools import Tool
+    from llmos.shell.server.tenancy import agent_tools
+
+    def fetch_url(url: str) -> str:
+        """Fetch a web page."""
+        return url
+
+    kernel = llmos.boot(home=tmp_path / "home", load_entrypoints=False)
+    try:
+        kernel.tools._tools["fetch_url"] = Tool.from_function(fetch_url, name=None, capabilities=["net"], plugin="t")
+        alice = Tenant("alice")
+        given = agent_tools(kernel, alice, None)
+        assert "fetch_url" not in given and {"mem_find", "mem_cat", "calculator"} <= set(given)
+        assert agent_tools(kernel, alice, ["mem_cat"]) == ["mem_cat"]
+        with pytest.raises(TenantDeniedError, match="fetch_url"):
+            agent_tools(kernel, alice, ["mem_cat", "fetch_url"])
+        assert agent_tools(kernel, ADMIN_TENANT, ["fetch_url"]) == ["fetch_url"]  # the machine's tools: admins
+        assert agent_tools(kernel, ADMIN_TENANT, None) is None  # all of them
+        denials = [json.loads(line) for line in (tmp_path / "home" / "audit.jsonl").read_text().splitlines()]
+        assert any(e["who"] == "alice" and e["tool"] == "agent tools" and e["decision"] == "denied" for e in denials)
     finally:
         kernel.shutdown()

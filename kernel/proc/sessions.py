@@ -142,10 +142,11 @@ class SessionStore:
             if self.max_age_s:
                 deleted += self._db.execute("DELETE FROM sessions WHERE state != 'running' AND updated < ?",
                                             (time.time() - self.max_age_s,)).rowcount
-            if self.max_count:
+            if self.max_count:  # per owner: one tenant's new sessions never push out another's
                 deleted += self._db.execute(
-                    "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE state != 'running' "
-                    "ORDER BY updated DESC LIMIT -1 OFFSET ?)", (self.max_count,)).rowcount
+                    "DELETE FROM sessions WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY"
+                    " owner ORDER BY updated DESC) AS n FROM sessions WHERE state != 'running') WHERE n > ?)",
+                    (self.max_count,)).rowcount
         return deleted
 
     def _mask(self, text: str | None) -> str | None:

@@ -22,8 +22,10 @@ from ..errors import ConfigError, InvalidRequestError
 from .tenant import ADMIN, ANONYMOUS, OWNER, Tenant, check_name
 
 PREFIX = "llmos-"
-#: names the kernel gives its own identities: no stored key may take them
-RESERVED = frozenset({OWNER, ADMIN, ANONYMOUS, "other"})  # "other": the overflow label of usage counts
+#: names the kernel gives its own identities and in-process work: no stored key may take them (a key named
+#: "shell" would see, kill and share the fair-share counter of the shell's requests)
+RESERVED = frozenset({OWNER, ADMIN, ANONYMOUS, "other",  # "other": the overflow label of usage counts
+                      "default", "agent", "api", "cli", "shell", "memfs"})  # owners of in-process work
 
 
 class UnknownTenantError(InvalidRequestError, LookupError):

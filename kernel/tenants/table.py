@@ -80,10 +80,11 @@ class TenantTable:
     # -- isolation ---------------------------------------------------------------------------------
 
     def deny(self, tenant: Tenant, action: str, target: str, reason: str) -> None:
-        """Record a refusal (the audit log, and the tenant's `denied` count)."""
+        """Record a refusal (the audit log, and the tenant's `denied` count). Fields a client chose (paths,
+        names) are cut to AUDIT_FIELD_CHARS: refusals of huge paths must not flush the log's older entries."""
         self._count(tenant.name, denied=1)
-        self._audit(who=tenant.name, tool=action, args={"target": target}, capabilities=[], decision="denied",
-                    outcome="denied", error=reason, duration_s=0.0)
+        self._audit(who=tenant.name, tool=_cut(action), args={"target": _cut(target)}, capabilities=[],
+                    decision="denied", outcome="denied", error=_cut(reason), duration_s=0.0)
 
     # -- views -------------------------------------------------------------------------------------
 
@@ -106,3 +107,11 @@ class TenantTable:
                          "running": sum(p.get("state") == "running" for p in mine),
                          "inflight": self.limits.inflight(name)})
         return rows
+
+
+#: the longest client-chosen text (a path, a name) one audit entry keeps of a refusal
+AUDIT_FIELD_CHARS = 200
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= AUDIT_FIELD_CHARS else f"{text[:AUDIT_FIELD_CHARS]}... ({len(text)} characters)"

@@ -30,7 +30,7 @@ from llmos.kernel.errors import InvalidRequestError, LlmosError, ProcessNotFound
 from .clients import ClientLabels, label_of
 from .schemas import check_trust
 from .security import is_owner, tenant_of
-from .tenancy import check_owner, own_session, require_admin, visible
+from .tenancy import agent_tools, check_owner, own_session, require_admin, visible
 from .sse import KEEPALIVE, KEEPALIVE_S, sse
 
 #: agents an HTTP client may have running at once, and each one's budgets
@@ -145,7 +145,7 @@ def extras_router(kernel, *, max_agents: int = MAX_AGENTS, max_event_streams: in
 
     @r.get("/ps")
     async def ps(request: Request) -> list[dict[str, Any]]:
-        return labels.annotate(visible(request, kernel.ps()))
+        return visible(request, labels.annotate(kernel.ps()))  # labels of all of ps: others' stay
 
     @r.get("/tenants")
     async def tenants(request: Request) -> list[dict[str, Any]]:
@@ -157,8 +157,11 @@ def extras_router(kernel, *, max_agents: int = MAX_AGENTS, max_event_streams: in
         return rows if tenant.admin else [r for r in rows if r["tenant"] == tenant.name]
 
     @r.get("/engines")
-    async def engines() -> list[dict[str, Any]]:
-        return kernel.engines()
+    async def engines(request: Request) -> list[dict[str, Any]]:
+        rows = kernel.engines()
+        if tenant_of(request).admin:
+            return rows
+        return [{k: v for k, v in row.items() if k != "nodes"} for row in rows]  # remote nodes' URLs, errors
 
     @r.post("/kill/{request_id}")
     async def kill(request: Request, request_id: str) -> dict[str, Any]:
@@ -193,7 +196,8 @@ def extras_router(kernel, *, max_agents: int = MAX_AGENTS, max_event_streams: in
                 running = sum(s.counted and not kernel.processes.get(p).state.finished for p, s in spawned.items())
                 if not owner and running >= max_agents:  # the owner's own agents are not capped
                     raise TooManyAgentsError(max_agents)
-                proc = kernel.spawn(body.goal, tools=body.tools, model=body.model, adapter=body.adapter,
+                proc = kernel.spawn(body.goal, tools=tenant_tools(request, body.tools), model=body.model,
+                                    adapter=body.adapter,
                                     max_steps=body.max_steps, max_tokens=body.max_tokens, session=body.session,
                                     owner=tenant.name, tenant=tenant, priority=body.priority,
                                     tool_choice=body.tool_choice,
@@ -205,6 +209,9 @@ def extras_router(kernel, *, max_agents: int = MAX_AGENTS, max_event_streams: in
         proc, token = await run(spawn)
         labels.record(proc.pid, label_of(request))
         return {"pid": proc.pid, "session": proc.session_id, "token": token}
+
+    def tenant_tools(request: Request, asked: list[str] | None) -> list[str] | None:
+        return agent_tools(kernel, tenant_of(request), asked)
 
     def _proc(request: Request, pid: str):
         proc = kernel.processes.get(pid)

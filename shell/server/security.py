@@ -107,6 +107,7 @@ class Guard:
                  keys: KeyStore | None = None, on_deny: Callable[[Tenant, str, str, str], None] | None = None) -> None:
         self.app = app
         self.keys = keys
+        self._keyed = False  # once clients needed a key, they always do (until a restart)
         self.on_deny = on_deny or (lambda *_args: None)  # (tenant, action, target, reason): the audit log
         self.owner_socket = owner_socket
         self.api_key = api_key
@@ -150,8 +151,12 @@ class Guard:
         return self.owner_socket is not None and path.startswith("/llmos/")
 
     def keyed(self) -> bool:
-        """Clients over TCP need a key: there is an --api-key or a stored key."""
-        return bool(self.api_key) or bool(self.keys)
+        """Clients over TCP need a key: there is an --api-key or a stored key, or there was one since this
+        server started (removing the last key, or keys.json, must not open a server listening on a public
+        address to anyone: it refuses every TCP client until it is restarted without keys)."""
+        if not self._keyed:
+            self._keyed = bool(self.api_key) or bool(self.keys)
+        return self._keyed
 
     def _tenant(self, scope: Scope, headers: Headers) -> Tenant | None:
         """Who the request is: its key's tenant, the owner on the socket, anonymous where no key is

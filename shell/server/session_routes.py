@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from llmos.kernel.errors import InvalidRequestError
 
 from .security import is_owner, tenant_of
-from .tenancy import own_session, visible
+from .tenancy import own_session, require_admin, visible
 
 
 class SessionOpen(BaseModel):
@@ -89,6 +89,8 @@ def session_router(kernel) -> APIRouter:
             settings = body.model_dump()
             served_name(request, settings.get("model"))
             stored = own(request, session, "change")
+            if "state" in settings:  # the kernel's bookkeeping ("running" sessions are never pruned)
+                require_admin(kernel, request, "setting a session's state", f"session {session}")
             stored.update(**settings)
             return stored.as_dict()
         return await run(update)

@@ -15,6 +15,9 @@ from llmos.kernel.tenants.tenant import Tenant
 
 from .security import tenant_of
 
+#: what the tools of a non-admin tenant's agents may need (memfs is scoped to the tenant: scope.py)
+TENANT_TOOL_CAPABILITIES = frozenset({"memfs.read", "memfs.write"})
+
 
 def deny(kernel, tenant: Tenant, action: str, target: str, message: str, param: str | None = None,
          code: str | None = None):
@@ -60,3 +63,18 @@ def visible(request, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows (ps, sessions) the request's tenant may see."""
     tenant = tenant_of(request)
     return rows if tenant.admin else [r for r in rows if r.get("owner") == tenant.name]
+
+
+def agent_tools(kernel, tenant: Tenant, asked: list[str] | None) -> list[str] | None:
+    """The tools `tenant`'s agent may use: an admin's, any; another tenant's, only those needing nothing
+    beyond its (scoped) memfs. The operator's [capabilities] grants, plugins' and MCP servers' tools (files,
+    network) are the machine's, not every tenant's: asking for one is a 403, audited."""
+    if tenant.admin:
+        return asked
+    catalog = kernel.tools.all()
+    allowed = sorted(n for n, t in catalog.items() if t.capabilities <= TENANT_TOOL_CAPABILITIES)
+    refused = [n for n in (asked or ()) if n in catalog and n not in allowed]
+    if refused:
+        raise deny(kernel, tenant, "agent tools", ",".join(refused), f"tools {refused} need capabilities beyond "
+                   f"memfs; tenant {tenant.name!r} may give its agents {allowed}", param="tools", code="admin_only")
+    return allowed if asked is None else asked
