@@ -200,6 +200,8 @@ def test_memfs_a_tenant_reads_and_writes_its_home_and_reads_what_is_shared(tenan
         assert grep == []
         listed = [e["path"] for e in bob.get("/llmos/mem/ls", params={"path": "/home"}).json()]
         assert listed == ["/home/bob"]
+        [home_dir] = [e for e in bob.get("/llmos/mem/ls", params={"path": "/"}).json() if e["path"] == "/home"]
+        assert (home_dir["size"], home_dir["files"], home_dir["mtime"]) == (0, 0, 0.0)  # nothing of alice's writes
         refused(bob.post("/v1/chat/completions", json={**CHAT, "rag": "/home/alice"}), 403, param="rag")
         # shared with reader for reading: it reads, and may not write
         assert "heliotrope" in reader.get("/llmos/mem/cat", params={"path": "/home/alice/plan.md"}).json()["text"]
@@ -348,3 +350,23 @@ def test_a_tenants_agents_get_only_tools_that_need_nothing_beyond_its_memfs(tmp_
         assert any(e["who"] == "alice" and e["tool"] == "agent tools" and e["decision"] == "denied" for e in denials)
     finally:
         kernel.shutdown()
+
+
+def test_a_memfs_search_embeds_its_query_at_its_tenants_priority():
+    """A batch tenant's `mem find` does not jump the shared embedding queue (memfs embeds searches "high")."""
+    from llmos.kernel.sched.request import Priority
+    from llmos.kernel.tenants.scope import ScopedMem
+    from llmos.kernel.tenants.tenant import Tenant
+
+    class Mem:  # records what the scoped view asks of memfs
+        def __init__(self):
+            self.priorities = []
+
+        def find(self, query, within, k, priority="high"):
+            self.priorities.append(priority)
+            return []
+
+    mem = Mem()
+    ScopedMem(mem, Tenant("nightly", "batch"), table=None).find("tides", "/home/nightly")
+    ScopedMem(mem, Tenant("desk", "interactive"), table=None).find("tides", "/home/desk")
+    assert mem.priorities == [Priority.BATCH, Priority.HIGH]

@@ -191,7 +191,7 @@ class MemFS:
             raise MemPathError(f"{path} is a volume: remove its contents with -r", param="path")
         return vol.rm(inner, recursive)
 
-    def find(self, query: str, within: str = "/", k: int = 5) -> list[dict[str, Any]]:
+    def find(self, query: str, within: str = "/", k: int = 5, priority: Any = "high") -> list[dict[str, Any]]:
         if not isinstance(query, str) or not query.strip():
             raise InvalidRequestError("the search query is empty", param="query")
         if not isinstance(k, int) or not 1 <= k <= 1000:
@@ -200,7 +200,7 @@ class MemFS:
         targets = [self.resolve(within, "within")]
         if within == "/":  # search every volume and merge
             targets = [(self._volume(n), "/", p) for n, p in self.mounts().items()]
-        vector = self._embedder.embed([query], priority="high")[0]  # a user is waiting: ahead of imports
+        vector = self._embedder.embed([query], priority=priority)[0]  # a user is waiting: ahead of imports
         hits = []
         for vol, inner, point in targets:
             hits += [self._fix(h, point) for h in vol.find(query, inner, k, vector=vector)]

@@ -82,11 +82,17 @@ class ScopedMem:
         if self.tenant.may_read(path):
             return entries
         roots = (self.tenant.home, *self.tenant.shared)
-        return [e for e in entries if self.tenant.may_read(e["path"])
-                or any(r.startswith(e["path"].rstrip("/") + "/") for r in roots)]
+        shown = []
+        for e in entries:
+            if self.tenant.may_read(e["path"]):
+                shown.append(e)
+            elif any(r.startswith(e["path"].rstrip("/") + "/") for r in roots):  # above what it may read: the
+                shown.append({**e, "size": 0, "files": 0, "mtime": 0.0})  # way there, never others' figures
+        return shown
 
     def find(self, query: str, within: str = "/", k: int = 5) -> list[dict[str, Any]]:
-        hits = [h for root in self.roots(within, "mem find") for h in self._mem.find(query, root, k)]
+        prio = self.tenant.priority(None)  # the query's embedding waits its tenant's turn, not ahead of all
+        hits = [h for root in self.roots(within, "mem find") for h in self._mem.find(query, root, k, priority=prio)]
         return sorted(hits, key=lambda h: -h["score"])[:k]
 
     def grep(self, pattern: str, within: str = "/", ignore_case: bool = False, *args: Any) -> list[dict[str, Any]]:
