@@ -121,6 +121,7 @@ class Kernel(ModuleCalls):
         params = parse_sampling(sampling)
         if tenant is not None:
             owner, prio = tenant.name, tenant.priority(priority)
+            self.tenants.check(tenant)  # over its limits: refused before any model load, RAG search or adapter
         else:
             prio = Priority.NORMAL if priority is None else Priority.parse(priority)
         who = _Who(owner, tenant, user)

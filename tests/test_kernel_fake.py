@@ -225,3 +225,20 @@ def test_an_abandoned_async_reader_does_not_kill_the_engine(fake_kernel):
     loop.run_until_complete(read_one())
     loop.close()  # the reader's loop is gone while its request may still deliver events
     assert fake_kernel.generate("after", driver="gated", max_tokens=3).text
+
+
+def test_a_tenant_over_its_limits_is_refused_before_any_model_loads(fake_kernel, gguf):
+    from llmos.kernel.errors import QuotaExceededError
+    from llmos.kernel.tenants.tenant import Tenant
+
+    capped = Tenant("capped", max_concurrency=1)
+    fake_kernel.tenants.admit(capped, "held", 1, 1)  # one request in flight: its limit
+    try:
+        loads = FakeDriver.loads
+        with pytest.raises(QuotaExceededError, match="max_concurrency 1"):
+            fake_kernel.submit("hi", model=gguf("unloaded.gguf"), driver="fake", tenant=capped)
+        assert FakeDriver.loads == loads  # refused before it cost a model load
+        assert fake_kernel.tenants.usage()["capped"]["throttled"] == 1
+    finally:
+        fake_kernel.tenants.abandon("held")
+    assert fake_kernel.submit("hi", driver="fake", tenant=capped, max_tokens=2).result(30).text

@@ -59,24 +59,34 @@ class Limits:
         self._inflight: dict[str, dict[str, float]] = {}  # tenant -> request id -> started
         self._duration: dict[str, float] = {}  # tenant -> moving average of its requests' seconds
 
+    def check(self, tenant) -> None:
+        """Raise QuotaExceededError if `tenant` could not be admitted now (reserves nothing): what a request
+        checks before it costs the machine anything (a model load, a RAG search, an adapter)."""
+        with self._lock:
+            self._refuse(tenant)
+
     def admit(self, tenant, rid: str, tokens: int) -> None:
         """Reserve `tokens` for request `rid` of `tenant` (a Tenant) or raise QuotaExceededError."""
         with self._lock:
-            inflight = self._inflight.setdefault(tenant.name, {})
-            if tenant.max_concurrency is not None and len(inflight) >= tenant.max_concurrency:
-                raise QuotaExceededError(
-                    f"tenant {tenant.name!r} has {len(inflight)} requests in flight, its limit "
-                    f"(max_concurrency {tenant.max_concurrency}): wait for one to finish",
-                    tenant.name, self._next_finish(tenant.name, inflight))
+            self._refuse(tenant)
             bucket = self._bucket(tenant)
             if bucket is not None:
-                wait = bucket.wait_s()
-                if wait > 0:
-                    raise QuotaExceededError(
-                        f"tenant {tenant.name!r} is over its {tenant.tokens_per_minute} tokens per minute "
-                        f"(prompt + completion): retry in {wait:.1f} s", tenant.name, wait)
                 bucket.take(tokens)
-            inflight[rid] = self._clock()
+            self._inflight.setdefault(tenant.name, {})[rid] = self._clock()
+
+    def _refuse(self, tenant) -> None:
+        inflight = self._inflight.get(tenant.name, {})
+        if tenant.max_concurrency is not None and len(inflight) >= tenant.max_concurrency:
+            raise QuotaExceededError(
+                f"tenant {tenant.name!r} has {len(inflight)} requests in flight, its limit "
+                f"(max_concurrency {tenant.max_concurrency}): wait for one to finish",
+                tenant.name, self._next_finish(tenant.name, inflight))
+        bucket = self._bucket(tenant)
+        wait = bucket.wait_s() if bucket is not None else 0.0
+        if wait > 0:
+            raise QuotaExceededError(
+                f"tenant {tenant.name!r} is over its {tenant.tokens_per_minute} tokens per minute "
+                f"(prompt + completion): retry in {wait:.1f} s", tenant.name, wait)
 
     def settle(self, tenant_name: str, rid: str, reserved: int, used: int) -> None:
         """Request `rid` ended having used `used` of the `reserved` tokens."""

@@ -60,6 +60,15 @@ class TenantTable:
         with self._lock:
             self._reserved[rid] = (tenant.name, reserve)
 
+    def check(self, tenant: Tenant) -> None:
+        """Refuse (QuotaExceededError, counted as throttled) a request `tenant` could not be admitted for now,
+        before it costs anything; `admit` checks again and reserves."""
+        try:
+            self.limits.check(tenant)
+        except Exception:
+            self._count(tenant.name, throttled=1)
+            raise
+
     def abandon(self, rid: str) -> None:
         """A request admitted here that never reached a queue gives its reservation back."""
         with self._lock:
