@@ -370,3 +370,15 @@ def test_a_memfs_search_embeds_its_query_at_its_tenants_priority():
     ScopedMem(mem, Tenant("nightly", "batch"), table=None).find("tides", "/home/nightly")
     ScopedMem(mem, Tenant("desk", "interactive"), table=None).find("tides", "/home/desk")
     assert mem.priorities == [Priority.BATCH, Priority.HIGH]
+
+
+def test_keys_changed_by_two_processes_at_once_lose_no_update(tmp_path):
+    import sys
+
+    script = ("import sys; from llmos.kernel.tenants.keys import KeyStore\n"
+              "store = KeyStore(sys.argv[1])\n"
+              "for i in range(15): store.add(f'{sys.argv[2]}{i}')\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), who]) for who in ("a", "b")]
+    assert [p.wait(120) for p in procs] == [0, 0]
+    names = {t.name for t in KeyStore(tmp_path).tenants()}
+    assert names == {f"{who}{i}" for who in "ab" for i in range(15)}

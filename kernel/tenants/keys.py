@@ -9,6 +9,8 @@ so `llmos keys add` takes effect without a restart.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -44,7 +46,7 @@ class KeyStore:
     def __init__(self, home: Path) -> None:
         self.path = Path(home) / "keys.json"
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._by_hash: dict[str, str] = {}
         self._tenants: dict[str, dict[str, Any]] = {}
 
@@ -56,7 +58,7 @@ class KeyStore:
         except FileNotFoundError:
             self._stamp, self._by_hash, self._tenants = None, {}, {}
             return
-        stamp = (st.st_mtime_ns, st.st_size)
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)  # every write replaces the file: a new inode
         if stamp == self._stamp:
             return
         try:
@@ -110,8 +112,7 @@ class KeyStore:
                                       param="name")
         tenant = Tenant(name, priority, tokens_per_minute, max_concurrency, admin, tuple(shared))
         key = new_key()
-        with self._lock:
-            self._refresh()
+        with self._changing():
             if name in self._tenants:
                 raise InvalidRequestError(f"tenant {name!r} exists: `llmos keys rotate {name}` makes it a new key, "
                                           f"`llmos keys rm {name}` removes it", param="name")
@@ -123,19 +124,28 @@ class KeyStore:
     def rotate(self, name: str) -> str:
         """A new key for `name`; the old one stops working at once."""
         key = new_key()
-        with self._lock:
-            self._refresh()
+        with self._changing():
             entry = self._entry(name)
             entry.update(hash=digest(key), prefix=key[:len(PREFIX) + 4], rotated=_now())
             self._write()
         return key
 
     def remove(self, name: str) -> None:
-        with self._lock:
-            self._refresh()
+        with self._changing():
             self._entry(name)
             del self._tenants[name]
             self._write()
+
+    @contextlib.contextmanager
+    def _changing(self):
+        """Read, change and write the file as one step, also against another `llmos keys` process (flock):
+        two at once must not lose an update (a rotation silently undone would revive a leaked key)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.path.with_name("keys.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._stamp = None  # read it again, whatever its stamp says
+            self._refresh()
+            yield
 
     def _entry(self, name: str) -> dict[str, Any]:
         if name not in self._tenants:
