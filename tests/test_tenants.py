@@ -320,6 +320,16 @@ def test_the_tools_an_agent_calls_see_memfs_as_its_tenant(tmp_path):
         assert [e["path"] for e in scoped.ls("/home/alice")] == ["/home/alice/mine.txt"]
         assert scoped.rm("/home/alice", recursive=True) == 1
         assert kernel.mem.cat("/HOME/ALICE/admins.txt") == "only for admins: zebra"  # not "below" /home/alice
+        # the rest of the kernel a tool gets: requests and tool calls as the tenant, nothing of the machine
+        from llmos.kernel.tenants.scope import TenantView
+
+        view = TenantView(kernel, alice)
+        assert view.generate("Hi", max_tokens=1, temperature=0).usage["completion_tokens"] == 1
+        assert kernel.tenants.usage()["alice"]["requests"] == 1  # through the kernel's generate, as alice
+        assert view.call_tool("mem_cat", {"path": "/home/bob/secret.txt"}, approve=yes).ok is False
+        for name in ("sessions", "processes", "modules", "cancel", "insmod"):
+            with pytest.raises(AttributeError, match="tenant 'alice'"):
+                getattr(view, name)
     finally:
         kernel.shutdown()
 

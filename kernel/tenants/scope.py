@@ -119,9 +119,14 @@ class ScopedMem:
                                               f"an admin)", None)
 
 
+#: the kernel's methods that a tool called for a tenant gets bound to the view: they submit through it
+_SUBMITTING = frozenset({"generate", "chat", "stream", "agenerate", "achat", "astream"})
+
+
 class TenantView:
-    """The kernel as a tool called for `tenant` sees it: its memfs is `ScopedMem`, its requests are the
-    tenant's; everything else is the kernel's own."""
+    """The kernel as a tool called for `tenant` sees it: its memfs is `ScopedMem`, its requests and tool
+    calls are the tenant's (its class, quotas and fair share), and nothing else of the kernel is there
+    (processes, sessions, modules and the rest belong to the machine: an AttributeError names the rule)."""
 
     def __init__(self, kernel: Any, tenant: Tenant) -> None:
         self._kernel, self.tenant = kernel, tenant
@@ -134,5 +139,12 @@ class TenantView:
         kwargs["tenant"] = self.tenant
         return self._kernel.submit(*args, **kwargs)
 
+    def call_tool(self, name: str, args: Any, **kwargs: Any):
+        kwargs["tenant"] = self.tenant
+        return self._kernel.call_tool(name, args, **kwargs)
+
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._kernel, name)
+        if name in _SUBMITTING:  # the kernel's own method, whose `self.submit` is this view's
+            return getattr(type(self._kernel), name).__get__(self)
+        raise AttributeError(f"a tool called for tenant {self.tenant.name!r} gets the kernel's mem, submit, "
+                             f"{', '.join(sorted(_SUBMITTING))} and call_tool, not {name!r}")
