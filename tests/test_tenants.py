@@ -392,3 +392,22 @@ def test_keys_changed_by_two_processes_at_once_lose_no_update(tmp_path):
     assert [p.wait(120) for p in procs] == [0, 0]
     names = {t.name for t in KeyStore(tmp_path).tenants()}
     assert names == {f"{who}{i}" for who in "ab" for i in range(15)}
+
+
+def test_one_tenant_cannot_take_every_agent_place(tenants):
+    with as_(tenants, "alice") as alice, as_(tenants, "bob") as bob:
+        body = {"goal": "Write a long story about a dragon.", "max_tokens": 4096, "detach": True}
+        pids = []
+        try:
+            for _ in range(4):  # half of the server's 8 places
+                made = alice.post("/llmos/agents", json=body)
+                assert made.status_code == 200, made.text
+                pids.append(made.json()["pid"])
+            error = refused(alice.post("/llmos/agents", json=body), 429, "queue_full")
+            assert "tenant 'alice'" in error["message"]
+            made = bob.post("/llmos/agents", json=body)  # another tenant still gets a place
+            assert made.status_code == 200, made.text
+            pids.append(made.json()["pid"])
+        finally:
+            for pid in pids:
+                (bob if pid == pids[-1] and len(pids) == 5 else alice).post(f"/llmos/kill/{pid}")

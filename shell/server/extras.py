@@ -52,8 +52,9 @@ class ApprovalsRefusedError(InvalidRequestError, PermissionError):
 class TooManyAgentsError(QueueFullError):
     """HTTP clients have `limit` agents running already (429, like a full queue)."""
 
-    def __init__(self, limit: int) -> None:
-        LlmosError.__init__(self, f"{limit} agents are already running: wait for one to finish, or kill one "
+    def __init__(self, limit: int, tenant: str | None = None) -> None:
+        whose = f"tenant {tenant!r} has" if tenant else "HTTP clients have"
+        LlmosError.__init__(self, f"{whose} {limit} agents running already: wait for one to finish, or kill one "
                                   f"(POST /llmos/kill/<pid>)")
         self.limit, self.retry_after = limit, 5.0
 
@@ -193,9 +194,13 @@ def extras_router(kernel, *, max_agents: int = MAX_AGENTS, max_event_streams: in
             with spawning:
                 for pid in [p for p in spawned if kernel.processes.get(p) is None]:
                     del spawned[pid]  # pruned by the process table
-                running = sum(s.counted and not kernel.processes.get(p).state.finished for p, s in spawned.items())
-                if not owner and running >= max_agents:  # the owner's own agents are not capped
+                live = [kernel.processes.get(p) for p, s in spawned.items() if s.counted]
+                live = [proc for proc in live if not proc.state.finished]
+                if not owner and len(live) >= max_agents:  # the owner's own agents are not capped
                     raise TooManyAgentsError(max_agents)
+                share = max(1, max_agents // 2)  # no tenant (but an admin) takes every place
+                if not tenant.admin and sum(proc.owner == tenant.name for proc in live) >= share:
+                    raise TooManyAgentsError(share, tenant.name)
                 proc = kernel.spawn(body.goal, tools=tenant_tools(request, body.tools), model=body.model,
                                     adapter=body.adapter,
                                     max_steps=body.max_steps, max_tokens=body.max_tokens, session=body.session,

@@ -154,8 +154,8 @@ class Guard:
         """Clients over TCP need a key: there is an --api-key or a stored key, or there was one since this
         server started (removing the last key, or keys.json, must not open a server listening on a public
         address to anyone: it refuses every TCP client until it is restarted without keys)."""
-        if not self._keyed:
-            self._keyed = bool(self.api_key) or bool(self.keys)
+        now = bool(self.api_key) or bool(self.keys)  # an unreadable keys file raises here: a 503 for all
+        self._keyed = self._keyed or now
         return self._keyed
 
     def _tenant(self, scope: Scope, headers: Headers) -> Tenant | None:
