@@ -139,3 +139,8 @@ class Driver(abc.ABC):
     def stats(self) -> dict[str, Any]:
         """Driver-specific figures for ps/top (slots in use, prefix cache hits, ...)."""
         return {}
+
+    def swapped(self) -> dict[str, dict[str, Any]]:
+        """Request id -> {"where": "ram" | "disk", "bytes": n} for the sequences whose KV the driver has
+        swapped out (a preempted request's, kept to resume it without recomputing); ps shows it."""
+        return {}

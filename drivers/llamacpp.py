@@ -316,6 +316,9 @@ class LlamaCppDriver(SlotCache, Driver):
         pending.clear()
         self._batch.clear()
 
+    def swapped(self) -> dict[str, dict[str, Any]]:
+        return self._swap.by_request()
+
     def stats(self) -> dict[str, Any]:
         return {
             "active_sequences": len(self._seqs),

@@ -39,6 +39,7 @@ class CacheEntry:
     adapter: str | None
     tokens: list[int]
     priority: int  # of the request that computed it: less urgent entries are evicted first
+    request_id: str = ""  # whose KV it is (a preempted request comes back for it)
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -140,7 +141,7 @@ class SlotCache:
             return
         seq.sampler.free()
         if self.options.prefix_cache and seq.n_past > 0:
-            self._cache[seq.slot] = CacheEntry(seq.adapter, seq.tokens[: seq.n_past], seq.priority)
+            self._cache[seq.slot] = CacheEntry(seq.adapter, seq.tokens[: seq.n_past], seq.priority, rid)
             self._cache.move_to_end(seq.slot)
         else:
             self._model.seq_rm(seq.slot, 0, -1)
@@ -153,7 +154,8 @@ class SlotCache:
             slot = next(s for s, e in self._cache.items() if e.priority == least_urgent)  # in LRU order
             entry = self._cache.pop(slot)
             if self._swap.wants(len(entry.tokens)):  # worth keeping: to RAM (or disk) instead of lost
-                self._swap.put(entry.adapter, entry.tokens, entry.priority, self._model.seq_state(slot))
+                self._swap.put(entry.adapter, entry.tokens, entry.priority, self._model.seq_state(slot),
+                               entry.request_id)
             self._model.seq_rm(slot, 0, -1)
             self._free.append(slot)
 

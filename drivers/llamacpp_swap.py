@@ -44,6 +44,7 @@ class Swapped:
     data: bytes | None = None  # in RAM; None: spilled to `path`
     path: Path | None = None
     digest: str = ""
+    request_id: str = ""  # whose KV it is
 
 
 class SwapArea:
@@ -66,13 +67,13 @@ class SwapArea:
     def wants(self, n_tokens: int) -> bool:
         return self.enabled and n_tokens >= MIN_SWAP_TOKENS
 
-    def put(self, adapter: str | None, tokens: list[int], priority: int, data: bytes) -> None:
+    def put(self, adapter: str | None, tokens: list[int], priority: int, data: bytes, request_id: str = "") -> None:
         """Keep a sequence's state; spill or drop the oldest entries to stay within the budgets."""
         if not data or len(data) > self.ram_bytes:
             self.dropped += 1
             return
         self._entries[next(self._ids)] = Swapped(adapter, list(tokens), priority, len(data), data,
-                                                 digest=hashlib.sha256(data).hexdigest())
+                                                 digest=hashlib.sha256(data).hexdigest(), request_id=request_id)
         self.swapped_out += 1
         self._fit()
 
@@ -108,6 +109,11 @@ class SwapArea:
             return None
         self.swapped_in += 1
         return e, data
+
+    def by_request(self) -> dict[str, dict[str, object]]:
+        """Request id -> where its swapped state is and its size (any thread: reads a copy)."""
+        return {e.request_id: {"where": "ram" if e.data is not None else "disk", "bytes": e.nbytes}
+                for e in list(self._entries.values()) if e.request_id}
 
     def discard_adapter(self, adapter: str) -> None:
         for key in [k for k, e in self._entries.items() if e.adapter == adapter]:

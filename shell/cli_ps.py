@@ -39,11 +39,16 @@ def ps(url: Optional[str] = URL, api_key: Optional[str] = KEY, as_json: bool = t
 
 
 def _state(row: dict) -> str:
-    """`waiting #3 ~4s`: a queued request's place in line and when it should start."""
-    if row.get("position") is None:
-        return row["state"]
-    eta = row.get("eta_s")
-    return f"{row['state']} #{row['position']}" + (f" ~{eta:.0f}s" if eta is not None else "")
+    """`waiting #3 ~4s`: a queued request's place in line and when it should start; `preempted #1 (KV
+    swapped, 46 MiB in ram)`: a preempted request whose KV waits in the swap area."""
+    state = row["state"]
+    if row.get("position") is not None:
+        eta = row.get("eta_s")
+        state = f"{state} #{row['position']}" + (f" ~{eta:.0f}s" if eta is not None else "")
+    swapped = row.get("swapped")
+    if swapped:
+        state += f" (KV swapped, {swapped['bytes'] / 2**20:.0f} MiB in {swapped['where']})"
+    return state
 
 
 def kill(request_id: str, url: Optional[str] = URL, api_key: Optional[str] = KEY,

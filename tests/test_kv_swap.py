@@ -24,20 +24,26 @@ def _preempt_and_resume(swap_mb: int, tmp_path):
         victim = k.submit(LONG, tenant=Tenant("nightly", "batch"), max_tokens=40, temperature=0, ignore_eos=True)
         while len(victim.request.output_token_ids) < 8:
             victim.wait(0.01)
-        urgent = k.submit(URGENT, tenant=Tenant("desk", "interactive"), max_tokens=2, temperature=0)
+        urgent = k.submit(URGENT, tenant=Tenant("desk", "interactive"), max_tokens=24, temperature=0,
+                          ignore_eos=True)
+        seen = None  # the victim's ps row while its KV is swapped out
+        while not urgent.done and seen is None:
+            seen = next((r for r in k.ps() if r["id"] == victim.request.request_id and r["swapped"]), None)
         assert urgent.result(120).usage["completion_tokens"] >= 1
         done = victim.result(120)
-        return done, driver.stats(), driver.tokenize(LONG)
+        return done, driver.stats(), driver.tokenize(LONG), seen
 
 
 @pytest.mark.model
 def test_a_preempted_request_resumes_from_swap_with_a_recomputes_greedy_continuation(tmp_path, scorer):
-    swapped, stats, prompt = _preempt_and_resume(1024, tmp_path / "swap")
+    swapped, stats, prompt, row = _preempt_and_resume(1024, tmp_path / "swap")
     assert len(prompt) >= MIN_SWAP_TOKENS
+    assert row["state"] == "preempted" and row["swapped"]["where"] == "ram" and row["swapped"]["bytes"] > 1e6
     assert swapped.metrics["preemptions"] == 1
     assert stats["swapped_out"] >= 1 and stats["swapped_in"] >= 1, stats
     assert swapped.metrics["cached_prompt_tokens"] >= len(prompt)  # restored, not recomputed
-    recomputed, stats_off, _ = _preempt_and_resume(0, tmp_path / "off")
+    recomputed, stats_off, _, row_off = _preempt_and_resume(0, tmp_path / "off")
+    assert row_off is None  # without swap nothing is kept
     assert recomputed.metrics["preemptions"] == 1 and stats_off["swapped_in"] == 0
     assert recomputed.metrics["cached_prompt_tokens"] == 0  # without swap its KV was lost: recomputed
     assert swapped.usage["completion_tokens"] == recomputed.usage["completion_tokens"] == 40

@@ -244,6 +244,7 @@ class ModelManager:
         rows = []
         for loaded in self.loaded():
             requests, positions = loaded.engine.queue()
+            swapped = loaded.driver.swapped()
             for req in requests:
                 m = req.metrics
                 position = positions.get(req.request_id)
@@ -255,6 +256,7 @@ class ModelManager:
                     "prompt_tokens": m.prompt_tokens, "output_tokens": m.output_tokens,
                     "age_s": now - m.arrival, "queue_wait_s": m.queue_wait, "ttft_s": m.ttft,
                     "tokens_per_s": m.tokens_per_second,
+                    "swapped": swapped.get(req.request_id),  # {"where": "ram" | "disk", "bytes"}: its KV, kept
                 })
         return rows
 
