@@ -113,6 +113,7 @@ def serve(
             listen.run(app, host=host, port=port, grace=grace, header_timeout=header_timeout,
                        max_connections=max_connections, daemon=(daemon, owner) if daemon else None,
                        idle_exit=idle_s, models_loaded=lambda: bool(kernel.engines()),
+                       cancel_all=lambda: [kernel.cancel(r["id"]) for r in kernel.ps()],
                        on_listen=lambda where: err.print(f"llmos serving on {where}" + (
                            " (API key required)" if api_key else ""), highlight=False))
     finally:

@@ -224,6 +224,10 @@ def tail_lines(path: Path, n: int, end: int | None = None) -> list[str]:
         return []
 
 
+#: how long `up` waits for its own daemon to exit after another one answered first (never kills it)
+LOSER_EXIT_S = 30.0
+
+
 def start(home: Path, *, host: str = "127.0.0.1", port: int = 8000, grace: float = 10.0, preload: bool = True,
           idle_exit: str | None = None, timeout: float = 120.0) -> tuple[DaemonInfo, bool]:
     """Start `llmos serve --socket` for `home` detached (a new session, stdin closed, output to
@@ -250,6 +254,9 @@ def start(home: Path, *, host: str = "127.0.0.1", port: int = 8000, grace: float
             last = exc
         else:
             info = daemon_address(home)
+            if info.pid != child.pid:  # another daemon won: ours exits when it finds the lock taken
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(LOSER_EXIT_S)  # so that `up` returns with one daemon running, not two for a while
             return info, info.pid == child.pid
         if child.poll() is not None and daemon_address(home).state in ("down", "stale"):
             break  # ours died and no other daemon is starting

@@ -263,11 +263,15 @@ def test_keep_alive_over_http_and_down_lets_running_requests_finish_then_cancels
             results["long_error"] = exc
         results["long_s"] = time.monotonic() - started
 
-    threads = [threading.Thread(target=short), threading.Thread(target=long)]
+    def long_plain():  # not streamed: cancelled after the grace, it is answered 503 (uvicorn alone says 500)
+        with daemon.uds() as uds:
+            results["long_plain"] = uds.post("/v1/completions", json={**LONG, "stream": False})
+
+    threads = [threading.Thread(target=short), threading.Thread(target=long), threading.Thread(target=long_plain)]
     for t in threads:
         t.start()
     with daemon.uds() as uds:
-        wait_for(lambda: uds.get("/llmos/status").json()["queue"]["running"] >= 2, timeout=30)
+        wait_for(lambda: uds.get("/llmos/status").json()["queue"]["running"] >= 3, timeout=30)
     started = time.monotonic()
     down = daemon.llmos("down", "--grace", "3")
     took = time.monotonic() - started
@@ -277,6 +281,7 @@ def test_keep_alive_over_http_and_down_lets_running_requests_finish_then_cancels
     reply = results["short"]
     assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]  # finished in the grace
     assert results["long_s"] < 20  # 3000 tokens take ~35 s here: it was cancelled after the grace period
+    assert results["long_plain"].status_code == 503, results["long_plain"].text
     assert took < 20 and _gone(info["pid"])
     assert not d.socket_path(daemon.home).exists() and not d.pid_path(daemon.home).exists()
 

@@ -43,12 +43,19 @@ def setup_log(home: Path) -> Path:
     return path
 
 
+#: seconds uvicorn waits past the grace before it cancels open requests itself (it answers those with a
+#: bare 500): by then the kernel has cancelled them, and each got its own 503 or error event
+FORCED_AFTER_S = 3.0
+
+
 def run(app, *, host: str, port: int, grace: float, header_timeout: float, max_connections: int,
         daemon: tuple[DaemonLock, str] | None = None, on_listen: Callable[[str], None] = lambda _where: None,
-        idle_exit: float | None = None, models_loaded: Callable[[], bool] = lambda: False) -> None:
+        idle_exit: float | None = None, models_loaded: Callable[[], bool] = lambda: False,
+        cancel_all: Callable[[], None] = lambda: None) -> None:
     """Serve `app` on host:port, and on the Unix socket of `daemon` (its lock, already held, and the
     socket path) until stopped; `on_listen` is told where, once bound. With `idle_exit`, stop once no
-    model is loaded (`models_loaded()` false) and no connection is open for that many seconds."""
+    model is loaded (`models_loaded()` false) and no connection is open for that many seconds. A stop
+    gives open requests `grace` seconds, then `cancel_all()` ends what still runs (clients get a 503)."""
     import uvicorn
 
     from .security import guarded_h11
@@ -57,7 +64,7 @@ def run(app, *, host: str, port: int, grace: float, header_timeout: float, max_c
     # default: a client reusing a connection just as the server drops it got no response at all).
     # A connection must send its request head within --header-timeout (uvicorn alone waits forever).
     config = uvicorn.Config(app, host=host, port=port, log_level="info" if daemon else "warning",
-                            timeout_graceful_shutdown=grace, timeout_keep_alive=65,
+                            timeout_graceful_shutdown=grace + FORCED_AFTER_S, timeout_keep_alive=65,
                             limit_concurrency=max_connections, http=guarded_h11(header_timeout),
                             log_config=None if daemon else uvicorn.config.LOGGING_CONFIG,
                             access_log=bool(daemon))
@@ -89,11 +96,25 @@ def run(app, *, host: str, port: int, grace: float, header_timeout: float, max_c
         if idle_exit is not None:
             threading.Thread(target=_exit_when_idle, args=(server, idle_exit, models_loaded), daemon=True,
                              name="llmos-idle-exit").start()
+        threading.Thread(target=_cancel_after_grace, args=(server, cancel_all), daemon=True,
+                         name="llmos-grace").start()
         on_listen(f"{tcp}/v1" + (f" and {app.state.listen['socket']}" if daemon else ""))
         server.run(sockets=sockets)
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _cancel_after_grace(server, cancel_all: Callable[[], None]) -> None:
+    """Once the server is stopping, give open requests their grace (`timeout_graceful_shutdown`, which a
+    POST /llmos/shutdown may have changed, less FORCED_AFTER_S), then cancel what still runs."""
+    while not server.should_exit:
+        time.sleep(0.05)
+    time.sleep(max(0.0, (server.config.timeout_graceful_shutdown or 0.0) - FORCED_AFTER_S))
+    try:
+        cancel_all()
+    except Exception:  # noqa: BLE001 - the kernel may be shutting down already
+        logging.getLogger("llmos.daemon").exception("cancelling the requests left after the grace failed")
 
 
 def _exit_when_idle(server, idle_exit: float, models_loaded: Callable[[], bool]) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
+from .listen import FORCED_AFTER_S
+
 
 class Shutdown(BaseModel):
     grace: float = Field(10.0, ge=0, le=3600, description="Seconds running requests get to finish before "
@@ -70,7 +72,8 @@ def status_router(kernel) -> APIRouter:
         server = getattr(request.app.state, "server", None)
         if server is None:
             return {"stopping": False}
-        server.config.timeout_graceful_shutdown = (body or Shutdown()).grace  # read by uvicorn when it stops
+        grace = (body or Shutdown()).grace  # read by uvicorn when it stops, and by listen._cancel_after_grace
+        server.config.timeout_graceful_shutdown = grace + FORCED_AFTER_S
         server.should_exit = True  # stop accepting; open requests get the grace period, then are cancelled
         return {"stopping": True, "pid": os.getpid()}
 
