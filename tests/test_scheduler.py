@@ -373,3 +373,18 @@ def test_without_preemption_kv_is_reserved_for_each_requests_longest_so_nothing_
     out, _ = step(s, state)
     assert len(out.new) == 3  # 3 x (28 + 12) = 120: the fourth waits for room
     assert len(run_all(s, state)) == 4 and all(r.status == RequestStatus.FINISHED_LENGTH for r in reqs)
+
+
+def test_without_preemption_a_running_request_never_sits_out_for_one_that_cannot_be_admitted():
+    """An urgent request waiting for KV that only a finish can free must not make the running one wait
+    for its first token: that stopped both for ever (found by the fuzz test on a fresh clone)."""
+    s, state, _ = make(max_running=2, max_batched_tokens=20, kv_capacity=100, max_model_len=60, preemption=False)
+    running = req("r" * 30, max_tokens=25, priority=Priority.BATCH, owner="nightly")
+    s.add_request(running)
+    for _ in range(3):
+        step(s, state)
+    urgent = req("u" * 40, max_tokens=19, priority=Priority.HIGH, owner="desk")  # 55 + 59 > 100: it waits
+    s.add_request(urgent)
+    out, _ = step(s, state)
+    assert running.request_id in out.num_scheduled_tokens and urgent.status == RequestStatus.WAITING
+    assert len(run_all(s, state)) == 2

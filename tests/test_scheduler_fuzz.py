@@ -22,7 +22,7 @@ op = st.one_of(
 )
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=4000, deadline=None)
 @given(ops=st.lists(op, max_size=60), max_running=st.integers(1, 4), budget=st.integers(4, 40),
        mixed=st.booleans(), preemption=st.booleans(), stalls=st.sets(st.integers(0, 400), max_size=40))
 def test_invariants(ops, max_running, budget, mixed, preemption, stalls):

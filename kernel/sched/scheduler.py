@@ -257,8 +257,9 @@ class Scheduler:
         admitted this step (the waiting head, if a slot and its KV are free), when it outranks a decode."""
         waiting = []
         if self._num_waiting and len(self._running) < self.config.max_running:
-            head = self._peek_waiting()
-            if self._fits_group(head) and self._kv_used({}) + head.num_tokens <= self.config.kv_capacity:
+            head = self._peek_waiting()  # what admission will take, if it can: else nobody waits for it
+            if self._fits_group(head) and self._kv_used({}) + head.num_tokens <= self.config.kv_capacity \
+                    and self._kv_reservable(head):
                 waiting.append(head)
         fresh = [r.priority for r in (*self._running, *waiting) if r.metrics.first_token is None]
         if not fresh or not any(r.priority > min(fresh) for r in self._running):
