@@ -51,6 +51,8 @@ class SwapArea:
     def __init__(self, ram_bytes: int, disk_bytes: int = 0, spill_dir: Path | None = None) -> None:
         self.ram_bytes, self.disk_bytes = ram_bytes, disk_bytes if spill_dir is not None else 0
         self._dir = spill_dir / f"{os.getpid()}-{uuid.uuid4().hex[:8]}" if spill_dir is not None else None
+        if spill_dir is not None and self.disk_bytes:
+            _remove_dead(Path(spill_dir))
         self._entries: OrderedDict[int, Swapped] = OrderedDict()  # least recently swapped first
         self._ids = itertools.count()
         self.swapped_out = self.swapped_in = self.spilled = self.dropped = self.failed = 0
@@ -173,6 +175,30 @@ class SwapArea:
         if e.path is not None and e.data is None:
             _unlink(e.path)
         self.dropped += 1
+
+
+def _remove_dead(spill_dir: Path) -> None:
+    """Spill folders of processes that are gone (a crash, kill -9): their files can never be read again."""
+    for folder in spill_dir.glob("*-*"):
+        pid = folder.name.split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        for f in folder.glob("*.kv"):
+            _unlink(f)
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _unlink(path: Path | None) -> None:

@@ -4,6 +4,7 @@ to disk past a budget) and restored instead of recomputed; budgets hold; damaged
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 
@@ -70,6 +71,17 @@ def test_the_swap_area_keeps_its_ram_and_disk_budgets(tmp_path):
     assert not any(tmp_path.iterdir())  # its files and its folder are gone
     assert not area.wants(MIN_SWAP_TOKENS - 1) and area.wants(MIN_SWAP_TOKENS)  # short ones recompute
     assert not SwapArea(0).wants(10_000)  # off
+
+
+def test_spill_files_a_dead_process_left_are_removed(tmp_path):
+    dead = tmp_path / "999999999-deadbeef"  # no such pid
+    dead.mkdir()
+    (dead / "x.kv").write_bytes(b"old")
+    alive = tmp_path / f"{os.getpid()}-cafecafe"
+    alive.mkdir()
+    (alive / "y.kv").write_bytes(b"mine")
+    SwapArea(ram_bytes=100, disk_bytes=100, spill_dir=tmp_path)
+    assert not dead.exists() and (alive / "y.kv").exists()
 
 
 @pytest.mark.parametrize("damage", ["truncate", "alter", "delete"])
