@@ -201,7 +201,7 @@ def extras_router(kernel, *, max_agents: int = MAX_AGENTS, max_event_streams: in
                 share = max(1, max_agents // 2)  # no tenant (but an admin) takes every place
                 if not tenant.admin and sum(proc.owner == tenant.name for proc in live) >= share:
                     raise TooManyAgentsError(share, tenant.name)
-                proc = kernel.spawn(body.goal, tools=tenant_tools(request, body.tools), model=body.model,
+                proc = kernel.spawn(body.goal, tools=agent_tools(kernel, tenant, body.tools), model=body.model,
                                     adapter=body.adapter,
                                     max_steps=body.max_steps, max_tokens=body.max_tokens, session=body.session,
                                     owner=tenant.name, tenant=tenant, priority=body.priority,
@@ -214,9 +214,6 @@ def extras_router(kernel, *, max_agents: int = MAX_AGENTS, max_event_streams: in
         proc, token = await run(spawn)
         labels.record(proc.pid, label_of(request))
         return {"pid": proc.pid, "session": proc.session_id, "token": token}
-
-    def tenant_tools(request: Request, asked: list[str] | None) -> list[str] | None:
-        return agent_tools(kernel, tenant_of(request), asked)
 
     def _proc(request: Request, pid: str):
         proc = kernel.processes.get(pid)
