@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from llmos.kernel.lib.pids import pid_alive
+
 from .llamacpp_slots import _common_prefix
 
 log = logging.getLogger("llmos.llamacpp")
@@ -181,7 +183,7 @@ def _remove_dead(spill_dir: Path) -> None:
     """Spill folders of processes that are gone (a crash, kill -9): their files can never be read again."""
     for folder in spill_dir.glob("*-*"):
         pid = folder.name.split("-", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or pid_alive(int(pid)):
             continue
         for f in folder.glob("*.kv"):
             _unlink(f)
@@ -189,16 +191,6 @@ def _remove_dead(spill_dir: Path) -> None:
             folder.rmdir()
         except OSError:
             pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _unlink(path: Path | None) -> None:

@@ -22,6 +22,7 @@ from typing import Optional
 import typer
 
 from llmos.kernel.errors import DaemonNotRunningError, LlmosError
+from llmos.kernel.lib.pids import pid_alive
 
 from . import daemon
 from .cli_common import EXIT_INTERRUPTED, STATE, err, fail, out
@@ -37,13 +38,7 @@ def _home() -> Path:
 
 
 def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not pid_alive(pid)
 
 
 def _report(info: daemon.DaemonInfo, prefix: str) -> None:

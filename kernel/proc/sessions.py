@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from ..errors import InvalidRequestError, LlmosError, StorageError
 from ..lib.masking import dumps_redacted, redact_text
+from ..lib.pids import pid_alive
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -49,18 +50,6 @@ class UnknownSessionError(LlmosError, KeyError):
 
     def __str__(self) -> str:
         return self.args[0]
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Session:
@@ -131,7 +120,7 @@ class SessionStore:
     def _mark_crashed(self) -> None:
         rows = self._db.execute("SELECT id, host_pid FROM sessions WHERE state = 'running'").fetchall()
         for row in rows:
-            if row["host_pid"] != os.getpid() and not _alive(row["host_pid"]):
+            if row["host_pid"] != os.getpid() and not pid_alive(row["host_pid"]):
                 self._db.execute("UPDATE sessions SET state = 'crashed', updated = ? WHERE id = ?",
                                  (time.time(), row["id"]))
 
