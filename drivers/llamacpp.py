@@ -224,8 +224,9 @@ class LlamaCppDriver(SlotCache, Driver):
             self._place(new, out)
         # 3. Compute: phase one, then deferred sequences that copy a prefix computed in phase one.
         first = [rid for rid in batch.num_scheduled_tokens if rid not in deferred]
-        if not deferred and self._interruptible(batch, first):
-            return self._compute_interruptible(model, batch, first, out)
+        live = [] if deferred else self._interruptible(batch, first)
+        if live:
+            return self._compute_interruptible(model, batch, first, live, out)
         self._compute(model, batch, first, out)
         if deferred:
             by_id = {n.request_id: n for n in batch.new}
@@ -240,21 +241,22 @@ class LlamaCppDriver(SlotCache, Driver):
         model = self._model
         return model is not None and model.abort.pull()
 
-    def _interruptible(self, batch: SchedulerOutput, rids: list[str]) -> bool:
-        """A step that is one llama_decode of one ubatch (n_ubatch == n_batch): when it is aborted llama.cpp
-        removes exactly that ubatch's positions, so putting the sequences' positions back redoes it exactly.
-        Sequences that failed to be placed are left out of it. The step after an aborted one always runs to
-        its end: interrupts can slow other work, never stop it."""
+    def _interruptible(self, batch: SchedulerOutput, rids: list[str]) -> list[str]:
+        """The sequences of a step that can be aborted (none: it cannot). A step that is one llama_decode of
+        one ubatch (n_ubatch == n_batch) can: when it is aborted llama.cpp removes exactly that ubatch's
+        positions, so putting the sequences' positions back redoes it exactly. Sequences that failed to be
+        placed are left out of it. The step after an aborted one always runs to its end: interrupts can
+        slow other work, never stop it."""
         if self._aborted_last:
             self._aborted_last = False
-            return False
+            return []
         live = [r for r in rids if r in self._seqs]
-        return 0 < len(live) and sum(batch.num_scheduled_tokens[r] for r in live) <= self._batch.capacity
+        return live if sum(batch.num_scheduled_tokens[r] for r in live) <= self._batch.capacity else []
 
-    def _compute_interruptible(self, model, batch: SchedulerOutput, rids: list[str], out: DriverOutput) -> DriverOutput:
+    def _compute_interruptible(self, model, batch: SchedulerOutput, rids: list[str], live: list[str],
+                               out: DriverOutput) -> DriverOutput:
         from .llamacpp_lib import DecodeAborted
 
-        live = [r for r in rids if r in self._seqs]
         undo = [(self._seqs[r], self._seqs[r].sched_pos, self._seqs[r].n_past) for r in live]
         model.abort.arm(True)
         try:

@@ -55,8 +55,8 @@ def test_an_aborted_admission_step_is_redone_exactly(kernel, scorer, monkeypatch
     aborted_admissions = [0]
     compute = driver._compute_interruptible
 
-    def spy(model, batch, rids, out):
-        result = compute(model, batch, rids, out)
+    def spy(model, batch, rids, live, out):
+        result = compute(model, batch, rids, live, out)
         aborted_admissions[0] += bool(batch.new and result.pending)
         return result
 

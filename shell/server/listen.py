@@ -109,7 +109,7 @@ def _cancel_after_grace(server, cancel_all: Callable[[], None]) -> None:
     """Once the server is stopping, give open requests their grace (`timeout_graceful_shutdown`, which a
     POST /llmos/shutdown may have changed, less FORCED_AFTER_S), then cancel what still runs."""
     while not server.should_exit:
-        time.sleep(0.05)
+        time.sleep(0.25)  # at most this late: well inside FORCED_AFTER_S
     time.sleep(max(0.0, (server.config.timeout_graceful_shutdown or 0.0) - FORCED_AFTER_S))
     try:
         cancel_all()
