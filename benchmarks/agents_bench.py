@@ -49,13 +49,13 @@ def _prompt(i: int, j: int) -> str:
 @benchmark("B7", "8 agents x 4 LLM calls with 50-200 ms tool waits: through the kernel vs one model behind a lock")
 def b7(ctx: BenchContext) -> BenchResult:
     with _kernel(ctx, max_running=AGENTS) as kernel:
-        path = str(kernel.load("smollm2").spec.path)
+        loaded = kernel.load("smollm2")
         kernel.generate("warm up", max_tokens=4)
         ctx.log("B7: agents through the kernel")
         candidate = _run_agents(lambda i, j: kernel.generate(_prompt(i, j), max_tokens=TOKENS, ignore_eos=True,
                                                              owner=f"agent{i}", temperature=0))  # greedy, as plain
     ctx.log("B7: agents sharing plain Llama behind a lock")
-    llm = _plain_llama(path)
+    llm = _plain_llama(loaded)
     _plain_generate(llm, "warm up", 4)
     lock = threading.Lock()
 

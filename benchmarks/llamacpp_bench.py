@@ -37,11 +37,14 @@ def _plain(fn, *args):
     return on_device(fn, *args)
 
 
-def _plain_llama(path: str):
+def _plain_llama(loaded):
+    """The baseline: plain `Llama` on the kernel's model file, threads and device (all layers offloaded
+    where the kernel's engine offloads)."""
     from llama_cpp import Llama
 
+    path, layers = str(loaded.spec.path), -1 if loaded.info.device == "gpu" else 0
     return _plain(lambda: Llama(model_path=path, n_ctx=2048, n_threads=available_cores(), n_threads_batch=available_cores(),
-                 verbose=False))
+                                n_gpu_layers=layers, verbose=False))
 
 
 def _plain_generate(llm, prompt: str, n_tokens: int) -> tuple[int, float, float]:
@@ -69,7 +72,6 @@ def b1b(ctx: BenchContext) -> BenchResult:
     n_tokens = 64
     with _kernel(ctx, max_running=16) as kernel:
         loaded = kernel.load("smollm2")
-        path = str(loaded.spec.path)
         kernel.generate("warm up", max_tokens=4)
         ctx.log("B1b: 16 concurrent requests through the kernel")
         started = time.perf_counter()
@@ -77,7 +79,7 @@ def b1b(ctx: BenchContext) -> BenchResult:
         total = sum(len(h.result().token_ids) for h in handles)
         candidate = total / (time.perf_counter() - started)
     ctx.log("B1b: the same 16 one after another through plain Llama")
-    llm = _plain_llama(path)
+    llm = _plain_llama(loaded)
     _plain_generate(llm, "warm up", 4)
     started = time.perf_counter()
     total = sum(_plain_generate(llm, p, n_tokens)[0] for p in PROMPTS)
@@ -96,8 +98,8 @@ def _messages(i: int) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": f"Question {i}: {PROMPTS[i]}"}]
 
 
-def _ttft(kernel, n: int) -> list[float]:
-    return [kernel.chat(_messages(i), max_tokens=1).metrics["ttft_s"] for i in range(n)]
+def _ttft(kernel, n: int, **kw) -> list[float]:
+    return [kernel.chat(_messages(i), max_tokens=1, **kw).metrics["ttft_s"] for i in range(n)]
 
 
 def _shared_prefix(driver) -> tuple[int, int]:
@@ -107,19 +109,24 @@ def _shared_prefix(driver) -> tuple[int, int]:
     return shared, max(map(len, prompts))
 
 
-@benchmark("B3", "8 requests sharing a long system prompt: time to first token without vs with prefix reuse")
-def b3(ctx: BenchContext) -> BenchResult:
+def shared_prefix_ttft(ctx: BenchContext, key: str, driver: str, target: float) -> BenchResult:
+    """B3's measurement on one driver: 8 chats sharing a long system prompt, prefix reuse off vs on."""
     results = {}
     for reuse in (False, True):
         with _kernel(ctx, prefix_cache=reuse) as kernel:
-            loaded = kernel.load("smollm2")
+            loaded = kernel.load("smollm2", driver=driver)
             shared, longest = _shared_prefix(loaded.driver)
-            ctx.log(f"B3: prefix reuse {'on' if reuse else 'off'} (prompts share their first {shared} tokens, "
-                    f"of at most {longest})")
-            kernel.generate("warm up", max_tokens=2)
-            results[reuse] = statistics.mean(_ttft(kernel, 8))
-    return BenchResult("B3", results[False], results[True], "s mean TTFT", 4.0, higher_is_better=False,
-                       description=f"8 chat requests sharing a {shared}-token prefix (of at most {longest})")
+            ctx.log(f"{key}: prefix reuse {'on' if reuse else 'off'} on {driver} (prompts share their first "
+                    f"{shared} tokens, of at most {longest})")
+            kernel.generate("warm up", max_tokens=2, driver=driver)
+            results[reuse] = statistics.mean(_ttft(kernel, 8, driver=driver))
+    return BenchResult(key, results[False], results[True], "s mean TTFT", target, higher_is_better=False,
+                       description=f"8 chat requests sharing a {shared}-token prefix (of at most {longest}), {driver}")
+
+
+@benchmark("B3", "8 requests sharing a long system prompt: time to first token without vs with prefix reuse")
+def b3(ctx: BenchContext) -> BenchResult:
+    return shared_prefix_ttft(ctx, "B3", "llamacpp", 4.0)
 
 
 @benchmark("B4", "one request through the kernel vs direct llama_cpp.Llama")
@@ -128,14 +135,13 @@ def b4(ctx: BenchContext) -> BenchResult:
     prompt = "Tell me a long story about a lighthouse keeper."
     with _kernel(ctx) as kernel:
         loaded = kernel.load("smollm2")
-        path = str(loaded.spec.path)
         kernel.generate("warm up", max_tokens=4)
         runs = []
         for _ in range(3):
             c = kernel.generate(prompt, max_tokens=n_tokens, ignore_eos=True, temperature=0)  # greedy, as plain
             runs.append(c.metrics["tokens_per_s"])
         candidate = statistics.median(runs)
-    llm = _plain_llama(path)
+    llm = _plain_llama(loaded)
     _plain_generate(llm, "warm up", 4)
     runs = []
     for _ in range(3):

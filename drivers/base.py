@@ -33,6 +33,15 @@ class ProbeResult:
     reason: str = ""
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two token lists share (prefix caches match prompts with it)."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
 @dataclass(frozen=True)
 class DriverOptions:
     """Resource knobs the kernel passes to a driver instance (from Config)."""

@@ -27,10 +27,29 @@ from llmos.kernel.sched.detokenizer import ByteDetokenizer, Detokenizer
 from llmos.kernel.errors import ModelLoadError
 from llmos.kernel.sched.interface import DriverOutput, SchedulerOutput
 from llmos.kernel.models.registry import check_gguf
+from llmos.kernel.models.placement import Placement
 
 from .base import Driver, DriverOptions, ModelInfo, ProbeResult, ProgressCallback
 from .llamacpp_slots import CacheEntry, SlotCache, SeqState
 from .llamacpp_swap import SwapArea
+
+def offload(where: Placement) -> tuple[int, int]:
+    """(n_gpu_layers, main_gpu) for a model's placement; a GPU asked of a CPU-only build is refused."""
+    from . import llamacpp_lib as lib
+
+    main_gpu = int(where.device.split(":")[1]) if where.device.startswith("cuda:") else where.main_gpu
+    if where.cpu_only:
+        return 0, main_gpu
+    if not lib.gpu_offload():
+        if where.device != "auto" or where.n_gpu_layers not in (None, 0):
+            raise ModelLoadError(
+                f"the model's placement asks for the GPU (device = {where.device!r}, n_gpu_layers = "
+                f"{where.n_gpu_layers}), but this llama-cpp-python {lib.llama_cpp.__version__} was built for the CPU "
+                f"only: rebuild it with `make install` on a machine with the CUDA toolkit (nvcc), or set "
+                f"device = \"cpu\" in its [models.NAME] table")
+        return 0, main_gpu
+    return (-1 if where.n_gpu_layers is None else where.n_gpu_layers), main_gpu
+
 
 class LlamaCppDriver(SlotCache, Driver):
     name = "llamacpp"
@@ -80,9 +99,10 @@ class LlamaCppDriver(SlotCache, Driver):
         check_gguf(path)
         opts = self.options
         n_slots = opts.max_seqs * 2 if opts.prefix_cache else opts.max_seqs
+        n_gpu_layers, main_gpu = offload(self.spec.options.get("placement") or Placement())
         self._model = lib.on_device(
             lib.LlamaModel, str(path), n_ctx=opts.n_ctx, n_batch=opts.max_batched_tokens, n_seq_max=n_slots,
-            n_threads=opts.n_threads, progress=progress,
+            n_threads=opts.n_threads, progress=progress, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu,
         )
         m = self._model
         self._free = list(range(n_slots - 1, -1, -1))
@@ -98,7 +118,7 @@ class LlamaCppDriver(SlotCache, Driver):
             max_seqs=opts.max_seqs,
             eos_token_ids=m.eog_ids,
             vocab_size=m.n_vocab,
-            device="gpu" if lib.gpu_offload() else "cpu",
+            device="gpu" if n_gpu_layers else "cpu",
             has_chat_template=self._formatter is not None,
             memory_bytes=m.size_bytes,
         )

@@ -71,6 +71,7 @@ def gpu_offload() -> bool:
     return bool(C.llama_supports_gpu_offload())
 
 
+
 class DecodeAborted(Exception):
     """llama_decode returned 2: the abort switch was pulled (the ubatch it was computing is not kept)."""
 
@@ -120,10 +121,13 @@ class LlamaModel:
         n_seq_max: int,
         n_threads: int,
         progress: Callable[[float], None] | None = None,
+        n_gpu_layers: int = 0,
+        main_gpu: int = 0,
     ) -> None:
         backend_init()
         mparams = C.llama_model_default_params()
-        mparams.n_gpu_layers = -1 if gpu_offload() else 0
+        mparams.n_gpu_layers = n_gpu_layers
+        mparams.main_gpu = main_gpu
         if progress is not None:
             def _cb(fraction: float, _user: Any) -> bool:
                 progress(float(fraction))

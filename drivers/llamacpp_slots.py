@@ -11,10 +11,12 @@ and run on the llama.cpp thread like the rest of a step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from llmos.kernel.errors import InvalidRequestError
 from llmos.kernel.sched.interface import DriverOutput, NewSequence, SchedulerOutput
+
+from .base import common_prefix
 
 #: a same-step donor must beat resident KV by this many tokens to split the step in two phases
 MIN_PHASE_GAIN = 16
@@ -42,14 +44,6 @@ class CacheEntry:
     request_id: str = ""  # whose KV it is (a preempted request comes back for it)
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 class SlotCache:
     def _place(self, new: NewSequence, out: DriverOutput, donor: SeqState | None = None) -> None:
         from .llamacpp_lib import Sampler
@@ -71,7 +65,7 @@ class SlotCache:
             if donor is not None:
                 candidates = [(donor.tokens[: donor.n_past], donor.slot, False)]
             for toks, slot, is_cached in candidates:
-                n = min(_common_prefix(toks, tokens), limit)
+                n = min(common_prefix(toks, tokens), limit)
                 if n > reuse:
                     reuse, src_slot, cached_slot = n, slot, slot if is_cached else None
         swapped = self._swap_candidate(tokens, new.adapter, limit, reuse)
@@ -116,13 +110,13 @@ class SlotCache:
             return None
         resident = [s.tokens[: s.n_past] for s in self._seqs.values() if s.adapter == new.adapter]
         resident += [e.tokens for e in self._cache.values() if e.adapter == new.adapter]
-        best_resident = max((_common_prefix(t, new.token_ids) for t in resident), default=0)
+        best_resident = max((common_prefix(t, new.token_ids) for t in resident), default=0)
         for other in batch.new:
             if other.request_id == new.request_id:
                 break
             if other.adapter != new.adapter:
                 continue
-            shared = min(_common_prefix(other.token_ids, new.token_ids),
+            shared = min(common_prefix(other.token_ids, new.token_ids),
                          batch.num_scheduled_tokens.get(other.request_id, 0), len(new.token_ids) - 1)
             if shared >= best_resident + MIN_PHASE_GAIN and other.request_id in self._seqs:
                 return other.request_id

@@ -29,7 +29,7 @@ from typing import Sequence
 
 from llmos.kernel.lib.pids import pid_alive
 
-from .llamacpp_slots import _common_prefix
+from .base import common_prefix
 
 log = logging.getLogger("llmos.llamacpp")
 
@@ -87,7 +87,7 @@ class SwapArea:
         for key, e in self._entries.items():
             if e.adapter != adapter:
                 continue
-            n = _common_prefix(e.tokens, tokens)
+            n = common_prefix(e.tokens, tokens)
             if n > best_n:
                 best, best_n = key, n
         return best, best_n

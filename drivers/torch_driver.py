@@ -1,9 +1,9 @@
 """The torch/transformers driver: any causal LM transformers loads, with continuous batching.
 
-Loading: a Hugging Face directory directly; a GGUF file through `from_pretrained(dir,
-gguf_file=...)`, dequantized once and cached as safetensors under `$LLMOS_HOME/cache/torch/` so
-later loads take a fraction of a second. Device by probe: CUDA, then MPS, then CPU (bf16/fp16 on
-accelerators, fp32 on CPU); torch uses all available cores.
+Loading (drivers/torch_loading.py): a Hugging Face directory directly; a GGUF file dequantized once
+and cached as safetensors under `$LLMOS_HOME/cache/torch/`. Device: the model's placement (its
+[models.NAME] `device`/`main_gpu`), by default CUDA, then MPS, then CPU (bf16/fp16 on accelerators,
+fp32 on CPU). Prefix reuse: drivers/torch_prefix.py; mixed LoRA batches: drivers/torch_lora.py.
 
 One step (`execute`): 1. drop released sequences (their batch rows go); 2. one forward for every
 decoding row of the shared padded batch (drivers/torch_batch.py); 3. prefill chunks of new
@@ -13,11 +13,8 @@ and joins the batch for the next step. Sampling is per row (drivers/torch_sampli
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +25,12 @@ from llmos.kernel.sched.interface import DriverOutput, NewSequence, SchedulerOut
 from llmos.kernel.sched.request import SamplingParams
 
 from .base import Driver, DriverOptions, ModelInfo, ProbeResult, ProgressCallback
+from .torch_loading import hf_model_dir, pick_device
 
 log = logging.getLogger("llmos.torch")
+
+#: KV kept for prefix reuse (drivers/torch_prefix.py), unless DriverOptions.extra["prefix_cache_bytes"] says
+PREFIX_CACHE_BYTES = 512 << 20
 
 
 @dataclass
@@ -43,59 +44,6 @@ class _Seq:
     cache: Any = None  # private cache while prefilling; None once in the batch
     adapter: str | None = None
     offset: int = 0  # virtual tokens ahead of the sequence in its cache (prefix tuning)
-
-
-def pick_device() -> tuple[str, Any]:
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps", torch.float16
-    return "cpu", torch.float32
-
-
-def hf_model_dir(spec, cache_root: Path, report: ProgressCallback = lambda _f: None) -> Path:
-    """The Hugging Face directory of a model: its own, or for a GGUF file a safetensors copy made
-    once under `cache_root/torch/` (transformers dequantizes it; later loads take a fraction of a second)."""
-    path = spec.path
-    if spec.format == "hf":
-        return path
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = cache_root / "torch" / f"{path.stem}-{key}"
-    if (target / "config.json").exists():
-        return target
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    log.info("dequantizing %s once into %s", path, target)
-    report(0.1)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    except Exception as exc:  # noqa: BLE001 - transformers raises many types for bad files
-        raise ModelLoadError(f"transformers could not read the GGUF file {path}: {exc}") from exc
-    report(0.6)
-    model.hf_quantizer = None  # the weights are plain tensors now: save them as such
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent if target.parent.exists()
-                                else _mkdir(target.parent)))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        tmp.rename(target)  # atomic: a crash never leaves a half-written cache that looks complete
-    except OSError:  # another process (e.g. a second DDP rank) finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _adalora_config(path: Path, name: str):
@@ -135,9 +83,11 @@ class TorchDriver(Driver):
         self._seqs: dict[str, _Seq] = {}
         self._batch = None
         self._peft = None  # PeftModel wrapping self.model once an adapter is loaded
+        self._gathered = None  # GatheredLora (drivers/torch_lora.py) over self._peft
         self.model_dir: Path | None = None
         self._adapter_paths: dict[str, Path] = {}  # kept across reloads
         self._prefixes: dict[str, list] = {}  # prefix-tuning adapters: name -> per-layer (k, v) of the virtual tokens
+        self._reuse = None  # PrefixStore (drivers/torch_prefix.py) while loaded
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -147,10 +97,11 @@ class TorchDriver(Driver):
         from transformers.utils import logging as hf_logging
 
         from .torch_batch import PaddedBatch
+        from .torch_prefix import PrefixStore
 
         report = progress or (lambda _f: None)
         hf_logging.disable_progress_bar()
-        device, dtype = pick_device()
+        device, dtype = pick_device(self.spec.options.get("placement"))
         torch.set_num_threads(self.options.n_threads)
         cache_root = self.options.extra.get("cache_dir") or (Path.home() / ".cache" / "llmos")
         source = hf_model_dir(self.spec, Path(cache_root), report)
@@ -163,6 +114,8 @@ class TorchDriver(Driver):
             raise ModelLoadError(f"transformers could not load {self.spec.name} from {source}: {exc}") from exc
         self.device = torch.device(device)
         self._batch = PaddedBatch(self.device)
+        budget = self.options.extra.get("prefix_cache_bytes", PREFIX_CACHE_BYTES) if self.options.prefix_cache else 0
+        self._reuse = PrefixStore(budget)
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5
         cfg = self.model.config
@@ -177,7 +130,7 @@ class TorchDriver(Driver):
             has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)),
             memory_bytes=sum(p.numel() * p.element_size() for p in self.model.parameters()),
         )
-        self._peft = None
+        self._set_peft(None)
         self._prefixes = {}
         for name, apath in list(self._adapter_paths.items()):  # a reload keeps the adapters
             self.load_adapter(name, apath)
@@ -186,10 +139,11 @@ class TorchDriver(Driver):
 
     def unload(self) -> None:
         self._seqs.clear()
-        self._peft = None
+        self._set_peft(None)
         self.model = None
         self.tokenizer = None
         self._batch = None
+        self._reuse = None
 
     # -- adapters (PEFT LoRA, mixed per row) ------------------------------------------------------
 
@@ -199,6 +153,8 @@ class TorchDriver(Driver):
         from peft import PeftConfig, PeftModel
 
         peft_type = str(PeftConfig.from_pretrained(str(path)).peft_type)
+        if self._reuse is not None:
+            self._reuse.forget(name)  # KV kept under an earlier module of this name is not this one's
         if peft_type.endswith("PREFIX_TUNING"):
             return self._load_prefix(name, path)
         if self._peft is not None:
@@ -217,7 +173,7 @@ class TorchDriver(Driver):
                 # test_a_mounted_adalora_module_gives_the_trained_models_logits proves the load is exact)
                 warnings.filterwarnings("ignore", "The following rank_pattern keys did not match", RuntimeWarning)
                 if self._peft is None:
-                    self._peft = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, config=config)
+                    self._set_peft(PeftModel.from_pretrained(self.model, str(path), adapter_name=name, config=config))
                 else:
                     if config is not None:  # registered first, load_adapter uses it instead of the file's
                         config.inference_mode = True
@@ -226,6 +182,7 @@ class TorchDriver(Driver):
         except (ValueError, RuntimeError, KeyError, OSError) as exc:
             raise ModelLoadError(f"PEFT could not load adapter {name} from {path} onto {self.spec.name}: {exc}") from exc
         self._peft.eval()
+        self._set_peft(self._peft)
         self._adapter_paths[name] = path
         return sum(p.numel() * p.element_size() for n, p in self._peft.named_parameters() if f".{name}." in n)
 
@@ -249,17 +206,32 @@ class TorchDriver(Driver):
 
     def unload_adapter(self, name: str) -> None:
         self._adapter_paths.pop(name, None)
+        if self._reuse is not None:
+            self._reuse.forget(name)
         if self._prefixes.pop(name, None) is not None or self._peft is None:
             return
         held = [n for n in self._adapter_paths if n not in self._prefixes]  # the ones PEFT holds
         if not held:
             self.model = self._peft.unload()  # back to the plain base model
-            self._peft = None
+            self._set_peft(None)
             return
         remaining = held[0]
         if name in self._peft.active_adapters:
             self._peft.set_adapter(remaining)
         self._peft.delete_adapter(name)
+        self._set_peft(self._peft)
+
+    def _set_peft(self, peft) -> None:
+        """The PEFT wrapper or its adapter set changed: the gathered LoRA stacks follow."""
+        if self._gathered is not None:
+            self._gathered.invalidate()
+        self._peft = peft
+        if peft is None:
+            self._gathered = None
+        else:
+            from .torch_lora import GatheredLora
+
+            self._gathered = GatheredLora(peft, self.BASE)
 
     # -- tokenizer -----------------------------------------------------------------------------
 
@@ -284,7 +256,7 @@ class TorchDriver(Driver):
         gone = {rid for rid in batch.released if self._seqs.pop(rid, None) is not None}
         self._batch.leave(gone)
         for new in batch.new:
-            self._admit(new)
+            self._admit(new, out)
         with torch.inference_mode():
             # 2. One forward for all decoding rows.
             decoding = [rid for rid in batch.num_scheduled_tokens if rid in self._batch]
@@ -298,20 +270,25 @@ class TorchDriver(Driver):
                     out.failed[rid] = "the driver has no state for this sequence"
         return out
 
-    def _admit(self, new: NewSequence) -> None:
+    def _admit(self, new: NewSequence, out: DriverOutput) -> None:
         from .torch_batch import new_cache
         from .torch_sampling import make_generator
 
-        cache, offset = new_cache(), 0
+        tokens = list(new.token_ids)
         prefix = self._prefixes.get(new.adapter) if new.adapter else None
-        if prefix is not None:
-            for i, (k, v) in enumerate(prefix):
+        offset = prefix[0][0].shape[2] if prefix is not None else 0
+        # the last prompt token is always computed, for its logits
+        reused, cache = self._reuse.lookup(new.adapter, tokens, len(tokens) - 1)
+        if cache is None:
+            cache = new_cache()
+            for i, (k, v) in enumerate(prefix or ()):
                 cache.update(k.clone(), v.clone(), i)
-            offset = prefix[0][0].shape[2]
+        else:
+            out.cached_tokens[new.request_id] = reused
         sampling = new.sampling.with_defaults()  # the kernel fills every field; a direct caller may not
         self._seqs[new.request_id] = _Seq(
-            new.request_id, list(new.token_ids), sampling, make_generator(sampling, self.device),
-            cache=cache, adapter=new.adapter, offset=offset)
+            new.request_id, tokens, sampling, make_generator(sampling, self.device),
+            n_past=reused, cache=cache, adapter=new.adapter, offset=offset)
 
     def _forward(self, input_ids, cache, position_ids, adapters: list[str | None], attention_mask=None):
         kwargs = {self._cache_kw: cache}
@@ -319,7 +296,10 @@ class TorchDriver(Driver):
         if self._peft is None:
             return self._call(self.model, input_ids, position_ids, attention_mask, kwargs)
         peft_type = str(next(iter(self._peft.peft_config.values())).peft_type).split(".")[-1].lower()
-        if peft_type in self.mixable_methods:  # layer-injecting adapters per row
+        if peft_type == "lora" and self._gathered.usable():  # one gathered matmul pair per layer
+            with self._gathered.apply(names):
+                return self._call(self._peft, input_ids, position_ids, attention_mask, kwargs)
+        if peft_type in self.mixable_methods:  # other layer-injecting adapters per row, PEFT's sub-batches
             return self._call(self._peft, input_ids, position_ids, attention_mask, {**kwargs, "adapter_names": names})
         # an exclusive method (e.g. AdaLoRA): the scheduler gives every row of the step one adapter
         name = names[0]
@@ -355,12 +335,15 @@ class TorchDriver(Driver):
 
         end = seq.sched_pos + n
         seq.sched_pos = end
+        if end <= seq.n_past:  # this chunk's KV came from the prefix store
+            return
         chunk = seq.tokens[seq.n_past:end]
         ids = torch.tensor([chunk], device=self.device)
         pos = torch.arange(seq.offset + seq.n_past, seq.offset + end, device=self.device).unsqueeze(0)
         logits = self._forward(ids, seq.cache, pos, [seq.adapter])
         seq.n_past = end
         if end == len(seq.tokens):
+            self._reuse.remember(seq.adapter, seq.tokens, seq.offset, seq.cache)
             self._sample([seq], logits, out)
             self._batch.join(seq.request_id, seq.cache, seq.offset + seq.n_past)
             seq.cache = None
@@ -374,5 +357,8 @@ class TorchDriver(Driver):
             out.sampled[seq.request_id] = token
 
     def stats(self) -> dict[str, Any]:
+        reuse = self._reuse
         return {"active_sequences": len(self._seqs), "batch_rows": len(self._batch.rows) if self._batch else 0,
-                "batch_length": self._batch.length if self._batch else 0}
+                "batch_length": self._batch.length if self._batch else 0,
+                "cached_prefixes": len(reuse) if reuse else 0, "cached_prefix_bytes": reuse.bytes if reuse else 0,
+                "prefix_hits": reuse.hits if reuse else 0, "prefix_tokens_reused": reuse.tokens_reused if reuse else 0}

@@ -59,7 +59,7 @@ def sample_rows(logits: torch.Tensor, params: Sequence[SamplingParams], historie
             out.append(int(torch.argmax(row)))
             continue
         probs = torch.softmax(_filter(row, p), dim=-1)
-        if gen is not None and gen.device != probs.device:
-            probs = probs.cpu()
+        if gen is not None and gen.device.type != probs.device.type:  # "cuda" vs "cuda:0" is the same place
+            probs = probs.to(gen.device)
         out.append(int(torch.multinomial(probs, 1, generator=gen)))
     return out

@@ -28,6 +28,9 @@
     temperature = 0.7        # the model's default sampling: temperature, top_p, top_k, min_p,
                              # repetition_penalty (a table for a built-in name needs no path)
     keep_alive = "1h"        # this model's keep_alive (a request's own `keep_alive` wins)
+    device = "auto"          # where it runs: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:1", "mps"
+    n_gpu_layers = -1        # llama.cpp: layers offloaded to the GPU (-1 all, 0 none); a GPU build only
+    main_gpu = 0             # the GPU that holds the model (llama.cpp main_gpu; torch's "cuda:N")
 
     [audit]                  # retention of $LLMOS_HOME/audit.jsonl (0 = no limit)
     max_age_days = 90
@@ -191,9 +194,9 @@ RETENTION: dict[str, dict[str, float]] = {
     "sessions": {"max_age_days": 90, "max_count": 1000},
 }
 #: keys of a [models.NAME] table: a local model (`path`) or remote nodes (kernel/models/registry.py remote_spec),
-#: and the model's default sampling (kernel/models/defaults.py)
+#: where a local model runs (kernel/models/placement.py), and the model's default sampling (kernel/models/defaults.py)
 MODEL_KEYS = ("path", "nodes", "remote_model", "max_concurrency", "context_length", "timeout", "keep_alive",
-              *MODEL_SAMPLING_KEYS)
+              "device", "n_gpu_layers", "main_gpu", *MODEL_SAMPLING_KEYS)
 #: the tables the kernel owns and their keys: a dict is a table (its keys), "*" any name, [x] a list of
 #: tables, None a value its owner checks
 TABLES: dict[str, Any] = {

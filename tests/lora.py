@@ -12,14 +12,16 @@ def torch_model_dir(kernel, home: Path) -> Path:
     return src
 
 
-def make_lora(src: Path, out: Path, *, seed: int, targets: list[str], scale: float) -> Path:
+def make_lora(src: Path, out: Path, *, seed: int, targets: list[str], scale: float, rank: int = 8,
+              **config) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(src),
-                           LoraConfig(r=8, lora_alpha=16, target_modules=targets, init_lora_weights=False))
+                           LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets,
+                                                  init_lora_weights=False, **config))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_" in name:

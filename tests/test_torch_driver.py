@@ -91,7 +91,7 @@ def test_cuda_path():
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device on this machine: the CUDA path runs where one is present")
-    from llmos.drivers.torch_driver import pick_device
+    from llmos.drivers.torch_loading import pick_device
 
     assert pick_device()[0] == "cuda"
     with llmos.boot(load_entrypoints=False) as k:

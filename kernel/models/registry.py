@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 
 from ..errors import ModelFormatError, UnknownModelError
 from .defaults import effective_sampling, table_sampling
+from .placement import placement
 
 GGUF_MAGIC = b"GGUF"
 
@@ -146,8 +147,9 @@ class ModelRegistry:
             specs.append(ModelSpec("gemma3-270m", "gguf", "Gemma-3-270M Q4_K_M (base model)",
                                    "builtin", self._gemma.size(), self._gemma.path, self._gemma.target()))
         # a [models.NAME] table for a built-in name sets its defaults (sampling) without a path
-        return [replace(s, sampling=table_sampling(s.name, self._extra[s.name])) if self._overrides(s.name) else s
-                for s in specs]
+        return [replace(s, sampling=table_sampling(s.name, self._extra[s.name]),
+                        options={"placement": placement(s.name, self._extra[s.name])})
+                if self._overrides(s.name) else s for s in specs]
 
     def _overrides(self, name: str) -> bool:
         table = self._extra.get(name)
@@ -167,7 +169,7 @@ class ModelRegistry:
                 raise ModelFormatError(f"[models.{name}] in llmos.toml needs a path = \"...\" string "
                                        f"(a local model) or nodes = [\"http://host:port\", ...] (remote servers)")
             spec = self._from_path(Path(raw).expanduser(), name=name, source="config")
-            out.append(replace(spec, sampling=table_sampling(name, table)))
+            out.append(replace(spec, sampling=table_sampling(name, table), options={"placement": placement(name, table)}))
         return out
 
     def list(self) -> list[ModelSpec]:

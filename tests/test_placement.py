@@ -1,0 +1,73 @@
+"""Per-model placement ([models.NAME] device, n_gpu_layers, main_gpu): checked at boot, honoured or
+refused with a clear error at load by each driver. On this CPU machine the GPU cases are refusals;
+`make gpu-check` (scripts/gpu_check.py) runs the offloading side on a CUDA machine."""
+
+from __future__ import annotations
+
+import pytest
+
+import llmos
+from llmos.kernel.config import Config
+from llmos.kernel.errors import ConfigError, ModelLoadError
+from llmos.kernel.models.placement import Placement, placement
+from llmos.kernel.models.registry import ModelRegistry
+
+
+@pytest.mark.parametrize("table, needle", [
+    ({"device": "tpu"}, "device must be"),
+    ({"device": "cuda:x"}, "device must be"),
+    ({"n_gpu_layers": -2}, "n_gpu_layers must be an integer"),
+    ({"n_gpu_layers": "all"}, "n_gpu_layers must be an integer"),
+    ({"main_gpu": -1}, "main_gpu must be a GPU index"),
+    ({"device": "cpu", "n_gpu_layers": 10}, "offloads nothing"),
+])
+def test_a_bad_placement_is_a_config_error_naming_the_table(tmp_path, table, needle):
+    with pytest.raises(ConfigError, match=needle) as info:
+        placement("mine", table)
+    assert "[models.mine]" in str(info.value)
+
+
+def test_placement_maps_onto_torch_devices():
+    assert Placement().torch_device("cpu") == "cpu" and Placement().torch_device("cuda") == "cuda"
+    assert Placement(main_gpu=1).torch_device("cuda") == "cuda:1"
+    assert Placement("cuda:2").torch_device("cpu") == "cuda:2"  # asked for: the driver refuses it if absent
+    assert Placement("cpu").torch_device("cuda") == "cpu"
+
+
+def test_a_models_table_reaches_its_spec_and_a_typo_stops_the_boot(tmp_path):
+    (tmp_path / "llmos.toml").write_text('[models.smollm2]\ndevice = "cpu"\nmain_gpu = 1\n')
+    cfg = Config.load(tmp_path)
+    spec = ModelRegistry(cfg.home, cfg.models).resolve("smollm2")
+    assert spec.options["placement"] == Placement("cpu", 0, 1)
+    (tmp_path / "llmos.toml").write_text('[models.smollm2]\nn_gpu_layer = 3\n')
+    with pytest.raises(ConfigError, match="n_gpu_layers"):
+        Config.load(tmp_path)
+
+
+def _boot(tmp_path, llmos_home, table: str):
+    (llmos_home / "cache").mkdir(exist_ok=True)
+    (tmp_path / "cache").symlink_to(llmos_home / "cache")  # the dequantized weights the suite already made
+    (tmp_path / "llmos.toml").write_text(f"[models.smollm2]\n{table}\n")
+    return llmos.boot(Config.load(tmp_path), load_entrypoints=False)
+
+
+@pytest.mark.model
+def test_a_gpu_asked_of_this_cpu_machine_is_refused_at_load_saying_what_to_change(tmp_path, llmos_home):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: scripts/gpu_check.py covers it")
+    with _boot(tmp_path, llmos_home, 'device = "cuda"') as k:
+        with pytest.raises(ModelLoadError, match=r'sees 0 CUDA device.*device = "cpu"'):
+            k.load("smollm2", driver="torch")
+        with pytest.raises(ModelLoadError, match=r"built for the CPU only.*make install"):
+            k.load("smollm2", driver="llamacpp")
+        assert k.engines() == []
+
+
+@pytest.mark.model
+def test_device_cpu_loads_on_the_cpu_with_both_drivers(tmp_path, llmos_home):
+    with _boot(tmp_path, llmos_home, 'device = "cpu"') as k:
+        for driver in ("llamacpp", "torch"):
+            assert k.chat([{"role": "user", "content": "Hi"}], driver=driver, max_tokens=2).text is not None
+        assert sorted(e["device"] for e in k.engines()) == ["cpu", "cpu"]
