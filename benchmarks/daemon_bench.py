@@ -54,8 +54,11 @@ class _Home:
         return json.loads(subprocess.run([LLMOS, "status", "--json"], env=self.env, capture_output=True, text=True,
                                          check=True).stdout)["pid"]
 
-    def close(self) -> None:
+    def down(self) -> None:
         subprocess.run([LLMOS, "down"], env=self.env, capture_output=True, timeout=120)
+
+    def close(self) -> None:
+        self.down()
         shutil.rmtree(self.path, ignore_errors=True)
 
 

@@ -53,6 +53,9 @@ class DriverOptions:
     prefix_cache: bool = True
     kv_swap_bytes: int = 0  # RAM for the KV of evicted sequences (llama.cpp); 0: none, they recompute
     kv_swap_disk_bytes: int = 0  # past that, spilled to extra["swap_dir"], up to this many bytes
+    #: chat sessions' KV kept on disk across restarts under extra["kv_dir"] (NewSequence.cache_key); 0: off
+    kv_session_disk_bytes: int = 0
+    kv_session_file_bytes: int = 0  # a session's KV larger than this is not saved
     extra: dict[str, Any] = field(default_factory=dict)
 
 

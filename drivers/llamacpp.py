@@ -9,6 +9,8 @@ Prefix reuse: a finished sequence's slot keeps its KV as a cache entry (LRU). A 
 prompt shares a prefix with any resident sequence copies that prefix (`seq_cp`, no compute) and
 computes only the rest. New sequences of the same step that share a prefix are split in two
 phases, so the second one copies what the first just computed (slots and cache: llamacpp_slots.py).
+A chat session's turn also saves its KV to disk when it ends, and the session's next turn restores it,
+after a restart too (llamacpp_sessions.py, session_kv.py).
 
 Interrupts: a step that is one llama_decode call of one ubatch -- decodes, prefill chunks and new
 sequences alike -- can be aborted mid-graph (`interrupt()`, when a more urgent request arrives:
@@ -30,8 +32,10 @@ from llmos.kernel.models.registry import check_gguf
 from llmos.kernel.models.placement import Placement
 
 from .base import Driver, DriverOptions, ModelInfo, ProbeResult, ProgressCallback
+from .llamacpp_sessions import SessionSaves
 from .llamacpp_slots import CacheEntry, SlotCache, SeqState
 from .llamacpp_swap import SwapArea
+from .session_kv import SessionKV
 
 def offload(where: Placement) -> tuple[int, int]:
     """(n_gpu_layers, main_gpu) for a model's placement; a GPU asked of a CPU-only build is refused."""
@@ -51,7 +55,7 @@ def offload(where: Placement) -> tuple[int, int]:
     return (-1 if where.n_gpu_layers is None else where.n_gpu_layers), main_gpu
 
 
-class LlamaCppDriver(SlotCache, Driver):
+class LlamaCppDriver(SlotCache, SessionSaves, Driver):
     name = "llamacpp"
     formats = frozenset({"gguf"})
     supports_lora = True
@@ -84,6 +88,7 @@ class LlamaCppDriver(SlotCache, Driver):
         self._active_adapter: str | None = None
         self._free: list[int] = []
         self._swap = SwapArea(0)  # made at load: swapped state is only valid for the context that saved it
+        self._session_kv = SessionKV(None, 0, 0)  # chat sessions' KV on disk (made at load: keyed by the model)
         self._formatter = None
         self._batch = None
         self._aborted_last = False  # the last step was aborted: the next one is not (progress)
@@ -107,6 +112,7 @@ class LlamaCppDriver(SlotCache, Driver):
         m = self._model
         self._free = list(range(n_slots - 1, -1, -1))
         self._swap = SwapArea(opts.kv_swap_bytes, opts.kv_swap_disk_bytes, opts.extra.get("swap_dir"))
+        self._session_kv = self._open_session_kv(path, m.kv_layout)
         self._batch = lib.Batch(m.n_batch)
         self._formatter = m.chat_formatter()
         self._active_adapter = None
@@ -135,6 +141,7 @@ class LlamaCppDriver(SlotCache, Driver):
         self._seqs.clear()
         self._cache.clear()
         self._swap.clear()
+        self._session_kv.close()  # its pending writes end first: the next load (or process) finds them
         self._adapters.clear()  # freed with the model
         if self._batch is not None:
             self._batch.free()
@@ -226,7 +233,7 @@ class LlamaCppDriver(SlotCache, Driver):
         out = DriverOutput()
         # 1. Release finished/preempted sequences (their KV stays as prefix cache).
         for rid in batch.released:
-            self._release(rid)
+            self._release(rid, rid in batch.finished)
         # The scheduler groups steps by adapter: every scheduled sequence uses the same one.
         adapters = {n.adapter for n in batch.new} | {
             self._seqs[r].adapter for r in batch.num_scheduled_tokens if r in self._seqs}
@@ -348,4 +355,5 @@ class LlamaCppDriver(SlotCache, Driver):
             "prefix_hits": self.prefix_hits,
             "prefix_tokens_reused": self.prefix_tokens_reused,
             **self._swap.stats(),
+            **self._session_kv.stats(),
         }

@@ -71,6 +71,12 @@ def gpu_offload() -> bool:
     return bool(C.llama_supports_gpu_offload())
 
 
+@functools.lru_cache(maxsize=1)
+def engine_version() -> str:
+    """llama-cpp-python's and llama.cpp's versions, and the sequence-state format's."""
+    return (f"llama-cpp-python {llama_cpp.__version__}, llama.cpp {C.llama_version().decode()}, "
+            f"state v{C.LLAMA_STATE_SEQ_VERSION}")
+
 
 class DecodeAborted(Exception):
     """llama_decode returned 2: the abort switch was pulled (the ubatch it was computing is not kept)."""
@@ -154,6 +160,12 @@ class LlamaModel:
             C.llama_model_free(self.model)
             raise ModelLoadError(f"llama.cpp could not create a context of {n_ctx} tokens for {path}")
         self.memory = C.llama_get_memory(self.ctx)
+        #: what shapes a saved sequence state besides the weights: a state saved under other values is not
+        #: restored into this context (drivers/session_kv.py)
+        self.kv_layout = {"n_ctx": int(C.llama_n_ctx(self.ctx)), "type_k": int(cparams.type_k),
+                          "type_v": int(cparams.type_v), "flash_attn": int(cparams.flash_attn_type),
+                          "swa_full": bool(cparams.swa_full), "kv_unified": True,
+                          "gpu_layers": int(mparams.n_gpu_layers), "llama_cpp": engine_version()}
         self.abort = AbortSwitch(self.ctx)
         self.n_ctx = int(C.llama_n_ctx(self.ctx))
         self.n_batch = n_batch

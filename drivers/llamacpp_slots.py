@@ -5,7 +5,8 @@ a cache entry that a new sequence sharing its prefix copies (`seq_cp`) or takes 
 the entry of the least urgent request first, the least recently used among equals: a batch tenant's
 churn of new prompts does not push an interactive tenant's prompt out of the cache. Boundaries:
 these methods use the driver's `_model`, `_seqs`, `_cache`, `_swap`, `_free`, `options` and prefix counters,
-and run on the llama.cpp thread like the rest of a step.
+and run on the llama.cpp thread like the rest of a step. A chat session's KV saved on disk is restored and
+saved through the session methods (llamacpp_sessions.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class SeqState:
     sampler: Any
     adapter: str | None = None
     priority: int = 2  # the request's Priority value
+    cache_key: str | None = None  # the chat session's (NewSequence.cache_key): its KV is saved when it ends
 
 
 @dataclass
@@ -68,13 +70,18 @@ class SlotCache:
                 n = min(common_prefix(toks, tokens), limit)
                 if n > reuse:
                     reuse, src_slot, cached_slot = n, slot, slot if is_cached else None
-        swapped = self._swap_candidate(tokens, new.adapter, limit, reuse)
-        if swapped is not None:  # a longer prefix in the swap area: restore it instead of recomputing
+        # a longer prefix in the swap area, or in the session's saved KV: restore it instead of recomputing
+        restore = self._swap_candidate(tokens, new.adapter, limit, reuse) or \
+            self._session_candidate(new, tokens, limit, reuse)
+        if restore is not None:
+            state, covered, n, session_key = restore
             slot, reuse = self._take_slot(), 0
-            self._ensure_kv_room(len(swapped[0].tokens))
-            if model.set_seq_state(slot, swapped[1]):
-                reuse = swapped[2]
+            self._ensure_kv_room(covered)
+            if model.set_seq_state(slot, state):
+                reuse = n
                 model.seq_rm(slot, reuse, -1)
+            elif session_key is not None:
+                self._session_kv.refused(session_key)
         elif cached_slot is not None:
             slot = cached_slot  # take over the cache entry's slot, cut its KV after the prefix
             del self._cache[slot]
@@ -89,11 +96,11 @@ class SlotCache:
             self.prefix_tokens_reused += reuse
             out.cached_tokens[new.request_id] = reuse
         self._seqs[new.request_id] = SeqState(new.request_id, slot, tokens, reuse, 0, sampler, new.adapter,
-                                              new.priority)
+                                              new.priority, new.cache_key)
 
     def _swap_candidate(self, tokens: list[int], adapter: str | None, limit: int, reuse: int):
-        """(entry, state, tokens to reuse) taken out of the swap area when it holds a prefix of `tokens`
-        longer than `reuse` by enough to beat recomputing the difference (llamacpp_swap.py)."""
+        """(state, tokens it covers, tokens to reuse, None) taken out of the swap area when it holds a prefix
+        of `tokens` longer than `reuse` by enough to beat recomputing the difference (llamacpp_swap.py)."""
         swap = self._swap
         if not swap.enabled or not self.options.prefix_cache:
             return None
@@ -102,7 +109,7 @@ class SlotCache:
         if key is None or not swap.wants(n - reuse):
             return None
         taken = swap.take(key)
-        return None if taken is None else (*taken, n)
+        return None if taken is None else (taken[1], len(taken[0].tokens), n, None)
 
     def _same_step_donor(self, new: NewSequence, batch: SchedulerOutput) -> str | None:
         """Another new sequence of this step worth waiting for (it computes a long shared prefix)."""
@@ -129,11 +136,13 @@ class SlotCache:
             raise RuntimeError("no free llama.cpp sequence slot: more sequences than max_seqs")
         return self._free.pop()
 
-    def _release(self, rid: str) -> None:
+    def _release(self, rid: str, finished: bool = False) -> None:
         seq = self._seqs.pop(rid, None)
         if seq is None:
             return
         seq.sampler.free()
+        if finished:  # the end of a turn: a chat session's KV is saved for its next one
+            self._save_session(seq)
         if self.options.prefix_cache and seq.n_past > 0:
             self._cache[seq.slot] = CacheEntry(seq.adapter, seq.tokens[: seq.n_past], seq.priority, rid)
             self._cache.move_to_end(seq.slot)

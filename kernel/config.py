@@ -18,6 +18,10 @@
     kv_swap_mb = 1024        # RAM per loaded model for the KV of evicted (preempted, cached) sequences
                              # of 256+ tokens, restored instead of recomputed; 0 = off (llama.cpp)
     kv_swap_disk_mb = 4096   # past that, spilled to $LLMOS_HOME/swap/ up to this many MB; 0 = no spill
+    kv_session_disk_mb = 2048  # chat sessions' KV saved at the end of each turn under $LLMOS_HOME/kv/, so
+                             # the next turn (also after a restart) computes only the new message; least
+                             # recently used files go past this many MB; 0 = off (llama.cpp)
+    kv_session_file_mb = 256 # a session whose KV is larger is not saved (it recomputes)
     fair_share = true        # tenants share by tokens (VTC), within and across models; false = FIFO
     max_loaded_modules = 8   # adapters loaded at once; idle ones beyond this are unloaded (LRU)
     system_prompt = "..."    # prepended to chat requests that bring no system message ("" = none)
@@ -92,6 +96,8 @@ class Config:
     prefix_cache: bool = True
     kv_swap_mb: int = 1024
     kv_swap_disk_mb: int = 4096
+    kv_session_disk_mb: int = 2048
+    kv_session_file_mb: int = 256
     fair_share: bool = True
     max_loaded_modules: int = 8
     system_prompt: str = "You are a helpful assistant. Answer briefly and accurately."
@@ -103,7 +109,8 @@ class Config:
         for name, lo in (("max_running", 1), ("max_queue", 1), ("max_batched_tokens", 16),
                          ("n_ctx", 256), ("memory_budget_mb", 1), ("n_threads", 0),
                          ("max_loaded_modules", 1), ("mem_import_max_bytes", 1), ("max_loaded_models", 0),
-                         ("kv_swap_mb", 0), ("kv_swap_disk_mb", 0)):
+                         ("kv_swap_mb", 0), ("kv_swap_disk_mb", 0), ("kv_session_disk_mb", 0),
+                         ("kv_session_file_mb", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
                 raise ConfigError(f"{name} must be an integer >= {lo}, got {value!r}")
@@ -137,6 +144,11 @@ class Config:
     @property
     def config_file(self) -> Path:
         return self.home / "llmos.toml"
+
+    @property
+    def kv_dir(self) -> Path:
+        """Where chat sessions' KV is saved across restarts (kv_session_disk_mb)."""
+        return self.home / "kv"
 
     @classmethod
     def load(cls, home: str | Path | None = None, **overrides: Any) -> "Config":

@@ -109,6 +109,7 @@ class Kernel(ModuleCalls):
         user: str | None = None,
         timeout: float | None = None,
         keep_alive: float | str | None = None,
+        session: str | None = None,
         **sampling: Any,
     ) -> RequestHandle:
         """Queue a request and return its handle at once (tokens stream as they are produced).
@@ -116,15 +117,18 @@ class Kernel(ModuleCalls):
         Unset sampling fields take the model's defaults (`models_info()`); `temperature=0` is greedy.
         `keep_alive` (seconds or "5m"; 0: unload after this request; negative: never): idle residency.
         `tenant` (kernel/tenants): the request is its tenant's (`owner` is then the tenant's name), runs at
-        most at its class's priority and is held to its quotas; `user` is a free label shown in ps."""
+        most at its class's priority and is held to its quotas; `user` is a free label shown in ps.
+        `session` (a chat session's name or id, the tenant's own): the turn's KV is saved for the next turn."""
         self._check_open()
         params = parse_sampling(sampling)
+        cache_key = None if session is None else self.sessions.cache_key(
+            session, None if tenant is None or tenant.admin else tenant.name)
         if tenant is not None:
             owner, prio = tenant.name, tenant.priority(priority)
             self.tenants.check(tenant)  # over its limits: refused before any model load, RAG search or adapter
         else:
             prio = Priority.NORMAL if priority is None else Priority.parse(priority)
-        who = _Who(owner, tenant, user)
+        who = _Who(owner, tenant, user, cache_key)
         chat = check_input(prompt, messages, timeout, self.config.system_prompt)
         if adapter is not None:
             manifest = self.module_store.get(adapter)  # UnknownAdapterError lists what is installed
@@ -175,6 +179,7 @@ class Kernel(ModuleCalls):
             exclusive_adapter=exclusive,
             priority=prio, owner=who.owner, user=who.user, prompt=prompt, messages=chat,
             deadline=None if timeout is None else time.monotonic() + timeout, sources=sources, request_id=rid,
+            cache_key=who.cache_key,
         )
         handle = RequestHandle(request, self.cancel)
         if who.tenant is not None:  # its quota and concurrency (QuotaExceededError: 429)
@@ -271,8 +276,13 @@ class Kernel(ModuleCalls):
         with self._lock:
             if self._sessions is None:
                 self._sessions = SessionStore(self.config.home / "sessions.db", redact=self.redact,
-                                              **self.config.retention("sessions"))
+                                              on_delete=self._forget_session_kv, **self.config.retention("sessions"))
             return self._sessions
+
+    def _forget_session_kv(self, keys: list[str]) -> None:
+        from llmos.drivers.session_kv import forget
+
+        forget(self.config.kv_dir, keys)
 
     def redact(self, text: str) -> str:
         """`text` through every registered redactor (the `register_redactors` hook)."""
@@ -406,3 +416,4 @@ class _Who(NamedTuple):
     owner: str
     tenant: Tenant | None
     user: str | None
+    cache_key: str | None = None  # the chat session's, when the request is one of its turns

@@ -256,7 +256,8 @@ class ShellApp(App):
         self.conv.append("user", text)
         await self.begin_reply()
         self.status.state = f"{self.conv.model} is answering... (esc cancels)"
-        self._generate(self.conv.request_messages(), self.conv.setting("model"), self.conv.adapter, self.conv.rag)
+        self._generate(self.conv.request_messages(), self.conv.setting("model"), self.conv.adapter, self.conv.rag,
+                       self.conv.session_id)
 
     async def begin_reply(self) -> ReplyStream:
         """A new assistant message that `Token` messages stream into (also the benchmark's entry)."""
@@ -267,10 +268,11 @@ class ShellApp(App):
         return self.reply
 
     @work(thread=True, group="generate")
-    def _generate(self, messages: list[dict], model: str | None, adapter: str | None, rag: str | None) -> None:
-        try:
+    def _generate(self, messages: list[dict], model: str | None, adapter: str | None, rag: str | None,
+                  session: str | None = None) -> None:
+        try:  # a turn of a stored session: its KV is saved for the next turn (also after a restart)
             handle = self.kernel.submit(messages=messages, model=model, adapter=adapter, rag=rag, owner="shell",
-                                        **self.sampling)
+                                        session=session, **self.sampling)
         except LlmosError as exc:
             self.post_message(self.ReplyDone("failed", str(exc)))
             return

@@ -39,6 +39,11 @@ class Conversation:
     def persistent(self) -> bool:
         return self.session is not None
 
+    @property
+    def session_id(self) -> str | None:
+        """The stored session's id (its turns are sent with it), None for an in-memory conversation."""
+        return getattr(self.session, "id", None)
+
     @classmethod
     def resume(cls, kernel: Any, *, new: bool = False) -> "Conversation":
         """The last chat session (or a new one with `new`) when the kernel keeps sessions, else an

@@ -388,3 +388,26 @@ def test_without_preemption_a_running_request_never_sits_out_for_one_that_cannot
     out, _ = step(s, state)
     assert running.request_id in out.num_scheduled_tokens and urgent.status == RequestStatus.WAITING
     assert len(run_all(s, state)) == 2
+
+
+def test_released_sequences_say_which_ended_normally_and_carry_their_session_key():
+    """`finished` names the released requests that stopped or hit their length (a driver saves a chat session's
+    KV at the end of such a turn), not a preempted or cancelled one; `cache_key` reaches the driver."""
+    s, state, _ = make(max_running=2)
+    turn = req("abcdef", max_tokens=2, priority=Priority.LOW, cache_key="k" * 64)
+    cancelled = req("xyz", max_tokens=8, priority=Priority.LOW)
+    s.add_request(turn)
+    s.add_request(cancelled)
+    out, _ = step(s, state)
+    assert {n.request_id: n.cache_key for n in out.new} == {turn.request_id: "k" * 64, cancelled.request_id: None}
+    step(s, state)  # the turn's second token: FINISHED_LENGTH
+    s.finish_requests([cancelled.request_id], RequestStatus.FINISHED_CANCELLED)
+    out, _ = step(s, state)
+    assert set(out.released) == {turn.request_id, cancelled.request_id} and out.finished == {turn.request_id}
+    preempted = req("abcdef", max_tokens=6, priority=Priority.LOW)
+    s.add_request(preempted)
+    step(s, state)
+    for urgent in (req("zz", max_tokens=2, priority=Priority.HIGH), req("yy", max_tokens=2, priority=Priority.HIGH)):
+        s.add_request(urgent)
+    out, _ = step(s, state)
+    assert preempted.request_id in out.released and not out.finished

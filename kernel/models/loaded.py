@@ -177,7 +177,10 @@ class ModelManager:
         options = DriverOptions(n_threads=cfg.threads, max_seqs=cfg.max_running, n_ctx=cfg.n_ctx,
                                 max_batched_tokens=cfg.max_batched_tokens, prefix_cache=cfg.prefix_cache,
                                 kv_swap_bytes=cfg.kv_swap_mb << 20, kv_swap_disk_bytes=cfg.kv_swap_disk_mb << 20,
-                                extra={"cache_dir": cfg.home / "cache", "swap_dir": cfg.home / "swap"})
+                                kv_session_disk_bytes=cfg.kv_session_disk_mb << 20,
+                                kv_session_file_bytes=cfg.kv_session_file_mb << 20,
+                                extra={"cache_dir": cfg.home / "cache", "swap_dir": cfg.home / "swap",
+                                       "kv_dir": cfg.kv_dir})
         driver = cls(spec, options)
         report = self._progress or (lambda _name, _f: None)
         report(spec.name, 0.0)

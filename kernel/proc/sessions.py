@@ -12,11 +12,13 @@ that no longer exists as `crashed`: a crash is recorded, never silently lost.
 Retention (`[sessions]` in llmos.toml, defaults in kernel/config.py): when the store is opened and
 at each new session, sessions not updated for `max_age_days` are deleted with their messages, then
 the least recently updated beyond `max_count`; a `running` session is never deleted. Freed pages are
-reused by SQLite (the file does not shrink without a VACUUM).
+reused by SQLite (the file does not shrink without a VACUUM). Deleted sessions (deleted, or by retention)
+are reported to `on_delete` by their `cache_key`: the kernel removes their saved KV ($LLMOS_HOME/kv/).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -75,6 +77,11 @@ class Session:
     def messages(self) -> list[dict[str, Any]]:
         return self._store.messages(self.id)
 
+    @property
+    def cache_key(self) -> str:
+        """The key a driver saves this session's KV under (owner and id hashed: never a path from a client)."""
+        return session_cache_key(self.owner, self.id)
+
     def append(self, message: dict[str, Any]) -> None:
         self._store.append(self.id, message)
 
@@ -90,11 +97,16 @@ class Session:
                 "owner": self.owner, "messages": self.messages}
 
 
+def session_cache_key(owner: str, session_id: str) -> str:
+    return hashlib.sha256(f"{owner}\0{session_id}".encode()).hexdigest()
+
+
 class SessionStore:
     def __init__(self, path: Path, redact: Callable[[str], str] = lambda text: text, *, max_age_days: float = 0,
-                 max_count: int = 0) -> None:
+                 max_count: int = 0, on_delete: Callable[[list[str]], None] | None = None) -> None:
         self.path = path
         self._redact = redact
+        self._on_delete = on_delete  # called with the cache keys of deleted sessions (their saved KV goes too)
         self.max_age_s = max_age_days * 86400.0  # 0: no age limit
         self.max_count = int(max_count)  # 0: no count limit
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,17 +138,22 @@ class SessionStore:
 
     def prune(self) -> int:
         """Apply retention now; returns how many sessions were deleted (their messages go with them)."""
-        deleted = 0
+        deleted: list[sqlite3.Row] = []
         with self._lock:
             if self.max_age_s:
-                deleted += self._db.execute("DELETE FROM sessions WHERE state != 'running' AND updated < ?",
-                                            (time.time() - self.max_age_s,)).rowcount
+                deleted += self._db.execute("DELETE FROM sessions WHERE state != 'running' AND updated < ?"
+                                            " RETURNING id, owner", (time.time() - self.max_age_s,)).fetchall()
             if self.max_count:  # per owner: one tenant's new sessions never push out another's
                 deleted += self._db.execute(
                     "DELETE FROM sessions WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY"
-                    " owner ORDER BY updated DESC) AS n FROM sessions WHERE state != 'running') WHERE n > ?)",
-                    (self.max_count,)).rowcount
-        return deleted
+                    " owner ORDER BY updated DESC) AS n FROM sessions WHERE state != 'running') WHERE n > ?)"
+                    " RETURNING id, owner", (self.max_count,)).fetchall()
+        self._deleted(deleted)
+        return len(deleted)
+
+    def _deleted(self, rows: list[Any]) -> None:
+        if rows and self._on_delete is not None:
+            self._on_delete([session_cache_key(r["owner"], r["id"]) for r in rows])
 
     def _mask(self, text: str | None) -> str | None:
         return None if text is None else redact_text(text, self._redact)
@@ -153,6 +170,16 @@ class SessionStore:
         if row is None:
             raise UnknownSessionError(f"no session {name_or_id!r}: `llmos sessions ls` lists them")
         return Session(self, row)
+
+    def cache_key(self, name_or_id: Any, owner: str | None = None) -> str:
+        """The cache key of the session a request is a turn of; with `owner`, only that owner's session (another's
+        is unknown, like one that does not exist)."""
+        if not isinstance(name_or_id, str) or not 0 < len(name_or_id) <= 200:
+            raise InvalidRequestError("session must be a session's name or id (1-200 characters)", param="session")
+        session = self.get(name_or_id)
+        if owner is not None and session.owner != owner:
+            raise UnknownSessionError(f"no session {name_or_id!r}: `llmos sessions ls` lists yours")
+        return session.cache_key
 
     def create(self, *, name: str | None = None, kind: str = "chat", model: str | None = None,
                adapter: str | None = None, system: str | None = None, settings: dict[str, Any] | None = None,
@@ -231,6 +258,7 @@ class SessionStore:
         session = self.get(name_or_id)
         with self._lock:
             self._db.execute("DELETE FROM sessions WHERE id = ?", (session.id,))
+        self._deleted([{"id": session.id, "owner": session.owner}])
 
     # -- messages ----------------------------------------------------------------------------------
 

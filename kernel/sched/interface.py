@@ -29,6 +29,9 @@ class NewSequence:
     adapter: str | None = None
     prompt_len: int = 0  # token_ids[prompt_len:] were generated before a preemption
     priority: int = 2  # the request's Priority value (lower: more urgent); caches keep urgent work longer
+    #: a chat session's opaque key (a hash of its owner and id): a driver may keep this sequence's KV
+    #: under it across restarts, and restore it for the session's next turn
+    cache_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,9 @@ class SchedulerOutput:
     new: tuple[NewSequence, ...] = ()
     num_scheduled_tokens: dict[str, int] = field(default_factory=dict)
     released: tuple[str, ...] = ()
+    #: the released sequences whose request ended normally (stop or length): not preempted, failed or
+    #: cancelled (a driver saves a chat session's KV at the end of such a turn)
+    finished: frozenset[str] = frozenset()
 
     @property
     def is_empty(self) -> bool:

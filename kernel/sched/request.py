@@ -328,6 +328,7 @@ class Request:
     prompt: str | None = None
     messages: list[dict[str, Any]] | None = None
     sources: list[str] = field(default_factory=list)  # memfs paths given to the model (RAG)
+    cache_key: str | None = None  # the chat session's key its KV may be saved under (NewSequence.cache_key)
     status: RequestStatus = RequestStatus.WAITING
     output_token_ids: list[int] = field(default_factory=list)
     output_text: str = ""

@@ -59,6 +59,7 @@ class Scheduler:
         self.ledger = ledger if ledger is not None else ServiceLedger()  # shared by the kernel's engines
         self._charged: set[str] = set()  # requests whose prompt their owner paid for (recompute is free)
         self._released: list[str] = []
+        self._finished: set[str] = set()  # released requests that ended normally (SchedulerOutput.finished)
         self._bypassed: dict[str, int] = {}  # waiting head -> requests of another group admitted ahead of it
         self._outbox: list[RequestOutput] = []
         self._step = 0
@@ -220,13 +221,14 @@ class Scheduler:
             self._running.append(cand)
             self._running.sort(key=self._sort_key)
             new.append(NewSequence(cand.request_id, tuple(cand.all_token_ids), cand.sampling, cand.adapter,
-                                   len(cand.prompt_token_ids), int(cand.priority)))
+                                   len(cand.prompt_token_ids), int(cand.priority), cand.cache_key))
             scheduled[cand.request_id] = n
             budget -= n
 
         self._step += 1
         released, self._released = tuple(self._released), []
-        return SchedulerOutput(self._step, tuple(new), scheduled, released)
+        finished, self._finished = frozenset(self._finished), set()
+        return SchedulerOutput(self._step, tuple(new), scheduled, released, finished)
 
     def update_from_output(self, sched: SchedulerOutput, out: DriverOutput) -> None:
         for rid, n in sched.num_scheduled_tokens.items():
@@ -409,6 +411,8 @@ class Scheduler:
         if req.status == RequestStatus.RUNNING:
             self._running.remove(req)
             self._released.append(req.request_id)
+            if status in (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH):
+                self._finished.add(req.request_id)
         elif req.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED):
             self._pop_waiting(req)
         req.status = status

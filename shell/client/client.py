@@ -58,7 +58,7 @@ class Client:
     def submit(self, prompt: str | None = None, *, messages: Sequence[dict[str, Any]] | None = None,
                model: str | None = None, driver: str | None = None, adapter: str | None = None,
                rag: str | None = None, priority: Any = None, owner: str = "api", timeout: float | None = None,
-               keep_alive: float | str | None = None, **sampling: Any) -> RemoteHandle:
+               keep_alive: float | str | None = None, session: str | None = None, **sampling: Any) -> RemoteHandle:
         """Queue a request in the resident kernel and return its handle at once (`Kernel.submit`)."""
         params = parse_sampling(sampling)  # the kernel's own checks, so a bad call fails the same way here
         check_input(prompt, messages, timeout)
@@ -70,7 +70,7 @@ class Client:
         if "stop" in body:
             body["stop"] = list(body["stop"])
         body.update({k: v for k, v in (("driver", driver), ("rag", rag), ("timeout", timeout),
-                                       ("keep_alive", keep_alive)) if v is not None})
+                                       ("keep_alive", keep_alive), ("session", session)) if v is not None})
         if priority is not None:
             body["priority"] = priority.name.lower() if hasattr(priority, "name") else priority
         if params.json_schema is not None:

@@ -42,6 +42,7 @@ from llmos.kernel.tenants.scope import ScopedMem
 from .session_routes import session_router
 from .sse import DONE, KEEPALIVE, KEEPALIVE_S, sse
 from .status import status_router
+from .tenancy import own_session
 from .tool_calls import parse_answer, render_messages, response_schema, tool_constraint
 
 EMBEDDING_MODEL = "all-minilm-l6-v2"
@@ -120,6 +121,8 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
 
         owner, tenant = is_owner(request), tenant_of(request)
         extensions = body.extensions(tenant, request.headers.get("x-llmos-priority"), audit=kernel.tenants.deny)
+        if "session" in extensions:  # the tenant's own session (another's is refused, audited, as unknown)
+            await asyncio.to_thread(own_session, kernel, request, extensions["session"], "continue")
         if "rag" in extensions:  # passages the tenant may read only
             extensions["rag"] = ScopedMem(kernel.mem, tenant, kernel.tenants).readable(extensions["rag"], "rag", "rag")
 

@@ -102,8 +102,10 @@ class _Sampling(_Body):
     keep_alive: Optional[Union[float, str]] = None
     #: llmos extensions (what `llmos.connect()` clients send; docs/client.md): the priority class
     #: (at most the tenant's class), memfs passages under `rag` (a directory)
-    #: to answer from, returned as `sources`, a driver to force, and a deadline in seconds
+    #: to answer from, returned as `sources`, a driver to force, a deadline in seconds, and the chat session
+    #: (the tenant's own, by name or id) the request is a turn of: its KV is saved for the next turn
     priority: Optional[Union[str, int]] = None
+    session: Optional[str] = Field(None, min_length=1, max_length=200)
     rag: Optional[str] = Field(None, max_length=4096)
     driver: Optional[str] = Field(None, max_length=64)
     timeout: Optional[float] = Field(None, gt=0, le=86400)
@@ -127,7 +129,8 @@ class _Sampling(_Body):
     def extensions(self, tenant, header_priority: str | None = None, audit=None) -> dict[str, Any]:
         """The llmos extensions set, as `Kernel.submit` keywords (the priority: the body's, else the
         X-Llmos-Priority header's), checked against `tenant` (its class caps the priority)."""
-        out = {k: getattr(self, k) for k in ("priority", "rag", "driver", "timeout") if getattr(self, k) is not None}
+        out = {k: getattr(self, k) for k in ("priority", "rag", "driver", "timeout", "session")
+               if getattr(self, k) is not None}
         if "priority" not in out and header_priority:
             out["priority"] = header_priority.strip()[:32]
         check_trust(tenant, priority=out.get("priority"), driver=out.get("driver"), audit=audit)
