@@ -174,8 +174,8 @@ def _child(kind: str, model: str | None) -> int:
 
 
 def run_benchmarks(home: str, names: list[str], repeat: int, report: Report) -> None:
-    from llmos.benchmarks import llamacpp_bench, torch_bench
-    from llmos.benchmarks.registry import REGISTRY, BenchContext, BenchSummary
+    from . import llamacpp_bench, torch_bench
+    from .registry import REGISTRY, BenchContext, BenchSummary
 
     del llamacpp_bench, torch_bench  # imported to register their benchmarks
     for name in names:

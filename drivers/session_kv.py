@@ -39,7 +39,7 @@ from typing import Any, Iterable, Sequence
 
 from llmos.kernel.lib.atomic import atomic_write_text, fsync_dir
 
-from .llamacpp_slots import _common_prefix
+from .base import common_prefix
 from .llamacpp_swap import _unlink
 
 log = logging.getLogger("llmos.llamacpp")
@@ -193,7 +193,7 @@ class SessionKV:
                 header = _read_header(fh)
                 if header is None:
                     return self._unusable(path, "its header is damaged")
-                n = min(_common_prefix(header["tokens"], tokens), limit)
+                n = min(common_prefix(header["tokens"], tokens), limit)
                 if n < floor:
                     return None
                 stale = sorted(k for k in fingerprint.keys() | header["fingerprint"].keys()
