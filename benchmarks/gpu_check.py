@@ -132,7 +132,7 @@ def check_llamacpp_offload(kernel, report: Report) -> None:
 
     if not lib.gpu_offload():
         report.add("llama.cpp offload", "FAIL", f"llama-cpp-python {lib.llama_cpp.__version__} is a CPU-only build: "
-                   "`make clean install` with nvcc on the PATH builds it with CUDA")
+                   "`make clean install` on a machine with an NVIDIA GPU and nvcc builds it with CUDA (LLMOS_CUDA=1 forces it)")
         return
     c = kernel.chat(QUESTION, driver="llamacpp", max_tokens=12, temperature=0)
     engine = next(e for e in kernel.engines() if e["driver"] == "llamacpp")

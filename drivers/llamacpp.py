@@ -21,6 +21,7 @@ positions are put back (a new sequence keeps its slot and the prefix it copied) 
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,9 +49,9 @@ def offload(where: Placement) -> tuple[int, int]:
         if where.device != "auto" or where.n_gpu_layers not in (None, 0):
             raise ModelLoadError(
                 f"the model's placement asks for the GPU (device = {where.device!r}, n_gpu_layers = "
-                f"{where.n_gpu_layers}), but this llama-cpp-python {lib.llama_cpp.__version__} was built for the CPU "
-                f"only: rebuild it with `make install` on a machine with the CUDA toolkit (nvcc), or set "
-                f"device = \"cpu\" in its [models.NAME] table")
+                f"{where.n_gpu_layers}), but this llama-cpp-python {lib.llama_cpp.__version__} was built for the "
+                f"CPU only: rebuild it with `make clean install` where nvcc and an NVIDIA GPU are found (LLMOS_CUDA=1 "
+                f"forces it), or set device = \"cpu\" in its [models.NAME] table")
         return 0, main_gpu
     return (-1 if where.n_gpu_layers is None else where.n_gpu_layers), main_gpu
 
@@ -327,7 +328,10 @@ class LlamaCppDriver(SlotCache, SessionSaves, Driver):
             self._flush(model, pending, out)
 
     def _flush(self, model, pending: list[tuple[SeqState, int]], out: DriverOutput) -> None:
+        started, n_tokens = time.perf_counter(), self._batch.n
         rc = self._batch.decode(model)
+        if rc == 0:  # what recomputing costs here: the swap area weighs restores against it
+            self._swap.costs.computed(n_tokens, time.perf_counter() - started)
         if rc == 1:  # no room in the KV cache: drop every cached prefix and retry once
             self._evict_cache(len(self._cache))
             rc = self._batch.decode(model)

@@ -11,6 +11,7 @@ saved through the session methods (llamacpp_sessions.py).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,9 +78,12 @@ class SlotCache:
             state, covered, n, session_key = restore
             slot, reuse = self._take_slot(), 0
             self._ensure_kv_room(covered)
+            started = time.perf_counter()
             if model.set_seq_state(slot, state):
                 reuse = n
                 model.seq_rm(slot, reuse, -1)
+                if session_key is None:
+                    self._swap.restored(time.perf_counter() - started)
             elif session_key is not None:
                 self._session_kv.refused(session_key)
         elif cached_slot is not None:
@@ -106,7 +110,7 @@ class SlotCache:
             return None
         key, n = swap.match(tokens, adapter)
         n = min(n, limit)
-        if key is None or not swap.wants(n - reuse):
+        if key is None or not swap.wants(n - reuse, key):
             return None
         taken = swap.take(key)
         return None if taken is None else (taken[1], len(taken[0].tokens), n, None)

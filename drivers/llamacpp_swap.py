@@ -2,8 +2,9 @@
 state instead of thrown away.
 
 When the driver needs a slot or KV cells, it evicts prefix-cache entries (llamacpp_slots.py), among
-them the KV of a preempted request. An entry long enough to be worth it (`MIN_SWAP_TOKENS`: shorter
-ones recompute faster than they copy) is saved first with `llama_state_seq_get_data_ext` into RAM, up
+them the KV of a preempted request. An entry worth it (`SwapCosts`: restoring its bytes takes less
+time than recomputing its tokens, by this driver's own measurements of both; until both are measured,
+`MIN_SWAP_TOKENS`) is saved first with `llama_state_seq_get_data_ext` into RAM, up
 to a byte budget; past it the least recently swapped entries spill to files under the spill folder, up
 to a second budget; past that they are dropped. A new sequence whose tokens extend a swapped entry's
 (a preempted request resuming, a prompt seen before) restores it with `llama_state_seq_set_data_ext`
@@ -21,6 +22,7 @@ import hashlib
 import itertools
 import logging
 import os
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -33,8 +35,56 @@ from .base import common_prefix
 
 log = logging.getLogger("llmos.llamacpp")
 
-#: entries shorter than this are recomputed, not swapped (a short prefill costs less than the copy)
+#: until SwapCosts has measured both sides, entries shorter than this are recomputed, not swapped
 MIN_SWAP_TOKENS = 256
+#: never swapped, whatever the measurements: recomputing this few tokens is about one decode step
+FLOOR_SWAP_TOKENS = 32
+#: compute steps of fewer tokens are decode-bound and say little about prefill speed
+MIN_MEASURED_TOKENS = 64
+
+
+class SwapCosts:
+    """Swap-in against recompute, weighed with what this driver measured: its prefill throughput
+    (tokens/s over steps of MIN_MEASURED_TOKENS or more) and its restore throughput (bytes/s, from RAM
+    and from disk apart, reads and checks included), each a moving average; and the bytes a token's KV
+    takes. A sequence is swapped in (and an entry swapped out) when restoring its bytes is expected to
+    take less time than recomputing its tokens."""
+
+    ALPHA = 0.3  # weight of the newest measurement
+
+    def __init__(self) -> None:
+        self.prefill_tps: float | None = None
+        self.restore_bps: dict[str, float | None] = {"ram": None, "disk": None}
+        self.bytes_per_token: float | None = None
+
+    @staticmethod
+    def _average(old: float | None, new: float) -> float:
+        return new if old is None else old + SwapCosts.ALPHA * (new - old)
+
+    def computed(self, tokens: int, seconds: float) -> None:
+        if tokens >= MIN_MEASURED_TOKENS and seconds > 0:
+            self.prefill_tps = self._average(self.prefill_tps, tokens / seconds)
+
+    def restored(self, where: str, nbytes: int, tokens: int, seconds: float) -> None:
+        if nbytes and seconds > 0:
+            self.restore_bps[where] = self._average(self.restore_bps[where], nbytes / seconds)
+        if tokens:
+            self.bytes_per_token = nbytes / tokens
+
+    def saved(self, nbytes: int, tokens: int) -> None:
+        if tokens:
+            self.bytes_per_token = nbytes / tokens
+
+    def worth_it(self, tokens: int, nbytes: int | None = None, where: str = "ram") -> bool:
+        """Restore `tokens` (held in `nbytes`; estimated when None) rather than recompute them?"""
+        if tokens < FLOOR_SWAP_TOKENS:
+            return False
+        bps = self.restore_bps[where] or self.restore_bps["ram"]
+        if nbytes is None and self.bytes_per_token is not None:
+            nbytes = int(tokens * self.bytes_per_token)
+        if self.prefill_tps is None or bps is None or nbytes is None:
+            return tokens >= MIN_SWAP_TOKENS
+        return nbytes / bps < tokens / self.prefill_tps
 
 
 @dataclass
@@ -58,6 +108,8 @@ class SwapArea:
         self._entries: OrderedDict[int, Swapped] = OrderedDict()  # least recently swapped first
         self._ids = itertools.count()
         self.swapped_out = self.swapped_in = self.spilled = self.dropped = self.failed = 0
+        self.costs = SwapCosts()
+        self._taken: tuple[str, int, int, float] | None = None  # where, bytes, tokens, read seconds
 
     @property
     def enabled(self) -> bool:
@@ -68,14 +120,22 @@ class SwapArea:
         ram = sum(e.nbytes for e in self._entries.values() if e.data is not None)
         return ram, sum(e.nbytes for e in self._entries.values() if e.data is None)
 
-    def wants(self, n_tokens: int) -> bool:
-        return self.enabled and n_tokens >= MIN_SWAP_TOKENS
+    def wants(self, n_tokens: int, key: int | None = None) -> bool:
+        """Is restoring `n_tokens` (of entry `key`, when swapping in) expected to beat recomputing them?"""
+        if not self.enabled:
+            return False
+        entry = self._entries.get(key) if key is not None else None
+        if entry is None:
+            return self.costs.worth_it(n_tokens)
+        # the whole state is read and restored, whatever part of it the new sequence uses
+        return self.costs.worth_it(n_tokens, entry.nbytes, "ram" if entry.data is not None else "disk")
 
     def put(self, adapter: str | None, tokens: list[int], priority: int, data: bytes, request_id: str = "") -> None:
         """Keep a sequence's state; spill or drop the oldest entries to stay within the budgets."""
         if not data or len(data) > self.ram_bytes:
             self.dropped += 1
             return
+        self.costs.saved(len(data), len(tokens))
         self._entries[next(self._ids)] = Swapped(adapter, list(tokens), priority, len(data), data,
                                                  digest=hashlib.sha256(data).hexdigest(), request_id=request_id)
         self.swapped_out += 1
@@ -94,6 +154,7 @@ class SwapArea:
 
     def take(self, key: int) -> tuple[Swapped, bytes] | None:
         """Remove an entry and return it with its state; None (logged) if a spilled file is unusable."""
+        started = time.perf_counter()
         e = self._entries.pop(key)
         data = e.data
         if data is None:
@@ -112,7 +173,15 @@ class SwapArea:
             self.failed += 1
             return None
         self.swapped_in += 1
+        self._taken = ("ram" if e.data is not None else "disk", e.nbytes, len(e.tokens), time.perf_counter() - started)
         return e, data
+
+    def restored(self, seconds: float) -> None:
+        """The state last taken is back in llama.cpp, after `seconds`: measure the whole restore."""
+        if self._taken is not None:
+            where, nbytes, tokens, read_s = self._taken
+            self.costs.restored(where, nbytes, tokens, read_s + seconds)
+            self._taken = None
 
     def by_request(self) -> dict[str, dict[str, object]]:
         """Request id -> where its swapped state is and its size (any thread: reads a copy)."""
@@ -132,11 +201,14 @@ class SwapArea:
             except OSError:
                 pass
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, int | float | None]:
         ram, disk = self.used()
+        c = self.costs
         return {"swap_entries": len(self._entries), "swap_ram_bytes": ram, "swap_disk_bytes": disk,
                 "swapped_out": self.swapped_out, "swapped_in": self.swapped_in, "swap_spilled": self.spilled,
-                "swap_dropped": self.dropped, "swap_failed": self.failed}
+                "swap_dropped": self.dropped, "swap_failed": self.failed,
+                "prefill_tokens_per_s": c.prefill_tps and round(c.prefill_tps, 1),
+                **{f"swap_in_{k}_mb_per_s": v and round(v / 2**20, 1) for k, v in c.restore_bps.items()}}
 
     # -- internals -------------------------------------------------------------------------------
 

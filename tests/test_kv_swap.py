@@ -103,3 +103,33 @@ def test_a_damaged_swap_file_is_recomputed_never_trusted(tmp_path, caplog, damag
     assert not path.exists()
     assert area.take(area.match([2] * 300, None)[0])[1] == b"b" * 100  # the RAM entry is intact
 
+
+
+def test_swap_in_is_weighed_against_recompute_with_measured_costs():
+    from llmos.drivers.llamacpp_swap import FLOOR_SWAP_TOKENS, MIN_SWAP_TOKENS, SwapCosts
+
+    costs = SwapCosts()
+    # nothing measured yet: the token threshold decides
+    assert not costs.worth_it(MIN_SWAP_TOKENS - 1, 10 << 20) and costs.worth_it(MIN_SWAP_TOKENS, 10 << 20)
+    costs.computed(512, 1.0)  # prefill: 512 tokens/s
+    costs.computed(8, 10.0)  # a decode-sized step says nothing about prefill: ignored
+    assert costs.prefill_tps == 512
+    costs.restored("ram", 100 << 20, 2000, 0.1)  # restores at 1000 MiB/s; ~52 KiB of KV a token
+    # 100 tokens: 0.195 s to recompute, ~5 MiB to restore in 0.005 s: swap, below the old threshold too
+    assert costs.worth_it(100)
+    # the same 100 tokens inside a 200 MiB entry (one restores all of it): recompute
+    assert not costs.worth_it(100, 200 << 20)
+    costs.restored("disk", 100 << 20, 2000, 50.0)  # a slow disk: 2 MiB/s
+    assert costs.worth_it(1000, 25 << 20, "ram") and not costs.worth_it(1000, 25 << 20, "disk")
+    assert not costs.worth_it(FLOOR_SWAP_TOKENS - 1, 1)  # never for a handful of tokens
+
+
+def test_a_swap_area_learns_its_restore_speed_from_real_restores(tmp_path):
+    area = SwapArea(1 << 20, 1 << 20, tmp_path)
+    area.put(None, list(range(300)), 2, b"x" * 3000)
+    key, n = area.match(list(range(300)), None)
+    assert area.wants(n, key)  # unmeasured: 300 >= MIN_SWAP_TOKENS
+    _entry, data = area.take(key)
+    area.restored(0.001)
+    assert area.costs.restore_bps["ram"] is not None and area.costs.bytes_per_token == 10
+    assert area.stats()["swap_in_ram_mb_per_s"] is not None

@@ -60,7 +60,7 @@ def test_a_gpu_asked_of_this_cpu_machine_is_refused_at_load_saying_what_to_chang
     with _boot(tmp_path, llmos_home, 'device = "cuda"') as k:
         with pytest.raises(ModelLoadError, match=r'sees 0 CUDA device.*device = "cpu"'):
             k.load("smollm2", driver="torch")
-        with pytest.raises(ModelLoadError, match=r"built for the CPU only.*make install"):
+        with pytest.raises(ModelLoadError, match=r"built for the CPU only.*make clean install"):
             k.load("smollm2", driver="llamacpp")
         assert k.engines() == []
 
