@@ -21,6 +21,7 @@ from .errors import InvalidRequestError, KernelShutdownError, PromptTooLongError
 from .lib.masking import Redactors, redact_messages, redact_text
 from .models.loaded import LoadProgress, ModelManager
 from .models.registry import ModelRegistry, ModelSpec
+from .memfs.calls import MemCalls
 from .modules.calls import ModuleCalls
 from .modules.store import ModuleStore
 from .modules.table import ModuleTable
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("llmos.kernel")
 
 
-class Kernel(ModuleCalls):
+class Kernel(ModuleCalls, MemCalls):
     def __init__(self, config: Config | None = None, *, plugins=None,
                  progress: LoadProgress | None = None, load_entrypoints: bool = True) -> None:
         from llmos.plugins.manager import PluginManager
@@ -287,44 +288,6 @@ class Kernel(ModuleCalls):
     def redact(self, text: str) -> str:
         """`text` through every registered redactor (the `register_redactors` hook)."""
         return self._redactors(text)
-
-    # -- memory ------------------------------------------------------------------------------------
-
-    @property
-    def mem(self):
-        """Retrieval memory (memfs): write/append/cat/ls/stat/mv/rm/find/grep/import_dir/fsck."""
-        from .memfs import MemFS
-
-        def backends():  # embedding through the kernel's queue (seen in ps), the FAISS index from drivers/
-            from llmos.drivers.memfs_index import VectorIndex
-
-            return self.embedding, VectorIndex
-
-        with self._lock:
-            if self._mem is None:
-                self._mem = MemFS(self.config.home / "memfs", backends, self.config.mem_import_max_bytes)
-            return self._mem
-
-    @property
-    def mem_opened(self) -> bool:
-        return self._mem is not None
-
-    @property
-    def embedding(self) -> EmbeddingService:
-        """The kernel's embedding service (all-MiniLM-L6-v2): a priority queue visible in ps."""
-        with self._lock:
-            if self._embedding is None:
-                from llmos.drivers.embedder import SentenceEmbedder
-
-                from .memfs.embedding import EmbeddingService
-
-                self._embedding = EmbeddingService(SentenceEmbedder())
-            return self._embedding
-
-    def embed(self, texts: list[str], *, priority: Priority | str = Priority.NORMAL, owner: str = "api"):
-        """Embedding vectors (float32 rows, L2-normalized) for `texts`."""
-        self._check_open()
-        return self.embedding.embed(list(texts), priority=priority, owner=owner)
 
     # -- jobs ----------------------------------------------------------------------------------------
 
