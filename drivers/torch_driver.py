@@ -2,34 +2,30 @@
 
 Loading: a Hugging Face directory directly; a GGUF file through `from_pretrained(dir,
 gguf_file=...)`, dequantized once and cached as safetensors under `$LLMOS_HOME/cache/torch/` so
-later loads take a fraction of a second. Device by probe: CUDA, then MPS, then CPU (bf16/fp16 on
-accelerators, fp32 on CPU); torch uses all available cores.
+later loads take a fraction of a second (drivers/torch_weights.py). Device by probe: CUDA, then MPS,
+then CPU (bf16/fp16 on accelerators, fp32 on CPU); torch uses all available cores.
 
 One step (`execute`): 1. drop released sequences (their batch rows go); 2. one forward for every
 decoding row of the shared padded batch (drivers/torch_batch.py); 3. prefill chunks of new
 sequences, each on its private cache; a sequence whose prompt is complete samples its first token
-and joins the batch for the next step. Sampling is per row (drivers/torch_sampling.py).
+and joins the batch for the next step. Sampling is per row (drivers/torch_sampling.py); a row whose
+output must match a JSON schema has its logits masked by its grammar first (drivers/torch_constrain.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import logging
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from llmos.kernel.errors import AdapterConflictError, ModelLoadError
+from llmos.kernel.errors import AdapterConflictError, InvalidRequestError, ModelLoadError
 from llmos.kernel.sched.interface import DriverOutput, NewSequence, SchedulerOutput
 from llmos.kernel.sched.request import SamplingParams
 
 from .base import Driver, DriverOptions, ModelInfo, ProbeResult, ProgressCallback
-
-log = logging.getLogger("llmos.torch")
+from .torch_weights import hf_model_dir
 
 
 @dataclass
@@ -43,6 +39,7 @@ class _Seq:
     cache: Any = None  # private cache while prefilling; None once in the batch
     adapter: str | None = None
     offset: int = 0  # virtual tokens ahead of the sequence in its cache (prefix tuning)
+    constraint: Any = None  # torch_constrain.Constraint when the output must match a JSON schema
 
 
 def pick_device() -> tuple[str, Any]:
@@ -53,49 +50,6 @@ def pick_device() -> tuple[str, Any]:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps", torch.float16
     return "cpu", torch.float32
-
-
-def hf_model_dir(spec, cache_root: Path, report: ProgressCallback = lambda _f: None) -> Path:
-    """The Hugging Face directory of a model: its own, or for a GGUF file a safetensors copy made
-    once under `cache_root/torch/` (transformers dequantizes it; later loads take a fraction of a second)."""
-    path = spec.path
-    if spec.format == "hf":
-        return path
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = cache_root / "torch" / f"{path.stem}-{key}"
-    if (target / "config.json").exists():
-        return target
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    log.info("dequantizing %s once into %s", path, target)
-    report(0.1)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    except Exception as exc:  # noqa: BLE001 - transformers raises many types for bad files
-        raise ModelLoadError(f"transformers could not read the GGUF file {path}: {exc}") from exc
-    report(0.6)
-    model.hf_quantizer = None  # the weights are plain tensors now: save them as such
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent if target.parent.exists()
-                                else _mkdir(target.parent)))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        tmp.rename(target)  # atomic: a crash never leaves a half-written cache that looks complete
-    except OSError:  # another process (e.g. a second DDP rank) finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _adalora_config(path: Path, name: str):
@@ -118,6 +72,7 @@ class TorchDriver(Driver):
     mixed_adapters = True  # PEFT LoRA applies per row (adapter_names)
     #: per-row adapter_names works for these PEFT types; prefix tuning runs on the base layers
     mixable_methods = frozenset({"lora", "ia3", "prefix_tuning"})
+    supports_json_schema = True  # llguidance token masks (drivers/torch_constrain.py)
 
     @classmethod
     def probe(cls) -> ProbeResult:
@@ -127,6 +82,12 @@ class TorchDriver(Driver):
         except Exception as exc:  # noqa: BLE001
             return ProbeResult(False, (), f"torch/transformers are not installed ({exc}): pip install 'llmos[torch]'")
         return ProbeResult(True, (pick_device()[0],))
+
+    @classmethod
+    def check_json_schema(cls, schema: dict[str, Any]) -> None:
+        from .torch_constrain import check_schema
+
+        check_schema(schema)  # bounded and compiled by llguidance now; cached for the step
 
     def __init__(self, spec, options: DriverOptions) -> None:
         super().__init__(spec, options)
@@ -138,6 +99,7 @@ class TorchDriver(Driver):
         self.model_dir: Path | None = None
         self._adapter_paths: dict[str, Path] = {}  # kept across reloads
         self._prefixes: dict[str, list] = {}  # prefix-tuning adapters: name -> per-layer (k, v) of the virtual tokens
+        self._grammars = None  # torch_constrain.Grammars for the loaded tokenizer
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -147,6 +109,7 @@ class TorchDriver(Driver):
         from transformers.utils import logging as hf_logging
 
         from .torch_batch import PaddedBatch
+        from .torch_constrain import Grammars
 
         report = progress or (lambda _f: None)
         hf_logging.disable_progress_bar()
@@ -177,6 +140,7 @@ class TorchDriver(Driver):
             has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)),
             memory_bytes=sum(p.numel() * p.element_size() for p in self.model.parameters()),
         )
+        self._grammars = Grammars(self.tokenizer, cfg.vocab_size, sorted(eos_ids))
         self._peft = None
         self._prefixes = {}
         for name, apath in list(self._adapter_paths.items()):  # a reload keeps the adapters
@@ -190,6 +154,7 @@ class TorchDriver(Driver):
         self.model = None
         self.tokenizer = None
         self._batch = None
+        self._grammars = None
 
     # -- adapters (PEFT LoRA, mixed per row) ------------------------------------------------------
 
@@ -284,7 +249,7 @@ class TorchDriver(Driver):
         gone = {rid for rid in batch.released if self._seqs.pop(rid, None) is not None}
         self._batch.leave(gone)
         for new in batch.new:
-            self._admit(new)
+            self._admit(new, out)
         with torch.inference_mode():
             # 2. One forward for all decoding rows.
             decoding = [rid for rid in batch.num_scheduled_tokens if rid in self._batch]
@@ -294,24 +259,32 @@ class TorchDriver(Driver):
             for rid, n in batch.num_scheduled_tokens.items():
                 if rid not in self._batch and rid in self._seqs:
                     self._prefill(self._seqs[rid], n, out)
-                elif rid not in self._seqs:
+                elif rid not in self._seqs and rid not in out.failed:
                     out.failed[rid] = "the driver has no state for this sequence"
         return out
 
-    def _admit(self, new: NewSequence) -> None:
+    def _admit(self, new: NewSequence, out: DriverOutput) -> None:
         from .torch_batch import new_cache
         from .torch_sampling import make_generator
 
+        sampling = new.sampling.with_defaults()  # the kernel fills every field; a direct caller may not
+        constraint = None
+        if sampling.json_schema is not None:  # first: a schema that cannot be compiled fails this sequence alone
+            generated = new.token_ids[new.prompt_len:] if new.prompt_len else ()
+            try:
+                constraint = self._grammars.start(sampling.json_schema, generated)
+            except InvalidRequestError as exc:
+                out.failed[new.request_id] = str(exc)
+                return
         cache, offset = new_cache(), 0
         prefix = self._prefixes.get(new.adapter) if new.adapter else None
         if prefix is not None:
             for i, (k, v) in enumerate(prefix):
                 cache.update(k.clone(), v.clone(), i)
             offset = prefix[0][0].shape[2]
-        sampling = new.sampling.with_defaults()  # the kernel fills every field; a direct caller may not
         self._seqs[new.request_id] = _Seq(
             new.request_id, list(new.token_ids), sampling, make_generator(sampling, self.device),
-            cache=cache, adapter=new.adapter, offset=offset)
+            cache=cache, adapter=new.adapter, offset=offset, constraint=constraint)
 
     def _forward(self, input_ids, cache, position_ids, adapters: list[str | None], attention_mask=None):
         kwargs = {self._cache_kw: cache}
@@ -368,10 +341,20 @@ class TorchDriver(Driver):
     def _sample(self, seqs: list[_Seq], logits, out: DriverOutput) -> None:
         from .torch_sampling import sample_rows
 
+        constraints = [s.constraint for s in seqs]
+        if any(c is not None for c in constraints):  # JSON-schema rows: the grammar masks their logits
+            from .torch_constrain import mask_rows
+
+            logits, errors = mask_rows(logits, constraints)
+            out.failed.update({seqs[i].request_id: message for i, message in errors.items()})
         tokens = sample_rows(logits, [s.params for s in seqs], [s.tokens for s in seqs], [s.generator for s in seqs])
         for seq, token in zip(seqs, tokens):
+            if seq.request_id in out.failed:
+                continue
             seq.tokens.append(token)
             out.sampled[seq.request_id] = token
+            if seq.constraint is not None:
+                seq.constraint.accept(token)
 
     def stats(self) -> dict[str, Any]:
         return {"active_sequences": len(self._seqs), "batch_rows": len(self._batch.rows) if self._batch else 0,

@@ -111,7 +111,7 @@ def run_finetune(config: Config, opts: FinetuneOptions, *, progress: Progress = 
     from torch.utils.data import DataLoader
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmos.drivers.torch_driver import hf_model_dir
+    from llmos.drivers.torch_weights import hf_model_dir
 
     opts.validate()
     stop = stop or threading.Event()
