@@ -3,12 +3,14 @@
 Loading (drivers/torch_loading.py): a Hugging Face directory directly; a GGUF file dequantized once
 and cached as safetensors under `$LLMOS_HOME/cache/torch/`. Device: the model's placement (its
 [models.NAME] `device`/`main_gpu`), by default CUDA, then MPS, then CPU (bf16/fp16 on accelerators,
-fp32 on CPU). Prefix reuse: drivers/torch_prefix.py; mixed LoRA batches: drivers/torch_lora.py.
+fp32 on CPU). Prefix reuse: drivers/torch_prefix.py; mixed LoRA batches: drivers/torch_lora.py;
+JSON-schema constraints: drivers/torch_constrain.py.
 
 One step (`execute`): 1. drop released sequences (their batch rows go); 2. one forward for every
 decoding row of the shared padded batch (drivers/torch_batch.py); 3. prefill chunks of new
 sequences, each on its private cache; a sequence whose prompt is complete samples its first token
-and joins the batch for the next step. Sampling is per row (drivers/torch_sampling.py).
+and joins the batch for the next step. Sampling is per row (drivers/torch_sampling.py); a row whose
+output must match a JSON schema has its logits masked by its grammar first (drivers/torch_constrain.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from llmos.kernel.errors import AdapterConflictError, ModelLoadError
+from llmos.kernel.errors import AdapterConflictError, InvalidRequestError, ModelLoadError
 from llmos.kernel.sched.interface import DriverOutput, NewSequence, SchedulerOutput
 from llmos.kernel.sched.request import SamplingParams
 
@@ -44,6 +46,7 @@ class _Seq:
     cache: Any = None  # private cache while prefilling; None once in the batch
     adapter: str | None = None
     offset: int = 0  # virtual tokens ahead of the sequence in its cache (prefix tuning)
+    constraint: Any = None  # torch_constrain.Constraint when the output must match a JSON schema
 
 
 def _adalora_config(path: Path, name: str):
@@ -66,6 +69,7 @@ class TorchDriver(Driver):
     mixed_adapters = True  # PEFT LoRA applies per row (adapter_names)
     #: per-row adapter_names works for these PEFT types; prefix tuning runs on the base layers
     mixable_methods = frozenset({"lora", "ia3", "prefix_tuning"})
+    supports_json_schema = True  # llguidance token masks (drivers/torch_constrain.py)
 
     @classmethod
     def probe(cls) -> ProbeResult:
@@ -75,6 +79,12 @@ class TorchDriver(Driver):
         except Exception as exc:  # noqa: BLE001
             return ProbeResult(False, (), f"torch/transformers are not installed ({exc}): pip install 'llmos[torch]'")
         return ProbeResult(True, (pick_device()[0],))
+
+    @classmethod
+    def check_json_schema(cls, schema: dict[str, Any]) -> None:
+        from .torch_constrain import check_schema
+
+        check_schema(schema)  # bounded and compiled by llguidance now; cached for the step
 
     def __init__(self, spec, options: DriverOptions) -> None:
         super().__init__(spec, options)
@@ -88,6 +98,7 @@ class TorchDriver(Driver):
         self._adapter_paths: dict[str, Path] = {}  # kept across reloads
         self._prefixes: dict[str, list] = {}  # prefix-tuning adapters: name -> per-layer (k, v) of the virtual tokens
         self._reuse = None  # PrefixStore (drivers/torch_prefix.py) while loaded
+        self._grammars = None  # torch_constrain.Grammars for the loaded tokenizer
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -98,6 +109,7 @@ class TorchDriver(Driver):
 
         from .torch_batch import PaddedBatch
         from .torch_prefix import PrefixStore
+        from .torch_constrain import Grammars
 
         report = progress or (lambda _f: None)
         hf_logging.disable_progress_bar()
@@ -130,6 +142,7 @@ class TorchDriver(Driver):
             has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)),
             memory_bytes=sum(p.numel() * p.element_size() for p in self.model.parameters()),
         )
+        self._grammars = Grammars(self.tokenizer, cfg.vocab_size, sorted(eos_ids))
         self._set_peft(None)
         self._prefixes = {}
         for name, apath in list(self._adapter_paths.items()):  # a reload keeps the adapters
@@ -144,6 +157,7 @@ class TorchDriver(Driver):
         self.tokenizer = None
         self._batch = None
         self._reuse = None
+        self._grammars = None
 
     # -- adapters (PEFT LoRA, mixed per row) ------------------------------------------------------
 
@@ -266,7 +280,7 @@ class TorchDriver(Driver):
             for rid, n in batch.num_scheduled_tokens.items():
                 if rid not in self._batch and rid in self._seqs:
                     self._prefill(self._seqs[rid], n, out)
-                elif rid not in self._seqs:
+                elif rid not in self._seqs and rid not in out.failed:
                     out.failed[rid] = "the driver has no state for this sequence"
         return out
 
@@ -274,6 +288,15 @@ class TorchDriver(Driver):
         from .torch_batch import new_cache
         from .torch_sampling import make_generator
 
+        sampling = new.sampling.with_defaults()  # the kernel fills every field; a direct caller may not
+        constraint = None
+        if sampling.json_schema is not None:  # first: a schema that cannot be compiled fails this sequence alone
+            generated = new.token_ids[new.prompt_len:] if new.prompt_len else ()
+            try:
+                constraint = self._grammars.start(sampling.json_schema, generated)
+            except InvalidRequestError as exc:
+                out.failed[new.request_id] = str(exc)
+                return
         tokens = list(new.token_ids)
         prefix = self._prefixes.get(new.adapter) if new.adapter else None
         offset = prefix[0][0].shape[2] if prefix is not None else 0
@@ -285,10 +308,9 @@ class TorchDriver(Driver):
                 cache.update(k.clone(), v.clone(), i)
         else:
             out.cached_tokens[new.request_id] = reused
-        sampling = new.sampling.with_defaults()  # the kernel fills every field; a direct caller may not
         self._seqs[new.request_id] = _Seq(
             new.request_id, tokens, sampling, make_generator(sampling, self.device),
-            n_past=reused, cache=cache, adapter=new.adapter, offset=offset)
+            n_past=reused, cache=cache, adapter=new.adapter, offset=offset, constraint=constraint)
 
     def _forward(self, input_ids, cache, position_ids, adapters: list[str | None], attention_mask=None):
         kwargs = {self._cache_kw: cache}
@@ -351,10 +373,20 @@ class TorchDriver(Driver):
     def _sample(self, seqs: list[_Seq], logits, out: DriverOutput) -> None:
         from .torch_sampling import sample_rows
 
+        constraints = [s.constraint for s in seqs]
+        if any(c is not None for c in constraints):  # JSON-schema rows: the grammar masks their logits
+            from .torch_constrain import mask_rows
+
+            logits, errors = mask_rows(logits, constraints)
+            out.failed.update({seqs[i].request_id: message for i, message in errors.items()})
         tokens = sample_rows(logits, [s.params for s in seqs], [s.tokens for s in seqs], [s.generator for s in seqs])
         for seq, token in zip(seqs, tokens):
+            if seq.request_id in out.failed:
+                continue
             seq.tokens.append(token)
             out.sampled[seq.request_id] = token
+            if seq.constraint is not None:
+                seq.constraint.accept(token)
 
     def stats(self) -> dict[str, Any]:
         reuse = self._reuse

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from llmos.benchmarks.constrain_bench import PROMPTS, TOOLS  # B14's 20 tool-call requests
 from llmos.kernel.proc.agents import ProcessState
 from llmos.kernel.errors import InvalidRequestError
 from llmos.kernel.proc.structured import submit_json
@@ -15,17 +16,6 @@ from llmos.kernel.proc.tool_calling import (Function, arguments_prompt, bounded,
 from .util import run_llmos
 
 pytestmark = pytest.mark.model
-
-TOOLS = ["calculator", "now", "mem_find", "mem_cat", "mem_write"]
-PROMPTS = [
-    "What is 17 * 23?", "Compute the square root of 2.", "What time is it?", "How much is 1234 + 4321?",
-    "Find my notes about owls.", "What is today's date in UTC?", "Search memory for the meeting agenda.",
-    "What is 2 to the power of 10?", "Read the file /notes/todo.md.", "Save 'buy milk' to /notes/shopping.md.",
-    "Divide 100 by 7.", "Which notes mention Paris?", "What's the cosine of 0?", "Show me /docs/readme.md.",
-    "Remember that the meeting moved to Friday.", "Is it morning or evening now?", "What is 3.5 times 4?",
-    "Look up what I wrote about the budget.", "Write a note called /ideas/app.md about a todo app.",
-    "Calculate 15% of 240.",
-]
 
 
 def test_constrained_tool_calls_always_parse_and_fit_the_schema(kernel):

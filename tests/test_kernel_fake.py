@@ -194,6 +194,16 @@ def test_unknown_adapter(fake_kernel):
         fake_kernel.submit("hi", driver="fake", adapter="nope")
 
 
+def test_a_json_schema_on_a_driver_that_cannot_constrain_is_refused_naming_the_drivers_that_can(gguf, tmp_path):
+    from .fakes import ScriptedDriver
+
+    with llmos.boot(home=tmp_path / "h4", plugins=plugin_manager(FakeDriver, ScriptedDriver), default_model=gguf()) as k:
+        with pytest.raises(InvalidRequestError, match="fake driver cannot constrain output") as info:
+            k.submit("hi", driver="fake", json_schema={"type": "object"})
+        hint = str(info.value).split("use --driver ")[1]
+        assert info.value.param == "json_schema" and "scripted" in hint.split(" or ") and "fake" not in hint
+
+
 def test_shutdown_cancels_in_flight_and_refuses_new(gguf, tmp_path):
     GatedDriver.gate.clear()
     k = llmos.boot(home=tmp_path / "h3", plugins=plugin_manager(GatedDriver), default_model=gguf())

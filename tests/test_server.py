@@ -183,6 +183,50 @@ def test_tool_call_round_trip(client):
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
+@pytest.fixture(scope="module")
+def torch_server(kernel, tmp_path_factory):
+    """A server whose model `smollm2-hf` is SmolLM2 as the Hugging Face directory the torch driver
+    dequantized it into (an llmos.toml table): only the torch driver loads it."""
+    hf_dir = kernel.load("smollm2", driver="torch").driver.model_dir
+    tmp = tmp_path_factory.mktemp("torch-srv")
+    (tmp / "home").mkdir()
+    (tmp / "home" / "llmos.toml").write_text(f'[models.smollm2-hf]\npath = "{hf_dir}"\n')
+    proc, base = start(tmp, "--api-key", KEY)
+    yield base
+    proc.terminate()
+    proc.wait(30)
+
+
+def test_response_format_json_schema_and_tools_are_honoured_on_torch(torch_server):
+    import jsonschema
+    import openai
+
+    client = openai.OpenAI(base_url=f"{torch_server}/v1", api_key=KEY, max_retries=0)
+    torch_only_model = "smollm2-hf"
+
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40},
+                                               "country": {"type": "string", "maxLength": 40}},
+              "required": ["city", "country"], "additionalProperties": False}
+    r = client.chat.completions.create(
+        model=torch_only_model, max_tokens=60, temperature=0,
+        messages=[{"role": "user", "content": "Name the capital of France."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema}})
+    jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+    r = client.chat.completions.create(model=torch_only_model, max_tokens=60, tools=[WEATHER_TOOL],
+                                       tool_choice="required", temperature=0,
+                                       messages=[{"role": "user", "content": "What is the weather in Paris?"}])
+    [call] = r.choices[0].message.tool_calls
+    assert r.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
+    with pytest.raises(openai.BadRequestError) as info:  # a schema no grammar expresses: a 400 naming it
+        client.chat.completions.create(
+            model=torch_only_model, max_tokens=8, messages=[{"role": "user", "content": "x"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "foo"}}})
+    assert info.value.body["param"] == "json_schema" and '"type": "foo"' in info.value.body["message"]
+    engines = httpx.get(f"{torch_server}/llmos/engines", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert [e["driver"] for e in engines if e["model"] == torch_only_model] == ["torch"], engines
+
+
 def test_agents_and_sessions_over_http(server):
     h = {"Authorization": f"Bearer {KEY}"}
     spawned = httpx.post(f"{server}/llmos/agents", headers=h, timeout=30,

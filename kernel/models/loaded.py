@@ -108,8 +108,10 @@ class ModelManager:
             driver = next((n for n in self.drivers_for(spec) if self.drivers[n].supports_json_schema), None)
         cls = self.choose_driver(spec, driver)
         if not cls.supports_json_schema:
-            raise InvalidRequestError(f"the {cls.name} driver cannot constrain output to a JSON schema: "
-                                      f"use --driver llamacpp", param="json_schema")
+            able = [n for n in self.drivers_for(spec) if self.drivers[n].supports_json_schema]
+            hint = f"use --driver {' or '.join(able)}" if able else f"no installed driver can for {spec.name}"
+            raise InvalidRequestError(f"the {cls.name} driver cannot constrain output to a JSON schema: {hint}",
+                                      param="json_schema")
         cls.check_json_schema(schema)
         return cls.name
 

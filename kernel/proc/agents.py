@@ -7,7 +7,7 @@ runs on its own thread; `Process` is the handle (state, events, kill).
 
 One step is one decision in up to two LLM calls: which tool (or "answer"), then that tool's arguments
 under its own parameter schema (or the answer in free text). Each JSON reply is constrained where the
-driver can (llama.cpp grammar) and validated everywhere; an invalid reply is shown back to the model
+driver can (llama.cpp grammar, llguidance on torch) and validated everywhere; an invalid reply is shown back to the model
 with the error and retried as the next step. The same call twice in a row is not run again: the agent
 answers instead. Every message is stored in the process's session (kind "agent"), with tool calls in
 OpenAI's `tool_calls` format.

@@ -2,7 +2,7 @@
 
 Boundaries: pure functions over dicts. The model is asked for one JSON object: `{"name": <tool>,
 "arguments": {...}}` for a call, or `{"content": "..."}` for an answer. `call_schema` turns the tools
-into the JSON schema a driver constrains decoding to (llama.cpp grammar); `parse_reply` turns the
+into the JSON schema a driver constrains decoding to (llama.cpp grammar, llguidance on torch); `parse_reply` turns the
 reply back into content or `tool_calls` and `check_call` validates the arguments against the tool's
 schema (what catches a bad call where decoding could not be constrained). `for_model` renders a
 conversation holding tool calls and results as plain chat messages any chat template can carry.
