@@ -90,6 +90,7 @@ class LlamaCppDriver(SlotCache, SessionSaves, Driver):
         self._free: list[int] = []
         self._swap = SwapArea(0)  # made at load: swapped state is only valid for the context that saved it
         self._session_kv = SessionKV(None, 0, 0)  # chat sessions' KV on disk (made at load: keyed by the model)
+        self._session_read_s = 0.0  # the last saved-session read (llamacpp_sessions.py)
         self._formatter = None
         self._batch = None
         self._aborted_last = False  # the last step was aborted: the next one is not (progress)

@@ -396,7 +396,7 @@ def _checked_grammar(schema_json: str) -> str:
 def json_schema_grammar(schema: dict) -> str:
     """GBNF grammar for JSON values matching `schema`, bounded (drivers/json_grammar.py) and accepted by
     llama.cpp's parser; cached. Raises InvalidRequestError(param="json_schema") naming the problem."""
-    return _checked_grammar(json.dumps(schema, sort_keys=True))
+    return _checked_grammar(json.dumps(schema))  # keys in order: output properties come as the schema lists them
 
 
 __all__ = ["LlamaModel", "Batch", "Sampler", "backend_init", "gpu_offload", "json_schema_grammar", "llama_cpp"]

@@ -84,6 +84,8 @@ class SlotCache:
                 model.seq_rm(slot, reuse, -1)
                 if session_key is None:
                     self._swap.restored(time.perf_counter() - started)
+                else:
+                    self._session_restored(state, covered, time.perf_counter() - started)
             elif session_key is not None:
                 self._session_kv.refused(session_key)
         elif cached_slot is not None:

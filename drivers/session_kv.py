@@ -35,7 +35,7 @@ import struct
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from llmos.kernel.lib.atomic import atomic_write_text, fsync_dir
 
@@ -180,11 +180,12 @@ class SessionKV:
 
     # -- restoring (the next turn) -------------------------------------------------------------------
 
-    def restore(self, key: str, fingerprint: dict[str, Any], tokens: Sequence[int], limit: int, floor: int
-                ) -> tuple[bytes, int, int] | None:
-        """(state, tokens it covers, tokens of `tokens` it gives, at most `limit`) for `key`, when it gives at
-        least `floor`; None otherwise: no file, a shorter match (not logged), or a file that is unusable
-        (logged, removed: the turn recomputes)."""
+    def restore(self, key: str, fingerprint: dict[str, Any], tokens: Sequence[int], limit: int,
+                worth: Callable[[int, int], bool]) -> tuple[bytes, int, int] | None:
+        """(state, tokens it covers, tokens of `tokens` it gives, at most `limit`) for `key`, when
+        `worth(tokens it gives, bytes of its state)` says restoring beats recomputing (asked before the
+        state is read); None otherwise: no file, a match not worth it (not logged), or a file that is
+        unusable (logged, removed: the turn recomputes)."""
         if not self.enabled or not _KEY.fullmatch(key):
             return None
         path = session_file(self.dir, key)
@@ -194,7 +195,7 @@ class SessionKV:
                 if header is None:
                     return self._unusable(path, "its header is damaged")
                 n = min(common_prefix(header["tokens"], tokens), limit)
-                if n < floor:
+                if not worth(n, header["nbytes"]):
                     return None
                 stale = sorted(k for k in fingerprint.keys() | header["fingerprint"].keys()
                                if fingerprint.get(k) != header["fingerprint"].get(k))

@@ -204,6 +204,23 @@ def test_a_json_schema_on_a_driver_that_cannot_constrain_is_refused_naming_the_d
         assert info.value.param == "json_schema" and "scripted" in hint.split(" or ") and "fake" not in hint
 
 
+def test_a_json_schema_request_goes_to_the_engine_already_serving_the_model_not_a_new_load(gguf, tmp_path,
+                                                                                          monkeypatch):
+    from .fakes import ScriptedDriver
+
+    class Second(ScriptedDriver):
+        name = "second"
+
+    monkeypatch.setattr(ScriptedDriver, "reply", staticmethod(lambda prompt: "{}"))
+    with llmos.boot(home=tmp_path / "h5", plugins=plugin_manager(ScriptedDriver, Second), default_model=gguf()) as k:
+        k.load(driver="second")  # loaded on the second capable driver only
+        assert k.submit("hi", json_schema={"type": "object"}, max_tokens=4).result(10).text == "{}"
+        assert [e["driver"] for e in k.engines()] == ["second"]  # not a second copy on "scripted"
+    with llmos.boot(home=tmp_path / "h6", plugins=plugin_manager(FakeDriver, ScriptedDriver), default_model=gguf()) as k:
+        k.submit("hi", json_schema={"type": "object"}, max_tokens=4).result(10)  # nothing loaded: the first able
+        assert [e["driver"] for e in k.engines()] == ["scripted"]
+
+
 def test_shutdown_cancels_in_flight_and_refuses_new(gguf, tmp_path):
     GatedDriver.gate.clear()
     k = llmos.boot(home=tmp_path / "h3", plugins=plugin_manager(GatedDriver), default_model=gguf())

@@ -188,7 +188,7 @@ def test_gemma_base_model_generates():
         assert any(m["name"] == "gemma3-270m" and m["loaded_on"] == "llamacpp" for m in k.models_info())
 
 
-def test_json_schema_constrained_output(kernel):
+def test_json_schema_constrained_output_keeps_the_schemas_property_order(kernel):
     import json
 
     import jsonschema
@@ -197,5 +197,6 @@ def test_json_schema_constrained_output(kernel):
               "required": ["name", "age"]}
     c = ask(kernel, "Invent a person and give their name and age.", max_tokens=60, json_schema=schema)
     jsonschema.validate(json.loads(c.text), schema)
+    assert list(json.loads(c.text)) == ["name", "age"]  # in the schema's order (the converter's default: sorted)
     with pytest.raises(llmos.InvalidRequestError, match="json_schema"):
         kernel.submit("x", json_schema="not a schema")

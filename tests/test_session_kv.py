@@ -33,6 +33,11 @@ def _store(directory, disk: int = 10_000, file: int = 10_000) -> SessionKV:
     return SessionKV(directory, disk, file, BASE)
 
 
+def at_least(floor: int):
+    """A `worth` rule that restores when the file gives `floor` tokens or more."""
+    return lambda n, nbytes: n >= floor
+
+
 def _saved(store: SessionKV, key: str = KEY, tokens=TOKENS, state: bytes = b"s" * 500) -> None:
     assert store.save(key, store.fingerprint(None, None), tokens, state)
     store.flush()
@@ -44,13 +49,39 @@ def test_a_saved_state_is_restored_for_its_key_and_fingerprint_when_it_covers_a_
     store = _store(tmp_path)
     _saved(store, state=b"kv" * 250)
     fp = store.fingerprint(None, None)
-    assert store.restore(KEY, fp, TOKENS + [7, 8], limit=10_000, floor=256) == (b"kv" * 250, 300, 300)
-    assert store.restore(KEY, fp, TOKENS + [7, 8], limit=280, floor=256)[2] == 280  # never past the limit
-    assert store.restore(KEY, fp, TOKENS, limit=10_000, floor=301) is None  # not worth it: the RAM cache has it
-    assert store.restore(KEY, fp, TOKENS[:100] + [0] * 200, limit=10_000, floor=256) is None  # another history
-    assert store.restore(session_cache_key("other", "chat-0123456789"), fp, TOKENS, 10_000, 256) is None
+    assert store.restore(KEY, fp, TOKENS + [7, 8], limit=10_000, worth=at_least(256)) == (b"kv" * 250, 300, 300)
+    assert store.restore(KEY, fp, TOKENS + [7, 8], limit=280, worth=at_least(256))[2] == 280  # never past the limit
+    assert store.restore(KEY, fp, TOKENS, limit=10_000, worth=at_least(301)) is None  # not worth it: the RAM cache has it
+    assert store.restore(KEY, fp, TOKENS[:100] + [0] * 200, limit=10_000, worth=at_least(256)) is None  # another history
+    assert store.restore(session_cache_key("other", "chat-0123456789"), fp, TOKENS, 10_000, at_least(256)) is None
     assert store.recomputed == 0 and session_file(tmp_path, KEY).exists()  # a shorter match is no failure
     assert store.stats()["session_kv_tokens_restored"] == 580
+
+
+def test_a_saved_session_is_restored_only_when_the_measured_costs_say_it_beats_recomputing(tmp_path):
+    from llmos.drivers.llamacpp_sessions import SessionSaves
+    from llmos.drivers.llamacpp_swap import SwapArea
+
+    store = _store(tmp_path, disk=100_000, file=100_000)
+    _saved(store, state=b"s" * 30_000)  # 300 tokens in 30 kB
+    driver = SessionSaves()
+    driver._session_kv, driver._swap, driver._adapter_paths = store, SwapArea(0), {}
+    driver.options = SimpleNamespace(prefix_cache=True)
+    new = SimpleNamespace(cache_key=KEY, adapter=None)
+    costs = driver._swap.costs
+    assert driver._session_candidate(new, TOKENS, 10_000, reuse=0) is not None  # unmeasured: 256-token rule
+    assert driver._session_candidate(new, TOKENS, 10_000, reuse=100) is None  # 200 more tokens: under it
+    costs.prefill_tps, costs.restore_bps["disk"] = 100.0, 1e6  # slow prefill: 30 ms of reading beats 2 s
+    found = driver._session_candidate(new, TOKENS, 10_000, reuse=100)
+    assert found is not None and found[1:] == (300, 300, KEY)
+    driver._session_restored(found[0], 300, seconds=0.1)  # the restore measures the disk speed again
+    assert 0 < costs.restore_bps["disk"] < 1e6
+    costs.prefill_tps, costs.restore_bps["disk"] = 1e6, 1e6  # fast prefill: recomputing 200 tokens wins
+    assert driver._session_candidate(new, TOKENS, 10_000, reuse=100) is None
+    costs.prefill_tps = 1.0
+    assert driver._session_candidate(new, TOKENS, 10_000, reuse=280) is None  # 20 tokens: never worth a read
+    assert store.recomputed == 0  # declining a restore is no failure: the file stays
+    assert session_file(tmp_path, KEY).exists()
 
 
 def test_the_disk_budget_removes_the_least_recently_used_files(tmp_path):
@@ -60,7 +91,7 @@ def test_the_disk_budget_removes_the_least_recently_used_files(tmp_path):
     for key in keys[:3]:
         _saved(store, key, state=b"x" * 1000)
         time.sleep(0.01)
-    assert store.restore(keys[0], fp, TOKENS, 10_000, 256) is not None  # used: now the most recent
+    assert store.restore(keys[0], fp, TOKENS, 10_000, at_least(256)) is not None  # used: now the most recent
     time.sleep(0.01)
     _saved(store, keys[3], state=b"y" * 1000)
     present = {k for k in keys if session_file(tmp_path, k).exists()}
@@ -100,7 +131,7 @@ def test_a_damaged_or_stale_saved_file_is_recomputed_with_a_log_line(tmp_path, c
     path = session_file(tmp_path, KEY)
     path.write_bytes(_damage(path.read_bytes(), change))
     with caplog.at_level(logging.WARNING, logger="llmos.llamacpp"):
-        assert store.restore(KEY, store.fingerprint(None, None), TOKENS, 10_000, 256) is None
+        assert store.restore(KEY, store.fingerprint(None, None), TOKENS, 10_000, at_least(256)) is None
     assert why in caplog.text and "recomputing" in caplog.text and store.recomputed == 1
     assert not path.exists()  # an unusable file is removed: the turn's end saves a good one
 
@@ -125,7 +156,7 @@ def test_session_names_and_ids_never_become_paths(tmp_path):
             session_file(tmp_path, bad)
         kv = _store(tmp_path / "kv")
         assert not kv.save(bad, kv.fingerprint(None, None), TOKENS, b"s")
-        assert kv.restore(bad, kv.fingerprint(None, None), TOKENS, 10_000, 1) is None
+        assert kv.restore(bad, kv.fingerprint(None, None), TOKENS, 10_000, at_least(1)) is None
     assert not (tmp_path / "kv").exists() and sorted(p.name for p in tmp_path.iterdir())[0] == "sessions.db"
 
 
@@ -189,6 +220,7 @@ def test_the_next_turn_in_a_new_kernel_restores_the_saved_kv_or_recomputes_a_dam
         assert stats["session_kv_restored"] == 1 and stats["session_kv_tokens_restored"] == cached
         assert cached > t.first_prompt and done.usage["prompt_tokens"] - cached < 30, (cached, done.usage)
         assert "recomputing" not in caplog.text
+        assert stats["swap_in_disk_mb_per_s"] > 0  # the restore measured the disk speed the next decision uses
     else:
         assert cached == 0 and stats["session_kv_restored"] == 0 and stats["session_kv_recomputed"] == 1
         assert why in caplog.text and "recomputing" in caplog.text

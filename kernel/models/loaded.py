@@ -102,13 +102,19 @@ class ModelManager:
         raise DriverUnavailableError(f"no available driver loads {spec.format} models such as {spec.name}: {hint}")
 
     def json_schema_driver(self, spec: ModelSpec, driver: str | None, schema: dict) -> str:
-        """The driver that will constrain `spec`'s output to `schema` (the caller's, else the first
-        that can); refused now, as a 400, when it cannot (never a failure inside a batch)."""
+        """The driver that will constrain `spec`'s output to `schema`: the caller's; else the least loaded
+        engine already serving `spec` that can (no second copy of the model loaded); else the first
+        available driver that can. Refused now, as a 400, when it cannot (never a failure inside a batch)."""
+        able = [n for n in self.drivers_for(spec) if self.drivers[n].supports_json_schema]
         if driver is None:
-            driver = next((n for n in self.drivers_for(spec) if self.drivers[n].supports_json_schema), None)
+            with self._lock:
+                serving = [m for (name, d), m in self._loaded.items() if name == spec.name and d in able]
+            if serving:
+                driver = min(serving, key=lambda m: m.engine.active).driver_name
+            else:
+                driver = next((n for n in able if self.drivers[n].probe().available), able[0] if able else None)
         cls = self.choose_driver(spec, driver)
         if not cls.supports_json_schema:
-            able = [n for n in self.drivers_for(spec) if self.drivers[n].supports_json_schema]
             hint = f"use --driver {' or '.join(able)}" if able else f"no installed driver can for {spec.name}"
             raise InvalidRequestError(f"the {cls.name} driver cannot constrain output to a JSON schema: {hint}",
                                       param="json_schema")
