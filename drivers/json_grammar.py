@@ -96,7 +96,10 @@ def check_schema(schema_json: str) -> Any:
     """The parsed schema, or InvalidRequestError naming the first bound it breaks."""
     if len(schema_json) > MAX_SCHEMA_CHARS:
         raise refuse(f"the schema is {len(schema_json)} characters of JSON (limit {MAX_SCHEMA_CHARS})")
-    schema = json.loads(schema_json)
+    try:
+        schema = json.loads(schema_json)
+    except RecursionError:  # nested past the parser's own depth: far past the bound below
+        raise refuse(f"the schema nests objects and arrays more than {MAX_SCHEMA_DEPTH} levels deep") from None
     depth = _depth(schema)
     if depth > MAX_SCHEMA_DEPTH:
         raise refuse(f"the schema nests objects and arrays more than {MAX_SCHEMA_DEPTH} levels deep")

@@ -35,6 +35,7 @@ class SeqState:
     adapter: str | None = None
     priority: int = 2  # the request's Priority value
     cache_key: str | None = None  # the chat session's (NewSequence.cache_key): its KV is saved when it ends
+    salt: str | None = None  # whose prompts (NewSequence.cache_salt): its KV is reused only by the same salt
 
 
 @dataclass
@@ -45,6 +46,7 @@ class CacheEntry:
     tokens: list[int]
     priority: int  # of the request that computed it: less urgent entries are evicted first
     request_id: str = ""  # whose KV it is (a preempted request comes back for it)
+    salt: str | None = None  # reused only by sequences with the same NewSequence.cache_salt
 
 
 class SlotCache:
@@ -61,10 +63,11 @@ class SlotCache:
             return
         limit = len(tokens) - 1  # the last prompt token is always computed, for its logits
         reuse, src_slot, cached_slot = 0, None, None
-        if self.options.prefix_cache:  # KV computed under another adapter is not reusable
+        if self.options.prefix_cache:  # KV computed under another adapter, or for another tenant, is not reused
+            mine = (new.adapter, new.cache_salt)
             candidates = [(s.tokens[: s.n_past], s.slot, False) for s in self._seqs.values()
-                          if s.adapter == new.adapter]
-            candidates += [(e.tokens, slot, True) for slot, e in self._cache.items() if e.adapter == new.adapter]
+                          if (s.adapter, s.salt) == mine]
+            candidates += [(e.tokens, slot, True) for slot, e in self._cache.items() if (e.adapter, e.salt) == mine]
             if donor is not None:
                 candidates = [(donor.tokens[: donor.n_past], donor.slot, False)]
             for toks, slot, is_cached in candidates:
@@ -72,7 +75,7 @@ class SlotCache:
                 if n > reuse:
                     reuse, src_slot, cached_slot = n, slot, slot if is_cached else None
         # a longer prefix in the swap area, or in the session's saved KV: restore it instead of recomputing
-        restore = self._swap_candidate(tokens, new.adapter, limit, reuse) or \
+        restore = self._swap_candidate(tokens, new.adapter, new.cache_salt, limit, reuse) or \
             self._session_candidate(new, tokens, limit, reuse)
         if restore is not None:
             state, covered, n, session_key = restore
@@ -102,15 +105,15 @@ class SlotCache:
             self.prefix_tokens_reused += reuse
             out.cached_tokens[new.request_id] = reuse
         self._seqs[new.request_id] = SeqState(new.request_id, slot, tokens, reuse, 0, sampler, new.adapter,
-                                              new.priority, new.cache_key)
+                                              new.priority, new.cache_key, new.cache_salt)
 
-    def _swap_candidate(self, tokens: list[int], adapter: str | None, limit: int, reuse: int):
+    def _swap_candidate(self, tokens: list[int], adapter: str | None, salt: str | None, limit: int, reuse: int):
         """(state, tokens it covers, tokens to reuse, None) taken out of the swap area when it holds a prefix
         of `tokens` longer than `reuse` by enough to beat recomputing the difference (llamacpp_swap.py)."""
         swap = self._swap
         if not swap.enabled or not self.options.prefix_cache:
             return None
-        key, n = swap.match(tokens, adapter)
+        key, n = swap.match(tokens, adapter, salt)
         n = min(n, limit)
         if key is None or not swap.wants(n - reuse, key):
             return None
@@ -150,7 +153,7 @@ class SlotCache:
         if finished:  # the end of a turn: a chat session's KV is saved for its next one
             self._save_session(seq)
         if self.options.prefix_cache and seq.n_past > 0:
-            self._cache[seq.slot] = CacheEntry(seq.adapter, seq.tokens[: seq.n_past], seq.priority, rid)
+            self._cache[seq.slot] = CacheEntry(seq.adapter, seq.tokens[: seq.n_past], seq.priority, rid, seq.salt)
             self._cache.move_to_end(seq.slot)
         else:
             self._model.seq_rm(seq.slot, 0, -1)
@@ -164,7 +167,7 @@ class SlotCache:
             entry = self._cache.pop(slot)
             if self._swap.wants(len(entry.tokens)):  # worth keeping: to RAM (or disk) instead of lost
                 self._swap.put(entry.adapter, entry.tokens, entry.priority, self._model.seq_state(slot),
-                               entry.request_id)
+                               entry.request_id, entry.salt)
             self._model.seq_rm(slot, 0, -1)
             self._free.append(slot)
 

@@ -97,6 +97,7 @@ class Swapped:
     path: Path | None = None
     digest: str = ""
     request_id: str = ""  # whose KV it is
+    salt: str | None = None  # restored only for sequences with the same NewSequence.cache_salt
 
 
 class SwapArea:
@@ -130,22 +131,23 @@ class SwapArea:
         # the whole state is read and restored, whatever part of it the new sequence uses
         return self.costs.worth_it(n_tokens, entry.nbytes, "ram" if entry.data is not None else "disk")
 
-    def put(self, adapter: str | None, tokens: list[int], priority: int, data: bytes, request_id: str = "") -> None:
+    def put(self, adapter: str | None, tokens: list[int], priority: int, data: bytes, request_id: str = "",
+            salt: str | None = None) -> None:
         """Keep a sequence's state; spill or drop the oldest entries to stay within the budgets."""
         if not data or len(data) > self.ram_bytes:
             self.dropped += 1
             return
         self.costs.saved(len(data), len(tokens))
         self._entries[next(self._ids)] = Swapped(adapter, list(tokens), priority, len(data), data,
-                                                 digest=hashlib.sha256(data).hexdigest(), request_id=request_id)
+                                                 digest=hashlib.sha256(data).hexdigest(), request_id=request_id, salt=salt)
         self.swapped_out += 1
         self._fit()
 
-    def match(self, tokens: Sequence[int], adapter: str | None) -> tuple[int | None, int]:
-        """The entry sharing the longest prefix with `tokens` (same adapter), and that length."""
+    def match(self, tokens: Sequence[int], adapter: str | None, salt: str | None = None) -> tuple[int | None, int]:
+        """The entry sharing the longest prefix with `tokens` (same adapter and salt), and that length."""
         best, best_n = None, 0
         for key, e in self._entries.items():
-            if e.adapter != adapter:
+            if e.adapter != adapter or e.salt != salt:
                 continue
             n = common_prefix(e.tokens, tokens)
             if n > best_n:

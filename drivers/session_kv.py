@@ -206,6 +206,8 @@ class SessionKV:
             return None
         except OSError as exc:
             return self._unusable(path, f"it is unreadable ({exc})")
+        except Exception as exc:  # noqa: BLE001 - whatever a damaged file does, the turn recomputes (never the batch fails)
+            return self._unusable(path, f"reading it failed ({type(exc).__name__}: {exc})")
         if len(state) != header["nbytes"] or hashlib.sha256(state).hexdigest() != header["sha256"]:
             return self._unusable(path, f"it is damaged ({len(state)} of {header['nbytes']} bytes, or altered)")
         try:
@@ -244,12 +246,15 @@ def _read_header(fh) -> dict[str, Any] | None:
         return None
     try:
         header = json.loads(fh.read(size))
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         return None
     ok = (isinstance(header, dict) and isinstance(header.get("fingerprint"), dict)
           and isinstance(header.get("tokens"), list) and isinstance(header.get("nbytes"), int)
           and isinstance(header.get("sha256"), str))
-    return header if ok else None
+    if not ok or not all(type(t) is int for t in header["tokens"]):
+        return None
+    left = os.fstat(fh.fileno()).st_size - fh.tell()  # a claimed size past the file is a damaged header, not a read
+    return header if 0 <= header["nbytes"] <= left else None
 
 
 _HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> SHA-256, this process's

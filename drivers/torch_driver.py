@@ -47,6 +47,7 @@ class _Seq:
     adapter: str | None = None
     offset: int = 0  # virtual tokens ahead of the sequence in its cache (prefix tuning)
     constraint: Any = None  # torch_constrain.Constraint when the output must match a JSON schema
+    salt: str | None = None  # whose prompt (NewSequence.cache_salt): its KV is reused by the same salt only
 
 
 def _adalora_config(path: Path, name: str):
@@ -301,7 +302,7 @@ class TorchDriver(Driver):
         prefix = self._prefixes.get(new.adapter) if new.adapter else None
         offset = prefix[0][0].shape[2] if prefix is not None else 0
         # the last prompt token is always computed, for its logits
-        reused, cache = self._reuse.lookup(new.adapter, tokens, len(tokens) - 1)
+        reused, cache = self._reuse.lookup(new.adapter, tokens, len(tokens) - 1, new.cache_salt)
         if cache is None:
             cache = new_cache()
             for i, (k, v) in enumerate(prefix or ()):
@@ -310,7 +311,8 @@ class TorchDriver(Driver):
             out.cached_tokens[new.request_id] = reused
         self._seqs[new.request_id] = _Seq(
             new.request_id, tokens, sampling, make_generator(sampling, self.device),
-            n_past=reused, cache=cache, adapter=new.adapter, offset=offset, constraint=constraint)
+            n_past=reused, cache=cache, adapter=new.adapter, offset=offset, constraint=constraint,
+            salt=new.cache_salt)
 
     def _forward(self, input_ids, cache, position_ids, adapters: list[str | None], attention_mask=None):
         kwargs = {self._cache_kw: cache}
@@ -365,7 +367,7 @@ class TorchDriver(Driver):
         logits = self._forward(ids, seq.cache, pos, [seq.adapter])
         seq.n_past = end
         if end == len(seq.tokens):
-            self._reuse.remember(seq.adapter, seq.tokens, seq.offset, seq.cache)
+            self._reuse.remember(seq.adapter, seq.tokens, seq.offset, seq.cache, seq.salt)
             self._sample([seq], logits, out)
             self._batch.join(seq.request_id, seq.cache, seq.offset + seq.n_past)
             seq.cache = None

@@ -7,8 +7,9 @@ the shared batch) and asks `lookup` when it admits a sequence. Entries hold refe
 cache's tensors, not copies: DynamicCache.update and the batch's joins build new tensors (torch.cat),
 so nothing writes into a remembered tensor, and a lookup hands out slices that the new sequence's
 own updates again replace. Entries are keyed by adapter (KV computed under another adapter is not
-reusable) and dropped when that adapter is unloaded or replaced; evicted least recently used past
-the byte budget.
+reusable) and by the tenant's salt (NewSequence.cache_salt: one tenant's prompts never serve, nor
+reveal themselves to, another), dropped when that adapter is unloaded or replaced; evicted least
+recently used past the byte budget.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class _Entry:
 class PrefixStore:
     def __init__(self, budget_bytes: int) -> None:
         self.budget = budget_bytes
-        self._entries: OrderedDict[tuple[str | None, tuple[int, ...]], _Entry] = OrderedDict()
+        # keyed by (adapter, tokens, salt): KV is reused only under the same adapter, for the same tenant
+        self._entries: OrderedDict[tuple[str | None, tuple[int, ...], str | None], _Entry] = OrderedDict()
         self.bytes = 0
         self.hits = 0
         self.tokens_reused = 0
@@ -45,11 +47,12 @@ class PrefixStore:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def remember(self, adapter: str | None, tokens: Sequence[int], offset: int, cache: DynamicCache) -> None:
+    def remember(self, adapter: str | None, tokens: Sequence[int], offset: int, cache: DynamicCache,
+                 salt: str | None = None) -> None:
         """Keep the KV of a completed prompt (`cache` holds exactly offset + len(tokens) positions)."""
         if self.budget <= 0 or len(tokens) < MIN_PREFIX_TOKENS:
             return
-        key = (adapter, tuple(tokens))
+        key = (adapter, tuple(tokens), salt)
         if key in self._entries:
             self._entries.move_to_end(key)
             return
@@ -58,7 +61,7 @@ class PrefixStore:
         if nbytes > self.budget:
             return
         # a prompt that extends a kept one makes it redundant: the longer entry serves both
-        for old in [k for k in self._entries if k[0] == adapter and len(k[1]) < len(tokens)
+        for old in [k for k in self._entries if (k[0], k[2]) == (adapter, salt) and len(k[1]) < len(tokens)
                     and tuple(tokens[: len(k[1])]) == k[1]]:
             self._drop(old)
         self._entries[key] = _Entry(key[1], offset, kv, nbytes)
@@ -66,12 +69,13 @@ class PrefixStore:
         while self.bytes > self.budget:
             self._drop(next(iter(self._entries)))
 
-    def lookup(self, adapter: str | None, tokens: Sequence[int], limit: int) -> tuple[int, DynamicCache | None]:
+    def lookup(self, adapter: str | None, tokens: Sequence[int], limit: int,
+               salt: str | None = None) -> tuple[int, DynamicCache | None]:
         """(n, cache): a fresh cache holding the KV of the first n tokens of `tokens` (n <= limit), or
         (0, None) when no entry shares at least MIN_PREFIX_TOKENS with them."""
         best, best_key = 0, None
         for key, entry in self._entries.items():
-            if key[0] != adapter:
+            if (key[0], key[2]) != (adapter, salt):
                 continue
             n = min(common_prefix(entry.tokens, tokens), limit)
             if n > best:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .config import Config, PluginTable, parse_keep_alive
 from .errors import InvalidRequestError, KernelShutdownError, PromptTooLongError
 from .lib.masking import Redactors, redact_messages, redact_text
+from .lib.private import private_home
 from .models.loaded import LoadProgress, ModelManager
 from .models.registry import ModelRegistry, ModelSpec
 from .memfs.calls import MemCalls
@@ -51,6 +52,7 @@ class Kernel(ModuleCalls, MemCalls):
         self.plugins = plugins or PluginManager(load_entrypoints=load_entrypoints)
         self.config.check_tables({t.name: t.keys for t in self.plugins.collect("register_config", PluginTable)
                                   .values()})  # an unknown key or table in llmos.toml stops the boot
+        private_home(self.config.home)  # conversations, keys, memory: no other user reads them
         self.registry = ModelRegistry(self.config.home, self.config.models)
         self.drivers = self.plugins.collect_drivers()
         self._redactors = Redactors(self.plugins)
@@ -180,7 +182,7 @@ class Kernel(ModuleCalls, MemCalls):
             exclusive_adapter=exclusive,
             priority=prio, owner=who.owner, user=who.user, prompt=prompt, messages=chat,
             deadline=None if timeout is None else time.monotonic() + timeout, sources=sources, request_id=rid,
-            cache_key=who.cache_key,
+            cache_key=who.cache_key, cache_salt=None if who.tenant is None else who.tenant.name,
         )
         handle = RequestHandle(request, self.cancel)
         if who.tenant is not None:  # its quota and concurrency (QuotaExceededError: 429)

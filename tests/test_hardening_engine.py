@@ -52,6 +52,16 @@ BAD_SCHEMAS = [  # (id, schema, what the error must name)
 ]
 
 
+def test_a_schema_nested_past_the_json_parsers_own_depth_is_refused_not_a_recursion_error():
+    """A schema as JSON text (how the drivers take it) nested 30,000 deep in 60 KB: under the size
+    bound, past Python's JSON parser depth: refused as too deep, never a RecursionError in a step."""
+    from llmos.drivers.json_grammar import check_schema
+
+    with pytest.raises(InvalidRequestError, match="levels deep") as info:
+        check_schema('{"enum": [' + "[" * 30_000 + "]" * 30_000 + "]}")
+    assert info.value.param == "json_schema"
+
+
 @pytest.mark.model
 @pytest.mark.parametrize("schema, names", [c[1:] for c in BAD_SCHEMAS], ids=[c[0] for c in BAD_SCHEMAS])
 def test_a_bad_json_schema_is_refused_at_submit_naming_the_problem(kernel, schema, names):

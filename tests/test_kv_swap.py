@@ -67,6 +67,9 @@ def test_the_swap_area_keeps_its_ram_and_disk_budgets(tmp_path):
     assert len(list(tmp_path.rglob("*.kv"))) == 1  # a file taken back is removed
     assert area.match([0] * 300, None) == (None, 0)  # dropped past the disk budget
     assert area.match([5] * 300, "another-adapter") == (None, 0)  # KV of another adapter never matches
+    assert area.match([5] * 300, None, "a-tenant") == (None, 0)  # nor another tenant's (NewSequence.cache_salt)
+    area.put(None, [7] * 300, 4, b"t" * 100, salt="a-tenant")
+    assert area.match([7] * 300, None) == (None, 0) and area.match([7] * 300, None, "a-tenant")[1] == 300
     area.clear()
     assert not any(tmp_path.iterdir())  # its files and its folder are gone
     assert not area.wants(MIN_SWAP_TOKENS - 1) and area.wants(MIN_SWAP_TOKENS)  # short ones recompute

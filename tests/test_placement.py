@@ -20,6 +20,9 @@ from llmos.kernel.models.registry import ModelRegistry
     ({"n_gpu_layers": "all"}, "n_gpu_layers must be an integer"),
     ({"main_gpu": -1}, "main_gpu must be a GPU index"),
     ({"device": "cpu", "n_gpu_layers": 10}, "offloads nothing"),
+    ({"n_gpu_layers": 2**32}, "n_gpu_layers must be an integer"),  # llama.cpp's int32 would read it as 0 layers
+    ({"device": "cuda:01"}, "device must be"),
+    ({"device": "cuda:1", "main_gpu": 3}, "name two GPUs"),
 ])
 def test_a_bad_placement_is_a_config_error_naming_the_table(tmp_path, table, needle):
     with pytest.raises(ConfigError, match=needle) as info:

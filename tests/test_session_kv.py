@@ -111,7 +111,25 @@ def _restamp(data: bytes, **fields) -> bytes:
     return MAGIC + len(new).to_bytes(4, "big") + new + data[len(MAGIC) + 4 + size:]
 
 
+def _reheader(data: bytes, edit) -> bytes:
+    """The saved file with its header (parsed, then rewritten by `edit`) changed; its state unchanged."""
+    size = int.from_bytes(data[len(MAGIC):len(MAGIC) + 4], "big")
+    header = edit(json.loads(data[len(MAGIC) + 4:len(MAGIC) + 4 + size]))
+    new = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return MAGIC + len(new).to_bytes(4, "big") + new + data[len(MAGIC) + 4 + size:]
+
+
+_HEADER_DAMAGE = {  # what a disk error, another program or another version could leave in a header
+    "huge_nbytes": lambda h: {**h, "nbytes": 2**40},  # read(2**40) would be a MemoryError on the step thread
+    "negative_nbytes": lambda h: {**h, "nbytes": -5},
+    "deep_json": lambda h: b"[" * 100_000 + b"]" * 100_000,  # json.loads: RecursionError
+    "odd_tokens": lambda h: {**h, "tokens": ["a", None, 3]},
+}
+
+
 def _damage(data: bytes, change: str) -> bytes:
+    if change in _HEADER_DAMAGE:
+        return _reheader(data, _HEADER_DAMAGE[change])
     if change == "truncate":
         return data[:-100]
     if change == "alter":
@@ -123,6 +141,7 @@ def _damage(data: bytes, change: str) -> bytes:
 
 @pytest.mark.parametrize("change, why", [
     ("truncate", "damaged"), ("alter", "damaged"), ("header", "header is damaged"),
+    *((change, "header is damaged") for change in _HEADER_DAMAGE),
     ("model_sha256", "another model_sha256"), ("n_ctx", "another n_ctx"), ("llama_cpp", "another llama_cpp"),
     ("adapter", "another adapter")])
 def test_a_damaged_or_stale_saved_file_is_recomputed_with_a_log_line(tmp_path, caplog, change, why):

@@ -210,6 +210,27 @@ def test_memfs_a_tenant_reads_and_writes_its_home_and_reads_what_is_shared(tenan
         refused(reader.post("/llmos/mem/append", json={"path": "/home/alice/plan.md", "text": "x"}), 403)
 
 
+def test_no_tenant_learns_anothers_prompt_from_the_prefix_cache(tenants):
+    """Prefix KV is reused only within a tenant: bob sending alice's prompt computes it all (reuse count
+    0), so `cached_prompt_tokens` (or a faster first token) tells him nothing; alice's repeat reuses it."""
+    secret = {**CHAT, "messages": [{"role": "system", "content": "Alice's private plan: " + "merge the two teams, " * 12},
+                                   {"role": "user", "content": "Say hi."}]}
+
+    decoy = {**secret, "messages": [{"role": "system", "content": "Something else entirely."}, *secret["messages"][1:]]}
+
+    def cached(client: httpx.Client, body: dict = secret) -> int:
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        return r.json()["llmos"]["metrics"]["cached_prompt_tokens"]
+
+    with as_(tenants, "alice") as alice, as_(tenants, "bob") as bob:
+        cached(alice)
+        bobs = cached(bob)
+        assert cached(alice) > 50 and cached(bob) > 50  # each reuses its own
+        template = cached(alice, decoy)  # what any system prompt shares with her own: the chat template's opening
+        assert bobs <= template < 10  # bob reused at most that, from his own earlier requests: nothing of alice's
+
+
 def test_tenants_view_ps_positions_and_metrics(tenants):
     with as_(tenants, "alice") as alice, as_(tenants, "bob") as bob, as_(tenants, "admin") as admin:
         with streaming(alice), streaming(alice):  # max_running is 2: the next one waits

@@ -48,6 +48,16 @@ def test_kv_computed_under_one_adapter_is_not_given_to_another():
     assert store.lookup("a", list(range(100)), limit=99) == (0, None) and store.bytes == 0
 
 
+def test_kv_kept_for_one_tenant_is_neither_given_to_another_nor_replaced_by_its_longer_prompt():
+    store = PrefixStore(1 << 20)
+    store.remember(None, list(range(100)), 0, _cache(100, fill=1.0), salt="alice")
+    assert store.lookup(None, list(range(100)), limit=99, salt="bob") == (0, None)
+    assert store.lookup(None, list(range(100)), limit=99) == (0, None)  # in-process callers are another salt
+    store.remember(None, list(range(120)), 0, _cache(120, fill=2.0), salt="bob")  # extends alice's: both kept
+    n, cache = store.lookup(None, list(range(100)), limit=99, salt="alice")
+    assert n == 99 and bool((cache.layers[0].keys == 1.0).all()) and len(store) == 2
+
+
 def test_the_byte_budget_evicts_least_recently_used_entries():
     one = sum(t.numel() * t.element_size() for layer in _cache(100).layers for t in (layer.keys, layer.values))
     store = PrefixStore(2 * one)

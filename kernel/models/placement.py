@@ -13,7 +13,8 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError
 
-_DEVICE = re.compile(r"auto|cpu|mps|gpu|cuda(:\d{1,2})?")
+_DEVICE = re.compile(r"auto|cpu|mps|gpu|cuda(:(0|[1-9]\d?))?")
+MAX_LAYERS = 100_000  # more than any model has; llama.cpp reads an int32, which a larger number would wrap
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,15 @@ def placement(name: str, table: Mapping[str, Any] | None) -> Placement:
         raise ConfigError(f"{where}: device must be \"auto\", \"cpu\", \"cuda\", \"cuda:N\", \"mps\" or \"gpu\", "
                           f"got {device!r}")
     layers = table.get("n_gpu_layers")
-    if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or layers < -1):
-        raise ConfigError(f"{where}: n_gpu_layers must be an integer: -1 (all layers), 0 (none) or a count, "
-                          f"got {layers!r}")
+    if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int)
+                               or not -1 <= layers <= MAX_LAYERS):
+        raise ConfigError(f"{where}: n_gpu_layers must be an integer: -1 (all layers), 0 (none) or a count up to "
+                          f"{MAX_LAYERS}, got {layers!r}")
     main_gpu = table.get("main_gpu", 0)
     if isinstance(main_gpu, bool) or not isinstance(main_gpu, int) or not 0 <= main_gpu < 64:
         raise ConfigError(f"{where}: main_gpu must be a GPU index from 0, got {main_gpu!r}")
+    if device.startswith("cuda:") and "main_gpu" in table and main_gpu != int(device[5:]):
+        raise ConfigError(f"{where}: device = {device!r} and main_gpu = {main_gpu} name two GPUs; keep one of them")
     if device == "cpu" and layers not in (None, 0):
         raise ConfigError(f"{where}: device = \"cpu\" offloads nothing; remove n_gpu_layers = {layers} or set a GPU "
                           f"device")

@@ -32,6 +32,7 @@ from typing import Any, Callable
 from ..errors import InvalidRequestError, LlmosError, StorageError
 from ..lib.masking import dumps_redacted, redact_text
 from ..lib.pids import pid_alive
+from ..lib.private import private_file
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -110,6 +111,7 @@ class SessionStore:
         self.max_age_s = max_age_days * 86400.0  # 0: no age limit
         self.max_count = int(max_count)  # 0: no count limit
         path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)  # conversations: the owner's only
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()

@@ -32,6 +32,10 @@ class NewSequence:
     #: a chat session's opaque key (a hash of its owner and id): a driver may keep this sequence's KV
     #: under it across restarts, and restore it for the session's next turn
     cache_key: str | None = None
+    #: whose prompts these are (the tenant's name; None: in-process callers): prefix KV is reused only
+    #: between sequences with the same salt, so no tenant learns another's prompts from a reuse count or
+    #: a fast first token (vLLM's cache_salt)
+    cache_salt: str | None = None
 
 
 @dataclass(frozen=True)

@@ -329,6 +329,7 @@ class Request:
     messages: list[dict[str, Any]] | None = None
     sources: list[str] = field(default_factory=list)  # memfs paths given to the model (RAG)
     cache_key: str | None = None  # the chat session's key its KV may be saved under (NewSequence.cache_key)
+    cache_salt: str | None = None  # whose prefix KV it may reuse (NewSequence.cache_salt)
     status: RequestStatus = RequestStatus.WAITING
     output_token_ids: list[int] = field(default_factory=list)
     output_text: str = ""

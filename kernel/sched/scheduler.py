@@ -221,7 +221,8 @@ class Scheduler:
             self._running.append(cand)
             self._running.sort(key=self._sort_key)
             new.append(NewSequence(cand.request_id, tuple(cand.all_token_ids), cand.sampling, cand.adapter,
-                                   len(cand.prompt_token_ids), int(cand.priority), cand.cache_key))
+                                   len(cand.prompt_token_ids), int(cand.priority), cand.cache_key,
+                                   cand.cache_salt))
             scheduled[cand.request_id] = n
             budget -= n
 

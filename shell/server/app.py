@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterable
@@ -88,6 +89,12 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
     @app.exception_handler(LlmosError)
     async def llmos_error(_request: Request, exc: LlmosError):
         return error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):  # a bug: still the OpenAI shape, no internals
+        logging.getLogger("llmos.server").error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return json_error(500, f"internal error ({type(exc).__name__}); the server log has the details",
+                          "server_error", None, "internal_error")
 
     labels = ClientLabels()
     app.include_router(extras_router(kernel, max_agents=max_agents, labels=labels, keys=keys))
