@@ -3,7 +3,9 @@
 memfs and the HTTP embeddings endpoint never call the embedding model directly: they submit jobs
 here (the HTTP endpoint with a cap on waiting jobs; a client that leaves cancels its waiting job).
 A search query (HIGH) overtakes a bulk import (BATCH); within a priority, first come first served.
-One worker thread runs the model, so embedding never competes with itself for the cores.
+One worker thread takes the jobs, so embedding never competes with itself for the cores; each job
+runs on a thread that ends with it (kernel/lib/threads.py: no OpenMP team of the embedder's outlives
+the job to slow the torch driver's decoding).
 The wrapped embedder is any object with `dim`, `chunk(text)` and `embed(texts)`.
 """
 
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import QueueFullError
+from ..lib.threads import in_passing_thread
 from ..sched.request import Priority
 
 _ids = itertools.count(1)
@@ -84,7 +87,7 @@ class EmbeddingService:
                 continue
             job.started = time.monotonic()
             try:
-                job.future.set_result(self.embedder.embed(job.texts))
+                job.future.set_result(in_passing_thread(self.embedder.embed, job.texts, name="llmos-embed-job"))
             except BaseException as exc:  # noqa: BLE001 - delivered to the caller
                 job.future.set_exception(exc)
             finally:

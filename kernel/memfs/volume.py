@@ -357,9 +357,12 @@ class Volume:
                 subset = np.array([r[0] for r in self.db.execute(
                     "SELECT id FROM chunks WHERE path=? OR path LIKE ? ESCAPE '\\'", (within, like_prefix(within)))])
             hits = self.index.search(vec, k * 4, subset)
+            ids = [cid for cid, _score in hits]
+            rows = {r[0]: r[1:] for r in self.db.execute(  # one query for all the hits, not one per hit
+                f"SELECT id, path, seq, text FROM chunks WHERE id IN ({','.join('?' * len(ids))})", ids)}
             out, seen = [], set()
             for cid, score in hits:
-                row = self.db.execute("SELECT path, seq, text FROM chunks WHERE id=?", (cid,)).fetchone()
+                row = rows.get(cid)
                 if row is None or row[0] in seen:
                     continue
                 seen.add(row[0])
