@@ -78,6 +78,13 @@ class SentenceEmbedder:
                 break
         return chunks
 
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """The tokens the model reads of each text (special tokens included, cut at its max_seq_length):
+        what `usage` reports. No truncation setting is changed on the shared tokenizer."""
+        model = self.model
+        ids = model.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+        return [min(len(i), model.max_seq_length) for i in ids]
+
     def embed(self, texts: list[str], batch_size: int = BATCH_SIZE, **_scheduling) -> np.ndarray:
         """Vectors for `texts` (scheduling hints such as priority are for the kernel's queue)."""
         if not texts:

@@ -50,6 +50,28 @@ def test_openai_client_round_trips(client):
     vecs = [d.embedding for d in emb.data]
     dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
     assert len(vecs[0]) == 384 and dot(vecs[0], vecs[1]) > dot(vecs[0], vecs[2])
+    from transformers import AutoTokenizer
+
+    from llmos.drivers.embedder import default_model_path
+
+    tok = AutoTokenizer.from_pretrained(default_model_path())  # the tokens the model read: [CLS] ... [SEP]
+    assert emb.usage.prompt_tokens == emb.usage.total_tokens == sum(
+        len(tok(t)["input_ids"]) for t in ["a cat", "a kitten", "a truck"]) > 6
+
+
+def test_concurrent_embedding_requests_each_get_what_they_get_alone(client):
+    """Requests that wait together share a batch in the kernel's embedding queue (the batching logic:
+    test_embedding_queue.py); whatever batch a request lands in, its rows are its own."""
+    inputs = [[f"request {i}: a sentence about {topic}" for topic in ("owls", "trains", "tea")[: i % 3 + 1]]
+              for i in range(6)]
+    alone = [[d.embedding for d in client.embeddings.create(model="all-minilm-l6-v2", input=x).data]
+             for x in inputs]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(lambda x: client.embeddings.create(model="all-minilm-l6-v2", input=x), inputs))
+    for want, got in zip(alone, together):
+        assert len(got.data) == len(want) and [d.index for d in got.data] == list(range(len(want)))
+        for a, b in zip(want, got.data):
+            assert max(abs(x - y) for x, y in zip(a, b.embedding)) < 1e-4  # padding in a batch: float noise only
 
 
 def test_errors_have_the_openai_shape_and_status(server, client):

@@ -3,9 +3,11 @@
 memfs and the HTTP embeddings endpoint never call the embedding model directly: they submit jobs
 here (the HTTP endpoint with a cap on waiting jobs; a client that leaves cancels its waiting job).
 A search query (HIGH) overtakes a bulk import (BATCH); within a priority, first come first served.
-One worker thread takes the jobs, so embedding never competes with itself for the cores; each job
-runs on a thread that ends with it (kernel/lib/threads.py: no OpenMP team of the embedder's outlives
-the job to slow the torch driver's decoding).
+One worker thread takes the jobs, so embedding never competes with itself for the cores; jobs waiting
+together (concurrent HTTP requests, searches) are embedded in one batch of at most MAX_BATCH_TEXTS
+texts, in priority order, each job getting its own rows back (a failed batch is retried job by job, so
+one client's bad input fails only its own job). Each batch runs on a thread that ends with it
+(kernel/lib/threads.py: no OpenMP team of the embedder's outlives it to slow the torch driver).
 The wrapped embedder is any object with `dim`, `chunk(text)` and `embed(texts)`.
 """
 
@@ -25,6 +27,10 @@ from ..sched.request import Priority
 
 _ids = itertools.count(1)
 
+#: at most this many texts in one batch of several jobs (one encode batch: waiting jobs never make the
+#: first one wait longer than a batch); a single larger job still runs as one
+MAX_BATCH_TEXTS = 64
+
 
 @dataclass(order=True)
 class _Job:
@@ -37,6 +43,7 @@ class _Job:
     id: str = field(compare=False, default="")
     arrival: float = field(compare=False, default_factory=time.monotonic)
     started: float | None = field(compare=False, default=None)
+    count_tokens: bool = field(compare=False, default=False)  # the result is (vectors, tokens read)
 
 
 class EmbeddingService:
@@ -46,6 +53,7 @@ class EmbeddingService:
         self._queue: queue.PriorityQueue[_Job] = queue.PriorityQueue()
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
+        self.batches = self.jobs_done = 0  # batches run, jobs served by them
         self._thread = threading.Thread(target=self._work, name="llmos-embed", daemon=True)
         self._thread.start()
 
@@ -62,12 +70,14 @@ class EmbeddingService:
         return self.submit(texts, priority=priority, owner=owner).result()
 
     def submit(self, texts: list[str], *, priority: Priority | str | int = Priority.NORMAL, owner: str = "memfs",
-               max_waiting: int | None = None, user: str | None = None) -> Future:
-        """Queue texts for embedding; the future gives the vectors. With `max_waiting`, a queue already
+               max_waiting: int | None = None, user: str | None = None, count_tokens: bool = False) -> Future:
+        """Queue texts for embedding; the future gives the vectors (with `count_tokens`: (vectors, tokens
+        the model read), 0 tokens for an embedder that cannot count). With `max_waiting`, a queue already
         holding that many waiting jobs refuses with QueueFullError. Cancelling the future before the job
         starts drops it from the queue (a job that started runs to its end)."""
         seq = next(_ids)
-        job = _Job(int(Priority.parse(priority)), seq, list(texts), owner, Future(), user, f"embed-{seq}")
+        job = _Job(int(Priority.parse(priority)), seq, list(texts), owner, Future(), user, f"embed-{seq}",
+                   count_tokens=count_tokens)
         with self._lock:
             if max_waiting is not None and sum(j.started is None for j in self._jobs.values()) >= max_waiting:
                 raise QueueFullError(max_waiting)
@@ -82,16 +92,61 @@ class EmbeddingService:
 
     def _work(self) -> None:
         while True:
-            job = self._queue.get()
-            if not job.future.set_running_or_notify_cancel():  # cancelled while waiting
-                continue
-            job.started = time.monotonic()
+            jobs = [j for j in self._take() if j.future.set_running_or_notify_cancel()]  # not those cancelled
+            now = time.monotonic()
+            for job in jobs:
+                job.started = now
             try:
-                job.future.set_result(in_passing_thread(self.embedder.embed, job.texts, name="llmos-embed-job"))
-            except BaseException as exc:  # noqa: BLE001 - delivered to the caller
-                job.future.set_exception(exc)
+                self._serve(jobs)
+            except BaseException:  # noqa: BLE001 - one job's bad input fails that job alone
+                for job in jobs:
+                    self._serve([job], alone=True)
             finally:
-                self._forget(job.id)
+                for job in jobs:
+                    self._forget(job.id)
+
+    def _take(self) -> list[_Job]:
+        """The most urgent waiting job, and those after it in order while they fit one batch."""
+        jobs = [self._queue.get()]
+        total = len(jobs[0].texts)
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return jobs
+            if total + len(job.texts) > MAX_BATCH_TEXTS:
+                self._queue.put(job)  # its place in the order is its (priority, seq): unchanged
+                return jobs
+            jobs.append(job)
+            total += len(job.texts)
+
+    def _serve(self, jobs: list[_Job], alone: bool = False) -> None:
+        """Embed `jobs` in one batch and give each its rows; raises for the caller to retry (unless `alone`)."""
+        if not jobs:
+            return
+        texts = [t for job in jobs for t in job.texts]
+        counter = getattr(self.embedder, "count_tokens", None)
+
+        def batch():
+            vectors = self.embedder.embed(texts)
+            counts = counter(texts) if counter is not None and any(j.count_tokens for j in jobs) else None
+            return vectors, counts
+
+        try:
+            vectors, counts = in_passing_thread(batch, name="llmos-embed-batch")
+        except BaseException as exc:  # noqa: BLE001 - delivered to the caller
+            if not alone:
+                raise
+            jobs[0].future.set_exception(exc)
+            return
+        self.batches += 1
+        self.jobs_done += len(jobs)
+        start = 0
+        for job in jobs:
+            end = start + len(job.texts)
+            rows = vectors[start:end]
+            job.future.set_result((rows, sum(counts[start:end]) if counts else 0) if job.count_tokens else rows)
+            start = end
 
     def ps(self) -> list[dict[str, Any]]:
         now = time.monotonic()

@@ -233,15 +233,16 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
         kernel.tenants.admit(tenant, held, 0, 0)  # its concurrency (and a quota in debt) holds here too: 429
         try:
             job = service.submit(texts, owner=tenant.name, priority=tenant.default_priority,
-                                 max_waiting=kernel.config.max_queue, user=body.user)
-            vectors = await _until_done(request, asyncio.wrap_future(job), job.cancel)
+                                 max_waiting=kernel.config.max_queue, user=body.user, count_tokens=True)
+            done = await _until_done(request, asyncio.wrap_future(job), job.cancel)
         finally:
             kernel.tenants.abandon(held)
-        if vectors is None:
+        if done is None:
             return Response(status_code=499)  # the client left: nobody reads this
+        vectors, tokens = done  # batched with other clients' waiting texts in the kernel's embedding queue
         return {"object": "list", "model": EMBEDDING_MODEL,
                 "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)],
-                "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     return app
 
