@@ -29,8 +29,8 @@ from .modules.table import ModuleTable
 from .proc.agents import Process, ProcessTable
 from .proc.sessions import SessionStore
 from .sched.handle import Completion, RequestHandle, acancel_on_close, cancel_on_close
-from .sched.request import (Priority, PromptEnvelope, Request, check_input, check_prompt, next_request_id,
-                            parse_sampling, validate_messages)
+from .sched.request import (Priority, PromptEnvelope, Request, check_input, check_prompt, check_rag_k,
+                            next_request_id, parse_sampling, validate_messages)
 from .tenants.scope import TenantView
 from .tenants.table import TenantTable
 from .tenants.tenant import Tenant
@@ -106,6 +106,7 @@ class Kernel(ModuleCalls, MemCalls):
         driver: str | None = None,
         adapter: str | None = None,
         rag: str | None = None,
+        rag_k: int = 6,
         priority: Priority | int | str | None = None,
         owner: str = "default",
         tenant: Tenant | None = None,
@@ -121,9 +122,11 @@ class Kernel(ModuleCalls, MemCalls):
         `keep_alive` (seconds or "5m"; 0: unload after this request; negative: never): idle residency.
         `tenant` (kernel/tenants): the request is its tenant's (`owner` is then the tenant's name), runs at
         most at its class's priority and is held to its quotas; `user` is a free label shown in ps.
-        `session` (a chat session's name or id, the tenant's own): the turn's KV is saved for the next turn."""
+        `session` (a chat session's name or id, the tenant's own): the turn's KV is saved for the next turn.
+        `rag` (a memfs directory): at most `rag_k` of its passages answer, listed back as `sources`."""
         self._check_open()
         params = parse_sampling(sampling)
+        check_rag_k(rag_k)
         cache_key = None if session is None else self.sessions.cache_key(
             session, None if tenant is None or tenant.admin else tenant.name)
         if tenant is not None:
@@ -144,18 +147,18 @@ class Kernel(ModuleCalls, MemCalls):
         keep = None if keep_alive is None else parse_keep_alive(keep_alive)
         loaded = self._models.get(model or self.config.default_model, driver, pin=True, keep_alive=keep)
         try:  # pinned: the keep_alive reaper leaves it loaded until the request is queued on it
-            return self._submit_to(loaded, prompt, chat, params, prio, who, adapter, rag, timeout)
+            return self._submit_to(loaded, prompt, chat, params, prio, who, adapter, (rag, rag_k), timeout)
         finally:
             self._models.unpin(loaded)
 
     def _submit_to(self, loaded, prompt, chat, params, prio, who, adapter, rag, timeout) -> RequestHandle:
         params = params.with_defaults(loaded.spec.sampling_defaults())  # unset fields: the model's defaults
         sources: list[str] = []
-        if rag is not None:  # before the hook: plugins (redaction) see, and mask, the passages too
+        if rag[0] is not None:  # before the hook: plugins (redaction) see, and mask, the passages too
             from .memfs.rag import add_passages
 
             chat, sources = add_passages(self.mem, loaded, prompt, chat, params.max_tokens, self.config.system_prompt,
-                                         rag)
+                                         *rag)
             prompt = None
         prompt, chat = self._prepare_prompt(prompt, chat, loaded.spec.name, who.owner, adapter)
         rid = next_request_id()

@@ -137,6 +137,7 @@ def test_handles_dropped_mid_stream_are_closed_without_deadlocking_the_client(ke
     (lambda k: k.submit("hi", adapter="no-such-module"), UnknownAdapterError, None),
     (lambda k: k.submit("word " * 10000, max_tokens=16), PromptTooLongError, "prompt"),
     (lambda k: k.submit(messages=[{"role": "wizard", "content": "x"}]), InvalidRequestError, None),
+    (lambda k: k.submit("hi", rag="/docs", rag_k=0), InvalidRequestError, "rag_k"),
 ])
 def test_bad_input_raises_the_same_typed_error_in_both_modes(kernels, call, error, param):
     messages = []
@@ -163,6 +164,23 @@ def test_memfs_operations(k, request):
     assert k.mem.rm(root, recursive=True) == 1
     with pytest.raises(MemNotFoundError):
         k.mem.cat(f"{root}/paris.txt")
+
+
+def test_rag_answers_from_at_most_k_passages_and_lists_them_as_sources(k, request):
+    root = f"/rag-{request.node.callspec.id}"
+    facts = {"owls.md": "Owls hunt at night and can turn their heads very far.",  # all three answer a little
+             "barn.md": "Barn owls eat mice and voles, hunting over open fields.",
+             "snowy.md": "Snowy owls live in the Arctic and also hunt by day in summer."}
+    for name, text in facts.items():
+        k.mem.write(f"{root}/{name}", text)
+    try:
+        ask = {"messages": [{"role": "user", "content": "When do owls hunt?"}], "max_tokens": 8, "temperature": 0}
+        one = k.submit(rag=root, rag_k=1, **ask).result()
+        assert list(one.sources) == [f"{root}/owls.md"]
+        more = k.submit(rag=root, rag_k=3, **ask).result()
+        assert more.sources[0] == f"{root}/owls.md" and len(more.sources) == 3  # so k=1 is what cut the others
+    finally:
+        k.mem.rm(root, recursive=True)
 
 
 def test_sessions(k, request):

@@ -252,6 +252,20 @@ def _owners(base: str) -> dict[str, str]:
 
 @pytest.mark.cli
 @pytest.mark.model
+@pytest.mark.parametrize("rag, names", [
+    ({"path": "/docs", "k": 0}, "k: Input should be greater than or equal to 1"),
+    ({"path": "/docs", "k": 33}, "k: Input should be less than or equal to 32"),
+    ({"path": "/docs", "K": 3}, "K: Extra inputs are not permitted"),
+    ({"k": 3}, "path: Field required"),
+    (7, "must be a memfs directory"),
+    ("/" + "d" * 5000, "must be a memfs directory"),
+])
+def test_a_malformed_rag_extension_is_a_400_naming_what_to_fix(server, rag, names):
+    r = httpx.post(f"{server}/v1/chat/completions", json={"model": "smollm2", "messages": ASK, "rag": rag})
+    assert names in refused(r, 400, param="rag")["message"]
+    assert nothing_loaded(server)
+
+
 def test_embeddings_are_capped_queued_and_cancelled_with_their_client(tmp_path):
     with served(tmp_path, "--max-queue", "1") as (_proc, base):
         url = f"{base}/v1/embeddings"

@@ -46,12 +46,12 @@ def with_passages(mem, messages: list[dict[str, Any]], within: str, count_tokens
 
 
 def add_passages(mem, loaded, prompt: str | None, chat: list[dict[str, Any]] | None, max_tokens: int,
-                 system_prompt: str, within: str) -> tuple[list[dict[str, Any]], list[str]]:
+                 system_prompt: str, within: str, k: int = 6) -> tuple[list[dict[str, Any]], list[str]]:
     """(chat, sources) for a request with `rag=within`: a prompt becomes a chat, the default system
-    prompt is added when there is none, and passages fill what the model's context leaves."""
+    prompt is added when there is none, and at most `k` passages fill what the model's context leaves."""
     drv = loaded.driver
     chat = [{"role": "user", "content": prompt}] if chat is None else chat
     if system_prompt and not any(m["role"] == "system" for m in chat):
         chat.insert(0, {"role": "system", "content": system_prompt})
     budget = loaded.info.context_length - max_tokens - len(drv.tokenize_chat(chat)) - 32
-    return with_passages(mem, chat, within, lambda t: len(drv.tokenize(t, add_special=False)), budget)
+    return with_passages(mem, chat, within, lambda t: len(drv.tokenize(t, add_special=False)), budget, k)

@@ -231,6 +231,16 @@ def check_timeout(timeout: Any) -> None:
         raise InvalidRequestError(f"timeout must be a positive number of seconds, got {timeout!r}", param="timeout")
 
 
+#: at most this many memfs passages in one request's prompt (`rag_k`)
+MAX_RAG_PASSAGES = 32
+
+
+def check_rag_k(rag_k: Any) -> None:
+    if isinstance(rag_k, bool) or not isinstance(rag_k, int) or not 1 <= rag_k <= MAX_RAG_PASSAGES:
+        raise InvalidRequestError(f"rag_k (how many passages at most) must be an integer from 1 to "
+                                  f"{MAX_RAG_PASSAGES}, got {rag_k!r}", param="rag_k")
+
+
 def check_input(prompt: Any, messages: Sequence[dict[str, Any]] | None, timeout: Any,
                 system_prompt: str | None = None) -> list[dict[str, Any]] | None:
     """Check a request's prompt or messages (exactly one) and timeout; returns the checked messages

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, Sequen
 
 from llmos.kernel.errors import InvalidRequestError, ProcessNotFoundError
 from llmos.kernel.sched.completion import Completion
-from llmos.kernel.sched.request import check_input, parse_sampling
+from llmos.kernel.sched.request import check_input, check_rag_k, parse_sampling
 
 from .handles import RemoteHandle, RemoteProcess
 from .transport import Transport, q
@@ -57,11 +57,13 @@ class Client:
 
     def submit(self, prompt: str | None = None, *, messages: Sequence[dict[str, Any]] | None = None,
                model: str | None = None, driver: str | None = None, adapter: str | None = None,
-               rag: str | None = None, priority: Any = None, owner: str = "api", timeout: float | None = None,
-               keep_alive: float | str | None = None, session: str | None = None, **sampling: Any) -> RemoteHandle:
+               rag: str | None = None, rag_k: int = 6, priority: Any = None, owner: str = "api",
+               timeout: float | None = None, keep_alive: float | str | None = None, session: str | None = None,
+               **sampling: Any) -> RemoteHandle:
         """Queue a request in the resident kernel and return its handle at once (`Kernel.submit`)."""
         params = parse_sampling(sampling)  # the kernel's own checks, so a bad call fails the same way here
         check_input(prompt, messages, timeout)
+        check_rag_k(rag_k)
         if adapter is not None and model is None:  # the adapter's base model, as the kernel picks it
             model = self.module_store.base_of(adapter)
         name = model or self.config.default_model
@@ -69,7 +71,8 @@ class Client:
         body.update({k: v for k, v in sampling.items() if k != "json_schema" and v is not None})
         if "stop" in body:
             body["stop"] = list(body["stop"])
-        body.update({k: v for k, v in (("driver", driver), ("rag", rag), ("timeout", timeout),
+        rag_body = rag if rag is None or rag_k == 6 else {"path": rag, "k": rag_k}
+        body.update({k: v for k, v in (("driver", driver), ("rag", rag_body), ("timeout", timeout),
                                        ("keep_alive", keep_alive), ("session", session)) if v is not None})
         if priority is not None:
             body["priority"] = priority.name.lower() if hasattr(priority, "name") else priority

@@ -83,6 +83,15 @@ def check_trust(tenant, *, priority: Any = None, driver: str | None = None, audi
         raise error
 
 
+class RagOptions(BaseModel):
+    """`rag` as an object: the memfs directory and how many passages (best first, one per file) at most."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is a 400, not a silent default
+
+    path: str = Field(max_length=4096)
+    k: int = Field(6, ge=1, le=32)
+
+
 class _Sampling(_Body):
     model: str = Field(min_length=1)
     max_tokens: Optional[int] = None
@@ -106,7 +115,7 @@ class _Sampling(_Body):
     #: (the tenant's own, by name or id) the request is a turn of: its KV is saved for the next turn
     priority: Optional[Union[str, int]] = None
     session: Optional[str] = Field(None, min_length=1, max_length=200)
-    rag: Optional[str] = Field(None, max_length=4096)
+    rag: Optional[Union[str, RagOptions]] = None  # a directory, or {"path", "k"}
     driver: Optional[str] = Field(None, max_length=64)
     timeout: Optional[float] = Field(None, gt=0, le=86400)
     ignore_eos: bool = False  # as vLLM names it: decode max_tokens whatever the model says (benchmarks)
@@ -117,6 +126,19 @@ class _Sampling(_Body):
     logit_bias: Optional[dict[str, Any]] = None
     presence_penalty: Optional[float] = None
     frequency_penalty: Optional[float] = None
+
+    @field_validator("rag", mode="before")
+    @classmethod
+    def _rag(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and len(value) <= 4096):
+            return value
+        if isinstance(value, dict):
+            try:
+                return RagOptions.model_validate(value)
+            except ValueError as exc:  # pydantic's ValidationError: name the key and the rule
+                first = exc.errors()[0]  # type: ignore[attr-defined]
+                raise ValueError(f"{'.'.join(map(str, first['loc'])) or 'rag'}: {first['msg']}") from None
+        raise ValueError('must be a memfs directory (at most 4,096 characters) or {"path": DIRECTORY, "k": 1..32}')
 
     @field_validator("logprobs", "top_logprobs", "logit_bias", "presence_penalty", "frequency_penalty")
     @classmethod
@@ -131,6 +153,8 @@ class _Sampling(_Body):
         X-Llmos-Priority header's), checked against `tenant` (its class caps the priority)."""
         out = {k: getattr(self, k) for k in ("priority", "rag", "driver", "timeout", "session")
                if getattr(self, k) is not None}
+        if isinstance(self.rag, RagOptions):
+            out["rag"], out["rag_k"] = self.rag.path, self.rag.k
         if "priority" not in out and header_priority:
             out["priority"] = header_priority.strip()[:32]
         check_trust(tenant, priority=out.get("priority"), driver=out.get("driver"), audit=audit)
