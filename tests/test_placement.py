@@ -47,6 +47,23 @@ def test_a_models_table_reaches_its_spec_and_a_typo_stops_the_boot(tmp_path):
         Config.load(tmp_path)
 
 
+def test_a_bad_value_in_any_models_table_stops_the_boot_and_a_missing_file_breaks_only_its_own_name(tmp_path):
+    from llmos.kernel.errors import ModelFormatError
+
+    good = tmp_path / "good.gguf"
+    good.write_bytes(b"GGUF" + b"\0" * 64)
+    (tmp_path / "llmos.toml").write_text(f'[models.good]\npath = "{good}"\n[models.gone]\npath = "/no/such.gguf"\n'
+                                         f'[models.typo]\npath = "{good}"\nn_gpu_layers = -7\n')
+    cfg = Config.load(tmp_path)
+    with pytest.raises(ConfigError, match=r"\[models.typo\].*n_gpu_layers"):
+        ModelRegistry(cfg.home, cfg.models)  # at boot, not at the first request naming "typo"
+    del cfg.models["typo"]
+    registry = ModelRegistry(cfg.home, cfg.models)
+    assert registry.resolve("good").path == good  # its broken sibling does not take it down
+    with pytest.raises(ModelFormatError, match="cannot read model file /no/such.gguf"):
+        registry.resolve("gone")
+
+
 def _boot(tmp_path, llmos_home, table: str):
     (llmos_home / "cache").mkdir(exist_ok=True)
     (tmp_path / "cache").symlink_to(llmos_home / "cache")  # the dequantized weights the suite already made

@@ -136,6 +136,10 @@ class ModelRegistry:
         self.home = home
         self._gemma = _Gemma(home / "models")
         self._extra = dict(extra or {})
+        for name, table in self._extra.items():  # a bad value in any table stops the boot, naming it
+            if isinstance(table, Mapping) and "nodes" not in table:
+                table_sampling(name, table)
+                placement(name, table)
 
     def builtin_specs(self) -> list[ModelSpec]:
         specs: list[ModelSpec] = []
@@ -156,21 +160,20 @@ class ModelRegistry:
         return isinstance(table, Mapping) and "path" not in table and "nodes" not in table
 
     def config_specs(self) -> list[ModelSpec]:
-        out = []
         builtin = {s.name for s in self.builtin_specs()}
-        for name, table in self._extra.items():
-            if name in builtin and self._overrides(name):
-                continue
-            if isinstance(table, Mapping) and "nodes" in table:
-                out.append(remote_spec(name, table))
-                continue
-            raw = table.get("path") if isinstance(table, Mapping) else None
-            if not isinstance(raw, str):
-                raise ModelFormatError(f"[models.{name}] in llmos.toml needs a path = \"...\" string "
-                                       f"(a local model) or nodes = [\"http://host:port\", ...] (remote servers)")
-            spec = self._from_path(Path(raw).expanduser(), name=name, source="config")
-            out.append(replace(spec, sampling=table_sampling(name, table), options={"placement": placement(name, table)}))
-        return out
+        return [self._config_spec(name, table) for name, table in self._extra.items()
+                if not (name in builtin and self._overrides(name))]
+
+    def _config_spec(self, name: str, table) -> ModelSpec:
+        """One [models.NAME] table's spec (a sibling table that cannot be built does not stop this one)."""
+        if isinstance(table, Mapping) and "nodes" in table:
+            return remote_spec(name, table)
+        raw = table.get("path") if isinstance(table, Mapping) else None
+        if not isinstance(raw, str):
+            raise ModelFormatError(f"[models.{name}] in llmos.toml needs a path = \"...\" string "
+                                   f"(a local model) or nodes = [\"http://host:port\", ...] (remote servers)")
+        spec = self._from_path(Path(raw).expanduser(), name=name, source="config")
+        return replace(spec, sampling=table_sampling(name, table), options={"placement": placement(name, table)})
 
     def list(self) -> list[ModelSpec]:
         return self.builtin_specs() + self.config_specs()
@@ -190,7 +193,7 @@ class ModelRegistry:
             if spec.name == name_or_path:
                 return spec
         if name_or_path in self._extra:
-            return next(s for s in self.config_specs() if s.name == name_or_path)
+            return self._config_spec(name_or_path, self._extra[name_or_path])
         if not allow_paths:
             raise UnknownModelError(name_or_path, self.names(), paths=False)
         path = Path(name_or_path).expanduser()
