@@ -62,6 +62,7 @@ def test_a_bad_value_in_any_models_table_stops_the_boot_and_a_missing_file_break
     assert registry.resolve("good").path == good  # its broken sibling does not take it down
     with pytest.raises(ModelFormatError, match="cannot read model file /no/such.gguf"):
         registry.resolve("gone")
+    assert "good" in [s.name for s in registry.list()] and "gone" not in [s.name for s in registry.list()]
 
 
 def _boot(tmp_path, llmos_home, table: str):

@@ -16,15 +16,18 @@ Which driver serves a spec is the kernel's choice (by format); the registry neve
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..errors import ModelFormatError, UnknownModelError
+from ..errors import LlmosError, ModelFormatError, UnknownModelError
 from .defaults import effective_sampling, table_sampling
 from .placement import placement
+
+log = logging.getLogger("llmos.kernel")
 
 GGUF_MAGIC = b"GGUF"
 
@@ -159,11 +162,6 @@ class ModelRegistry:
         table = self._extra.get(name)
         return isinstance(table, Mapping) and "path" not in table and "nodes" not in table
 
-    def config_specs(self) -> list[ModelSpec]:
-        builtin = {s.name for s in self.builtin_specs()}
-        return [self._config_spec(name, table) for name, table in self._extra.items()
-                if not (name in builtin and self._overrides(name))]
-
     def _config_spec(self, name: str, table) -> ModelSpec:
         """One [models.NAME] table's spec (a sibling table that cannot be built does not stop this one)."""
         if isinstance(table, Mapping) and "nodes" in table:
@@ -176,7 +174,18 @@ class ModelRegistry:
         return replace(spec, sampling=table_sampling(name, table), options={"placement": placement(name, table)})
 
     def list(self) -> list[ModelSpec]:
-        return self.builtin_specs() + self.config_specs()
+        """The models that can be used now: a configured one whose file is missing or unreadable is
+        left out (logged), so it does not hide the others (resolving its name says what is wrong)."""
+        out = self.builtin_specs()
+        builtin = {s.name for s in out}
+        for name, table in self._extra.items():
+            if name in builtin and self._overrides(name):
+                continue
+            try:
+                out.append(self._config_spec(name, table))
+            except LlmosError as exc:
+                log.warning("model %s left out of the list: %s", name, exc)
+        return out
 
     def names(self) -> list[str]:
         builtin = [s.name for s in self.builtin_specs()]
