@@ -102,15 +102,6 @@ def test_the_disk_budget_removes_the_least_recently_used_files(tmp_path):
     assert not SessionKV(None, 0, 0).enabled and not SessionKV(tmp_path, 0, 100).save(KEY, fp, TOKENS, b"s")
 
 
-def _restamp(data: bytes, **fields) -> bytes:
-    """A saved file whose header's fingerprint says other things (its state unchanged)."""
-    size = int.from_bytes(data[len(MAGIC):len(MAGIC) + 4], "big")
-    header = json.loads(data[len(MAGIC) + 4:len(MAGIC) + 4 + size])
-    header["fingerprint"].update(fields)
-    new = json.dumps(header).encode()
-    return MAGIC + len(new).to_bytes(4, "big") + new + data[len(MAGIC) + 4 + size:]
-
-
 def _reheader(data: bytes, edit) -> bytes:
     """The saved file with its header (parsed, then rewritten by `edit`) changed; its state unchanged."""
     size = int.from_bytes(data[len(MAGIC):len(MAGIC) + 4], "big")
@@ -136,7 +127,7 @@ def _damage(data: bytes, change: str) -> bytes:
         return data[:-1] + bytes([data[-1] ^ 1])
     if change == "header":
         return MAGIC + b"\xff\xff\xff\xff" + data[len(MAGIC) + 4:]
-    return _restamp(data, **{change: "something else"})
+    return _reheader(data, lambda h: {**h, "fingerprint": {**h["fingerprint"], change: "something else"}})
 
 
 @pytest.mark.parametrize("change, why", [
