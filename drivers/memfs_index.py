@@ -68,9 +68,17 @@ class VectorIndex:
             return
         with self.lock:
             vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+            ids = np.ascontiguousarray(ids, dtype=np.int64)
+            if self._dead:  # an id's vector never changes (memfs chunk rows): a tombstoned one comes back as is
+                back = np.fromiter((int(i) in self._dead for i in ids), dtype=bool, count=len(ids))
+                self._dead.difference_update(int(i) for i in ids[back])
+                self._ids.update(int(i) for i in ids[back])
+                ids, vectors = ids[~back], vectors[~back]
+                if len(ids) == 0:
+                    return
             if not self._index.is_trained:
                 self._index.train(vectors)
-            self._index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+            self._index.add_with_ids(vectors, ids)
             self._ids.update(int(i) for i in ids)
 
     def remove(self, ids) -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from .cli_common import err, kernel_session, out
+from llmos.kernel.errors import InvalidRequestError
+
+from .cli_common import err, fail, kernel_session, out
 
 mem_app = typer.Typer(help="Retrieval memory as a filesystem (memfs).", no_args_is_help=True)
 JSON = typer.Option(False, "--json", help="Print JSON.")
@@ -156,6 +159,48 @@ def volumes(as_json: bool = JSON) -> None:
             table.add_row(r["name"], r["mount"], str(r["files"]), str(r["size"]), str(r["chunks"]), r["index"])
         out.print(table)
     _emit(rows, as_json, render)
+
+
+@mem_app.command("snapshot")
+def snapshot(volume: str = typer.Argument(..., help="The volume (see `llmos mem volumes`; / is `root`)."),
+             name: Optional[str] = typer.Argument(None, help="The snapshot's name (default: the time)."),
+             delete: bool = typer.Option(False, "--delete", help="Delete snapshot NAME instead, freeing what only it kept."),
+             as_json: bool = JSON) -> None:
+    """Take a snapshot of VOLUME (copy-on-write: instant, no copy of the volume)."""
+    if delete and name is None:
+        raise fail(InvalidRequestError("--delete needs the snapshot's NAME", param="name"), as_json)
+    with kernel_session(as_json) as kernel:
+        if delete:
+            kernel.mem.delete_snapshot(volume, name)
+            info = {"deleted": name, "volume": volume}
+        else:
+            info = kernel.mem.snapshot(volume, name)
+    _emit(info, as_json, lambda i: out.print(
+        f"deleted snapshot {name} of {volume}" if delete else
+        f"snapshot {i['name']} of {volume}: {i['files']} files, {i['chunks']} chunks"))
+
+
+@mem_app.command("snapshots")
+def snapshots(volume: Optional[str] = typer.Argument(None, help="Only this volume's."), as_json: bool = JSON) -> None:
+    """List snapshots, oldest first."""
+    with kernel_session(as_json) as kernel:
+        rows = kernel.mem.snapshots(volume)
+
+    def render(rs):
+        table = Table("volume", "name", "taken", "files", "chunks", "size")
+        for r in rs:
+            table.add_row(r["volume"], r["name"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"])),
+                          str(r["files"]), str(r["chunks"]), str(r["bytes"]))
+        out.print(table if rs else "no snapshots")
+    _emit(rows, as_json, render)
+
+
+@mem_app.command("rollback")
+def rollback(volume: str, name: str, as_json: bool = JSON) -> None:
+    """Make VOLUME what it was at snapshot NAME (what was written since is gone unless another snapshot has it)."""
+    with kernel_session(as_json) as kernel:
+        info = kernel.mem.rollback(volume, name)
+    _emit(info, as_json, lambda i: out.print(f"{volume} rolled back to {name}: {i['files']} files, {i['chunks']} chunks"))
 
 
 @mem_app.command("fsck")

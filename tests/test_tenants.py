@@ -210,6 +210,24 @@ def test_memfs_a_tenant_reads_and_writes_its_home_and_reads_what_is_shared(tenan
         refused(reader.post("/llmos/mem/append", json={"path": "/home/alice/plan.md", "text": "x"}), 403)
 
 
+def test_memfs_snapshots_act_on_a_whole_volume_so_only_an_admin_takes_or_rolls_them_back(tenants):
+    with as_(tenants, "bob") as bob, as_(tenants, "admin") as admin:
+        assert bob.put("/llmos/mem/write", json={"path": "/home/bob/s.md", "text": "before"}).status_code == 200
+        refused(bob.post("/llmos/admin/mem/snapshots/root", json={"name": "b"}), 403, "admin_only")
+        refused(bob.get("/llmos/admin/mem/snapshots"), 403, "admin_only")
+        made = admin.post("/llmos/admin/mem/snapshots/root", json={"name": "http-snap"})
+        assert made.status_code == 200 and made.json()["name"] == "http-snap"
+        refused(admin.post("/llmos/admin/mem/snapshots/root", json={"name": "../etc"}), 400, param="name")
+        refused(admin.post("/llmos/admin/mem/snapshots/nope", json={"name": "x"}), 404, param="volume")
+        assert bob.put("/llmos/mem/write", json={"path": "/home/bob/s.md", "text": "after"}).status_code == 200
+        refused(bob.post("/llmos/admin/mem/snapshots/root/http-snap/rollback"), 403, "admin_only")
+        refused(admin.post("/llmos/admin/mem/snapshots/root/missing/rollback"), 404, param="name")
+        assert admin.post("/llmos/admin/mem/snapshots/root/http-snap/rollback").status_code == 200
+        assert bob.get("/llmos/mem/cat", params={"path": "/home/bob/s.md"}).json()["text"] == "before"
+        assert "http-snap" in [s["name"] for s in admin.get("/llmos/admin/mem/snapshots").json()]
+        assert admin.delete("/llmos/admin/mem/snapshots/root/http-snap").status_code == 200
+
+
 def test_no_tenant_learns_anothers_prompt_from_the_prefix_cache(tenants):
     """Prefix KV is reused only within a tenant: bob sending alice's prompt computes it all (reuse count
     0), so `cached_prompt_tokens` (or a faster first token) tells him nothing; alice's repeat reuses it."""

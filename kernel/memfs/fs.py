@@ -23,9 +23,9 @@ from ..lib.atomic import atomic_write_text
 from ..errors import InvalidRequestError
 
 from .importer import DEFAULT_MAX_BYTES, Skip, read_text, scan
-from .paths import MemPathError, normalize
+from .paths import MemNotFoundError, MemPathError, normalize
 from .grep import GREP_TIMEOUT_S
-from .volume import StoredChunk, Volume, batch_prepare
+from .volume import FileWrite, StoredChunk, Volume, batch_prepare
 
 log = logging.getLogger("llmos.memfs")
 
@@ -247,16 +247,47 @@ class MemFS:
                 continue
             vol, _, _ = self.resolve(to)
             prepared = batch_prepare(vol.embedder, [t for _f, _d, t in batch])
+            groups: dict[str, tuple[Volume, list]] = {}  # a batch may reach into a volume mounted below `to`
             for (f, dest, text), emb in zip(batch, prepared):
-                seen += 1
-                try:
-                    self.write(dest, text, source=str(f.path), embedded=emb)
-                    done += 1
-                except MemPathError as exc:  # e.g. a directory where a file already is
-                    skipped.append({"path": str(f.path), "reason": str(exc)})
-                if progress:
-                    progress(seen, len(files))
+                dvol, inner, point = self.resolve(dest)
+                if point != "/" and inner == "/":
+                    skipped.append({"path": str(f.path), "reason": f"{dest} is a volume's root directory"})
+                    continue
+                groups.setdefault(dvol.name, (dvol, []))[1].append((f, FileWrite(inner, text, source=str(f.path),
+                                                                                  embedded=emb)))
+            for dvol, entries in groups.values():  # one transaction per volume and batch
+                for (f, _w), result in zip(entries, dvol.write_many([w for _f, w in entries])):
+                    if isinstance(result, Exception):  # e.g. a directory where a file already is
+                        skipped.append({"path": str(f.path), "reason": str(result)})
+                    else:
+                        done += 1
+            seen += len(batch)
+            if progress:
+                progress(seen, len(files))
         return {"imported": done, "skipped": skipped, "to": to}
+
+    # -- snapshots (per volume; kernel/memfs/snapshots.py) -------------------------------------------
+
+    def snapshot(self, volume: str, name: str | None = None) -> dict[str, Any]:
+        """Take a copy-on-write snapshot of `volume` (named by the time when `name` is None)."""
+        return {"volume": volume, **self._mounted(volume).snapshot(name)}
+
+    def snapshots(self, volume: str | None = None) -> list[dict[str, Any]]:
+        """The snapshots of one volume, or of every volume, oldest first."""
+        names = [volume] if volume is not None else list(self.mounts())
+        return [{"volume": n, **s} for n in names for s in self._mounted(n).snapshots()]
+
+    def rollback(self, volume: str, name: str) -> dict[str, Any]:
+        """Make `volume` what it was at snapshot `name`."""
+        return {"volume": volume, **self._mounted(volume).rollback(name)}
+
+    def delete_snapshot(self, volume: str, name: str) -> None:
+        self._mounted(volume).delete_snapshot(name)
+
+    def _mounted(self, volume: str) -> Volume:
+        if not isinstance(volume, str) or volume not in self.mounts():
+            raise VolumeNotFoundError(f"no volume named {volume!r} (see `llmos mem volumes`)", param="volume")
+        return self._volume(volume)
 
     def fsck(self, repair: bool = False) -> list[dict[str, Any]]:
         out = []
@@ -284,6 +315,10 @@ class MemFS:
 
 
 CORRUPT_PREFIX = "mounts.json.corrupt-"
+
+
+class VolumeNotFoundError(MemNotFoundError, LookupError):
+    code = "volume_not_found"
 
 
 def _parse_mounts(raw: bytes) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """One memfs volume: documents and chunk vectors in SQLite (the source of truth), a FAISS index as
-a rebuildable cache of those vectors.
+a rebuildable cache of those vectors (kept equal to the rows by kernel/memfs/upkeep.py), and named
+copy-on-write snapshots of the rows (kernel/memfs/snapshots.py).
 
 On disk (`<volume dir>/`): `mem.sqlite` (WAL, synchronous=FULL) with tables `files`, `chunks`
 (id = the vector's id, its text span and its embedding) and `meta` (a version bumped by every
@@ -29,6 +30,8 @@ from ..errors import InvalidRequestError, StorageError
 
 from .grep import GREP_TIMEOUT_S, grep_lines
 from .paths import MemNotFoundError, MemPathError, is_under, like_prefix, parent
+from .snapshots import VolumeSnapshots, check_name, default_name
+from .upkeep import IndexUpkeep
 
 log = logging.getLogger("llmos.memfs")
 
@@ -40,7 +43,6 @@ CREATE TABLE IF NOT EXISTS chunks (id INTEGER PRIMARY KEY AUTOINCREMENT, path TE
 CREATE INDEX IF NOT EXISTS chunks_path ON chunks(path);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-SAVE_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,17 @@ class StoredChunk:
     text: str
 
 
-class Volume:
+@dataclass(frozen=True)
+class FileWrite:
+    """One file of a `write_many`: its text, and optionally its chunks and their vectors already made."""
+    path: str
+    text: str
+    tags: list[str] | None = None
+    source: str | None = None
+    embedded: tuple[list, np.ndarray] | None = None
+
+
+class Volume(IndexUpkeep):
     def __init__(self, name: str, directory: Path, embedder, index_cls) -> None:
         self.name = name
         self.dir = directory
@@ -68,6 +80,7 @@ class Volume:
         if self.db.execute("SELECT 'A' LIKE 'a'").fetchone()[0]:
             raise StorageError("this SQLite ignores case_sensitive_like: memfs cannot tell /A from /a")
         self.db.executescript(SCHEMA)
+        self.snaps = VolumeSnapshots(self.db, directory)
         self.lock = threading.RLock()
         self._version = None
         self._saved = time.monotonic()
@@ -75,114 +88,6 @@ class Volume:
         self._rebuilding = False
         self.rebuild_thread: threading.Thread | None = None
         self._load_index()
-
-    # -- index upkeep ------------------------------------------------------------------------------
-
-    @property
-    def index_file(self) -> Path:
-        return self.dir / "index.faiss"
-
-    def _db_version(self) -> str:
-        row = self.db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
-        return row[0] if row else "0"
-
-    def _load_index(self) -> None:
-        dim = self.embedder.dim
-        self.index = None
-        if self.index_file.exists():
-            try:
-                self.index = self.index_cls.load(self.index_file, dim)
-            except Exception as exc:  # noqa: BLE001 - a corrupt index is rebuilt from the rows
-                self.notices.append(f"index file {self.index_file} was unreadable ({exc}); rebuilt from stored text")
-                log.warning(self.notices[-1])
-        if self.index is None:
-            self.index = self.index_cls(dim)
-        self.reconcile()
-
-    def reconcile(self, repair: bool = True) -> dict[str, int]:
-        """Make the index hold exactly the chunk rows' vectors; embed rows that have none."""
-        with self.lock:
-            self._embed_missing()
-            rows = {r[0] for r in self.db.execute("SELECT id FROM chunks")}
-            have = self.index.ids()
-            missing, orphaned = rows - have, have - rows
-            report = {"rows": len(rows), "indexed": len(have), "missing": len(missing), "orphaned": len(orphaned)}
-            if repair and (missing or orphaned):
-                self.index.remove(orphaned)
-                self._add_from_rows(sorted(missing))
-                self._dirty = True
-            if repair and self.index.needs_rebuild:
-                self._rebuild_in_background()
-            self._version = self._db_version()
-            if self._dirty:
-                self._save(force=True)
-            return report
-
-    def _embed_missing(self) -> None:
-        todo = self.db.execute("SELECT id, text FROM chunks WHERE vector IS NULL").fetchall()
-        if not todo:
-            return
-        vectors = self.embedder.embed([t for _i, t in todo])
-        self.db.execute("BEGIN IMMEDIATE")
-        self.db.executemany("UPDATE chunks SET vector=? WHERE id=?",
-                            [(v.tobytes(), i) for (i, _t), v in zip(todo, vectors)])
-        self.db.execute("COMMIT")
-        self.notices.append(f"embedded {len(todo)} chunk(s) that had no vector")
-
-    def _add_from_rows(self, ids: list[int]) -> None:
-        for start in range(0, len(ids), 5000):
-            part = ids[start:start + 5000]
-            rows = self.db.execute(f"SELECT id, vector FROM chunks WHERE id IN ({','.join('?' * len(part))})",
-                                   part).fetchall()
-            if rows:
-                self.index.add(np.array([r[0] for r in rows]), np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
-
-    def _rebuild_in_background(self) -> None:
-        """Build an index of the right kind from the stored vectors on a thread; searches keep using
-        the current one until the new one is swapped in (then it catches up with later writes)."""
-        if self._rebuilding:
-            return
-        self._rebuilding = True
-
-        def work() -> None:
-            try:
-                with self.lock:
-                    rows = self.db.execute("SELECT id, vector FROM chunks").fetchall()
-                ids = np.array([r[0] for r in rows], dtype=np.int64)
-                vecs = np.stack([np.frombuffer(r[1], np.float32) for r in rows]) if rows \
-                    else np.zeros((0, self.embedder.dim), np.float32)
-                fresh = self.index_cls.build(self.embedder.dim, ids, vecs)
-                with self.lock:
-                    self.index, self._dirty = fresh, True
-                    self.reconcile()
-                log.info("memfs volume %s: index rebuilt as %s over %d vectors", self.name, fresh.kind, len(ids))
-            except Exception:  # noqa: BLE001 - the old index keeps serving
-                log.exception("memfs volume %s: index rebuild failed", self.name)
-            finally:
-                self._rebuilding = False
-
-        self.rebuild_thread = threading.Thread(target=work, name=f"llmos-memfs-rebuild-{self.name}", daemon=True)
-        self.rebuild_thread.start()
-
-    def _save(self, force: bool = False) -> None:
-        if self._dirty and (force or time.monotonic() - self._saved > SAVE_EVERY_S):
-            self.index.save(self.index_file)
-            self._saved, self._dirty = time.monotonic(), False
-
-    def _after_change(self) -> None:
-        self._version, self._dirty = self._db_version(), True
-        if self.index.needs_rebuild:
-            self._rebuild_in_background()
-        self._save()
-
-    def _sync(self) -> None:
-        """Pick up writes made by other processes since this one last looked."""
-        if self._db_version() != self._version:
-            self.reconcile()
-
-    def _bump(self) -> None:
-        self.db.execute("INSERT INTO meta(key, value) VALUES('version', ?) ON CONFLICT(key) DO UPDATE SET "
-                        "value=excluded.value", (f"{time.time_ns()}",))
 
     # -- files -------------------------------------------------------------------------------------
 
@@ -196,41 +101,71 @@ class Volume:
 
     def write(self, path: str, text: str, *, tags: list[str] | None = None, source: str | None = None,
               embedded: tuple[list, np.ndarray] | None = None) -> dict[str, Any]:
-        if not isinstance(text, str):
-            raise InvalidRequestError("memfs stores text: decode the content first", param="text")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidRequestError("the text is not valid UTF-8", param="text") from None
-        chunks, vectors = embedded if embedded is not None else self.prepare(text)
+        result = self.write_many([FileWrite(path, text, tags, source, embedded)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def write_many(self, files: list[FileWrite]) -> list[dict[str, Any] | MemPathError | InvalidRequestError]:
+        """Create or replace several files in one transaction (one fsync for all: the bulk path of
+        import). Each entry's result is its stat, or the error that left that file alone (a path
+        that is a directory, text that is not valid UTF-8); the others are written all the same."""
+        results: list[Any] = [None] * len(files)
+        todo = []
+        for i, f in enumerate(files):
+            try:
+                _check_text(f.text)
+                todo.append((i, f, f.embedded if f.embedded is not None else None))
+            except InvalidRequestError as exc:
+                results[i] = exc
+        need = [j for j, (_i, _f, emb) in enumerate(todo) if emb is None]
+        if need:  # embedded in shared batches, before the volume is locked
+            for j, emb in zip(need, batch_prepare(self.embedder, [todo[j][1].text for j in need])):
+                todo[j] = (todo[j][0], todo[j][1], emb)
         with self.lock:
-            if self._is_dir(path) and path != "/":
-                raise MemPathError(f"{path} is a directory", param="path")
-            if path == "/":
-                raise MemPathError("/ is a directory: give a file path", param="path")
-            self._check_parents(path)
-            now = time.time()
-            old = self._file(path)
-            with self._transaction(f"write {path}"):  # acknowledged once it commits
-                stale = [r[0] for r in self.db.execute("SELECT id FROM chunks WHERE path=?", (path,))]
-                self.db.execute("DELETE FROM chunks WHERE path=?", (path,))
-                self.db.execute(
-                    "INSERT INTO files(path, text, size, ctime, mtime, tags, source, sha256) VALUES(?,?,?,?,?,?,?,?) "
-                    "ON CONFLICT(path) DO UPDATE SET text=excluded.text, size=excluded.size, mtime=excluded.mtime, "
-                    "tags=excluded.tags, source=excluded.source, sha256=excluded.sha256",
-                    (path, text, len(text.encode()), old[3] if old else now, now,
-                     json.dumps(tags if tags is not None else (json.loads(old[5]) if old else [])),
-                     source if source is not None else (old[6] if old else None), sha256(text.encode()).hexdigest()))
-                ids = []
-                for seq, (chunk, vec) in enumerate(zip(chunks, vectors)):
-                    cur = self.db.execute("INSERT INTO chunks(path, seq, start, end, text, vector) VALUES(?,?,?,?,?,?)",
-                                          (path, seq, chunk.start, chunk.end, chunk.text, vec.tobytes()))
-                    ids.append(cur.lastrowid)
+            stale, added = [], []
+            with self._transaction(f"write {len(todo)} file(s)"):  # acknowledged once it commits
+                for i, f, (chunks, vectors) in todo:
+                    try:
+                        self._check_writable(f.path)
+                    except MemPathError as exc:
+                        results[i] = exc
+                        continue
+                    old_ids, new_ids = self._write_rows(f, chunks, vectors)
+                    stale += old_ids
+                    added.append((new_ids, vectors))
+                    results[i] = f.path
                 self._bump()
             self.index.remove(stale)
-            self.index.add(np.array(ids, dtype=np.int64), vectors)
+            for ids, vectors in added:
+                self.index.add(np.array(ids, dtype=np.int64), vectors)
             self._after_change()
-        return self.stat(path)
+            return [self.stat(r) if isinstance(r, str) else r for r in results]
+
+    def _check_writable(self, path: str) -> None:
+        if path == "/":
+            raise MemPathError("/ is a directory: give a file path", param="path")
+        if self._is_dir(path):
+            raise MemPathError(f"{path} is a directory", param="path")
+        self._check_parents(path)
+
+    def _write_rows(self, f: FileWrite, chunks, vectors) -> tuple[list[int], list[int]]:
+        """One file's rows (inside the caller's transaction): (chunk ids replaced, chunk ids added)."""
+        now, old = time.time(), self._file(f.path)
+        self.snaps.keep("path=?", (f.path,))  # what a snapshot names survives the overwrite
+        stale = [r[0] for r in self.db.execute("SELECT id FROM chunks WHERE path=?", (f.path,))]
+        self.db.execute("DELETE FROM chunks WHERE path=?", (f.path,))
+        self.db.execute(
+            "INSERT INTO files(path, text, size, ctime, mtime, tags, source, sha256) VALUES(?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(path) DO UPDATE SET text=excluded.text, size=excluded.size, mtime=excluded.mtime, "
+            "tags=excluded.tags, source=excluded.source, sha256=excluded.sha256",
+            (f.path, f.text, len(f.text.encode()), old[3] if old else now, now,
+             json.dumps(f.tags if f.tags is not None else (json.loads(old[5]) if old else [])),
+             f.source if f.source is not None else (old[6] if old else None), sha256(f.text.encode()).hexdigest()))
+        ids = [self.db.execute("INSERT INTO chunks(path, seq, start, end, text, vector) VALUES(?,?,?,?,?,?)",
+                               (f.path, seq, c.start, c.end, c.text, v.tobytes())).lastrowid
+               for seq, (c, v) in enumerate(zip(chunks, vectors))]
+        return stale, ids
 
     @contextmanager
     def _transaction(self, what: str) -> Iterator[None]:
@@ -337,6 +272,7 @@ class Volume:
             else:
                 raise MemNotFoundError(f"no such file or directory: {path}", param="path")
             with self._transaction(f"remove {path}"):
+                self.snaps.keep(where, args)
                 ids = [r[0] for r in self.db.execute(f"SELECT id FROM chunks WHERE {where}", args)]
                 self.db.execute(f"DELETE FROM chunks WHERE {where}", args)
                 count = self.db.execute(f"DELETE FROM files WHERE {where}", args).rowcount
@@ -344,6 +280,52 @@ class Volume:
             self.index.remove(ids)
             self._after_change()
             return count
+
+    # -- snapshots (kernel/memfs/snapshots.py) -----------------------------------------------------
+
+    def snapshot(self, name: str | None = None) -> dict[str, Any]:
+        """Name the volume's current state (copy-on-write: no row is copied now), saving the index with it."""
+        name = default_name() if name is None else check_name(name)
+        with self.lock:
+            self._sync()
+            with self._transaction(f"take snapshot {name}"):
+                info = self.snaps.record(name)
+                for stray in self.snaps.stray_index_files():
+                    stray.unlink(missing_ok=True)
+                if self._db_version() == self._version:  # the index holds exactly these rows
+                    self.snaps.dir.mkdir(exist_ok=True)
+                    self.index.save(self.snaps.index_file(name))
+            return {**info, "index_saved": self.snaps.index_file(name).exists()}
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return self.snaps.list()
+
+    def rollback(self, name: str) -> dict[str, Any]:
+        """Make the volume what it was at snapshot `name` (files, texts, chunks, moves; the index the
+        snapshot saved, so searches answer as they did then). The snapshot stays."""
+        check_name(name)
+        with self.lock:
+            self._sync()
+            with self._transaction(f"roll back to snapshot {name}"):
+                self.snaps.restore_rows(name)
+                self._bump()
+            saved = self.snaps.index_file(name)
+            try:
+                self.index = self.index_cls.load(saved, self.embedder.dim) if saved.exists() else self.index
+            except Exception as exc:  # noqa: BLE001 - the index is a cache: caught up from the rows instead
+                log.warning("memfs volume %s: the index saved with snapshot %s is unreadable (%s); the current "
+                            "one is caught up with the rolled-back rows instead", self.name, name, exc)
+            self._dirty = True
+            self.reconcile()
+            return self.snaps.describe(name)
+
+    def delete_snapshot(self, name: str) -> None:
+        """Delete snapshot `name`, freeing the rows only it kept."""
+        check_name(name)
+        with self.lock, self._transaction(f"delete snapshot {name}"):
+            self.snaps.forget(name)
+        self.snaps.index_file(name).unlink(missing_ok=True)
 
     # -- search ------------------------------------------------------------------------------------
 
@@ -380,6 +362,15 @@ class Volume:
         with self.lock:
             self._save(force=True)
             self.db.close()
+
+
+def _check_text(text: Any) -> None:
+    if not isinstance(text, str):
+        raise InvalidRequestError("memfs stores text: decode the content first", param="text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequestError("the text is not valid UTF-8", param="text") from None
 
 
 def batch_prepare(embedder, texts: list[str], progress: Callable[[int], None] | None = None):

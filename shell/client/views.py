@@ -143,6 +143,18 @@ class RemoteMem:
     def fsck(self, repair: bool = False) -> list[dict[str, Any]]:
         return self._t.call("POST", "/llmos/admin/mem/fsck", params={"repair": repair})
 
+    def snapshot(self, volume: str, name: str | None = None) -> dict[str, Any]:
+        return self._t.call("POST", f"/llmos/admin/mem/snapshots/{q(volume)}", json={"name": name})
+
+    def snapshots(self, volume: str | None = None) -> list[dict[str, Any]]:
+        return self._t.call("GET", "/llmos/admin/mem/snapshots", params={} if volume is None else {"volume": volume})
+
+    def rollback(self, volume: str, name: str) -> dict[str, Any]:
+        return self._t.call("POST", f"/llmos/admin/mem/snapshots/{q(volume)}/{q(name)}/rollback")
+
+    def delete_snapshot(self, volume: str, name: str) -> None:
+        self._t.call("DELETE", f"/llmos/admin/mem/snapshots/{q(volume)}/{q(name)}")
+
     def import_dir(self, source: str, to: str, progress: Callable[[int, int], None] | None = None, *,
                    hidden: bool = False, max_bytes: int | None = None, **_ignored: Any) -> dict[str, Any]:
         """Import a directory of this machine (the server reads it: the owner's only), with progress."""

@@ -1,10 +1,10 @@
 """memfs over HTTP (`/llmos/mem/...`): every `kernel.mem` operation a client needs, each one the
 MemFS call of the same name (so a `Client`'s `mem` is the kernel's: shell/client/mem.py).
 
-What reads this machine's files by path (`import`) or creates stores (`mount`) and the repair
-(`fsck`) sit under /llmos/admin/mem/: the owner's (Unix socket) or an API key holder's only
-(security.py). `import` streams its progress as SSE: `{"done": N, "total": M}` events, then
-`{"result": {...}}` (or `{"error": {...}}`).
+What reads this machine's files by path (`import`) or creates stores (`mount`), the repair
+(`fsck`) and a volume's snapshots (take, list, roll back, delete) sit under /llmos/admin/mem/: the
+owner's (Unix socket) or an API key holder's only (security.py). `import` streams its progress as
+SSE: `{"done": N, "total": M}` events, then `{"result": {...}}` (or `{"error": {...}}`).
 
 Each path is checked against the request's tenant first (tenancy.py): a tenant reads its home and what is
 shared with it, writes its home only; a search of "/" covers what it may read (kernel/tenants/scope.py)."""
@@ -56,6 +56,10 @@ class MemGrep(BaseModel):
     within: str = "/"
     ignore_case: bool = False
     timeout: float = Field(GREP_TIMEOUT_S, gt=0, le=10, description="Seconds before the pattern is refused.")
+
+
+class MemSnapshot(BaseModel):
+    name: str | None = Field(None, max_length=64, description="Default: the time.")
 
 
 class MemImport(BaseModel):
@@ -125,6 +129,24 @@ def mem_router(kernel) -> APIRouter:
     @r.post("/admin/mem/fsck")
     async def mem_fsck(repair: bool = False) -> list[dict[str, Any]]:
         return await run(kernel.mem.fsck, repair)
+
+    # snapshots act on a whole volume (every tenant's files in it): an admin's only
+    @r.get("/admin/mem/snapshots")
+    async def mem_snapshots(volume: str | None = None) -> list[dict[str, Any]]:
+        return await run(kernel.mem.snapshots, volume)
+
+    @r.post("/admin/mem/snapshots/{volume}")
+    async def mem_snapshot(volume: str, body: MemSnapshot) -> dict[str, Any]:
+        return await run(kernel.mem.snapshot, volume, body.name)
+
+    @r.post("/admin/mem/snapshots/{volume}/{name}/rollback")
+    async def mem_rollback(volume: str, name: str) -> dict[str, Any]:
+        return await run(kernel.mem.rollback, volume, name)
+
+    @r.delete("/admin/mem/snapshots/{volume}/{name}")
+    async def mem_delete_snapshot(volume: str, name: str) -> dict[str, Any]:
+        await run(kernel.mem.delete_snapshot, volume, name)
+        return {"deleted": name, "volume": volume}
 
     @r.post("/admin/mem/import")
     async def mem_import(request: Request, body: MemImport) -> StreamingResponse:

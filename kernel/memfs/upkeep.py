@@ -1,0 +1,147 @@
+"""Keeping a volume's vector index equal to its chunk rows (a mixin of `Volume`, kernel/memfs/volume.py).
+
+Boundaries: the index is a cache of the rows' vectors. Loading it (rebuilt from the rows when the file is
+unreadable), reconciling it with the rows (rows with no vector are embedded, missing vectors added,
+orphans dropped), rebuilding it as another kind in the background when the size asks for it, and saving
+it atomically at most every SAVE_EVERY_S seconds. Other processes' writes are seen through the `meta`
+version row and reconciled before each search.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("llmos.memfs")
+
+SAVE_EVERY_S = 5.0
+
+
+class IndexUpkeep:
+    name: str
+    dir: Path
+    db: sqlite3.Connection
+    embedder: Any
+    index_cls: Any
+    index: Any
+    lock: threading.RLock
+    notices: list[str]
+    _version: str | None
+    _saved: float
+    _dirty: bool
+    _rebuilding: bool
+    rebuild_thread: threading.Thread | None
+
+    # -- index upkeep ------------------------------------------------------------------------------
+
+    @property
+    def index_file(self) -> Path:
+        return self.dir / "index.faiss"
+
+    def _db_version(self) -> str:
+        row = self.db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+        return row[0] if row else "0"
+
+    def _load_index(self) -> None:
+        dim = self.embedder.dim
+        self.index = None
+        if self.index_file.exists():
+            try:
+                self.index = self.index_cls.load(self.index_file, dim)
+            except Exception as exc:  # noqa: BLE001 - a corrupt index is rebuilt from the rows
+                self.notices.append(f"index file {self.index_file} was unreadable ({exc}); rebuilt from stored text")
+                log.warning(self.notices[-1])
+        if self.index is None:
+            self.index = self.index_cls(dim)
+        self.reconcile()
+
+    def reconcile(self, repair: bool = True) -> dict[str, int]:
+        """Make the index hold exactly the chunk rows' vectors; embed rows that have none."""
+        with self.lock:
+            self._embed_missing()
+            rows = {r[0] for r in self.db.execute("SELECT id FROM chunks")}
+            have = self.index.ids()
+            missing, orphaned = rows - have, have - rows
+            report = {"rows": len(rows), "indexed": len(have), "missing": len(missing), "orphaned": len(orphaned)}
+            if repair and (missing or orphaned):
+                self.index.remove(orphaned)
+                self._add_from_rows(sorted(missing))
+                self._dirty = True
+            if repair and self.index.needs_rebuild:
+                self._rebuild_in_background()
+            self._version = self._db_version()
+            if self._dirty:
+                self._save(force=True)
+            return report
+
+    def _embed_missing(self) -> None:
+        todo = self.db.execute("SELECT id, text FROM chunks WHERE vector IS NULL").fetchall()
+        if not todo:
+            return
+        vectors = self.embedder.embed([t for _i, t in todo])
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.executemany("UPDATE chunks SET vector=? WHERE id=?",
+                            [(v.tobytes(), i) for (i, _t), v in zip(todo, vectors)])
+        self.db.execute("COMMIT")
+        self.notices.append(f"embedded {len(todo)} chunk(s) that had no vector")
+
+    def _add_from_rows(self, ids: list[int]) -> None:
+        for start in range(0, len(ids), 5000):
+            part = ids[start:start + 5000]
+            rows = self.db.execute(f"SELECT id, vector FROM chunks WHERE id IN ({','.join('?' * len(part))})",
+                                   part).fetchall()
+            if rows:
+                self.index.add(np.array([r[0] for r in rows]), np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
+
+    def _rebuild_in_background(self) -> None:
+        """Build an index of the right kind from the stored vectors on a thread; searches keep using
+        the current one until the new one is swapped in (then it catches up with later writes)."""
+        if self._rebuilding:
+            return
+        self._rebuilding = True
+
+        def work() -> None:
+            try:
+                with self.lock:
+                    rows = self.db.execute("SELECT id, vector FROM chunks").fetchall()
+                ids = np.array([r[0] for r in rows], dtype=np.int64)
+                vecs = np.stack([np.frombuffer(r[1], np.float32) for r in rows]) if rows \
+                    else np.zeros((0, self.embedder.dim), np.float32)
+                fresh = self.index_cls.build(self.embedder.dim, ids, vecs)
+                with self.lock:
+                    self.index, self._dirty = fresh, True
+                    self.reconcile()
+                log.info("memfs volume %s: index rebuilt as %s over %d vectors", self.name, fresh.kind, len(ids))
+            except Exception:  # noqa: BLE001 - the old index keeps serving
+                log.exception("memfs volume %s: index rebuild failed", self.name)
+            finally:
+                self._rebuilding = False
+
+        self.rebuild_thread = threading.Thread(target=work, name=f"llmos-memfs-rebuild-{self.name}", daemon=True)
+        self.rebuild_thread.start()
+
+    def _save(self, force: bool = False) -> None:
+        if self._dirty and (force or time.monotonic() - self._saved > SAVE_EVERY_S):
+            self.index.save(self.index_file)
+            self._saved, self._dirty = time.monotonic(), False
+
+    def _after_change(self) -> None:
+        self._version, self._dirty = self._db_version(), True
+        if self.index.needs_rebuild:
+            self._rebuild_in_background()
+        self._save()
+
+    def _sync(self) -> None:
+        """Pick up writes made by other processes since this one last looked."""
+        if self._db_version() != self._version:
+            self.reconcile()
+
+    def _bump(self) -> None:
+        self.db.execute("INSERT INTO meta(key, value) VALUES('version', ?) ON CONFLICT(key) DO UPDATE SET "
+                        "value=excluded.value", (f"{time.time_ns()}",))
