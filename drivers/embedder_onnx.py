@@ -12,7 +12,7 @@ the model's sentence-transformers modules do; only that module stack (Transforme
 Normalize) is accepted.
 
 Measured against the torch backend (docs/memfs.md): fp32 agrees (cosine >= 0.99999, top-5 overlap 1.0
-on the pydoc topics); dynamic int8 quantization lost agreement (top-5 overlap 0.82-0.92), so it is not
+on the pydoc topics); dynamic int8 quantization lost agreement (top-5 overlap 0.62-0.92), so it is not
 offered. onnxruntime's intra-op pool is its own (no OpenMP) and is told not to spin when idle, so it does
 not take the cores from the torch LLM driver between batches.
 """
