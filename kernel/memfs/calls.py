@@ -44,14 +44,15 @@ class MemCalls:
 
     @property
     def embedding(self) -> EmbeddingService:
-        """The kernel's embedding service (all-MiniLM-L6-v2): a priority queue visible in ps."""
+        """The kernel's embedding service (all-MiniLM-L6-v2 on the `embedder_backend`): a priority queue visible in ps."""
         with self._lock:
             if self._embedding is None:
-                from llmos.drivers.embedder import SentenceEmbedder
+                from llmos.drivers.embedder import make_embedder
 
                 from .embedding import EmbeddingService
 
-                self._embedding = EmbeddingService(SentenceEmbedder())
+                embedder = make_embedder(self.config.embedder_backend, cache_dir=self.config.embedder_cache)
+                self._embedding = EmbeddingService(embedder)
             return self._embedding
 
     def embed(self, texts: list[str], *, priority: Priority | str = Priority.NORMAL, owner: str = "api"):

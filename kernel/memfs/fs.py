@@ -31,12 +31,12 @@ log = logging.getLogger("llmos.memfs")
 
 
 def default_backends():
-    """(embedder, index class): sentence-transformers + FAISS, from drivers/ (imported lazily; the
-    model itself loads on first use)."""
-    from llmos.drivers.embedder import SentenceEmbedder
+    """(embedder, index class): the "auto" embedder backend (ONNX Runtime, else sentence-transformers)
+    + FAISS, from drivers/ (imported lazily; the model itself loads on first use)."""
+    from llmos.drivers.embedder import make_embedder
     from llmos.drivers.memfs_index import VectorIndex
 
-    return SentenceEmbedder(), VectorIndex
+    return make_embedder("auto"), VectorIndex
 
 
 class MemFS:
