@@ -58,7 +58,7 @@ def _chunks(n: int) -> list[str]:
 
 @benchmark("B6", "ingest of 2,000 one-chunk files: torch embedder per chunk (write) vs ONNX embedder batched (import)")
 def b6(ctx: BenchContext) -> BenchResult:
-    from llmos.drivers.embedder import make_embedder
+    from llmos.drivers.embedder_select import make_embedder
     from llmos.drivers.memfs_index import VectorIndex
     from llmos.kernel.config import default_home
     from llmos.kernel.memfs import MemFS

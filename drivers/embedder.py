@@ -16,12 +16,9 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from llmos.kernel.config import EMBEDDER_BACKENDS as BACKENDS  # the `embedder_backend` setting's values
-from llmos.kernel.errors import ConfigError
 
 CHUNK_TOKENS = 128
 OVERLAP_TOKENS = 32
@@ -122,34 +119,3 @@ class SentenceEmbedder(TokenWindows):
         vectors = self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
                                     convert_to_numpy=True, show_progress_bar=False)
         return np.asarray(vectors, dtype=np.float32)
-
-
-def onnx_available() -> bool:
-    """Whether the ONNX backend can run here (onnxruntime and onnx import)."""
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def make_embedder(backend: str = "auto", *, cache_dir: str | Path | None = None, model_path: str | None = None):
-    """The embedder for `backend` (one of BACKENDS): "auto" is ONNX when onnxruntime imports, else torch.
-    `cache_dir` holds the ONNX export (default: $LLMOS_HOME/cache/embedder)."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"embedder_backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
-    if backend == "auto":
-        backend = "onnx" if onnx_available() else "torch"
-    if backend == "torch":
-        return SentenceEmbedder(model_path)
-    if not onnx_available():
-        raise ConfigError("embedder_backend = 'onnx' needs onnxruntime and onnx: pip install 'llmos[memory]', "
-                          "or set embedder_backend = 'torch'")
-    from .embedder_onnx import OnnxEmbedder
-
-    if cache_dir is None:
-        from llmos.kernel.config import default_home
-
-        cache_dir = default_home() / "cache" / "embedder"
-    return OnnxEmbedder(model_path, cache_dir=cache_dir)

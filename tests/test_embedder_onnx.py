@@ -37,7 +37,7 @@ MIN_COSINE = 0.9999
 
 @pytest.fixture(scope="module")
 def backends(tmp_path_factory):
-    from llmos.drivers.embedder import make_embedder
+    from llmos.drivers.embedder_select import make_embedder
 
     cache = tmp_path_factory.mktemp("embedder-cache")
     return make_embedder("onnx", cache_dir=cache), make_embedder("torch")
@@ -126,7 +126,8 @@ def test_the_export_is_cached_checked_and_redone_when_damaged(backends, tmp_path
 
 
 def test_the_setting_picks_the_backend(tmp_path, monkeypatch):
-    from llmos.drivers.embedder import SentenceEmbedder, make_embedder
+    from llmos.drivers.embedder import SentenceEmbedder
+    from llmos.drivers.embedder_select import make_embedder
     from llmos.drivers.embedder_onnx import OnnxEmbedder
 
     assert isinstance(make_embedder("auto", cache_dir=tmp_path), OnnxEmbedder)  # onnxruntime imports here

@@ -47,7 +47,7 @@ class MemCalls:
         """The kernel's embedding service (all-MiniLM-L6-v2 on the `embedder_backend`): a priority queue visible in ps."""
         with self._lock:
             if self._embedding is None:
-                from llmos.drivers.embedder import make_embedder
+                from llmos.drivers.embedder_select import make_embedder
 
                 from .embedding import EmbeddingService
 

@@ -33,7 +33,7 @@ log = logging.getLogger("llmos.memfs")
 def default_backends():
     """(embedder, index class): the "auto" embedder backend (ONNX Runtime, else sentence-transformers)
     + FAISS, from drivers/ (imported lazily; the model itself loads on first use)."""
-    from llmos.drivers.embedder import make_embedder
+    from llmos.drivers.embedder_select import make_embedder
     from llmos.drivers.memfs_index import VectorIndex
 
     return make_embedder("auto"), VectorIndex

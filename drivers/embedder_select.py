@@ -1,0 +1,43 @@
+"""Choosing the memfs embedder's backend (`embedder_backend`: auto, onnx, torch): drivers/embedder.py
+(sentence-transformers on torch) or drivers/embedder_onnx.py (the same model on ONNX Runtime). Both
+backends are imported only once chosen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmos.kernel.config import EMBEDDER_BACKENDS as BACKENDS  # the `embedder_backend` setting's values
+from llmos.kernel.errors import ConfigError
+
+
+def onnx_available() -> bool:
+    """Whether the ONNX backend can run here (onnxruntime and onnx import)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_embedder(backend: str = "auto", *, cache_dir: str | Path | None = None, model_path: str | None = None):
+    """The embedder for `backend` (one of BACKENDS): "auto" is ONNX when onnxruntime imports, else torch.
+    `cache_dir` holds the ONNX export (default: $LLMOS_HOME/cache/embedder)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"embedder_backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    if backend == "auto":
+        backend = "onnx" if onnx_available() else "torch"
+    if backend == "torch":
+        from .embedder import SentenceEmbedder
+
+        return SentenceEmbedder(model_path)
+    if not onnx_available():
+        raise ConfigError("embedder_backend = 'onnx' needs onnxruntime and onnx: pip install 'llmos[memory]', "
+                          "or set embedder_backend = 'torch'")
+    from .embedder_onnx import OnnxEmbedder
+
+    if cache_dir is None:
+        from llmos.kernel.config import default_home
+
+        cache_dir = default_home() / "cache" / "embedder"
+    return OnnxEmbedder(model_path, cache_dir=cache_dir)
