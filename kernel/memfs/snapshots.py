@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidRequestError, StorageError
+from ..lib.names import checked_name
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshots (name TEXT PRIMARY KEY, created REAL NOT NULL, files INTEGER NOT NULL,
@@ -48,10 +49,8 @@ class SnapshotNotFoundError(InvalidRequestError, LookupError):
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise InvalidRequestError(f"snapshot names are 1-64 letters, digits, '.', '_' or '-', starting with a letter "
-                                  f"or digit; got {name!r}", param="name")
-    return name
+    return checked_name(name, NAME_RE, "snapshot names are 1-64 letters, digits, '.', '_' or '-', starting with a "
+                                       "letter or digit")
 
 
 def default_name() -> str:

@@ -27,7 +27,7 @@ ANONYMOUS = "anonymous"
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):  # match() would let "alice\n" through ($)
         raise InvalidRequestError(f"a tenant name is 1-32 characters of a-z, 0-9, '-' and '_', starting with a "
                                   f"letter or digit, got {name!r}", param="name")
     return name
