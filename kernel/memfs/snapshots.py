@@ -73,24 +73,20 @@ class VolumeSnapshots:
 
     def keep(self, where: str, args: tuple) -> None:
         """Before the chunk and file rows whose path matches `where` are deleted or overwritten: copy
-        aside those a snapshot names (nothing when no snapshot exists)."""
-        self._keep_chunks(where, args)
-        self._keep_texts(where, args)
-
-    def _any(self) -> bool:
-        return self.db.execute("SELECT 1 FROM snapshots LIMIT 1").fetchone() is not None
+        aside those a snapshot names (nothing when no snapshot exists: one lookup on a write's path)."""
+        if self.db.execute("SELECT 1 FROM snapshots LIMIT 1").fetchone() is not None:
+            self._keep_chunks(where, args)
+            self._keep_texts(where, args)
 
     def _keep_chunks(self, where: str, args: tuple) -> None:
-        if self._any():
-            self.db.execute(f"INSERT OR IGNORE INTO kept_chunks({CHUNK_COLUMNS}) SELECT {CHUNK_COLUMNS} FROM chunks "
-                            f"WHERE ({where}) AND id IN (SELECT id FROM snap_chunks)", args)
+        self.db.execute(f"INSERT OR IGNORE INTO kept_chunks({CHUNK_COLUMNS}) SELECT {CHUNK_COLUMNS} FROM chunks "
+                        f"WHERE ({where}) AND id IN (SELECT id FROM snap_chunks)", args)
 
     def _keep_texts(self, where: str, args: tuple) -> None:
-        if self._any():
-            self.db.execute(f"INSERT OR IGNORE INTO kept_texts(sha256, text) SELECT sha256, text FROM files "
-                            f"WHERE ({where}) AND sha256 IN (SELECT sha256 FROM snap_files)", args)
+        self.db.execute(f"INSERT OR IGNORE INTO kept_texts(sha256, text) SELECT sha256, text FROM files "
+                        f"WHERE ({where}) AND sha256 IN (SELECT sha256 FROM snap_files)", args)
 
-    def record(self, name: str) -> dict[str, Any]:
+    def record(self, name: str) -> None:
         """Name the current rows (the caller holds the write transaction)."""
         if self.exists(name):
             raise InvalidRequestError(f"a snapshot named {name!r} exists already: pick another name, or delete it "
@@ -102,13 +98,13 @@ class VolumeSnapshots:
         size = self.db.execute("SELECT coalesce(sum(size), 0) FROM files").fetchone()[0]
         self.db.execute("INSERT INTO snapshots(name, created, files, chunks, bytes) VALUES(?,?,?,?,?)",
                         (name, time.time(), files, chunks, size))
-        return self.describe(name)
 
     def restore_rows(self, name: str) -> None:
         """Make `files` and `chunks` what they were at snapshot `name` (inside the caller's transaction):
         rows another snapshot names are kept aside before they go; chunk rows come back from the kept
-        copies with their ids, so the index can take them back by id."""
-        self._require(name)
+        copies with their ids, so the index can take them back by id. A snapshot exists (checked first), so
+        the steps copy aside without `keep`'s check."""
+        self.describe(name)  # SnapshotNotFoundError for an unknown name
         # 1. chunk rows the snapshot does not name go (kept first where another snapshot names them)
         self._keep_chunks("id NOT IN (SELECT id FROM snap_chunks WHERE snap=?)", (name,))
         self.db.execute("DELETE FROM chunks WHERE id NOT IN (SELECT id FROM snap_chunks WHERE snap=?)", (name,))
@@ -163,7 +159,7 @@ class VolumeSnapshots:
 
     def forget(self, name: str) -> None:
         """Delete snapshot `name` (inside the caller's transaction) and free what only it kept."""
-        self._require(name)
+        self.describe(name)  # SnapshotNotFoundError for an unknown name
         self.db.execute("DELETE FROM snap_files WHERE snap=?", (name,))
         self.db.execute("DELETE FROM snap_chunks WHERE snap=?", (name,))
         self.db.execute("DELETE FROM snapshots WHERE name=?", (name,))
@@ -172,10 +168,6 @@ class VolumeSnapshots:
     def _collect(self) -> None:
         self.db.execute("DELETE FROM kept_chunks WHERE id NOT IN (SELECT id FROM snap_chunks)")
         self.db.execute("DELETE FROM kept_texts WHERE sha256 NOT IN (SELECT sha256 FROM snap_files)")
-
-    def _require(self, name: str) -> None:
-        if not self.exists(name):
-            self.describe(name)  # raises SnapshotNotFoundError
 
     def stray_index_files(self) -> list[Path]:
         """Saved indexes with no snapshot row (a crash between saving the index and committing)."""

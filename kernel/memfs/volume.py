@@ -101,6 +101,9 @@ class Volume(IndexUpkeep):
 
     def write(self, path: str, text: str, *, tags: list[str] | None = None, source: str | None = None,
               embedded: tuple[list, np.ndarray] | None = None) -> dict[str, Any]:
+        if embedded is None:  # one file: embedded at the caller's priority, not an import's (batch_prepare)
+            _check_text(text)
+            embedded = self.prepare(text)
         result = self.write_many([FileWrite(path, text, tags, source, embedded)])[0]
         if isinstance(result, Exception):
             raise result
@@ -115,7 +118,7 @@ class Volume(IndexUpkeep):
         for i, f in enumerate(files):
             try:
                 _check_text(f.text)
-                todo.append((i, f, f.embedded if f.embedded is not None else None))
+                todo.append((i, f, f.embedded))
             except InvalidRequestError as exc:
                 results[i] = exc
         need = [j for j, (_i, _f, emb) in enumerate(todo) if emb is None]
@@ -289,13 +292,13 @@ class Volume(IndexUpkeep):
         with self.lock:
             self._sync()
             with self._transaction(f"take snapshot {name}"):
-                info = self.snaps.record(name)
+                self.snaps.record(name)
                 for stray in self.snaps.stray_index_files():
                     stray.unlink(missing_ok=True)
                 if self._db_version() == self._version:  # the index holds exactly these rows
                     self.snaps.dir.mkdir(exist_ok=True)
                     self.index.save(self.snaps.index_file(name))
-            return {**info, "index_saved": self.snaps.index_file(name).exists()}
+            return self.snaps.describe(name)
 
     def snapshots(self) -> list[dict[str, Any]]:
         with self.lock:
@@ -312,7 +315,8 @@ class Volume(IndexUpkeep):
                 self._bump()
             saved = self.snaps.index_file(name)
             try:
-                self.index = self.index_cls.load(saved, self.embedder.dim) if saved.exists() else self.index
+                if saved.exists():
+                    self.index = self.index_cls.load(saved, self.embedder.dim)
             except Exception as exc:  # noqa: BLE001 - the index is a cache: caught up from the rows instead
                 log.warning("memfs volume %s: the index saved with snapshot %s is unreadable (%s); the current "
                             "one is caught up with the rolled-back rows instead", self.name, name, exc)
