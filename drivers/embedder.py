@@ -3,9 +3,9 @@ loaded offline from the package, plus token-window chunking with overlap.
 
 Two backends compute the same vectors: `SentenceEmbedder` (torch, through sentence-transformers) and
 `OnnxEmbedder` (drivers/embedder_onnx.py: the same model exported once to ONNX and run by ONNX
-Runtime, length-bucketed batches). `make_embedder(backend)` picks one ("auto": ONNX when onnxruntime
-imports, else torch). Both share `TokenWindows`: the model's own tokenizer does the chunking and the
-token counting, so `chunk` and `count_tokens` answer the same on either backend.
+Runtime, length-bucketed batches). drivers/embedder_select.py `make_embedder(backend)` picks one
+("auto": ONNX when onnxruntime imports, else torch). Both share `TokenWindows`: the model's own
+tokenizer does the chunking and the token counting, so `chunk` and `count_tokens` answer the same on either backend.
 
 Any object with `dim`, `chunk(text)` and `embed(texts)` can replace them (memfs takes an embedder
 factory), e.g. another sentence-transformers model or a driver's embeddings.
@@ -18,7 +18,6 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-
 
 CHUNK_TOKENS = 128
 OVERLAP_TOKENS = 32

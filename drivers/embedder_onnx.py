@@ -49,11 +49,8 @@ _MODULES = ["sentence_transformers.models.Transformer", "sentence_transformers.m
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def read_model_config(model_path: Path) -> int:

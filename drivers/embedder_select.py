@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmos.kernel.config import EMBEDDER_BACKENDS as BACKENDS  # the `embedder_backend` setting's values
+from llmos.kernel.config import check_embedder_backend
 from llmos.kernel.errors import ConfigError
 
 
@@ -21,10 +21,9 @@ def onnx_available() -> bool:
 
 
 def make_embedder(backend: str = "auto", *, cache_dir: str | Path | None = None, model_path: str | None = None):
-    """The embedder for `backend` (one of BACKENDS): "auto" is ONNX when onnxruntime imports, else torch.
-    `cache_dir` holds the ONNX export (default: $LLMOS_HOME/cache/embedder)."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"embedder_backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    """The embedder for `backend` (one of kernel/config.py EMBEDDER_BACKENDS): "auto" is ONNX when
+    onnxruntime imports, else torch. `cache_dir` holds the ONNX export (default: $LLMOS_HOME/cache/embedder)."""
+    check_embedder_backend(backend)
     if backend == "auto":
         backend = "onnx" if onnx_available() else "torch"
     if backend == "torch":

@@ -279,11 +279,8 @@ def file_sha256(path: Path, cache_dir: Path | None = None) -> str:
             and isinstance(row.get("sha256"), str):
         digest = row["sha256"]
     else:
-        h = hashlib.sha256()
         with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        digest = h.hexdigest()
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
         if cache is not None:
             stored = stored if isinstance(stored, dict) else {}
             stored[key[0]] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}

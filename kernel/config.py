@@ -67,8 +67,16 @@ from typing import Any, Mapping
 from .errors import ConfigError, InvalidRequestError
 from .sched.request import MODEL_SAMPLING_KEYS
 
-#: the embedder backends (drivers/embedder.py BACKENDS; repeated so importing the config imports no driver)
+#: the embedder backends (drivers/embedder_select.py builds them; named here so the config imports no driver)
 EMBEDDER_BACKENDS = ("auto", "onnx", "torch")
+
+
+def check_embedder_backend(value: object) -> str:
+    """`value` when it names an embedder backend; else ConfigError listing them."""
+    if value not in EMBEDDER_BACKENDS:
+        raise ConfigError(f"embedder_backend must be one of {', '.join(map(repr, EMBEDDER_BACKENDS))}, "
+                          f"got {value!r}")
+    return value
 
 
 def available_cores() -> int:
@@ -127,9 +135,7 @@ class Config:
             )
         if not isinstance(self.default_model, str) or not self.default_model:
             raise ConfigError("default_model must be a non-empty string")
-        if self.embedder_backend not in EMBEDDER_BACKENDS:
-            raise ConfigError(f"embedder_backend must be one of {', '.join(map(repr, EMBEDDER_BACKENDS))}, "
-                              f"got {self.embedder_backend!r}")
+        check_embedder_backend(self.embedder_backend)
         self.keep_alive_for(None)
         for name in self.models:
             self.keep_alive_for(name)
