@@ -25,8 +25,8 @@ def available() -> dict[str, str]:
 
 
 def _load_all() -> None:
-    from . import (agents_bench, constrain_bench, daemon_bench, llamacpp_bench, memfs_bench, snapshot_bench,  # noqa: F401
-                   session_bench, shell_bench, swap_bench, tenants_bench, torch_bench)  # each registers
+    from . import (agents_bench, constrain_bench, daemon_bench, llamacpp_bench, memfs_bench, search_bench,  # noqa: F401
+                   session_bench, snapshot_bench, shell_bench, swap_bench, tenants_bench, torch_bench)  # each registers
     # its own
 
 

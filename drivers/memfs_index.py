@@ -9,6 +9,7 @@ and the index is rebuilt once they pile up. `VectorIndex.build` picks the kind f
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 import faiss
@@ -44,9 +45,20 @@ class VectorIndex:
 
     @classmethod
     def build(cls, dim: int, ids: np.ndarray, vectors: np.ndarray, threshold: int | None = None) -> "VectorIndex":
+        return cls.build_from(dim, len(ids), [(ids, vectors)], threshold=threshold)
+
+    @classmethod
+    def build_from(cls, dim: int, count: int, batches: Iterable[tuple[np.ndarray, np.ndarray]],
+                   sample: np.ndarray | None = None, threshold: int | None = None) -> "VectorIndex":
+        """An index of the kind `count` vectors ask for, filled from (ids, vectors) batches, so a
+        rebuild never holds every float32 vector at once (1e6 x 384 would be 1.5 GB). The quantizer
+        trains on `sample` (a spread of the vectors) when given, else on the first batch."""
         limit = HNSW_THRESHOLD if threshold is None else threshold
-        index = cls(dim, "hnsw" if len(ids) > limit else "flat")
-        index.add(ids, vectors)
+        index = cls(dim, "hnsw" if count > limit else "flat")
+        if sample is not None and len(sample) and not index._index.is_trained:
+            index._index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        for ids, vectors in batches:
+            index.add(ids, vectors)
         return index
 
     def __len__(self) -> int:

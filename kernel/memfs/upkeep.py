@@ -21,6 +21,8 @@ import numpy as np
 log = logging.getLogger("llmos.memfs")
 
 SAVE_EVERY_S = 5.0
+REBUILD_BATCH = 20_000  # rows read per step of a rebuild (~30 MB of 384-d vectors)
+TRAIN_SAMPLE = 50_000  # vectors an index's quantizer trains on, spread over the volume
 
 
 class IndexUpkeep:
@@ -94,10 +96,8 @@ class IndexUpkeep:
     def _add_from_rows(self, ids: list[int]) -> None:
         for start in range(0, len(ids), 5000):
             part = ids[start:start + 5000]
-            rows = self.db.execute(f"SELECT id, vector FROM chunks WHERE id IN ({','.join('?' * len(part))})",
-                                   part).fetchall()
-            if rows:
-                self.index.add(np.array([r[0] for r in rows]), np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
+            self.index.add(*self._rows(f"SELECT id, vector FROM chunks WHERE id IN ({','.join('?' * len(part))})",
+                                       tuple(part)))
 
     def _rebuild_in_background(self) -> None:
         """Build an index of the right kind from the stored vectors on a thread; searches keep using
@@ -109,15 +109,15 @@ class IndexUpkeep:
         def work() -> None:
             try:
                 with self.lock:
-                    rows = self.db.execute("SELECT id, vector FROM chunks").fetchall()
-                ids = np.array([r[0] for r in rows], dtype=np.int64)
-                vecs = np.stack([np.frombuffer(r[1], np.float32) for r in rows]) if rows \
-                    else np.zeros((0, self.embedder.dim), np.float32)
-                fresh = self.index_cls.build(self.embedder.dim, ids, vecs)
+                    count = self.db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+                    step = max(1, count // TRAIN_SAMPLE)
+                    _ids, sample = self._rows("SELECT id, vector FROM chunks WHERE id % ? = 0 LIMIT ?",
+                                              (step, TRAIN_SAMPLE))
+                fresh = self.index_cls.build_from(self.embedder.dim, count, self._row_batches(), sample=sample)
                 with self.lock:
                     self.index, self._dirty = fresh, True
-                    self.reconcile()
-                log.info("memfs volume %s: index rebuilt as %s over %d vectors", self.name, fresh.kind, len(ids))
+                    self.reconcile()  # rows written or removed while it was built
+                log.info("memfs volume %s: index rebuilt as %s over %d vectors", self.name, fresh.kind, count)
             except Exception:  # noqa: BLE001 - the old index keeps serving
                 log.exception("memfs volume %s: index rebuild failed", self.name)
             finally:
@@ -125,6 +125,24 @@ class IndexUpkeep:
 
         self.rebuild_thread = threading.Thread(target=work, name=f"llmos-memfs-rebuild-{self.name}", daemon=True)
         self.rebuild_thread.start()
+
+    def _rows(self, sql: str, args: tuple = ()) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.db.execute(sql, args).fetchall()
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), self.embedder.dim)
+        return ids, vectors
+
+    def _row_batches(self):
+        """The stored vectors in id order, REBUILD_BATCH rows at a time (the lock held per batch only)."""
+        last = -1
+        while True:
+            with self.lock:
+                ids, vectors = self._rows("SELECT id, vector FROM chunks WHERE id > ? ORDER BY id LIMIT ?",
+                                          (last, REBUILD_BATCH))
+            if not len(ids):
+                return
+            yield ids, vectors
+            last = int(ids[-1])
 
     def _save(self, force: bool = False) -> None:
         if self._dirty and (force or time.monotonic() - self._saved > SAVE_EVERY_S):

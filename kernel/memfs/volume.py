@@ -140,8 +140,10 @@ class Volume(IndexUpkeep):
                     results[i] = f.path
                 self._bump()
             self.index.remove(stale)
-            for ids, vectors in added:
-                self.index.add(np.array(ids, dtype=np.int64), vectors)
+            added = [(ids, vectors) for ids, vectors in added if len(ids)]
+            if added:  # one add for the whole batch (an HNSW insert per file costs far more)
+                self.index.add(np.concatenate([np.asarray(ids, dtype=np.int64) for ids, _v in added]),
+                               np.concatenate([vectors for _ids, vectors in added]))
             self._after_change()
             return [self.stat(r) if isinstance(r, str) else r for r in results]
 

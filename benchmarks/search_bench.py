@@ -1,0 +1,71 @@
+"""memfs search benchmarks (memfs issue): B5 (1e5 passages) and B5m (1e6), a real volume's search end to
+end (its lock, the index, the SQLite lookup of the hits' paths) vs numpy brute force over the same vectors,
+with recall@10 against the exact answer counted as a result of its own."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .registry import BenchContext, BenchResult, benchmark
+from .synthetic import passage_number, synthetic_embeddings, volume_of
+
+K = 10
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")  # pragma: no cover - not Linux
+
+
+def _exact_top(vectors: np.ndarray, q: np.ndarray) -> list[int]:
+    scores = vectors @ q
+    top = np.argpartition(-scores, K)[:K]
+    return top[np.argsort(-scores[top])].tolist()
+
+
+def _search_bench(ctx: BenchContext, name: str, n: int, target: float, queries: int) -> list[BenchResult]:
+    import faiss
+
+    vectors = synthetic_embeddings(np.random.default_rng(0), n)
+    qs = synthetic_embeddings(np.random.default_rng(1), queries)
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx.log(f"{name}: writing {n:,} one-passage files into a volume (the index is rebuilt as it grows)")
+        rss0, started = _rss_mib(), time.perf_counter()
+        vol = volume_of(vectors, Path(tmp) / "root", ctx.log)
+        built_s = time.perf_counter() - started
+        index_mib = len(faiss.serialize_index(vol.index._index)) / 2**20
+        ctx.log(f"{name}: volume ready in {built_s:.0f} s, index {vol.index.kind} {index_mib:.0f} MiB, "
+                f"process RSS {_rss_mib():.0f} MiB (was {rss0:.0f} MiB before the volume)")
+        started = time.perf_counter()
+        exact = [_exact_top(vectors, q) for q in qs]
+        baseline = (time.perf_counter() - started) / queries * 1e3
+        vol.find("", vector=qs[0], k=K)  # warm
+        started = time.perf_counter()
+        found = [[passage_number(h["path"]) for h in vol.find("", vector=q, k=K)] for q in qs]
+        candidate = (time.perf_counter() - started) / queries * 1e3
+        vol.close()
+    recall = float(np.mean([len(set(a) & set(b)) / K for a, b in zip(found, exact)]))
+    ctx.log(f"{name}: recall@10 {recall:.3f} (target >= 0.95); {baseline:.2f} ms brute force, {candidate:.3f} ms volume")
+    return [BenchResult(name, baseline, candidate, "ms/query", target, higher_is_better=False,
+                        description=f"{n:,} passages: volume.find end to end vs numpy brute force; "
+                                    f"index {index_mib:.0f} MiB"),
+            BenchResult(f"{name} recall@10 vs the exact top 10", 1.0, recall, "recall", 0.95,
+                        description=f"{queries} queries")]
+
+
+@benchmark("B5", "search over 1e5 synthetic 384-d passages: a volume's search end to end vs numpy brute force, "
+                 "and its recall@10")
+def b5(ctx: BenchContext) -> list[BenchResult]:
+    return _search_bench(ctx, "B5", 100_000, 20.0, queries=200)
+
+
+@benchmark("B5m", "search over 1e6 synthetic 384-d passages: a volume's search end to end vs numpy brute force, "
+                  "its recall@10, the index's size and the process RSS (a long run: the volume is built first)")
+def b5m(ctx: BenchContext) -> list[BenchResult]:
+    return _search_bench(ctx, "B5m", 1_000_000, 100.0, queries=100)
