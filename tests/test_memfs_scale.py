@@ -110,3 +110,27 @@ def test_kill_9_during_an_index_rebuild_loses_nothing(tmp_path):
     for i in (0, acked // 2, acked):  # every acknowledged passage is found by its own vector
         assert vol.find("", vector=vectors[i], k=1)[0]["path"] == passage_path(i)
     vol.close()
+
+
+def test_find_looks_further_when_the_best_chunks_share_a_file(tmp_path):
+    """find returns the best chunk per file: when the nearest 20 chunks all belong to one file, it widens
+    its search until it has k distinct files, in score order."""
+    from llmos.benchmarks.synthetic import GivenVectors
+    from llmos.drivers.memfs_index import VectorIndex
+    from llmos.kernel.memfs.volume import FileWrite, StoredChunk, Volume
+
+    rng = np.random.default_rng(3)
+    q = synthetic_embeddings(rng, 1)[0]
+    near = q + 0.05 * rng.normal(size=(20, DIM)).astype(np.float32)
+    far = synthetic_embeddings(rng, 50)
+    unit = lambda v: (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)  # noqa: E731
+    vol = Volume("root", tmp_path, GivenVectors(), VectorIndex)
+    vol.write_many([FileWrite("/big.txt", "big", embedded=([StoredChunk(i, i + 1, f"part {i}") for i in range(20)],
+                                                             unit(near)))]
+                   + [FileWrite(passage_path(i), f"passage {i}", embedded=([StoredChunk(0, 1, "p")], unit(far[i:i + 1])))
+                      for i in range(50)])
+    hits = vol.find("", vector=q, k=3)
+    exact = np.argsort(-(unit(far) @ q))[:2].tolist()
+    assert [h["path"] for h in hits] == ["/big.txt"] + [passage_path(i) for i in exact]
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    vol.close()

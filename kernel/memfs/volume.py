@@ -35,6 +35,9 @@ from .upkeep import IndexUpkeep
 
 log = logging.getLogger("llmos.memfs")
 
+#: the most chunks one find looks at to fill k distinct files (past it: fewer files, the best ones)
+FIND_MAX_CHUNKS = 1024
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, text TEXT NOT NULL, size INTEGER NOT NULL,
     ctime REAL NOT NULL, mtime REAL NOT NULL, tags TEXT NOT NULL DEFAULT '[]', source TEXT, sha256 TEXT NOT NULL);
@@ -344,18 +347,23 @@ class Volume(IndexUpkeep):
             if within != "/":
                 subset = np.array([r[0] for r in self.db.execute(
                     "SELECT id FROM chunks WHERE path=? OR path LIKE ? ESCAPE '\\'", (within, like_prefix(within)))])
-            hits = self.index.search(vec, k * 4, subset)
-            ids = [cid for cid, _score in hits]
-            rows = {r[0]: r[1:] for r in self.db.execute(  # one query for all the hits, not one per hit
-                f"SELECT id, path, seq, text FROM chunks WHERE id IN ({','.join('?' * len(ids))})", ids)}
-            out, seen = [], set()
-            for cid, score in hits:
-                row = rows.get(cid)
-                if row is None or row[0] in seen:
-                    continue
-                seen.add(row[0])
-                out.append({"path": row[0], "score": score, "text": row[2], "chunk": row[1]})
-            return out[:k]
+            rows: dict[int, tuple] = {}
+            want = k
+            while True:  # k chunks first; more only when several of them share a file (best chunk per file)
+                hits = self.index.search(vec, want, subset)
+                ids = [cid for cid, _score in hits if cid not in rows]
+                rows.update((r[0], r[1:]) for r in self.db.execute(  # one query for the new hits, not one per hit
+                    f"SELECT id, path, seq, text FROM chunks WHERE id IN ({','.join('?' * len(ids))})", ids))
+                out, seen = [], set()
+                for cid, score in hits:
+                    row = rows.get(cid)
+                    if row is None or row[0] in seen:
+                        continue
+                    seen.add(row[0])
+                    out.append({"path": row[0], "score": score, "text": row[2], "chunk": row[1]})
+                if len(out) >= k or len(hits) < want or want >= FIND_MAX_CHUNKS:
+                    return out[:k]
+                want = min(want * 4, FIND_MAX_CHUNKS)
 
     def grep(self, pattern: str, within: str = "/", ignore_case: bool = False, timeout: float = GREP_TIMEOUT_S,
              deadline: float | None = None) -> list[dict[str, Any]]:
