@@ -75,6 +75,7 @@ class ShellApp(App):
         self._own_kernel = kernel is None
         self._home, self._model, self._boot_kernel, self._resume = home, model, boot, resume
         self._local = local
+        self._attached = False  # set once the boot attached this shell to a resident kernel
         self.sampling = {"max_tokens": 1024, **(sampling or {})}
         self.conv: Conversation | None = None
         self.commands: CommandSet | None = None
@@ -125,6 +126,7 @@ class ShellApp(App):
 
                 kernel = shell_kernel(self._home, local=self._local,
                                       say=lambda text: self.call_from_thread(setattr, self.status, "state", text))
+                self._attached = not self._local
             conv = Conversation.resume(kernel, new=not self._resume)
             if self._model:
                 conv.update(model=kernel.registry.resolve(self._model).name)
@@ -144,6 +146,10 @@ class ShellApp(App):
             await self.chat_log.add(f"could not boot the kernel: {event.error}", "error")
             return
         self.kernel, self.conv = event.kernel, event.conv
+        if self._attached:  # the resident kernel decodes in another process: it goes first
+            from .attach import yield_cores_to_the_kernel
+
+            yield_cores_to_the_kernel()
         self.commands = CommandSet(self.kernel)
         self.completer = Completer(self.commands)
         self.completer.wanted_dir = lambda d: self._fetch_dir(d)

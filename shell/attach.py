@@ -14,6 +14,9 @@ from typing import Any, Callable
 
 #: how long a daemon the shell started stays up with no model loaded and no client
 AUTO_IDLE_EXIT = "5m"
+#: the niceness an attached shell draws at: on a machine whose cores all decode, drawing takes what
+#: decoding leaves instead of an equal share (the kernel is another process, at its own priority)
+ATTACHED_NICE = 10
 
 
 def shell_kernel(home: str | None, *, local: bool, say: Callable[[str], None] = lambda _text: None) -> Any:
@@ -33,3 +36,18 @@ def shell_kernel(home: str | None, *, local: bool, say: Callable[[str], None] = 
         say("starting the resident kernel (llmos up)...")
         daemon.start(where, port=0, idle_exit=AUTO_IDLE_EXIT)
     return llmos.connect(home=where)
+
+
+def yield_cores_to_the_kernel() -> None:
+    """Lower every thread of this (attached shell) process to ATTACHED_NICE, once its kernel is up: Linux
+    keeps a niceness per thread, and threads started later inherit it. Never raises the priority, and
+    is called after the daemon was started, so the kernel does not inherit it."""
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # not Linux: the process's niceness is the threads' too
+        tids = [0]
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), ATTACHED_NICE))
+        except OSError:
+            pass  # a thread that ended meanwhile, or a platform without it: drawing still works

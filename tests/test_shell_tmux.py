@@ -10,8 +10,11 @@ import shutil
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
+
+from llmos.shell.attach import ATTACHED_NICE
 
 from .test_daemon import Daemon
 from .util import LLMOS
@@ -36,6 +39,30 @@ def _wait_screen(session: str, condition, timeout: float) -> str:
     raise AssertionError(f"timed out after {timeout}s; the screen was:\n{screen}")
 
 
+def _shell_process(pane_pid: int) -> int:
+    """The `llmos shell` process: the pane's process, or its descendant when a shell runs the command."""
+    family, found = {pane_pid}, True
+    while found:
+        found = False
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                pid, ppid = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError):
+                continue
+            if ppid in family and pid not in family:
+                family.add(pid)
+                found = True
+    shells = [pid for pid in family if b"shell" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+    assert len(shells) == 1, shells
+    return shells[0]
+
+
+def _nice(pid: int) -> set[int]:
+    """The niceness of each thread of a process (Linux keeps one per thread): field 19 of its stat."""
+    tasks = Path(f"/proc/{pid}/task")
+    return {int((t / "stat").read_text().rsplit(")", 1)[1].split()[16]) for t in tasks.iterdir()}
+
+
 @pytest.mark.parametrize("mode", ["resident", "local"])
 def test_shell_answers_in_a_real_terminal(tmp_path, mode):
     assert shutil.which("tmux"), NO_TMUX  # a missing dependency fails the suite, never skips it
@@ -57,6 +84,12 @@ def test_shell_answers_in_a_real_terminal(tmp_path, mode):
         assert "reply done" in screen, screen
         screen = _wait_screen(session, lambda s: "What is the capital of France?" in s, 10)  # drawn by now
         assert "Paris" in screen, screen
+        if mode == "resident":  # the shell draws at a lower priority than the kernel decodes
+            shell_pid = _shell_process(int(_tmux("display-message", "-p", "-t", session, "#{pane_pid}").strip()))
+            daemon_pid = daemon.remember()["pid"]
+            ours = os.getpriority(os.PRIO_PROCESS, 0)  # what the daemon and the shell started with
+            assert _nice(daemon_pid) == {ours} and _nice(shell_pid) == {max(ours, ATTACHED_NICE)}, \
+                (_nice(daemon_pid), _nice(shell_pid))
         _tmux("send-keys", "-t", session, "C-q")
         deadline = time.monotonic() + 20
         while session in _tmux("ls") and time.monotonic() < deadline:

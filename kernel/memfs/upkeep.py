@@ -2,9 +2,10 @@
 
 Boundaries: the index is a cache of the rows' vectors. Loading it (rebuilt from the rows when the file is
 unreadable), reconciling it with the rows (rows with no vector are embedded, missing vectors added,
-orphans dropped), rebuilding it as another kind in the background when the size asks for it, and saving
-it atomically at most every SAVE_EVERY_S seconds. Other processes' writes are seen through the `meta`
-version row and reconciled before each search.
+orphans dropped), rebuilding it as another kind in the background when the size asks for it (reading the
+rows in bounded batches), and saving it atomically at most every SAVE_EVERY_S seconds (longer for an index
+that takes long to write). Other processes' writes are seen through the `meta` version row and reconciled
+before each search.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 log = logging.getLogger("llmos.memfs")
 
 SAVE_EVERY_S = 5.0
+SAVE_COST_FACTOR = 20  # index saves take at most ~1/20 of a busy volume's time
 REBUILD_BATCH = 20_000  # rows read per step of a rebuild (~30 MB of 384-d vectors)
 TRAIN_SAMPLE = 50_000  # vectors an index's quantizer trains on, spread over the volume
 
@@ -36,6 +38,7 @@ class IndexUpkeep:
     notices: list[str]
     _version: str | None
     _saved: float
+    _save_cost: float = 0.0  # seconds the last index save took
     _dirty: bool
     _rebuilding: bool
     rebuild_thread: threading.Thread | None
@@ -145,9 +148,14 @@ class IndexUpkeep:
             last = int(ids[-1])
 
     def _save(self, force: bool = False) -> None:
-        if self._dirty and (force or time.monotonic() - self._saved > SAVE_EVERY_S):
+        # a large index takes seconds to write: wait SAVE_COST_FACTOR times as long as the last save took
+        # (the index is a cache of the rows, caught up on open, so a late save loses nothing)
+        gap = max(SAVE_EVERY_S, SAVE_COST_FACTOR * self._save_cost)
+        if self._dirty and (force or time.monotonic() - self._saved > gap):
+            started = time.monotonic()
             self.index.save(self.index_file)
             self._saved, self._dirty = time.monotonic(), False
+            self._save_cost = self._saved - started
 
     def _after_change(self) -> None:
         self._version, self._dirty = self._db_version(), True
