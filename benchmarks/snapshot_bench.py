@@ -13,8 +13,11 @@ from .registry import BenchContext, BenchResult, benchmark
 from .synthetic import synthetic_embeddings, volume_of
 
 
-@benchmark("B15", "snapshot of a 1e5-passage volume: copy-on-write snapshot vs a full copy (SQLite backup "
-                  "+ index file); rollback then answers searches identically")
+BUDGET_S = 1.0  # the bar for a snapshot of 1e5 passages
+
+
+@benchmark("B15", "snapshot of a 1e5-passage volume: the copy-on-write snapshot vs the 1 s budget (a full copy, SQLite "
+                  "backup + index file, timed beside it); rollback then answers searches identically")
 def b15(ctx: BenchContext) -> list[BenchResult]:
     from llmos.kernel.memfs.volume import FileWrite, StoredChunk
 
@@ -43,7 +46,8 @@ def b15(ctx: BenchContext) -> list[BenchResult]:
         ctx.log(f"B15: snapshot {candidate:.3f} s (target < 1 s), full copy {baseline:.3f} s, "
                 f"rollback identical searches: {identical:.0%}")
         vol.close()
-    return [BenchResult("B15", baseline, candidate, "s", 1.0, higher_is_better=False,
-                        description=f"snapshot {candidate:.2f} s (< 1 s: {candidate < 1.0})"),
+    return [BenchResult("B15", BUDGET_S, candidate, "s", 1.0, higher_is_better=False,
+                        description=f"snapshot {candidate:.2f} s vs the {BUDGET_S:.0f} s budget (a full copy of the "
+                                    f"volume: {baseline:.2f} s)"),
             BenchResult("B15 searches answered identically after the rollback", 1.0, identical, "fraction", 1.0,
                         description=f"{len(queries)} queries, top 10 each")]
