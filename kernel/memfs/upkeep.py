@@ -114,7 +114,7 @@ class IndexUpkeep:
                 with self.lock:
                     count = self.db.execute("SELECT count(*) FROM chunks").fetchone()[0]
                     step = max(1, count // TRAIN_SAMPLE)
-                    _ids, sample = self._rows("SELECT id, vector FROM chunks WHERE id % ? = 0 LIMIT ?",
+                    _ids, sample = self._rows("SELECT id, vector FROM chunks WHERE id % ? = 0 AND vector IS NOT NULL LIMIT ?",
                                               (step, TRAIN_SAMPLE))
                 fresh = self.index_cls.build_from(self.embedder.dim, count, self._row_batches(), sample=sample)
                 with self.lock:
@@ -140,7 +140,7 @@ class IndexUpkeep:
         last = -1
         while True:
             with self.lock:
-                ids, vectors = self._rows("SELECT id, vector FROM chunks WHERE id > ? ORDER BY id LIMIT ?",
+                ids, vectors = self._rows("SELECT id, vector FROM chunks WHERE id > ? AND vector IS NOT NULL ORDER BY id LIMIT ?",
                                           (last, REBUILD_BATCH))
             if not len(ids):
                 return
