@@ -45,6 +45,12 @@
     [sessions]               # retention of $LLMOS_HOME/sessions.db (0 = no limit)
     max_age_days = 90        # sessions not updated for this long are deleted (running ones never)
     max_count = 1000         # per owner (tenant): beyond this, its least recently updated are deleted
+    [alerts]                 # threshold rules the kernel evaluates (kernel/alerts/rules.py has the keys)
+    interval = "5s"
+    [alerts.rules.queue_backlog]
+    metric = "queue_depth"
+    above = 8
+    for = "30s"
 
 Other tables belong to other subsystems and are kept verbatim in `Config.sections`: [capabilities]
 and [mcp] (kernel/tools/capabilities.py, plugins/mcp_tools.py), and tables plugins declare with the
@@ -56,15 +62,15 @@ close). Kernel-owned tables are checked by `Config.load`, plugin tables at boot 
 from __future__ import annotations
 
 import difflib
-import math
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from .alerts.rules import parse_alerts
 from .errors import ConfigError, InvalidRequestError
+from .lib.durations import parse_duration
 from .sched.request import MODEL_SAMPLING_KEYS
 
 #: the embedder backends (drivers/embedder_select.py builds them; named here so the config imports no driver)
@@ -187,6 +193,7 @@ class Config:
             kernel = data.pop("kernel", {})
             models = data.pop("models", {})
             _check_retention(file, data)
+            parse_alerts(data.get("alerts"), str(file))  # a rule the kernel cannot evaluate stops the boot
             values.update(kernel)
             values["models"] = models
             sections = data
@@ -230,6 +237,8 @@ RETENTION: dict[str, dict[str, float]] = {
 #: where a local model runs (kernel/models/placement.py), and the model's default sampling (kernel/models/defaults.py)
 MODEL_KEYS = ("path", "nodes", "remote_model", "max_concurrency", "context_length", "timeout", "keep_alive",
               "device", "n_gpu_layers", "main_gpu", *MODEL_SAMPLING_KEYS)
+#: keys of an [alerts.rules.NAME] table (kernel/alerts/rules.py parses them)
+ALERT_RULE_KEYS = ("metric", "above", "below", "for", "model", "severity", "summary")
 #: the tables the kernel owns and their keys: a dict is a table (its keys), "*" any name, [x] a list of
 #: tables, None a value its owner checks
 TABLES: dict[str, Any] = {
@@ -238,36 +247,8 @@ TABLES: dict[str, Any] = {
     "capabilities": {"grant": None, "tools": {"*": None}, "plugins": {"*": None}},
     "mcp": {"servers": {"*": {"command": None, "args": None, "env": None}}},
     **{table: {k: None for k in keys} for table, keys in RETENTION.items()},
+    "alerts": {"interval": None, "window": None, "rules": {"*": {k: None for k in ALERT_RULE_KEYS}}},
 }
-
-
-_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s))")
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a number of seconds or an Ollama/Go duration ("250ms", "30s", "5m", "1h30m", "-1m");
-    0 is 0, and any negative duration is math.inf (forever). Raises ValueError saying what is accepted."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected seconds or a duration like '5m', got {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip().lower()
-        sign, body = (-1.0, text[1:]) if text.startswith("-") else (1.0, text.lstrip("+"))
-        try:
-            seconds = sign * float(body)
-        except ValueError:
-            parts = _DURATION.findall(body)
-            if not body or "".join(n + u for n, u in parts) != body:
-                raise ValueError(f"expected seconds or a duration like '250ms', '30s', '5m', '1h30m' "
-                                 f"(negative: forever), got {value!r}") from None
-            scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-            seconds = sign * sum(float(n) * scale[u] for n, u in parts)
-    else:
-        raise ValueError(f"expected seconds or a duration like '5m', got {type(value).__name__}")
-    if math.isnan(seconds):
-        raise ValueError(f"expected seconds or a duration like '5m', got {value!r}")
-    return math.inf if seconds < 0 else seconds
 
 
 def parse_keep_alive(value: Any) -> float:

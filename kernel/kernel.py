@@ -16,6 +16,9 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .alerts.manager import AlertManager
+from .alerts.rules import parse_alerts
+from .alerts.signals import Signals
 from .config import Config, PluginTable, parse_keep_alive
 from .errors import InvalidRequestError, KernelShutdownError, PromptTooLongError
 from .lib.masking import Redactors, redact_messages, redact_text
@@ -70,6 +73,10 @@ class Kernel(ModuleCalls, MemCalls):
         self.processes = ProcessTable(self, self.tools.all, self.config.default_model)
         self._lock = threading.RLock()
         self.started = time.monotonic()
+        rules = parse_alerts(self.config.sections.get("alerts"), str(self.config.config_file))
+        self._signals = Signals(rules.window_s)
+        self._alerts = AlertManager(rules, self._measure, lambda hook, alert: self.plugins.call_each(hook, alert=alert))
+        self._alerts.start()
         self.plugins.hook.kernel_booted(kernel=self)
 
     # -- models ------------------------------------------------------------------------------------
@@ -219,6 +226,7 @@ class Kernel(ModuleCalls, MemCalls):
 
     def _on_finish(self, request: Request) -> None:
         self.tenants.finished(request)
+        self._signals.record(request)
         self._models.poke()  # the keep_alive reaper looks again (0: unload right after use)
         if request.adapter is not None:
             self.modules.release(request.request_id)
@@ -343,6 +351,15 @@ class Kernel(ModuleCalls, MemCalls):
         """Loaded models with their driver, queue and step figures."""
         return self._models.engines()
 
+    def alerts(self) -> dict[str, Any]:
+        """The [alerts] rules with their state (ok, pending, firing) and last value, the names of those
+        firing, and the alerts resolved recently (kernel/alerts/)."""
+        return self._alerts.alerts()
+
+    def _measure(self):
+        throttled = sum(u["throttled"] for u in self.tenants.usage().values())
+        return self._signals.measure(self.engines(), throttled)
+
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -356,6 +373,7 @@ class Kernel(ModuleCalls, MemCalls):
                 return
             self._closed = True
         self.plugins.hook.kernel_shutdown(kernel=self)
+        self._alerts.stop()
         self.processes.kill_all()
         for job in self._jobs:
             job.cancel()

@@ -62,6 +62,16 @@ def request_finished(request: dict[str, Any]) -> None:
 
 
 @hookspec
+def alert_fired(alert: dict[str, Any]) -> None:
+    """An [alerts] rule started firing: name, metric, model, condition, value, severity, summary, fired_at."""
+
+
+@hookspec
+def alert_resolved(alert: dict[str, Any]) -> None:
+    """A firing alert stopped holding: the alert_fired fields plus resolved_at and state "resolved"."""
+
+
+@hookspec
 def kernel_booted(kernel: Any) -> None:
     """Called once the kernel is ready to accept requests."""
 

@@ -156,6 +156,7 @@ class ShellApp(App):
         self._refresh_completions()
         await self._show_conversation()
         self.status.state = "ready - /help lists commands, esc cancels a reply"
+        self.status.follow_alerts(self.kernel)
         self.ready = True
 
     async def _show_conversation(self) -> None:

@@ -18,6 +18,7 @@ import llmos
 from llmos.kernel.errors import InvalidRequestError, LlmosError
 
 from .cli_agents import agent_app, sessions_app
+from .cli_alerts import alerts_app
 from .cli_daemon import down, logs, status, up
 from .cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, STATE, err, fail, kernel_session, out
 from .cli_finetune import finetune
@@ -200,6 +201,7 @@ app.command("down")(down)
 app.command("logs")(logs)
 app.command("ps")(ps)
 app.command("kill")(kill)
+app.add_typer(alerts_app, name="alerts")
 app.add_typer(agent_app, name="agent")
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(keys_app, name="keys")

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import llmos
@@ -35,7 +36,7 @@ def fail(exc: LlmosError, as_json: bool) -> "typer.Exit":
         body = {"error": {"code": exc.code, "message": str(exc), "param": getattr(exc, "param", None)}}
         typer.echo(json.dumps(body))
     else:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code)
 
 

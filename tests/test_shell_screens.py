@@ -123,3 +123,30 @@ def test_command_palette_lists_shell_commands(kernel):
             await pilot.press("enter")
             await until(pilot, lambda: isinstance(app.screen, TopScreen), 10, "the top screen")
     run(go())
+
+
+def test_firing_alerts_show_in_the_status_line_and_top(tmp_path):
+    """A kernel whose rule holds from the first evaluation (its RSS is above 1 MiB): the shell's status
+    line and the top screen show it firing; a kernel without rules is not polled (test_alerts.py)."""
+    import llmos
+    from llmos.plugins.manager import PluginManager
+
+    (tmp_path / "llmos.toml").write_text('[alerts]\ninterval = "0.1s"\n[alerts.rules.memory]\n'
+                                         'metric = "rss_mb"\nabove = 1\nsummary = "the kernel is big"\n')
+    kernel = llmos.boot(home=tmp_path, plugins=PluginManager(load_entrypoints=False))
+
+    async def go():
+        app = ShellApp(kernel, resume=False)
+        async with app.run_test(size=(100, 24)) as pilot:
+            await booted(app, pilot)
+            await until(pilot, lambda: "ALERT memory (rss_mb > 1:" in str(app.status.render()), 10, "the alert")
+            assert app.status.has_class("alert")
+            await pilot.press("f2")
+            await until(pilot, lambda: isinstance(app.screen, TopScreen))
+            label = app.screen.query_one("#alerts")
+            await until(pilot, lambda: "FIRING memory: rss_mb > 1" in str(label.render()), 10, "top's alert row")
+            assert "the kernel is big" in str(label.render())
+    try:
+        run(go())
+    finally:
+        kernel.shutdown()

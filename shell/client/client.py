@@ -196,6 +196,10 @@ class Client:
         """Per tenant limits and usage (`Kernel.tenants_info`; a non-admin key sees its own row)."""
         return self._t.call("GET", "/llmos/tenants")
 
+    def alerts(self) -> dict[str, Any]:
+        """The [alerts] rules' states and the alerts resolved recently (`Kernel.alerts`; admin only)."""
+        return self._t.call("GET", "/llmos/alerts")
+
     def status(self) -> dict[str, Any]:
         """The resident kernel's state (`llmos status`)."""
         return self._t.call("GET", "/llmos/status")

@@ -1,6 +1,7 @@
-"""The process monitor: live requests and agents from `kernel.ps()` (a queued one with its place in line
-and ETA), per tenant its tokens in/out, requests, queue and throttles from `kernel.tenants_info()`, and
-per-engine sparklines of throughput and queue depth from `kernel.engines()`. `k` kills the selected row."""
+"""The process monitor: the kernel's firing and pending alerts, live requests and agents from
+`kernel.ps()` (a queued one with its place in line and ETA), per tenant its tokens in/out, requests,
+queue and throttles from `kernel.tenants_info()`, and per-engine sparklines of throughput and queue
+depth from `kernel.engines()`. `k` kills the selected row."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ class TopScreen(Screen):
     TopScreen .engine Label { width: 22; }
     TopScreen .engine Sparkline { width: 1fr; margin-right: 1; }
     TopScreen #summary { height: 1; padding: 0 1; color: $text-muted; }
+    TopScreen #alerts { height: auto; max-height: 4; padding: 0 1; color: $text-error; }
     """
 
     BINDINGS = [
@@ -62,6 +64,7 @@ class TopScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Label("", id="summary")
+        yield Label("", id="alerts")
         table: DataTable = DataTable(id="procs", cursor_type="row", zebra_stripes=True)
         table.add_columns(*COLUMNS)
         yield table
@@ -93,6 +96,7 @@ class TopScreen(Screen):
             table.move_cursor(row=table.get_row_index(selected))
         self._update_engines(rows)
         self._update_tenants()
+        self._update_alerts()
         self.refreshes += 1
         running = sum(1 for r in rows if r.get("state") == "running")
         self.query_one("#summary", Label).update(f"{len(rows)} processes, {running} running - k kills the "
@@ -104,6 +108,12 @@ class TopScreen(Screen):
         for t in self.kernel.tenants_info():
             table.add_row(t["tenant"], str(t.get("priority") or "-"), str(t["prompt_tokens"]), str(t["completion_tokens"]),
                           str(t["requests"]), str(t["queued"]), str(t["running"]), str(t["throttled"]), str(t["denied"]))
+
+    def _update_alerts(self) -> None:
+        rows = [r for r in self.kernel.alerts()["rules"] if r["state"] != "ok"]
+        self.query_one("#alerts", Label).update("\n".join(
+            f"{r['state'].upper()} {r['name']}: {r['condition']} (now {r['value']:.3g}, {r['active_for_s']:.0f}s) "
+            f"- {r['summary']}" for r in rows))
 
     def _update_engines(self, rows: list[dict[str, Any]]) -> None:
         box = self.query_one("#engines", Vertical)

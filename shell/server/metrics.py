@@ -1,11 +1,13 @@
-"""Prometheus metrics of a served kernel: requests by status, queue depth, TTFT and tokens/s
-histograms per model and driver, loaded modules, memfs sizes, and per tenant its tokens, requests,
+"""Prometheus metrics of a served kernel: requests by status, queue depth, TTFT and tokens/s histograms
+per model and driver, loaded modules, memfs sizes, remote nodes down, the process's RSS and CPU
+(what kernel/alerts/prometheus.py's rules read), and per tenant its tokens, requests,
 throttles and denials (prometheus-client, own registry). Tenant labels are bounded: the kernel's tenant
 table counts at most MAX_TENANTS names and the rest as "other"."""
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
+                               generate_latest)
 from prometheus_client.core import CounterMetricFamily
 
 #: (metric name, help, usage fields summed into it, label for the field or None)
@@ -47,6 +49,9 @@ class Metrics:
         self.running = Gauge("llmos_running_requests", "Running requests", ["model", "driver"], registry=r)
         self.modules = Gauge("llmos_loaded_modules", "Loaded adapter modules", registry=r)
         self.memfs = Gauge("llmos_memfs_files", "Files per memfs volume", ["volume"], registry=r)
+        self.nodes_down = Gauge("llmos_remote_nodes_down", "Remote nodes marked down after failures", ["model"],
+                                registry=r)
+        ProcessCollector(registry=r)  # process_resident_memory_bytes and CPU: what the rss_mb alert reads
         self._drivers: dict[str, str] = {}
         r.register(_TenantCollector(kernel))
 
@@ -70,6 +75,8 @@ class Metrics:
         for e in self.kernel.engines():
             self.queue.labels(e["model"], e["driver"]).set(e["waiting"])
             self.running.labels(e["model"], e["driver"]).set(e["running"])
+            if "nodes" in e:
+                self.nodes_down.labels(e["model"]).set(sum(not n["healthy"] for n in e["nodes"]))
         self.modules.set(len(self.kernel.lsmod()))
         if self.kernel.mem_opened:
             for v in self.kernel.mem.volumes():

@@ -52,7 +52,7 @@ from .errors import json_error
 MAX_BODY_BYTES = 4 << 20
 HEADER_TIMEOUT_S = 10.0
 #: served only to the owner (Unix socket) or with the API key
-OWNER_PATHS = frozenset({"/llmos/status", "/llmos/shutdown"})
+OWNER_PATHS = frozenset({"/llmos/status", "/llmos/shutdown", "/llmos/alerts"})
 OWNER_PREFIXES = ("/llmos/admin/", "/llmos/tools/", "/llmos/tasks/")
 # /metrics too, once keys exist (every tenant's usage is in it), unless --public-metrics
 

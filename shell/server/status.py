@@ -1,6 +1,7 @@
-"""`GET /llmos/status` and `POST /llmos/shutdown`: the resident kernel's state and its stop.
+"""`GET /llmos/status`, `GET /llmos/alerts` and `POST /llmos/shutdown`: the resident kernel's state, its
+alerts and its stop.
 
-Both are served only to the owner (over the Unix socket) or, over TCP, with the API key: a server
+All three are served only to the owner (over the Unix socket) or, over TCP, with the API key: a server
 without a key refuses them on TCP (security.py, OWNER_PATHS). `listen.py` puts the uvicorn server and
 the listen addresses in `app.state` before serving; without them (a server under test) the fields
 are empty.
@@ -66,6 +67,10 @@ def status_router(kernel) -> APIRouter:
                         "requests": len(server.server_state.tasks) if server else 0},
             "queue": {"waiting": sum(e["waiting"] for e in engines), "running": sum(e["running"] for e in engines)},
         }
+
+    @r.get("/alerts", summary="The [alerts] rules' states and recently resolved alerts (owner or API key only)")
+    async def alerts() -> dict[str, Any]:
+        return kernel.alerts()
 
     @r.post("/shutdown", summary="Stop the resident kernel gracefully (owner or API key only)")
     async def shutdown(request: Request, body: Shutdown | None = None) -> dict[str, Any]:
