@@ -86,6 +86,8 @@ class Driver(abc.ABC):
     mixed_adapters: ClassVar[bool] = False
     #: output can be constrained to a JSON schema (SamplingParams.json_schema)
     supports_json_schema: ClassVar[bool] = False
+    #: can return prompt tokens' log-probabilities (SamplingParams.prompt_logprobs)
+    supports_prompt_logprobs: ClassVar[bool] = False
     #: a running sequence can be dropped and recomputed later (False: its generation cannot resume)
     preemptible: ClassVar[bool] = True
     #: adapter methods (manifest `method`) that can share a step with others when mixed_adapters

@@ -61,6 +61,7 @@ class LlamaCppDriver(SlotCache, SessionSaves, Driver):
     formats = frozenset({"gguf"})
     supports_lora = True
     supports_json_schema = True  # grammar-constrained sampling
+    supports_prompt_logprobs = True
     compute_group = "llama.cpp"  # every model runs on the process's one llama.cpp thread (llamacpp_lib.on_device)
     mixed_adapters = False  # llama.cpp applies LoRA adapters per context, not per sequence
 
@@ -294,6 +295,7 @@ class LlamaCppDriver(SlotCache, SessionSaves, Driver):
             for seq, sched_pos, n_past in undo:
                 seq.sched_pos, seq.n_past = sched_pos, n_past
             out.sampled.clear()
+            out.prompt_logprobs.clear()
             out.pending = frozenset(live)
             self._aborted_last = True
         finally:
@@ -314,21 +316,26 @@ class LlamaCppDriver(SlotCache, SessionSaves, Driver):
                 work.append((seq, start, end, end == len(seq.tokens)))
         self._ensure_kv_room(sum(e - s for _, s, e, _ in work))
         pending: list[tuple[SeqState, int]] = []  # sequences to sample after the current decode
+        scoring: list[tuple[SeqState, int, int]] = []  # (sequence, batch row, position of the token it predicts)
         b = self._batch
         b.clear()
         for seq, start, end, wants in work:
             for pos in range(start, end):
                 if b.n == b.capacity:
-                    self._flush(model, pending, out)
+                    self._flush(model, pending, out, scoring)
                 last = pos == end - 1
-                idx = b.add(seq.tokens[pos], pos, seq.slot, wants and last)
+                scores = pos + 1 < seq.scored
+                idx = b.add(seq.tokens[pos], pos, seq.slot, (wants and last) or scores)
                 if wants and last:
                     pending.append((seq, idx))
+                if scores:
+                    scoring.append((seq, idx, pos + 1))
             seq.n_past = end
         if b.n:
-            self._flush(model, pending, out)
+            self._flush(model, pending, out, scoring)
 
-    def _flush(self, model, pending: list[tuple[SeqState, int]], out: DriverOutput) -> None:
+    def _flush(self, model, pending: list[tuple[SeqState, int]], out: DriverOutput,
+               scoring: list[tuple[SeqState, int, int]]) -> None:
         started, n_tokens = time.perf_counter(), self._batch.n
         rc = self._batch.decode(model)
         if rc == 0:  # what recomputing costs here: the swap area weighs restores against it
@@ -343,6 +350,11 @@ class LlamaCppDriver(SlotCache, SessionSaves, Driver):
 
                 raise DecodeAborted()
             raise RuntimeError(f"llama_decode failed with code {rc}")
+        if scoring:  # before sampling, which may change the logits it reads
+            lps = model.token_logprobs([(idx, seq.tokens[pos]) for seq, idx, pos in scoring])
+            for (seq, _, pos), lp in zip(scoring, lps):
+                out.prompt_logprobs.setdefault(seq.request_id, []).append((pos, lp))
+            scoring.clear()
         for seq, idx in pending:
             token = seq.sampler.sample(model, idx)
             seq.tokens.append(token)

@@ -285,6 +285,17 @@ class LlamaModel:
     def clear(self) -> None:
         C.llama_memory_clear(self.memory, True)
 
+    def token_logprobs(self, rows: Sequence[tuple[int, int]]) -> list[float]:
+        """log p(token | context) for each (batch row that had logits, token) of the last decode."""
+        import numpy as np
+
+        out = []
+        for idx, token in rows:
+            logits = np.ctypeslib.as_array(C.llama_get_logits_ith(self.ctx, idx), shape=(self.n_vocab,))
+            top = float(logits.max())
+            out.append(float(logits[token]) - top - float(np.log(np.exp(logits.astype(np.float64) - top).sum())))
+        return out
+
 
 class Batch:
     """A reusable llama_batch of up to `capacity` tokens, one sequence id per token."""

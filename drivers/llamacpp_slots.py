@@ -36,6 +36,7 @@ class SeqState:
     priority: int = 2  # the request's Priority value
     cache_key: str | None = None  # the chat session's (NewSequence.cache_key): its KV is saved when it ends
     salt: str | None = None  # whose prompts (NewSequence.cache_salt): its KV is reused only by the same salt
+    scored: int = 0  # prompt_logprobs: the prompt's length (positions 1..scored-1 are scored); 0: none
 
 
 @dataclass
@@ -61,7 +62,9 @@ class SlotCache:
         except InvalidRequestError as exc:
             out.failed[new.request_id] = str(exc)
             return
-        limit = len(tokens) - 1  # the last prompt token is always computed, for its logits
+        scored = (new.prompt_len or len(tokens)) if new.sampling.prompt_logprobs else 0
+        # the last prompt token is always computed, for its logits; a scored prompt is computed whole
+        limit = 0 if scored else len(tokens) - 1
         reuse, src_slot, cached_slot = 0, None, None
         if self.options.prefix_cache:  # KV computed under another adapter, or for another tenant, is not reused
             mine = (new.adapter, new.cache_salt)
@@ -105,7 +108,7 @@ class SlotCache:
             self.prefix_tokens_reused += reuse
             out.cached_tokens[new.request_id] = reuse
         self._seqs[new.request_id] = SeqState(new.request_id, slot, tokens, reuse, 0, sampler, new.adapter,
-                                              new.priority, new.cache_key, new.cache_salt)
+                                              new.priority, new.cache_key, new.cache_salt, scored)
 
     def _swap_candidate(self, tokens: list[int], adapter: str | None, salt: str | None, limit: int, reuse: int):
         """(state, tokens it covers, tokens to reuse, None) taken out of the swap area when it holds a prefix
@@ -122,7 +125,7 @@ class SlotCache:
 
     def _same_step_donor(self, new: NewSequence, batch: SchedulerOutput) -> str | None:
         """Another new sequence of this step worth waiting for (it computes a long shared prefix)."""
-        if not self.options.prefix_cache:
+        if not self.options.prefix_cache or new.sampling.prompt_logprobs:
             return None
         resident = [s.tokens[: s.n_past] for s in self._seqs.values() if s.adapter == new.adapter]
         resident += [e.tokens for e in self._cache.values() if e.adapter == new.adapter]

@@ -48,6 +48,7 @@ class _Seq:
     offset: int = 0  # virtual tokens ahead of the sequence in its cache (prefix tuning)
     constraint: Any = None  # torch_constrain.Constraint when the output must match a JSON schema
     salt: str | None = None  # whose prompt (NewSequence.cache_salt): its KV is reused by the same salt only
+    scored: int = 0  # prompt_logprobs: the prompt's length (positions 1..scored-1 are scored); 0: none
 
 
 def _adalora_config(path: Path, name: str):
@@ -71,6 +72,7 @@ class TorchDriver(Driver):
     #: per-row adapter_names works for these PEFT types; prefix tuning runs on the base layers
     mixable_methods = frozenset({"lora", "ia3", "prefix_tuning"})
     supports_json_schema = True  # llguidance token masks (drivers/torch_constrain.py)
+    supports_prompt_logprobs = True
 
     @classmethod
     def probe(cls) -> ProbeResult:
@@ -301,8 +303,9 @@ class TorchDriver(Driver):
         tokens = list(new.token_ids)
         prefix = self._prefixes.get(new.adapter) if new.adapter else None
         offset = prefix[0][0].shape[2] if prefix is not None else 0
-        # the last prompt token is always computed, for its logits
-        reused, cache = self._reuse.lookup(new.adapter, tokens, len(tokens) - 1, new.cache_salt)
+        scored = (new.prompt_len or len(tokens)) if sampling.prompt_logprobs else 0
+        # the last prompt token is always computed, for its logits; a scored prompt is computed whole
+        reused, cache = self._reuse.lookup(new.adapter, tokens, 0 if scored else len(tokens) - 1, new.cache_salt)
         if cache is None:
             cache = new_cache()
             for i, (k, v) in enumerate(prefix or ()):
@@ -312,10 +315,13 @@ class TorchDriver(Driver):
         self._seqs[new.request_id] = _Seq(
             new.request_id, tokens, sampling, make_generator(sampling, self.device),
             n_past=reused, cache=cache, adapter=new.adapter, offset=offset, constraint=constraint,
-            salt=new.cache_salt)
+            salt=new.cache_salt, scored=scored)
 
-    def _forward(self, input_ids, cache, position_ids, adapters: list[str | None], attention_mask=None):
-        kwargs = {self._cache_kw: cache}
+    def _forward(self, input_ids, cache, position_ids, adapters: list[str | None], attention_mask=None,
+                 every_position: bool = False):
+        """The logits of each row's last position ((rows, vocab)); with `every_position`, of every
+        position ((rows, positions, vocab))."""
+        kwargs = {self._cache_kw: cache, "logits_to_keep": 0 if every_position else 1}
         names = [self.BASE if a is None or a in self._prefixes else a for a in adapters]
         if self._peft is None:
             return self._call(self.model, input_ids, position_ids, attention_mask, kwargs)
@@ -336,8 +342,9 @@ class TorchDriver(Driver):
 
     @staticmethod
     def _call(model, input_ids, position_ids, attention_mask, kwargs):
-        return model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                     use_cache=True, logits_to_keep=1, **kwargs).logits[:, -1, :]
+        logits = model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                       use_cache=True, **kwargs).logits
+        return logits if kwargs["logits_to_keep"] == 0 else logits[:, -1, :]
 
     def _decode(self, scheduled: set[str], out: DriverOutput) -> None:
         import torch
@@ -364,7 +371,15 @@ class TorchDriver(Driver):
         chunk = seq.tokens[seq.n_past:end]
         ids = torch.tensor([chunk], device=self.device)
         pos = torch.arange(seq.offset + seq.n_past, seq.offset + end, device=self.device).unsqueeze(0)
-        logits = self._forward(ids, seq.cache, pos, [seq.adapter])
+        scores = seq.n_past + 1 < seq.scored
+        logits = self._forward(ids, seq.cache, pos, [seq.adapter], every_position=scores)
+        if scores:  # log p(token p+1 | tokens <= p) for the prompt positions of this chunk
+            lps = torch.log_softmax(logits[0].float(), dim=-1)
+            targets = [(i, p + 1) for i, p in enumerate(range(seq.n_past, end)) if p + 1 < seq.scored]
+            picked = lps[[i for i, _ in targets], [seq.tokens[p] for _, p in targets]].tolist()
+            out.prompt_logprobs.setdefault(seq.request_id, []).extend(
+                (p, lp) for (_, p), lp in zip(targets, picked))
+            logits = logits[:, -1, :]
         seq.n_past = end
         if end == len(seq.tokens):
             self._reuse.remember(seq.adapter, seq.tokens, seq.offset, seq.cache, seq.salt)

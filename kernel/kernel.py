@@ -154,6 +154,9 @@ class Kernel(ModuleCalls, MemCalls):
         keep = None if keep_alive is None else parse_keep_alive(keep_alive)
         loaded = self._models.get(model or self.config.default_model, driver, pin=True, keep_alive=keep)
         try:  # pinned: the keep_alive reaper leaves it loaded until the request is queued on it
+            if params.prompt_logprobs and not loaded.driver.supports_prompt_logprobs:
+                raise InvalidRequestError(f"the {loaded.driver_name} driver cannot score prompts: use a local "
+                                          "model (llamacpp or torch driver)", param="prompt_logprobs")
             return self._submit_to(loaded, prompt, chat, params, prio, who, adapter, (rag, rag_k), timeout)
         finally:
             self._models.unpin(loaded)

@@ -242,3 +242,25 @@ def test_an_agents_approval_is_asked_of_the_caller(k, request):
     assert asked and asked[0] == ("mem_write", frozenset({"memfs.write"}))
     results = [e for e in events if e.kind == "tool_result"]
     assert results and "capability" not in results[0].text  # approved: the call ran
+
+
+def test_prompt_logprobs_score_the_prompt_whole_and_alike(k, kernels, scorer):
+    """Each prompt token after the first gets log p(token | tokens before it), computed whole (never from
+    the prefix cache: the same prompt a second time scores the same), over HTTP as in process, and
+    within llama.cpp's batch-shape noise of plain llama_cpp.Llama (tests/greedy.py)."""
+    import numpy as np
+
+    text = "The capital of France is Paris. The capital of Italy is Rome."
+    first = k.generate(text, max_tokens=1, temperature=0, prompt_logprobs=True)
+    again = k.generate(text, max_tokens=1, temperature=0, prompt_logprobs=True)
+    ids = kernels["local"].load("smollm2").driver.tokenize(text)
+    assert len(first.prompt_logprobs) == len(ids) - 1 and again.metrics["cached_prompt_tokens"] == 0
+    assert again.prompt_logprobs == first.prompt_logprobs
+    rows = scorer.logits(ids[:1], ids[1:])[:-1].astype(np.float64)
+    top = rows.max(axis=1, keepdims=True)
+    reference = rows[np.arange(len(ids) - 1), ids[1:]] - (top[:, 0] + np.log(np.exp(rows - top).sum(axis=1)))
+    assert np.abs(np.array(first.prompt_logprobs) - reference).max() < 1.0  # greedy.py: noise up to ~0.95
+    assert abs(np.mean(first.prompt_logprobs) - reference.mean()) < 0.1  # a perplexity moves far less
+    assert k.generate(text, max_tokens=1).prompt_logprobs is None
+    with pytest.raises(InvalidRequestError, match="prompt_logprobs must be true or false"):
+        k.generate(text, prompt_logprobs="yes")

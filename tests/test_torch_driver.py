@@ -105,3 +105,23 @@ def test_cuda_path():
     with llmos.boot(load_entrypoints=False) as k:
         c = k.chat([{"role": "user", "content": QUESTIONS[0]}], driver="torch", max_tokens=12)
         assert c.text and k.engines()[0]["device"] == "cuda"
+
+
+def test_prompt_logprobs_equal_a_plain_forward_pass_over_chunks(torch_kernel):
+    """Scored prompts on the torch driver: exactly the log-softmax of one transformers forward pass, also
+    when the prompt is prefilled in several chunks (max_batched_tokens 512) beside another request."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    driver = torch_kernel.load("smollm2", driver="torch").driver
+    text = " ".join(["Water boils at one hundred degrees Celsius at sea level."] * 70)  # ~900 tokens
+    other = torch_kernel.submit("Tell me about tea.", driver="torch", max_tokens=40, temperature=0)
+    got = torch_kernel.generate(text, driver="torch", max_tokens=1, temperature=0, prompt_logprobs=True)
+    other.result()
+    ids = driver.tokenize(text)
+    assert len(ids) > 600 and len(got.prompt_logprobs) == len(ids) - 1
+    model = AutoModelForCausalLM.from_pretrained(driver.model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        lps = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+    reference = lps[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+    assert torch.allclose(torch.tensor(got.prompt_logprobs, dtype=torch.float64), reference.double(), atol=1e-3)

@@ -19,6 +19,8 @@ class Completion:
     error: str | None
     metrics: dict[str, Any] = field(default_factory=dict)
     sources: tuple[str, ...] = ()
+    #: log-probabilities of prompt tokens 1..n-1, each given those before it (None unless asked for)
+    prompt_logprobs: tuple[float, ...] | None = None
 
     @property
     def finish_reason(self) -> str | None:
@@ -35,4 +37,5 @@ class Completion:
             "id": self.request_id, "model": self.model, "text": self.text,
             "finish_reason": self.finish_reason, "status": self.status.name.lower(),
             "error": self.error, "usage": self.usage, "metrics": self.metrics, "sources": list(self.sources),
+            **({"prompt_logprobs": list(self.prompt_logprobs)} if self.prompt_logprobs is not None else {}),
         }

@@ -168,7 +168,16 @@ class RequestHandle:
             request_id=self.id, model=self.request.model, text="".join(self._chunks),
             token_ids=tuple(self._tokens), status=final.status, error=final.error,
             metrics=self.request.metrics.as_dict(), sources=tuple(self.request.sources),
+            prompt_logprobs=self._prompt_logprobs(),
         )
+
+    def _prompt_logprobs(self) -> tuple[float, ...] | None:
+        req = self.request
+        if not req.sampling.prompt_logprobs or req.status not in (RequestStatus.FINISHED_STOPPED,
+                                                                  RequestStatus.FINISHED_LENGTH):
+            return None
+        scored = req.prompt_logprobs
+        return tuple(scored[p] for p in range(1, len(req.prompt_token_ids)) if p in scored)
 
 
 def cancel_on_close(handle: RequestHandle) -> Iterator[str]:

@@ -73,10 +73,14 @@ class DriverOutput:
     driver's prefix cache instead of computed. `failed[rid]` holds a per-sequence error message: that
     request ends FINISHED_FAILED while the others continue. `pending` names sequences a driver that
     computes elsewhere (a remote server) could not advance in this step: nothing of theirs counts as
-    computed and the scheduler gives them the same work again next step.
+    computed and the scheduler gives them the same work again next step. `prompt_logprobs[rid]` holds
+    (position, log-probability of the prompt token there) for the prompt positions this step computed,
+    for sequences whose sampling asks for them (a position computed again after a preemption is
+    reported again, with the same value).
     """
 
     sampled: dict[str, int] = field(default_factory=dict)
+    prompt_logprobs: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     cached_tokens: dict[str, int] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     pending: frozenset[str] = frozenset()

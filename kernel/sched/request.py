@@ -120,6 +120,9 @@ class SamplingParams:
     ignore_eos: bool = False
     #: constrain the output to JSON matching this JSON schema (grammar-constrained decoding)
     json_schema: dict[str, Any] | None = None
+    #: also return the log-probability of every prompt token after the first, given those before it
+    #: (perplexity, scoring: `llmos eval`); the prompt is then computed whole, never from the prefix cache
+    prompt_logprobs: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int):
@@ -156,6 +159,9 @@ class SamplingParams:
                 json.dumps(self.json_schema)
             except (TypeError, ValueError, RecursionError) as exc:
                 raise InvalidRequestError(f"json_schema is not JSON: {exc}", param="json_schema") from None
+        if not isinstance(self.prompt_logprobs, bool):
+            raise InvalidRequestError(f"prompt_logprobs must be true or false, got {self.prompt_logprobs!r}",
+                                      param="prompt_logprobs")
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED
         ):
@@ -346,6 +352,8 @@ class Request:
     num_computed_tokens: int = 0
     error: str | None = None
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
+    #: position -> log-probability of prompt token `position` (with sampling.prompt_logprobs)
+    prompt_logprobs: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.priority = Priority.parse(self.priority)

@@ -243,6 +243,7 @@ class Scheduler:
                 req.metrics.cached_prompt_tokens = out.cached_tokens[rid]
             if rid in out.pending:
                 continue
+            req.prompt_logprobs.update(out.prompt_logprobs.get(rid, ()))
             req.num_computed_tokens += n
             token = out.sampled.get(rid)
             if token is not None:

@@ -160,7 +160,8 @@ class RemoteHandle:
         f = self._final or {}
         return Completion(request_id=f.get("request_id", self.id), model=f.get("model", self.model or ""),
                           text="".join(self._chunks), token_ids=tuple(f.get("token_ids", ())), status=self.status,
-                          error=f.get("error"), metrics=f.get("metrics") or {}, sources=tuple(f.get("sources", ())))
+                          error=f.get("error"), metrics=f.get("metrics") or {}, sources=tuple(f.get("sources", ())),
+                          prompt_logprobs=tuple(f["prompt_logprobs"]) if "prompt_logprobs" in f else None)
 
     async def astream(self) -> AsyncIterator[str]:
         import asyncio

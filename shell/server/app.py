@@ -277,7 +277,8 @@ def _extension(completion) -> dict[str, Any]:
     """What an llmos client reads beside OpenAI's fields: the whole `Completion` but its text."""
     return {"request_id": completion.request_id, "model": completion.model, "status": completion.status.name.lower(),
             "error": completion.error, "token_ids": list(completion.token_ids), "metrics": completion.metrics,
-            "sources": list(completion.sources)}
+            "sources": list(completion.sources),
+            **({"prompt_logprobs": list(completion.prompt_logprobs)} if completion.prompt_logprobs is not None else {})}
 
 
 def _finish(completion) -> str:

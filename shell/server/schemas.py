@@ -119,6 +119,9 @@ class _Sampling(_Body):
     driver: Optional[str] = Field(None, max_length=64)
     timeout: Optional[float] = Field(None, gt=0, le=86400)
     ignore_eos: bool = False  # as vLLM names it: decode max_tokens whatever the model says (benchmarks)
+    #: as vLLM's extension (a bool here): the log-probability of each prompt token after the first, in the
+    #: response's `llmos.prompt_logprobs` (perplexity: `llmos eval`)
+    prompt_logprobs: bool = False
     # OpenAI fields llmos does not implement: accepted at their "off" value (clients send those by
     # default), refused otherwise rather than silently ignored
     logprobs: Optional[Union[bool, int]] = None
@@ -181,6 +184,8 @@ class _Sampling(_Body):
             out["seed"] = self.seed
         if self.ignore_eos:
             out["ignore_eos"] = True
+        if self.prompt_logprobs:
+            out["prompt_logprobs"] = True
         out.update({k: getattr(self, k) for k in ("top_k", "min_p", "repetition_penalty") if getattr(self, k) is not None})
         if self.stop is not None:
             out["stop"] = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
