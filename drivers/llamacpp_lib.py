@@ -289,12 +289,11 @@ class LlamaModel:
         """log p(token | context) for each (batch row that had logits, token) of the last decode."""
         import numpy as np
 
-        out = []
-        for idx, token in rows:
-            logits = np.ctypeslib.as_array(C.llama_get_logits_ith(self.ctx, idx), shape=(self.n_vocab,))
-            top = float(logits.max())
-            out.append(float(logits[token]) - top - float(np.log(np.exp(logits.astype(np.float64) - top).sum())))
-        return out
+        logits = np.stack([np.ctypeslib.as_array(C.llama_get_logits_ith(self.ctx, idx), shape=(self.n_vocab,))
+                           for idx, _ in rows])
+        top = logits.max(axis=1)
+        lse = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+        return (logits[np.arange(len(rows)), [t for _, t in rows]] - lse).astype(float).tolist()
 
 
 class Batch:

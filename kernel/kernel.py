@@ -16,9 +16,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .alerts.manager import AlertManager
-from .alerts.rules import parse_alerts
-from .alerts.signals import Signals
+from .alerts.calls import AlertCalls
 from .config import Config, PluginTable, parse_keep_alive
 from .errors import InvalidRequestError, KernelShutdownError, PromptTooLongError
 from .lib.masking import Redactors, redact_messages, redact_text
@@ -46,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("llmos.kernel")
 
 
-class Kernel(ModuleCalls, MemCalls):
+class Kernel(ModuleCalls, MemCalls, AlertCalls):
     def __init__(self, config: Config | None = None, *, plugins=None,
                  progress: LoadProgress | None = None, load_entrypoints: bool = True) -> None:
         from llmos.plugins.manager import PluginManager
@@ -73,10 +71,7 @@ class Kernel(ModuleCalls, MemCalls):
         self.processes = ProcessTable(self, self.tools.all, self.config.default_model)
         self._lock = threading.RLock()
         self.started = time.monotonic()
-        rules = parse_alerts(self.config.sections.get("alerts"), str(self.config.config_file))
-        self._signals = Signals(rules.window_s)
-        self._alerts = AlertManager(rules, self._measure, lambda hook, alert: self.plugins.call_each(hook, alert=alert))
-        self._alerts.start()
+        self._start_alerts()
         self.plugins.hook.kernel_booted(kernel=self)
 
     # -- models ------------------------------------------------------------------------------------
@@ -101,6 +96,16 @@ class Kernel(ModuleCalls, MemCalls):
 
     def unload(self, model: str) -> int:
         return self._models.unload(model)
+
+    def tokenize(self, text: str, *, model: str | None = None) -> list[int]:
+        """`text` as `model`'s token ids, as a prompt is tokenized (special tokens such as BOS included)."""
+        if not isinstance(text, str):
+            raise InvalidRequestError(f"text must be a string, got {type(text).__name__}", param="text")
+        loaded = self._models.get(model or self.config.default_model, pin=True)
+        try:
+            return loaded.driver.tokenize(text)
+        finally:
+            self._models.unpin(loaded)
 
     # -- requests ----------------------------------------------------------------------------------
 
@@ -307,18 +312,25 @@ class Kernel(ModuleCalls, MemCalls):
 
     # -- jobs ----------------------------------------------------------------------------------------
 
-    def finetune(self, *, model: str | None = None, data: str, out: str, **options: Any) -> Job:
+    def finetune(self, *, model: str | None = None, data: str, out: str, check: bool = True, **options: Any) -> Job:
         """Train a PEFT adapter in the background; the job's result installs module `out`.
 
-        Options: method (lora|adalora|ia3|prefix), rank, epochs, lr, batch_size, max_steps, eval, seed,
-        resume, max_len. `job.progress` has step/total/loss/tokens_per_s/eta_s; `job.cancel()` saves a
-        resumable checkpoint."""
+        Options: method (lora|adalora|ia3|prefix), rank, epochs, lr (both chosen from the data when
+        unset), batch_size, max_steps, eval, seed, resume, max_len. `job.progress` has step/total/loss/
+        tokens_per_s/eta_s; `job.cancel()` saves a resumable checkpoint. With `check`, the new module
+        is then asked the data's questions and the result's `review` says whether the run converged."""
+        from llmos.plugins.finetune.review import review
         from llmos.plugins.finetune.trainer import FinetuneOptions, run_finetune
 
         self._check_open()
         opts = FinetuneOptions(model=model or self.config.default_model, data=data, out=out, **options)
         opts.validate()
-        job = Job("finetune", lambda progress, stop: run_finetune(self.config, opts, progress=progress, stop=stop))
+
+        def train(progress, stop):
+            result = run_finetune(self.config, opts, progress=progress, stop=stop)
+            return review(self, opts, result) if check else result
+
+        job = Job("finetune", train)
         self._jobs.append(job)
         return job
 
@@ -353,15 +365,6 @@ class Kernel(ModuleCalls, MemCalls):
     def engines(self) -> list[dict[str, Any]]:
         """Loaded models with their driver, queue and step figures."""
         return self._models.engines()
-
-    def alerts(self) -> dict[str, Any]:
-        """The [alerts] rules with their state (ok, pending, firing) and last value, the names of those
-        firing, and the alerts resolved recently (kernel/alerts/)."""
-        return self._alerts.alerts()
-
-    def _measure(self):
-        throttled = sum(u["throttled"] for u in self.tenants.usage().values())
-        return self._signals.measure(self.engines(), throttled)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 

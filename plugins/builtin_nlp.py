@@ -19,6 +19,7 @@ from .hookspecs import hookimpl
 
 DEFAULT_TYPES = ["PERSON", "ORGANIZATION", "LOCATION", "DATE"]
 MAX_ENTITIES = 12
+MAX_ENSEMBLE = 8  # modules in one classify ensemble
 
 
 def _ask(system: str, text: str) -> list[dict[str, str]]:
@@ -27,23 +28,33 @@ def _ask(system: str, text: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": system}, {"role": "user", "content": text}]
 
 
-def classify(kernel, text: str, labels: list[str], samples: int = 5, model: Optional[str] = None) -> dict:
-    """Classify text into one of `labels`; scores are the share of `samples` votes for each label."""
+def classify(kernel, text: str, labels: list[str], samples: int = 5, model: Optional[str] = None,
+             adapters: Optional[list[str]] = None) -> dict:
+    """Classify text into one of `labels`; scores are the share of `samples` votes for each label.
+
+    With `adapters` (modules fine-tuned on one base), each module votes `samples` times and the label
+    scores are averaged over the modules (an ensemble); `members` holds each module's own scores."""
     labels = list(dict.fromkeys(label.strip() for label in labels if label.strip()))
     if len(labels) < 2:
         raise InvalidRequestError("classify needs at least two distinct labels", param="labels")
     if not 1 <= samples <= 16:
         raise InvalidRequestError("samples must be between 1 and 16", param="samples")
+    members = list(dict.fromkeys(adapters)) if adapters else [None]
+    if not 1 <= len(members) <= MAX_ENSEMBLE or not all(m is None or (isinstance(m, str) and m) for m in members):
+        raise InvalidRequestError(f"adapters must name 1 to {MAX_ENSEMBLE} installed modules", param="adapters")
     schema = {"type": "object", "properties": {"label": {"enum": labels}}, "required": ["label"]}
     messages = _ask(f"Which label fits the text best: {', '.join(labels)}? "
                     'Reply as JSON: {"label": "<label>"}.', text)
-    # one greedy vote plus sampled ones, submitted together so the scheduler batches them
-    handles = [submit_json(kernel, schema, messages=messages, model=model, max_tokens=48, owner="task:classify",
-                           temperature=0.0 if i == 0 else 0.8, seed=i) for i in range(samples)]
-    votes = [_vote(h.result().text, schema, labels) for h in handles]
-    scores = {label: votes.count(label) / len(votes) for label in labels}
-    best = max(labels, key=lambda label: (scores[label], label == votes[0]))
-    return {"label": best, "scores": scores}
+    # one greedy vote plus sampled ones per member, all submitted together so the scheduler batches them
+    handles = {m: [submit_json(kernel, schema, messages=messages, model=model, adapter=m, max_tokens=48,
+                               owner="task:classify", temperature=0.0 if i == 0 else 0.8, seed=i)
+                   for i in range(samples)] for m in members}
+    votes = {m: [_vote(h.result().text, schema, labels) for h in hs] for m, hs in handles.items()}
+    each = {m: {label: v.count(label) / len(v) for label in labels} for m, v in votes.items()}
+    scores = {label: sum(s[label] for s in each.values()) / len(each) for label in labels}
+    greedy = [v[0] for v in votes.values()]  # ties go to the label most members chose greedily
+    best = max(labels, key=lambda label: (scores[label], greedy.count(label), label == greedy[0]))
+    return {"label": best, "scores": scores, **({"members": each} if adapters else {})}
 
 
 def _vote(reply: str, schema: dict, labels: list[str]) -> str:

@@ -8,74 +8,28 @@ Chat examples without a system message get the kernel's default system prompt, a
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llmos.kernel.errors import InvalidRequestError
 from llmos.kernel.sched.request import validate_messages
 
+from ..jsonl import DataFileError, Dataset, read_rows
+
 IGNORE = -100  # label of tokens that carry no loss
 
 
-class FinetuneDataError(InvalidRequestError):
+class FinetuneDataError(DataFileError):
     """The training data cannot be used; the message names the file (and line)."""
 
     code = "invalid_training_data"
 
 
-@dataclass(frozen=True)
-class RowError:
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.message}"
-
-
-@dataclass(frozen=True)
-class Dataset:
-    path: Path
-    examples: list[dict[str, Any]]
-    errors: list[RowError]
-    sha256: str
-
-
 def load_jsonl(path: str | Path, *, param: str = "data") -> Dataset:
-    path = Path(path).expanduser()
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise FinetuneDataError(f"cannot read {path}: {exc.strerror or exc}", param=param) from exc
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise FinetuneDataError(f"{path} is not UTF-8 text (byte {exc.start})", param=param) from exc
-    examples, errors = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            errors.append(RowError(number, f"invalid JSON ({exc.msg} at column {exc.colno})"))
-            continue
-        problem = _check_row(row)
-        if problem:
-            errors.append(RowError(number, problem))
-        else:
-            examples.append(row)
-    if not examples:
-        detail = f"; first problems: {', '.join(map(str, errors[:3]))}" if errors else ""
-        raise FinetuneDataError(f"{path} has no usable training example{detail}", param=param)
-    return Dataset(path, examples, errors, hashlib.sha256(raw).hexdigest())
+    return read_rows(path, _check_row, param=param, what="training example", error=FinetuneDataError)
 
 
 def _check_row(row: Any) -> str | None:
-    if not isinstance(row, dict):
-        return "a row must be a JSON object"
     if "messages" in row:
         try:
             messages = validate_messages(row["messages"])

@@ -30,6 +30,7 @@ from llmos.kernel.models.registry import ModelRegistry
 
 from .data import IGNORE, encode, load_jsonl
 from .methods import METHODS, peft_config
+from .schedule import Plan, convergence, plan
 
 #: progress callback: a dict with event ("data", "step", "eval", "checkpoint", "done") and figures
 Progress = Callable[[dict[str, Any]], None]
@@ -48,8 +49,8 @@ class FinetuneOptions:
     out: str
     method: str = "lora"
     rank: int = 8
-    epochs: float = 1.0
-    lr: float = 2e-4
+    epochs: float | None = None  # None: chosen from the data size (schedule.py)
+    lr: float | None = None  # None: chosen from the data size and method
     batch_size: int = 8
     max_steps: int | None = None
     eval: str | None = None
@@ -70,8 +71,10 @@ class FinetuneOptions:
             raise InvalidRequestError("checkpoint_every must be >= 1", param="checkpoint_every")
         if self.max_steps is not None and self.max_steps < 1:
             raise InvalidRequestError("max_steps must be >= 1", param="max_steps")
-        if not self.epochs > 0 or not 0 < self.lr < 1:
-            raise InvalidRequestError("epochs must be > 0 and lr between 0 and 1", param="lr")
+        if self.epochs is not None and not self.epochs > 0:
+            raise InvalidRequestError("epochs must be > 0", param="epochs")
+        if self.lr is not None and not 0 < self.lr < 1:
+            raise InvalidRequestError("lr must be between 0 and 1", param="lr")
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,17 @@ class FinetuneResult:
     eval_loss: float
     base_eval_loss: float
     data_errors: list[str]
+    plan: Plan | None = None
+    epoch_losses: tuple[float, ...] = ()  # mean train loss of each epoch run here
+    #: the module and its base asked the data's questions after the run (review.py), and the verdict
+    review: dict[str, Any] | None = None
+
+    @property
+    def verdict(self) -> str | None:
+        """None when the run looks converged, else what is wrong and the flags to try (schedule.py)."""
+        if self.plan is None:
+            return None
+        return convergence(self.plan, self.eval_loss, self.base_eval_loss, list(self.epoch_losses))
 
 
 class _Batches:
@@ -146,12 +160,16 @@ def run_finetune(config: Config, opts: FinetuneOptions, *, progress: Progress = 
     train_loader = DataLoader(train_rows, batch_size=opts.batch_size, shuffle=True, collate_fn=collate, generator=gen)
     eval_loader = DataLoader(eval_rows, batch_size=opts.batch_size, collate_fn=collate)
     per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)
-    total = opts.max_steps or max(1, math.ceil(per_epoch * opts.epochs))
+    schedule = plan(opts.method, len(train_rows), opts.batch_size, accelerator.num_processes, lr=opts.lr,
+                    epochs=opts.epochs, max_steps=opts.max_steps)
+    total = schedule.steps
+    emit({"event": "plan", "lr": schedule.lr, "epochs": schedule.epochs, "steps": total,
+          "chosen": list(schedule.chosen), "text": schedule.describe(len(train_rows))})
 
     # 2. The PEFT model.
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     model = get_peft_model(model, peft_config(opts.method, opts.rank, total))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=opts.lr)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=schedule.lr)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
 
     step = 0
@@ -178,6 +196,7 @@ def run_finetune(config: Config, opts: FinetuneOptions, *, progress: Progress = 
     # 3. Train.
     model.train()
     started, tokens, loss_sum, loss_n, eval_loss = time.monotonic(), 0, 0.0, 0, base_eval
+    by_epoch: dict[int, list[float]] = {}
     try:
         while step < total:
             epoch, skip = divmod(step, per_epoch)
@@ -195,6 +214,7 @@ def run_finetune(config: Config, opts: FinetuneOptions, *, progress: Progress = 
                 step += 1
                 tokens += int(batch["attention_mask"].sum()) * accelerator.num_processes
                 loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
+                by_epoch.setdefault(epoch, []).append(float(loss.detach()))
                 elapsed = time.monotonic() - started
                 emit({"event": "step", "step": step, "total": total, "loss": float(loss.detach()),
                       "tokens_per_s": tokens / elapsed if elapsed else 0.0,
@@ -220,12 +240,15 @@ def run_finetune(config: Config, opts: FinetuneOptions, *, progress: Progress = 
     if main:
         manifest = _install(accelerator.unwrap_model(model), store, opts, spec.name, {
             "data_sha256": train.sha256, "eval_loss": eval_loss, "base_eval_loss": base_eval,
-            "train_loss": loss_sum / max(loss_n, 1), "steps": step, "processes": accelerator.num_processes})
+            "train_loss": loss_sum / max(loss_n, 1), "steps": step, "processes": accelerator.num_processes,
+            "lr": schedule.lr, "epochs": schedule.epochs})
         shutil.rmtree(ckpt.parent, ignore_errors=True)
         emit({"event": "done", "module": manifest.name, "eval_loss": eval_loss})
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return FinetuneResult(manifest, step, loss_sum / max(loss_n, 1), eval_loss, base_eval, errors)
+    epoch_losses = tuple(sum(v) / len(v) for _, v in sorted(by_epoch.items()))
+    return FinetuneResult(manifest, step, loss_sum / max(loss_n, 1), eval_loss, base_eval, errors, schedule,
+                          epoch_losses)
 
 
 class _adapter_disabled:

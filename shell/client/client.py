@@ -196,6 +196,11 @@ class Client:
         """Per tenant limits and usage (`Kernel.tenants_info`; a non-admin key sees its own row)."""
         return self._t.call("GET", "/llmos/tenants")
 
+    def tokenize(self, text: str, *, model: str | None = None) -> list[int]:
+        """`text` as `model`'s token ids (`Kernel.tokenize`)."""
+        return self._t.call("POST", "/llmos/tokenize", json={"model": model or self.config.default_model,
+                                                              "text": text})["tokens"]
+
     def alerts(self) -> dict[str, Any]:
         """The [alerts] rules' states and the alerts resolved recently (`Kernel.alerts`; admin only)."""
         return self._t.call("GET", "/llmos/alerts")

@@ -1,4 +1,4 @@
-"""llmos-specific endpoints under /llmos/: processes, agents and modules of the served kernel (memfs,
+"""llmos-specific endpoints under /llmos/: processes, agents, modules and tokenization of the served kernel (memfs,
 sessions and the rest: mem_routes.py, session_routes.py, admin_routes.py).
 
 Agents spawned over HTTP are bounded: at most `max_agents` running at once (429), budgets capped (400),
@@ -43,6 +43,11 @@ APPROVAL_TIMEOUT_S = 300.0
 MAX_EVENT_STREAMS = 64
 #: seconds between two looks at an agent's events while streaming them
 EVENT_POLL_S = 0.05
+
+
+class TokenizeBody(BaseModel):
+    model: str = Field(min_length=1, max_length=512)
+    text: str = Field(max_length=1_000_000)
 
 
 class ApprovalsRefusedError(InvalidRequestError, PermissionError):
@@ -143,6 +148,17 @@ def extras_router(kernel, *, max_agents: int = MAX_AGENTS, max_event_streams: in
     questions = _Questions()
     labels = labels if labels is not None else ClientLabels()
     streams = [0]  # agent event streams open now: they are polled, so a bounded number
+
+    @r.post("/tokenize")
+    async def tokenize(request: Request, body: TokenizeBody) -> dict[str, Any]:
+        """A served model's token ids for `text` (special tokens included, as a prompt is tokenized)."""
+        owner = is_owner(request)
+
+        def run() -> list[int]:
+            kernel.registry.resolve(body.model, allow_paths=owner)  # a served name, never a path (but the owner's)
+            return kernel.tokenize(body.text, model=body.model)
+
+        return {"model": body.model, "tokens": await asyncio.to_thread(run)}
 
     @r.get("/ps")
     async def ps(request: Request) -> list[dict[str, Any]]:
