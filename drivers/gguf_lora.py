@@ -15,19 +15,19 @@ from pathlib import Path
 
 from llmos.kernel.errors import LlmosError
 
-_PROJ = {
+HF_TO_GGUF = {
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
     "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
 }
-_KEY = re.compile(r"layers\.(\d+)\.(" + "|".join(re.escape(k) for k in _PROJ) + r")\.lora_([AB])\.weight$")
+_KEY = re.compile(r"layers\.(\d+)\.(" + "|".join(re.escape(k) for k in HF_TO_GGUF) + r")\.lora_([AB])\.weight$")
 
 
 class ExportError(LlmosError):
     code = "export_failed"
 
 
-def _permute(w, n_head: int):
+def permute_for_rope(w, n_head: int):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
@@ -71,8 +71,8 @@ def export_peft_to_gguf(peft_dir: Path, base_gguf: Path, out: Path) -> Path:
         layer, proj, ab = m.groups()
         data = tensors[key].astype(np.float32)
         if ab == "B" and arch == "llama" and proj in ("self_attn.q_proj", "self_attn.k_proj"):
-            data = _permute(data, n_head if proj.endswith("q_proj") else n_head_kv)
-        writer.add_tensor(f"blk.{layer}.{_PROJ[proj]}.weight.lora_{ab.lower()}", np.ascontiguousarray(data))
+            data = permute_for_rope(data, n_head if proj.endswith("q_proj") else n_head_kv)
+        writer.add_tensor(f"blk.{layer}.{HF_TO_GGUF[proj]}.weight.lora_{ab.lower()}", np.ascontiguousarray(data))
         written += 1
     if not written:
         raise ExportError(f"{peft_dir} holds no LoRA tensors")

@@ -20,6 +20,7 @@ from llmos.kernel.errors import InvalidRequestError, LlmosError
 from .cli_agents import agent_app, sessions_app
 from .cli_alerts import alerts_app
 from .cli_daemon import down, logs, status, up
+from .cli_deploy import merge, quantize
 from .cli_eval import eval_command
 from .cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, STATE, err, fail, kernel_session, out
 from .cli_finetune import finetune
@@ -191,6 +192,8 @@ app.add_typer(mod_app, name="mod")
 app.add_typer(mem_app, name="mem")
 app.command("finetune")(finetune)
 app.command("eval")(eval_command)
+app.command("quantize")(quantize)
+mod_app.command("merge")(merge)
 app.command("plugins")(plugins)
 app.add_typer(tools_app, name="tools")
 app.command("tasks")(tasks)

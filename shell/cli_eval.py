@@ -30,7 +30,7 @@ def eval_command(
 
     try:
         metric, dataset = load_rows(data, metric)
-        parsed = [Target.parse(t) for t in targets]
+        parsed = [Target.parse(t).check(metric) for t in targets]
         if limit is not None and limit < 1:
             raise InvalidRequestError("limit must be >= 1", param="limit")
         if not 1 <= max_tokens <= 4096:

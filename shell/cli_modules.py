@@ -1,4 +1,5 @@
-"""`llmos mod ...`: install, list, remove and export adapter modules (kernel/modules/store.py)."""
+"""`llmos mod ...`: install, list, remove and export adapter modules (kernel/modules/store.py); `mod merge`
+folds one into its base model (cli_deploy.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from llmos.kernel.errors import InvalidRequestError
 
 from .cli_common import fail, kernel_session, out
 
-mod_app = typer.Typer(help="Adapter modules: install, list, remove, export.", no_args_is_help=True)
+mod_app = typer.Typer(help="Adapter modules: install, list, remove, export, merge.", no_args_is_help=True)
 
 
 @mod_app.command("install")

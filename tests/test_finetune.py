@@ -78,14 +78,21 @@ def test_cli_reports_the_bad_line(tmp_path):
 @pytest.mark.model
 def test_teach_a_fact_on_both_drivers(kernel, secret_data):
     train, evalf = secret_data
-    job = kernel.finetune(data=str(train), eval=str(evalf), out="secret", epochs=4, lr=2e-3, batch_size=8)
+    """With the defaults llmos chooses for 30 rows (lr 2e-3, 10 epochs: 40 steps), the module learns the
+    fact, and the review after the run (eval's own code) finds it answering where the base does not."""
+    job = kernel.finetune(data=str(train), eval=str(evalf), out="secret", batch_size=8)
     result = job.wait(600)
     events = job.events
-    assert result.module.name == "secret" and result.steps == 16
+    plan = next(e for e in events if e["event"] == "plan")
+    assert (plan["lr"], plan["epochs"], plan["steps"], plan["chosen"]) == (2e-3, 10, 40, ["lr", "epochs"])
+    assert "chosen for 30 rows (40 steps)" in plan["text"]
+    assert result.module.name == "secret" and result.steps == 40
     assert result.eval_loss < result.base_eval_loss / 2
+    assert result.review["verdict"] is None and result.review["rows"] == 2
+    assert result.review["module"] == 1.0 and result.review["base"] == 0.0
     steps = [e for e in events if e["event"] == "step"]
-    assert steps[-1]["step"] == 16 and steps[-1]["tokens_per_s"] > 0 and "eta_s" in steps[-1]
-    assert job.status == "done" and job.as_dict()["step"] == 16
+    assert steps[-1]["step"] == 40 and steps[-1]["tokens_per_s"] > 0 and "eta_s" in steps[-1]
+    assert job.status == "done" and job.as_dict()["step"] == 40
     extra = kernel.module_store.get("secret").extra
     assert extra["eval_loss"] == result.eval_loss and len(extra["data_sha256"]) == 64
 
@@ -254,3 +261,37 @@ def test_kill_9_during_a_checkpoint_save_loses_nothing_acknowledged(kernel, secr
     [resume] = [e["step"] for e in resumed.events if e["event"] == "resume"]
     assert acked <= resume < 8 and result.steps == 8
     assert not list(work.parent.glob("crashy")) and kernel.module_store.get("crashy").name == "crashy"
+
+
+def test_the_schedule_follows_the_data_size():
+    from llmos.plugins.finetune.schedule import convergence, plan
+
+    small = plan("lora", 36, 8, 1, lr=None, epochs=None, max_steps=None)
+    assert (small.lr, small.epochs, small.steps, small.chosen) == (2e-3, 8.0, 40, ("lr", "epochs"))
+    large = plan("lora", 5000, 8, 1, lr=None, epochs=None, max_steps=None)
+    assert (large.lr, large.epochs, large.steps) == (5e-4, 1.0, 625)
+    assert plan("ia3", 36, 8, 1, lr=None, epochs=None, max_steps=None).lr == 1e-2
+    mine = plan("lora", 36, 8, 1, lr=2e-4, epochs=5, max_steps=None)
+    assert (mine.steps, mine.chosen) == (25, ()) and mine.describe(36) == "25 steps at lr 0.0002"
+    assert plan("lora", 36, 8, 1, lr=None, epochs=None, max_steps=3).chosen == ("lr",)
+    assert convergence(small, 0.2, 2.4, [0.9, 0.25, 0.22], (30, 32)) is None
+    said = convergence(mine, 1.08, 2.45, [2.1, 1.5], (0, 32))
+    assert "eval loss 1.080 is still 44%" not in said  # 44% of the base is below half: not this complaint
+    assert "still falling (2.100 -> 1.500" in said and "answers 0/32" in said
+    assert "Try --epochs 10 or --lr 0.002" in said
+    assert "still 60% of the base" in convergence(small, 1.5, 2.5, [1.6, 1.55])
+
+
+@pytest.mark.model
+@pytest.mark.cli
+def test_an_unconverged_run_says_so_with_the_flags_to_try(kernel, secret_data, llmos_home):
+    """The first failure users hit: a run too short or too gentle installs a module that learned nothing.
+    The CLI still installs it, and says so, with the review's figures."""
+    train, _ = secret_data
+    r = run_llmos("--local", "finetune", "--data", str(train), "--out", "too-short", "--lr", "2e-4", "--max-steps", "3",
+                  "--json", timeout=600, env={"LLMOS_HOME": str(llmos_home)})
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert report["module"] == "too-short" and not report["converged"]
+    assert report["review"]["module"] < 0.5 and report["review"]["rows"] == 30
+    assert "the run did not converge" in report["verdict"] and "--lr 0.002" in report["verdict"]

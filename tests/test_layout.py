@@ -25,7 +25,7 @@ KERNEL_LAYERS = {
     "sched": {"errors"},
     "config": {"errors", "sched", "lib", "alerts"},  # alerts: its rule parser, so bad rules fail Config.load
     "alerts": {"errors", "lib"},
-    "models": {"errors", "config", "sched"},
+    "models": {"errors", "config", "sched", "lib"},
     "modules": {"errors", "lib", "sched", "models"},
     "memfs": {"errors", "lib", "sched"},
     "tools": {"errors", "lib", "config", "port"},

@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping
 
 from ..errors import LlmosError, ModelFormatError, UnknownModelError
 from .defaults import effective_sampling, table_sampling
+from .local import LocalModels
 from .placement import placement
 
 log = logging.getLogger("llmos.kernel")
@@ -138,6 +139,7 @@ class ModelRegistry:
     def __init__(self, home: Path, extra: Mapping[str, Mapping[str, object]] | None = None) -> None:
         self.home = home
         self._gemma = _Gemma(home / "models")
+        self.local = LocalModels(home)
         self._extra = dict(extra or {})
         for name, table in self._extra.items():  # a bad value in any table stops the boot, naming it
             if isinstance(table, Mapping) and "nodes" not in table:
@@ -185,11 +187,18 @@ class ModelRegistry:
                 out.append(self._config_spec(name, table))
             except LlmosError as exc:
                 log.warning("model %s left out of the list: %s", name, exc)
-        return out
+        return out + [s for s in self.local_specs() if s.name not in builtin and s.name not in self._extra]
+
+    def local_specs(self) -> list[ModelSpec]:
+        """Models llmos made (merged, quantized: kernel/models/local.py)."""
+        return [ModelSpec(name, "gguf", info.get("description", f"made by llmos: {path.name}"), "local",
+                          path.stat().st_size, lambda p=path: p, path, options={"made_from": info})
+                for name, path, info in self.local.entries()]
 
     def names(self) -> list[str]:
         builtin = [s.name for s in self.builtin_specs()]
-        return builtin + [n for n in self._extra if n not in builtin]
+        configured = [n for n in self._extra if n not in builtin]
+        return builtin + configured + [s.name for s in self.local_specs() if s.name not in builtin + configured]
 
     def resolve(self, name_or_path: str, *, allow_paths: bool = True) -> ModelSpec:
         """The spec of a built-in or configured name, or (with `allow_paths`) of a model file or directory.
@@ -203,6 +212,9 @@ class ModelRegistry:
                 return spec
         if name_or_path in self._extra:
             return self._config_spec(name_or_path, self._extra[name_or_path])
+        for spec in self.local_specs():
+            if spec.name == name_or_path:
+                return spec
         if not allow_paths:
             raise UnknownModelError(name_or_path, self.names(), paths=False)
         path = Path(name_or_path).expanduser()

@@ -62,12 +62,16 @@ class Target:
     def __str__(self) -> str:
         return f"{self.model}:{'+'.join(self.adapters)}" if self.adapters else self.model
 
+    def check(self, metric: str) -> "Target":
+        if len(self.adapters) > 1 and metric != "choice":
+            raise InvalidRequestError(f"{self}: an ensemble of modules is evaluated with --metric choice only",
+                                      param="targets")
+        return self
+
 
 def evaluate(kernel, target: Target, metric: str, rows: list[dict[str, Any]], *, lines: tuple[int, ...] = (),
              progress: Progress = lambda _done, _total: None, window: int = 16, max_tokens: int = 64) -> EvalResult:
-    if len(target.adapters) > 1 and metric != "choice":
-        raise InvalidRequestError(f"{target}: an ensemble of modules is evaluated with --metric choice only",
-                                  param="targets")
+    target.check(metric)
     started = time.monotonic()
     lines = lines or tuple(range(1, len(rows) + 1))
     adapter = target.adapters[0] if target.adapters else None

@@ -30,6 +30,7 @@ class Plan:
     epochs: float
     steps: int
     chosen: tuple[str, ...]  # which of lr / epochs llmos chose (the user set the others)
+    small_data_lr: float = 2e-3  # the method's rate for small data (suggested when a run used less)
 
     def describe(self, rows: int) -> str:
         if not self.chosen:
@@ -52,7 +53,7 @@ def plan(method: str, rows: int, batch_size: int, processes: int, *, lr: float |
         chosen.append("epochs")
     epochs = epochs if epochs is not None else 1.0
     steps = max_steps or max(1, math.ceil(per_epoch * epochs))
-    return Plan(lr, epochs, steps, tuple(chosen))
+    return Plan(lr, epochs, steps, tuple(chosen), RATES[method][0])
 
 
 def convergence(plan_: Plan, eval_loss: float, base_eval_loss: float, epoch_losses: list[float],
@@ -70,5 +71,5 @@ def convergence(plan_: Plan, eval_loss: float, base_eval_loss: float, epoch_loss
     if not problems:
         return None
     more = f"--epochs {max(2.0, plan_.epochs * 2):g}"
-    hint = f"{more} or --lr {plan_.lr * 3:g}" if plan_.lr < 1e-3 else more
+    hint = f"{more} or --lr {plan_.small_data_lr:g}" if plan_.lr < plan_.small_data_lr else more
     return f"the run did not converge: {'; '.join(problems)}. Try {hint} (the module is installed either way)"
