@@ -25,9 +25,9 @@ def available() -> dict[str, str]:
 
 
 def _load_all() -> None:
-    from . import (agents_bench, constrain_bench, daemon_bench, llamacpp_bench, memfs_bench, search_bench,  # noqa: F401
-                   session_bench, snapshot_bench, shell_bench, swap_bench, tenants_bench, torch_bench)  # each registers
-    # its own
+    from . import (agents_bench, constrain_bench, daemon_bench, deploy_bench, llamacpp_bench,  # noqa: F401
+                   memfs_bench, search_bench, session_bench, snapshot_bench, shell_bench, swap_bench,
+                   tenants_bench, torch_bench)  # each registers its own
 
 
 def run_benchmarks(names: list[str] | None = None, *, home: str | None = None, progress=None,

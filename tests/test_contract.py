@@ -262,5 +262,6 @@ def test_prompt_logprobs_score_the_prompt_whole_and_alike(k, kernels, scorer):
     assert np.abs(np.array(first.prompt_logprobs) - reference).max() < 1.0  # greedy.py: noise up to ~0.95
     assert abs(np.mean(first.prompt_logprobs) - reference.mean()) < 0.1  # a perplexity moves far less
     assert k.generate(text, max_tokens=1).prompt_logprobs is None
+    assert k.tokenize(text) == ids and k.tokenize(text, model="smollm2") == ids
     with pytest.raises(InvalidRequestError, match="prompt_logprobs must be true or false"):
         k.generate(text, prompt_logprobs="yes")

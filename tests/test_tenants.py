@@ -99,13 +99,18 @@ def test_modules_admin_routes_and_drivers_need_an_admin(tenants):
         refused(bob.post("/llmos/modules/anything/load"), 403, "admin_only")
         refused(bob.post("/llmos/modules/anything/unload"), 403, "admin_only")
         refused(bob.get("/llmos/status"), 403, "admin_only")
+        refused(bob.get("/llmos/alerts"), 403, "admin_only")  # the machine's load and memory
         refused(bob.get("/metrics"), 403, "admin_only")  # every tenant's usage is in it
+        refused(bob.post("/llmos/tokenize", json={"model": "/etc/passwd", "text": "x"}), 404)  # names, never paths
+        refused(bob.post("/llmos/tokenize", json={"model": "smollm2", "text": "x" * 1_000_001}), 400)
+        assert bob.post("/llmos/tokenize", json={"model": "smollm2", "text": "Hello"}).json()["tokens"]
         refused(bob.post("/v1/chat/completions", json={**CHAT, "driver": "llamacpp"}), 403, "admin_only", "driver")
         refused(bob.post("/llmos/models/load", json={"model": "smollm2", "driver": "torch"}), 403, "admin_only")
         refused(bob.post("/v1/chat/completions", json={**CHAT, "keep_alive": 0}), 403, "admin_only", "keep_alive")
         assert all("path" not in m for m in bob.get("/llmos/models").json())  # no paths of this machine
         assert all("path" in m for m in admin.get("/llmos/models").json())
         assert admin.get("/llmos/status").status_code == 200
+        assert admin.get("/llmos/alerts").json()["rules"] == []
         refused(admin.post("/llmos/modules/anything/load"), 404)  # past the check: no such module
         refused(bob.get("/llmos/admin/" + "x" * 8000), 403, "admin_only")  # huge targets are cut in the log
         assert len(json.dumps(audited_denials(home)[-1])) < 1000
