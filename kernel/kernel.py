@@ -97,11 +97,18 @@ class Kernel(ModuleCalls, MemCalls, AlertCalls):
     def unload(self, model: str) -> int:
         return self._models.unload(model)
 
-    def tokenize(self, text: str, *, model: str | None = None) -> list[int]:
-        """`text` as `model`'s token ids, as a prompt is tokenized (special tokens such as BOS included)."""
-        if not isinstance(text, str):
-            raise InvalidRequestError(f"text must be a string, got {type(text).__name__}", param="text")
-        loaded = self._models.get(model or self.config.default_model, pin=True)
+    def tokenize(self, text: str, *, model: str | None = None, tenant: Tenant | None = None) -> list[int]:
+        """`text` as a local `model`'s token ids, as a prompt is tokenized (special tokens such as BOS
+        included); a `tenant` over its limits is refused first, as for a request."""
+        self._check_open()
+        check_prompt(text, param="text", allow_empty=True)
+        if tenant is not None:
+            self.tenants.check(tenant)
+        spec = self.registry.resolve(model or self.config.default_model)
+        if spec.format == "openai":
+            raise InvalidRequestError(f"{spec.name} is served by remote nodes: it tokenizes there, not here",
+                                      param="model")
+        loaded = self._models.get(spec.name, pin=True)
         try:
             return loaded.driver.tokenize(text)
         finally:

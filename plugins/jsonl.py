@@ -50,7 +50,8 @@ def read_rows(path: str | Path, check: Callable[[Any], str | None], *, param: st
     except UnicodeDecodeError as exc:
         raise error(f"{path} is not UTF-8 text (byte {exc.start})", param=param) from exc
     examples, errors, lines = [], [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may sit in a JSON string
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:

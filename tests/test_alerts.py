@@ -40,7 +40,9 @@ QUEUE_RULE = {"metric": "queue_depth", "above": 1, "for": "0.3s", "model": "smol
     ({"metric": "queue_depth", "above": 1, "below": 0}, "exactly one threshold"),
     ({"metric": "queue_depth", "above": "8"}, "above must be a finite number"),
     ({"metric": "queue_depth", "above": 1, "for": "ten seconds"}, "for: expected seconds or a duration"),
-    ({"metric": "queue_depth", "above": 1, "for": "-1s"}, "for must be a duration of at least 0s"),
+    ({"metric": "queue_depth", "above": 1, "for": "-1s"}, "for must be a duration from 0s to 86400s"),
+    ({"metric": ["queue_depth"], "above": 1}, "metric must be one of"),
+    ({"metric": "queue_depth", "above": 10**400}, "above must be a finite number"),
     ({"metric": "rss_mb", "above": 1, "model": "smollm2"}, "measured for the whole kernel: remove `model`"),
     ({"metric": "rss_mb", "above": 1, "severity": "page"}, "severity must be one of info, warning, critical"),
 ])
@@ -50,12 +52,19 @@ def test_a_bad_rule_is_a_config_error_naming_it(rule, says):
     assert says in str(err.value)
 
 
+def test_too_many_or_too_slow_rules_are_refused():
+    with pytest.raises(ConfigError, match="at most 100"):
+        parse_alerts({"rules": {f"r{i}": {"metric": "rss_mb", "above": 1} for i in range(101)}})
+    with pytest.raises(ConfigError, match="interval must be a duration from 0.05s to 3600s"):
+        parse_alerts({"interval": "3000000h"})
+
+
 def test_bad_rules_stop_the_boot_and_unknown_keys_are_named(tmp_path):
     (tmp_path / "llmos.toml").write_text('[alerts.rules.slow]\nmetric = "ttft_p95_s"\nabove = 2\nfour = "1m"\n')
     with pytest.raises(ConfigError, match=r"unknown \[alerts.rules.slow\] keys \['four'\] \(did you mean 'for'\?\)"):
         llmos.boot(home=tmp_path)
     (tmp_path / "llmos.toml").write_text('[alerts]\ninterval = "0"\n[alerts.rules.slow]\nmetric = "x"\nabove = 2\n')
-    with pytest.raises(ConfigError, match="interval must be a duration of at least 0.01s"):
+    with pytest.raises(ConfigError, match="interval must be a duration from 0.05s to 3600s"):
         llmos.boot(home=tmp_path)
 
 

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from llmos.kernel.errors import InvalidRequestError
-from llmos.plugins.evaluation.data import load_rows
+from llmos.plugins.evaluation.data import load_rows, scored
 from llmos.plugins.evaluation.run import Target, correct, evaluate, keywords
 from llmos.plugins.jsonl import DataFileError
 
@@ -38,6 +38,13 @@ def test_rows_are_checked_per_metric_with_line_numbers(tmp_path):
         load_rows(write(tmp_path / "e.jsonl", [{"text": "no answer"}]), "exact")
     with pytest.raises(InvalidRequestError, match="metric must be one of"):
         load_rows(f, "bleu")
+    # a JSON string may hold U+2028 (a line separator to str.splitlines, not to JSONL)
+    raw = json.dumps({"text": "one\u2028two"}, ensure_ascii=False) + "\r\n" + json.dumps({"text": "three"}) + "\n"
+    (tmp_path / "u.jsonl").write_text(raw, encoding="utf-8")
+    _, data = load_rows(tmp_path / "u.jsonl")
+    assert [r["text"] for r in data.examples] == ["one\u2028two", "three"] and data.errors == []
+    assert scored({"text": "whole", "completion": "x"}) == ("whole", "")  # text wins: one kind per row
+    assert scored({"prompt": "2+2=", "completion": "4"}) == ("2+2=4", "2+2=")
 
 
 def test_targets_and_answer_comparison():

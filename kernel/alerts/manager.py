@@ -95,7 +95,7 @@ class AlertManager:
         if st.state == "firing":
             resolved = {**st.as_dict(now), "state": "resolved", "resolved_at": time.time()}
             self._history.append(resolved)
-            events.append(("alert_resolved", resolved))
+            events.append(("alert_resolved", dict(resolved)))  # plugins get their own copy of the history's
         st.state, st.since, st.fired_at = "ok", None, None
         return events
 

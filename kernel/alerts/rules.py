@@ -37,6 +37,7 @@ METRICS: dict[str, tuple[str, bool]] = {
     "nodes_down": ("remote nodes marked down after failures (over remote models, or the rule's model)", True),
 }
 SEVERITIES = ("info", "warning", "critical")
+MAX_RULES = 100
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
 
@@ -78,11 +79,13 @@ def parse_alerts(table: Mapping[str, Any] | None, where: str = "llmos.toml") -> 
     """The [alerts] table as an AlertsConfig; ConfigError naming the rule and key at fault."""
     if not table:
         return AlertsConfig()
-    interval = _duration(table.get("interval", 5.0), f"{where}: [alerts] interval", lo=0.01)
-    window = _duration(table.get("window", 60.0), f"{where}: [alerts] window", lo=1.0)
+    interval = _duration(table.get("interval", 5.0), f"{where}: [alerts] interval", lo=0.05, hi=3600)
+    window = _duration(table.get("window", 60.0), f"{where}: [alerts] window", lo=1.0, hi=86400)
     rules = table.get("rules", {})
     if not isinstance(rules, Mapping):
         raise ConfigError(f"{where}: [alerts.rules] must be a table of rules ([alerts.rules.NAME])")
+    if len(rules) > MAX_RULES:
+        raise ConfigError(f"{where}: [alerts.rules] holds {len(rules)} rules: at most {MAX_RULES}")
     return AlertsConfig(tuple(_rule(name, body, where) for name, body in rules.items()), interval, window)
 
 
@@ -94,14 +97,15 @@ def _rule(name: str, body: Any, where: str) -> AlertRule:
     if not isinstance(body, Mapping):
         raise ConfigError(f"{at} must be a table with metric and above/below")
     metric = body.get("metric")
-    if metric not in METRICS:
+    if not isinstance(metric, str) or metric not in METRICS:
         raise ConfigError(f"{at} metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if ("above" in body) == ("below" in body):
         raise ConfigError(f"{at} needs exactly one threshold: `above = N` or `below = N`")
     key = "above" if "above" in body else "below"
     threshold = body[key]
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-        raise ConfigError(f"{at} {key} must be a finite number, got {threshold!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or abs(threshold) > 1e15 \
+            or not math.isfinite(threshold):
+        raise ConfigError(f"{at} {key} must be a finite number (at most 1e15), got {threshold!r}")
     model = body.get("model")
     if model is not None and (not isinstance(model, str) or not model):
         raise ConfigError(f"{at} model must be a model name, got {model!r}")
@@ -113,15 +117,15 @@ def _rule(name: str, body: Any, where: str) -> AlertRule:
     summary = body.get("summary", "")
     if not isinstance(summary, str) or len(summary) > 500:
         raise ConfigError(f"{at} summary must be a string of at most 500 characters")
-    for_s = _duration(body.get("for", 0), f"{at} for", lo=0.0)
+    for_s = _duration(body.get("for", 0), f"{at} for", lo=0.0, hi=86400)
     return AlertRule(name, metric, float(threshold), key == "above", for_s, model, severity, summary)
 
 
-def _duration(value: Any, where: str, *, lo: float) -> float:
+def _duration(value: Any, where: str, *, lo: float, hi: float) -> float:
     try:
         seconds = parse_duration(value)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    if not lo <= seconds < math.inf:
-        raise ConfigError(f"{where} must be a duration of at least {lo:g}s (and not negative), got {value!r}")
+    if not lo <= seconds <= hi:
+        raise ConfigError(f"{where} must be a duration from {lo:g}s to {hi:g}s, got {value!r}")
     return seconds

@@ -17,6 +17,8 @@ Values = dict[tuple[str, str | None], float | None]
 #: requests remembered for the window's figures (beyond this, the oldest go first)
 MAX_RECORDED = 50_000
 FAILED = ("FINISHED_FAILED", "FINISHED_TIMED_OUT")
+#: throttle-counter samples kept (a window longer than this many evaluations starts at the oldest kept)
+MAX_SAMPLES = 20_000
 
 
 def rss_bytes() -> int:
@@ -36,7 +38,7 @@ class Signals:
     def __init__(self, window_s: float) -> None:
         self.window_s = window_s
         self._ended: deque[tuple[float, str, float | None, bool]] = deque(maxlen=MAX_RECORDED)
-        self._throttled: deque[tuple[float, int]] = deque()
+        self._throttled: deque[tuple[float, int]] = deque(maxlen=MAX_SAMPLES)
         self._lock = threading.Lock()
 
     def record(self, request: Any) -> None:

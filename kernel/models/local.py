@@ -22,6 +22,8 @@ from ..lib.names import checked_name
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 INFO = "model.json"
+#: a temporary directory this old belongs to no running merge or quantize
+STALE_S = 86400
 
 
 class ModelExistsError(InvalidRequestError):
@@ -33,11 +35,20 @@ class ModelExistsError(InvalidRequestError):
 class LocalModels:
     def __init__(self, home: Path) -> None:
         self.root = home / "models" / "local"
+        self._cache: tuple[int, list[tuple[str, Path, dict[str, Any]]]] | None = None
 
-    def entries(self) -> Iterator[tuple[str, Path, dict[str, Any]]]:
-        """(name, model file, its model.json) of each complete local model."""
-        if not self.root.is_dir():
-            return
+    def entries(self) -> list[tuple[str, Path, dict[str, Any]]]:
+        """(name, model file, its model.json) of each complete local model; read again only when the
+        directory changed (a model is added or removed by renaming its directory)."""
+        try:
+            stamp = self.root.stat().st_mtime_ns
+        except OSError:
+            return []
+        if self._cache is None or self._cache[0] != stamp:
+            self._cache = (stamp, list(self._scan()))
+        return self._cache[1]
+
+    def _scan(self) -> Iterator[tuple[str, Path, dict[str, Any]]]:
         for d in sorted(self.root.iterdir()):
             try:
                 info = json.loads((d / INFO).read_text())
@@ -59,15 +70,22 @@ class LocalModels:
     def create(self, name: str, file_name: str, build, info: dict[str, Any]) -> Path:
         """Run `build(path)` to write the model file in a temporary directory, then move it into place."""
         self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob(".*-*"):  # what a killed merge or quantize left (a day old: not running)
+            if time.time() - stale.stat().st_mtime > STALE_S:
+                shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self.root))
         try:
             build(tmp / file_name)
             record = {**info, "file": file_name, "created": time.time(), "bytes": (tmp / file_name).stat().st_size}
             (tmp / INFO).write_text(json.dumps(record, indent=2))
             final = self.root / name
-            if final.exists():
-                raise ModelExistsError(f"a model named {name!r} appeared meanwhile: nothing overwritten", param="as")
-            os.rename(tmp, final)
+            try:
+                if final.exists():
+                    raise FileExistsError(final)
+                os.rename(tmp, final)  # a non-empty directory of that name makes the rename fail
+            except OSError:
+                raise ModelExistsError(f"a model named {name!r} appeared meanwhile: nothing overwritten",
+                                       param="as") from None
             return final / file_name
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

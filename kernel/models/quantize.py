@@ -20,7 +20,8 @@ def quantize_model(registry: ModelRegistry, model: str, qtype: str, as_name: str
     if spec.format != "gguf":
         raise InvalidRequestError(f"{spec.name} is a {spec.format} model: llama.cpp's quantizer reads GGUF "
                                   "models (`llmos mod merge` writes one)", param="model")
-    as_name = registry.local.check_new(as_name or f"{spec.name}-{qtype}", registry.names())
+    default = f"{spec.path.stem if spec.source == 'path' else spec.name}-{qtype}"  # a path's name is the path
+    as_name = registry.local.check_new(as_name or default, registry.names())
     info = {"description": f"{spec.name} quantized to {qtype} by llama.cpp", "made_by": "quantize",
             "source": spec.name, "type": qtype}
     registry.local.create(as_name, "model.gguf", lambda out: quantize(

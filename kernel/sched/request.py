@@ -210,17 +210,17 @@ def validate_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]
     return out
 
 
-def check_prompt(prompt: Any) -> None:
+def check_prompt(prompt: Any, *, param: str = "prompt", allow_empty: bool = False) -> None:
     """A prompt is a non-empty string of valid UTF-8 text."""
     if not isinstance(prompt, str):
-        raise InvalidRequestError(f"prompt must be a string, got {type(prompt).__name__}", param="prompt")
-    if not prompt.strip():
-        raise InvalidRequestError("prompt is empty: give some text", param="prompt")
+        raise InvalidRequestError(f"{param} must be a string, got {type(prompt).__name__}", param=param)
+    if not allow_empty and not prompt.strip():
+        raise InvalidRequestError(f"{param} is empty: give some text", param=param)
     try:
         prompt.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InvalidRequestError(f"prompt is not valid UTF-8 text ({exc.reason} at {exc.start})",
-                                  param="prompt") from None
+        raise InvalidRequestError(f"{param} is not valid UTF-8 text ({exc.reason} at {exc.start})",
+                                  param=param) from None
 
 
 def parse_sampling(sampling: Mapping[str, Any]) -> "SamplingParams":

@@ -30,8 +30,18 @@ def _text(row: dict, key: str) -> bool:
     return isinstance(row.get(key), str) and bool(row[key].strip())
 
 
+def scored(row: dict) -> tuple[str, str] | None:
+    """(the text a perplexity row submits, the context before its scored part: "" when all is scored),
+    or None when the row is neither kind; a row with `text` is always a whole text."""
+    if _text(row, "text"):
+        return row["text"], ""
+    if isinstance(row.get("prompt"), str) and _text(row, "completion"):
+        return row["prompt"] + row["completion"], row["prompt"]
+    return None
+
+
 def _perplexity(row: dict) -> str | None:
-    if _text(row, "text") or (isinstance(row.get("prompt"), str) and _text(row, "completion")):
+    if scored(row) is not None:
         return None
     return 'perplexity rows are {"text": ...} or {"prompt": ..., "completion": ...}'
 

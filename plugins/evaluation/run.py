@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from llmos.kernel.errors import InvalidRequestError
 
-from .data import asked, labels_of, question
+from .data import asked, labels_of, question, scored
 
 Progress = Callable[[int, int], None]
 #: rows kept as examples of what a target got wrong
@@ -72,6 +72,8 @@ class Target:
 def evaluate(kernel, target: Target, metric: str, rows: list[dict[str, Any]], *, lines: tuple[int, ...] = (),
              progress: Progress = lambda _done, _total: None, window: int = 16, max_tokens: int = 64) -> EvalResult:
     target.check(metric)
+    if not rows:
+        raise InvalidRequestError("no rows to evaluate", param="data")
     started = time.monotonic()
     lines = lines or tuple(range(1, len(rows) + 1))
     adapter = target.adapters[0] if target.adapters else None
@@ -102,11 +104,10 @@ def _windowed(submit: Callable[[dict], Any], rows: list[dict], window: int, prog
 
 def _perplexity(kernel, model: str, adapter: str | None, rows, progress, window) -> EvalResult:
     # 1. How many leading tokens are context (a prompt's), not scored.
-    skips = [len(kernel.tokenize(row["prompt"], model=model)) if "completion" in row else 1 for row in rows]
+    skips = [len(kernel.tokenize(scored(row)[1], model=model)) if scored(row)[1] else 1 for row in rows]
 
     def submit(row: dict):
-        text = row["prompt"] + row["completion"] if "completion" in row else row["text"]
-        return kernel.submit(text, model=model, adapter=adapter, max_tokens=1, temperature=0.0,
+        return kernel.submit(scored(row)[0], model=model, adapter=adapter, max_tokens=1, temperature=0.0,
                              prompt_logprobs=True, owner="eval")
 
     nll, tokens = 0.0, 0

@@ -15,6 +15,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label, Sparkline
 
+from llmos.kernel.errors import LlmosError
+
 from ..commands import process_rows
 
 COLUMNS = ("id", "client", "tenant", "model", "state", "wait s", "ttft s", "tok/s", "tokens")
@@ -110,7 +112,10 @@ class TopScreen(Screen):
                           str(t["requests"]), str(t["queued"]), str(t["running"]), str(t["throttled"]), str(t["denied"]))
 
     def _update_alerts(self) -> None:
-        rows = [r for r in self.kernel.alerts()["rules"] if r["state"] != "ok"]
+        try:
+            rows = [r for r in self.kernel.alerts()["rules"] if r["state"] != "ok"]
+        except LlmosError:  # a tenant key that is no admin: the machine's alerts are not its to see
+            rows = []
         self.query_one("#alerts", Label).update("\n".join(
             f"{r['state'].upper()} {r['name']}: {r['condition']} (now {r['value']:.3g}, {r['active_for_s']:.0f}s) "
             f"- {r['summary']}" for r in rows))

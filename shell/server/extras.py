@@ -47,7 +47,7 @@ EVENT_POLL_S = 0.05
 
 class TokenizeBody(BaseModel):
     model: str = Field(min_length=1, max_length=512)
-    text: str = Field(max_length=1_000_000)
+    text: str = Field(max_length=200_000)
 
 
 class ApprovalsRefusedError(InvalidRequestError, PermissionError):
@@ -152,11 +152,11 @@ def extras_router(kernel, *, max_agents: int = MAX_AGENTS, max_event_streams: in
     @r.post("/tokenize")
     async def tokenize(request: Request, body: TokenizeBody) -> dict[str, Any]:
         """A served model's token ids for `text` (special tokens included, as a prompt is tokenized)."""
-        owner = is_owner(request)
+        owner, tenant = is_owner(request), tenant_of(request)
 
         def run() -> list[int]:
             kernel.registry.resolve(body.model, allow_paths=owner)  # a served name, never a path (but the owner's)
-            return kernel.tokenize(body.text, model=body.model)
+            return kernel.tokenize(body.text, model=body.model, tenant=tenant)  # its limits, as for a request
 
         return {"model": body.model, "tokens": await asyncio.to_thread(run)}
 
