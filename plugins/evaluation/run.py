@@ -112,9 +112,9 @@ def _perplexity(kernel, model: str, adapter: str | None, rows, progress, window)
 
     nll, tokens = 0.0, 0
     for i, done in _windowed(submit, rows, window, progress):
-        scored = done.prompt_logprobs[max(skips[i], 1) - 1:]
-        nll -= sum(scored)
-        tokens += len(scored)
+        picked = done.prompt_logprobs[max(skips[i], 1) - 1:]
+        nll -= sum(picked)
+        tokens += len(picked)
     if not tokens:
         raise InvalidRequestError("no token to score: the rows are one token long", param="data")
     loss = nll / tokens
