@@ -31,21 +31,24 @@ def permute_for_rope(w, n_head: int):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def gguf_field(reader, key: str) -> str | int | None:
+    """A scalar metadata value of a `gguf.GGUFReader`'s file (a string or an integer), None when absent."""
+    import gguf
+
+    f = reader.fields.get(key)
+    if f is None:
+        return None
+    value = f.parts[f.data[0]]
+    return bytes(value).decode() if f.types and f.types[0] == gguf.GGUFValueType.STRING else int(value[0])
+
+
 def base_shape_info(base_gguf: Path) -> tuple[str, int, int]:
     """(architecture, head_count, head_count_kv) from the base model's GGUF metadata."""
     import gguf
 
     reader = gguf.GGUFReader(str(base_gguf))
-
-    def field(key: str):
-        f = reader.fields.get(key)
-        if f is None:
-            return None
-        value = f.parts[f.data[0]]
-        return bytes(value).decode() if f.types and f.types[0] == gguf.GGUFValueType.STRING else int(value[0])
-
-    arch = field("general.architecture")
-    return arch, field(f"{arch}.attention.head_count"), field(f"{arch}.attention.head_count_kv")
+    arch = gguf_field(reader, "general.architecture")
+    return arch, gguf_field(reader, f"{arch}.attention.head_count"), gguf_field(reader, f"{arch}.attention.head_count_kv")
 
 
 def export_peft_to_gguf(peft_dir: Path, base_gguf: Path, out: Path) -> Path:

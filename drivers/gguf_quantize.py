@@ -29,16 +29,10 @@ def file_type(path: Path) -> tuple[str, int | None]:
     """(architecture, general.file_type) of a GGUF model."""
     import gguf
 
+    from .gguf_lora import gguf_field
+
     reader = gguf.GGUFReader(str(path))
-
-    def value(key: str):
-        f = reader.fields.get(key)
-        if f is None:
-            return None
-        raw = f.parts[f.data[0]]
-        return bytes(raw).decode() if f.types[0] == gguf.GGUFValueType.STRING else int(raw[0])
-
-    return value("general.architecture") or "?", value("general.file_type")
+    return gguf_field(reader, "general.architecture") or "?", gguf_field(reader, "general.file_type")
 
 
 def quantize(src: Path, out: Path, qtype: str, *, threads: int, allow_requantize: bool = False,
