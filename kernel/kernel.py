@@ -35,7 +35,7 @@ from .sched.request import (Priority, PromptEnvelope, Request, check_input, chec
 from .tenants.scope import TenantView
 from .tenants.table import TenantTable
 from .tenants.tenant import Tenant
-from .tools.jobs import Job
+from .tools.job_calls import JobCalls
 from .tools.toolbox import ToolBox
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("llmos.kernel")
 
 
-class Kernel(ModuleCalls, MemCalls, AlertCalls):
+class Kernel(ModuleCalls, MemCalls, AlertCalls, JobCalls):
     def __init__(self, config: Config | None = None, *, plugins=None,
                  progress: LoadProgress | None = None, load_entrypoints: bool = True) -> None:
         from llmos.plugins.manager import PluginManager
@@ -65,7 +65,7 @@ class Kernel(ModuleCalls, MemCalls, AlertCalls):
         self._closed = False
         self._mem = None
         self._embedding: EmbeddingService | None = None
-        self._jobs: list[Job] = []
+        self._jobs: list = []  # background jobs (tools/job_calls.py)
         self._sessions: SessionStore | None = None
         self.tenants = TenantTable(audit=self.tools.audit.record)
         self.processes = ProcessTable(self, self.tools.all, self.config.default_model)
@@ -316,33 +316,6 @@ class Kernel(ModuleCalls, MemCalls, AlertCalls):
     def redact(self, text: str) -> str:
         """`text` through every registered redactor (the `register_redactors` hook)."""
         return self._redactors(text)
-
-    # -- jobs ----------------------------------------------------------------------------------------
-
-    def finetune(self, *, model: str | None = None, data: str, out: str, check: bool = True, **options: Any) -> Job:
-        """Train a PEFT adapter in the background; the job's result installs module `out`.
-
-        Options: method (lora|adalora|ia3|prefix), rank, epochs, lr (both chosen from the data when
-        unset), batch_size, max_steps, eval, seed, resume, max_len. `job.progress` has step/total/loss/
-        tokens_per_s/eta_s; `job.cancel()` saves a resumable checkpoint. With `check`, the new module
-        is then asked the data's questions and the result's `review` says whether the run converged."""
-        from llmos.plugins.finetune.review import review
-        from llmos.plugins.finetune.trainer import FinetuneOptions, run_finetune
-
-        self._check_open()
-        opts = FinetuneOptions(model=model or self.config.default_model, data=data, out=out, **options)
-        opts.validate()
-
-        def train(progress, stop):
-            result = run_finetune(self.config, opts, progress=progress, stop=stop)
-            return review(self, opts, result) if check else result
-
-        job = Job("finetune", train)
-        self._jobs.append(job)
-        return job
-
-    def jobs(self) -> list[dict[str, Any]]:
-        return [j.as_dict() for j in self._jobs]
 
     # -- plugins, tools, tasks -----------------------------------------------------------------------
 
