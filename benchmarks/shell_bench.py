@@ -18,11 +18,11 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import threading
 import time
 
 from .registry import BenchContext, BenchResult, benchmark
+from .tmux import tmux, wait_screen
 
 RATE = 150.0  # tokens/s fed into the view
 N_TOKENS = 2000
@@ -109,10 +109,6 @@ PROMPT = "Write a long story about a lighthouse keeper."
 TOKENS_PER_S = re.compile(r"reply done: (\d+) tokens, ([\d.]+) tok/s")
 
 
-def _tmux(*args: str) -> str:
-    return subprocess.run(["tmux", *args], capture_output=True, text=True, timeout=10).stdout
-
-
 def _b8b(ctx: BenchContext, rounds: int = 3) -> BenchResult:
     """Decode speed of one reply on a resident kernel (`llmos up`, a scratch home, greedy through its model
     table): read headless by a client, vs drawn by `llmos shell` attached in a real terminal (tmux), its
@@ -162,24 +158,17 @@ def _through_attached_shell(home, llmos_bin: str) -> tuple[int, float]:
     (the kernel's own measure of the request's decode speed)."""
     session = f"llmos-b8b-{os.getpid()}"
     command = f"env LLMOS_HOME={home.path} TERM=xterm-256color {llmos_bin} shell --new"
-    _tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30", command)
+    tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30", command)
     try:
-        _wait_screen(session, lambda s: "ready" in s, 60)
-        _tmux("send-keys", "-t", session, "-l", PROMPT)
-        _tmux("send-keys", "-t", session, "Enter")
-        found = TOKENS_PER_S.search(_wait_screen(session, lambda s: TOKENS_PER_S.search(s) or "reply failed" in s, 300))
+        wait_screen(session, lambda s: "ready" in s, 60, join=True)
+        tmux("send-keys", "-t", session, "-l", PROMPT)
+        tmux("send-keys", "-t", session, "Enter")
+        found = TOKENS_PER_S.search(wait_screen(session, lambda s: bool(TOKENS_PER_S.search(s)) or "reply failed" in s, 300,
+                                                join=True))
         if found is None:
             raise RuntimeError("B8b: the shell's reply failed")
         return int(found.group(1)), float(found.group(2))
     finally:
-        _tmux("kill-session", "-t", session)
+        tmux("kill-session", "-t", session)
 
 
-def _wait_screen(session: str, ok, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        screen = _tmux("capture-pane", "-p", "-J", "-t", session)
-        if ok(screen):
-            return screen
-        time.sleep(0.2)
-    raise RuntimeError(f"B8b: the shell did not get there in {timeout:.0f} s; its screen:\n{screen}")

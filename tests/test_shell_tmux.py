@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from llmos.benchmarks.tmux import tmux, wait_screen
 from llmos.shell.attach import ATTACHED_NICE
 
 from .test_daemon import Daemon
@@ -22,21 +23,6 @@ from .util import LLMOS
 pytestmark = [pytest.mark.cli, pytest.mark.model]
 
 NO_TMUX = "tmux is not installed: install it (apt-get install tmux, brew install tmux); `make test` does it as root"
-
-
-def _tmux(*args: str) -> str:
-    return subprocess.run(["tmux", *args], capture_output=True, text=True, timeout=10).stdout
-
-
-def _wait_screen(session: str, condition, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    screen = ""
-    while time.monotonic() < deadline:
-        screen = _tmux("capture-pane", "-p", "-t", session)
-        if condition(screen):
-            return screen
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s; the screen was:\n{screen}")
 
 
 def _shell_process(pane_pid: int) -> int:
@@ -74,27 +60,27 @@ def test_shell_answers_in_a_real_terminal(tmp_path, mode):
     command = " ".join(["env", *[f"{k}={v}" for k, v in env.items()], "TERM=xterm-256color", LLMOS, "shell", "--new",
                         *local])
     daemon = Daemon(tmp_path)
-    _tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", command)
+    tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", command)
     try:
-        screen = _wait_screen(session, lambda s: "ready" in s, 60)
+        screen = wait_screen(session, lambda s: "ready" in s, 60)
         assert "esc Cancel" in screen and "llmos" in screen.splitlines()[0]
-        _tmux("send-keys", "-t", session, "-l", "What is the capital of France?")
-        _tmux("send-keys", "-t", session, "Enter")
-        screen = _wait_screen(session, lambda s: "reply done" in s or "reply failed" in s, 90)
+        tmux("send-keys", "-t", session, "-l", "What is the capital of France?")
+        tmux("send-keys", "-t", session, "Enter")
+        screen = wait_screen(session, lambda s: "reply done" in s or "reply failed" in s, 90)
         assert "reply done" in screen, screen
-        screen = _wait_screen(session, lambda s: "What is the capital of France?" in s, 10)  # drawn by now
+        screen = wait_screen(session, lambda s: "What is the capital of France?" in s, 10)  # drawn by now
         assert "Paris" in screen, screen
         if mode == "resident":  # the shell draws at a lower priority than the kernel decodes
-            shell_pid = _shell_process(int(_tmux("display-message", "-p", "-t", session, "#{pane_pid}").strip()))
+            shell_pid = _shell_process(int(tmux("display-message", "-p", "-t", session, "#{pane_pid}").strip()))
             daemon_pid = daemon.remember()["pid"]
             ours = os.getpriority(os.PRIO_PROCESS, 0)  # what the daemon and the shell started with
             assert _nice(daemon_pid) == {ours} and _nice(shell_pid) == {max(ours, ATTACHED_NICE)}, \
                 (_nice(daemon_pid), _nice(shell_pid))
-        _tmux("send-keys", "-t", session, "C-q")
+        tmux("send-keys", "-t", session, "C-q")
         deadline = time.monotonic() + 20
-        while session in _tmux("ls") and time.monotonic() < deadline:
+        while session in tmux("ls") and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert session not in _tmux("ls"), "ctrl+q did not leave the shell"
+        assert session not in tmux("ls"), "ctrl+q did not leave the shell"
         status = daemon.llmos("status", "--json")
         if mode == "local":
             assert status.returncode == 3, status.stdout  # no daemon was started
