@@ -68,7 +68,7 @@ tmux:
 
 ## make test: install with the dev extras and tmux, and run the whole suite
 test: install-dev tmux
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 ## quick subset while iterating: no real model, no subprocess CLI
 quick: install-dev

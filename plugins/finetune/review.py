@@ -15,7 +15,7 @@ from .schedule import convergence
 from .trainer import FinetuneOptions, FinetuneResult
 
 #: rows asked at most (the eval file's, else the training data's)
-MAX_REVIEW_ROWS = 32
+MAX_REVIEW_ROWS = 16
 
 
 def review(kernel, opts: FinetuneOptions, result: FinetuneResult) -> FinetuneResult:
