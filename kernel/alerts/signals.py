@@ -66,8 +66,10 @@ class Signals:
             while self._ended and self._ended[0][0] < start:
                 self._ended.popleft()
             ended = [e for e in self._ended if e[0] >= start]  # recorded in finishing order, nearly
-        for model in {None, *(e[1] for e in ended)}:
-            rows = [e for e in ended if model is None or e[1] == model]
+        by_model: dict[str | None, list[tuple[float, str, float | None, bool]]] = {None: ended}
+        for e in ended:  # one pass, not one per model
+            by_model.setdefault(e[1], []).append(e)
+        for model, rows in by_model.items():
             ttfts = sorted(e[2] for e in rows if e[2] is not None)
             values[("ttft_p95_s", model)] = _p95(ttfts)
             values[("error_rate", model)] = sum(e[3] for e in rows) / len(rows) if rows else None
