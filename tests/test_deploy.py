@@ -111,14 +111,15 @@ def test_a_prefix_module_cannot_be_merged(kernel, llmos_home, tmp_path):
 
 @pytest.mark.cli
 def test_cli_merge_and_quantize_with_json(kernel, merged, llmos_home):
-    module, _ = merged
+    """The CLI over the same calls (the merge itself: the fixture's; a second one would only repeat it)."""
+    module, model = merged
     env = {"LLMOS_HOME": str(llmos_home)}
-    r = run_llmos("mod", "merge", module, "--as", "deploy-cli", "--json", env=env, timeout=600)
+    r = run_llmos("quantize", model, "--type", "q4_k_m", "--as", "deploy-cli-q4", "--json", env=env, timeout=600)
     assert r.returncode == 0, r.stderr
     made = json.loads(r.stdout)
-    assert made["model"] == "deploy-cli" and made["made_by"] == "merge" and made["type"] == "f16"
-    r = run_llmos("quantize", "deploy-cli", "--type", "q4_k_m", "--json", env=env, timeout=600)
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["model"] == "deploy-cli-q4_k_m"
-    again = run_llmos("mod", "merge", module, "--as", "deploy-cli", env=env, timeout=120)
-    assert again.returncode == 2 and "a model named 'deploy-cli' exists" in again.stderr
+    assert made["model"] == "deploy-cli-q4" and made["made_by"] == "quantize" and made["source"] == model
+    assert "deploy-cli-q4" in kernel.registry.names()  # a running kernel sees it at once
+    again = run_llmos("mod", "merge", module, "--as", model, env=env, timeout=120)
+    assert again.returncode == 2 and f"a model named '{model}' exists" in again.stderr
+    missing = run_llmos("mod", "merge", "no-such-module", "--as", "x1", "--json", env=env, timeout=120)
+    assert missing.returncode == 2 and json.loads(missing.stdout)["error"]["code"] == "adapter_not_found"
