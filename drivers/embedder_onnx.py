@@ -33,7 +33,7 @@ import numpy as np
 from llmos.kernel.errors import ModelLoadError
 from llmos.kernel.lib.atomic import atomic_write_text, fsync_dir, fsync_file
 
-from .embedder import TokenWindows, default_model_path
+from .embedder import TokenWindows, default_model_path, length_batches, mean_pooled
 
 log = logging.getLogger("llmos.embedder")
 
@@ -228,19 +228,7 @@ class OnnxEmbedder(TokenWindows):
             return out
         ids = self._tokenizer(list(texts), add_special_tokens=True, truncation=True,
                               max_length=self._max_seq_length)["input_ids"]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        pad = self._tokenizer.pad_token_id or 0
-        for first in range(0, len(order), batch_size):
-            rows = order[first:first + batch_size]
-            width = max(len(ids[i]) for i in rows)
-            input_ids = np.full((len(rows), width), pad, dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for r, i in enumerate(rows):
-                input_ids[r, :len(ids[i])] = ids[i]
-                mask[r, :len(ids[i])] = 1
+        for rows, input_ids, mask in length_batches(ids, batch_size, self._tokenizer.pad_token_id or 0):
             feed = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
-            tokens = session.run(None, {name: feed[name] for name in self._inputs})[0]
-            weights = mask[..., None].astype(np.float32)  # mean pooling over real tokens, then L2 (as the
-            pooled = (tokens * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)  # modules do)
-            out[rows] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            out[rows] = mean_pooled(session.run(None, {name: feed[name] for name in self._inputs})[0], mask)
         return out

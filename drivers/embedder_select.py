@@ -1,6 +1,7 @@
-"""Choosing the memfs embedder's backend (`embedder_backend`: auto, onnx, torch): drivers/embedder.py
-(sentence-transformers on torch) or drivers/embedder_onnx.py (the same model on ONNX Runtime). Both
-backends are imported only once chosen."""
+"""Choosing the memfs embedder's backend (`embedder_backend`: auto, onnx, torch, bf16): drivers/embedder.py
+(sentence-transformers on torch), drivers/embedder_onnx.py (the same model on ONNX Runtime) or
+drivers/embedder_bf16.py (torch in bf16, for CPUs with native bf16). Backends are imported only once
+chosen."""
 
 from __future__ import annotations
 
@@ -30,6 +31,13 @@ def make_embedder(backend: str = "auto", *, cache_dir: str | Path | None = None,
         from .embedder import SentenceEmbedder
 
         return SentenceEmbedder(model_path)
+    if backend == "bf16":
+        from .embedder_bf16 import Bf16Embedder, native_bf16
+
+        if not native_bf16():
+            raise ConfigError("embedder_backend = 'bf16' needs a CPU with bf16 instructions (AVX512-BF16 or AMX); "
+                              "this one would emulate them, slower than fp32: use 'onnx' or 'auto'")
+        return Bf16Embedder(model_path)
     if not onnx_available():
         raise ConfigError("embedder_backend = 'onnx' needs onnxruntime and onnx: pip install 'llmos[memory]', "
                           "or set embedder_backend = 'torch'")

@@ -74,7 +74,7 @@ from .lib.durations import parse_duration
 from .sched.request import MODEL_SAMPLING_KEYS
 
 #: the embedder backends (drivers/embedder_select.py builds them; named here so the config imports no driver)
-EMBEDDER_BACKENDS = ("auto", "onnx", "torch")
+EMBEDDER_BACKENDS = ("auto", "onnx", "torch", "bf16")
 
 
 def check_embedder_backend(value: object) -> str:

@@ -271,7 +271,7 @@ class ShellApp(App):
         self._busy, self._cancel_requested = True, False
         if self.pause_gc:  # a full collection over a big heap stalls rendering for 100+ ms
             gc.disable()
-        self.reply = await ReplyStream(self.chat_log).start()
+        self.reply = await ReplyStream(self.chat_log, source=self._feed.drain).start()
         return self.reply
 
     @work(thread=True, group="generate")
@@ -297,16 +297,18 @@ class ShellApp(App):
         self.post_message(self.ReplyDone(status, error, handle))
 
     def feed(self, text: str) -> None:
-        """Queue reply text from any thread. Text arriving while the UI is busy is coalesced: one
-        wake-up message at a time, so a fast source costs the UI one render per loop, not per token."""
+        """Queue reply text from any thread. One wake-up message until the reply's next flush drains
+        the feed: tokens arriving in between wake nothing, so a fast source costs the UI (and the
+        cores it shares with the model) about two wake-ups per frame, not one per token."""
         if self._feed.put(text):
             self.post_message(self.Token())
 
     @on(Token)
     async def _token(self, event: Token) -> None:
-        text = self._feed.drain()
-        if self.reply is not None and text:
-            await self.reply.write(text)
+        if self.reply is not None:
+            await self.reply.write()  # the flush pulls the feed
+        else:
+            self._feed.drain()
 
     @on(ReplyDone)
     async def _reply_done(self, event: ReplyDone) -> None:

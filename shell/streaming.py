@@ -3,7 +3,8 @@
 Two measures on top of Textual's `MarkdownStream` (which already coalesces fragments while a render
 is in flight):
 - writes reach the stream at most every `interval` seconds (a 150 tok/s source then costs ~20 renders
-  a second instead of 150, leaving the CPU to the model);
+  a second instead of 150, leaving the CPU to the model), and the text waits in the app's feed, which
+  each flush pulls (`source`): tokens between two flushes wake the UI thread not at all;
 - a long reply is split at paragraph breaks into segments of about `segment_chars` (each its own
   Markdown widget, styled as one message), so each render re-lays out a small widget and the cost
   per token stays flat over a 2,000-token reply.
@@ -25,8 +26,9 @@ from .widgets.chat_message import ChatMessage
 
 
 class Feed:
-    """Reply text from a worker thread, drained by the UI thread. `put` says whether the caller should
-    post a wake-up: one at a time until the next `drain`, so a fast source costs one render per loop."""
+    """Reply text from a worker thread, drained by the UI thread (the reply's next flush). `put` says
+    whether the caller should post a wake-up: one until the next `drain`, so tokens arriving between
+    two flushes wake nothing."""
 
     def __init__(self) -> None:
         self._parts: list[str] = []
@@ -51,8 +53,9 @@ class Feed:
 
 class ReplyStream:
     def __init__(self, log: ChatLog, role: str = "assistant", *, interval: float = 0.05,
-                 segment_chars: int = 1200) -> None:
+                 segment_chars: int = 1200, source: Callable[[], str] | None = None) -> None:
         self.log, self.role = log, role
+        self.source = source  # pulled at each flush (the app's Feed): text waits there, not in messages
         self.interval, self.segment_chars = interval, segment_chars
         self.segments: list[ChatMessage] = []
         self.on_shown: Callable[[int, float], None] | None = None  # (characters rendered, perf_counter)
@@ -98,8 +101,11 @@ class ReplyStream:
             if self.on_shown is not None:
                 self.on_shown(chars, t)
 
-    async def write(self, text: str) -> None:
-        self._pending.append(text)
+    async def write(self, text: str = "") -> None:
+        """Queue `text` (and whatever `source` holds by then) for the next flush: now when the last
+        one is `interval` old, else on a timer. `write()` with no text just wakes the stream."""
+        if text:
+            self._pending.append(text)
         wait = self._last_flush + self.interval - time.monotonic()
         if wait <= 0:
             await self.flush()
@@ -118,6 +124,8 @@ class ReplyStream:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self.source is not None:
+            self._pending.append(self.source())
         text = "".join(self._pending)
         self._pending.clear()
         self._last_flush = time.monotonic()

@@ -137,7 +137,7 @@ def test_the_setting_picks_the_backend(tmp_path, monkeypatch):
     monkeypatch.setenv("LLMOS_EMBEDDER_BACKEND", "onnx")
     assert Config.load(tmp_path).embedder_backend == "onnx"
     monkeypatch.setenv("LLMOS_EMBEDDER_BACKEND", "tensorrt")
-    with pytest.raises(ConfigError, match="embedder_backend must be one of 'auto', 'onnx', 'torch', got 'tensorrt'"):
+    with pytest.raises(ConfigError, match="embedder_backend must be one of 'auto', 'onnx', 'torch', 'bf16', got 'tensorrt'"):
         Config.load(tmp_path)
     with pytest.raises(ConfigError, match="embedder_backend"):
         make_embedder("fast")

@@ -382,3 +382,45 @@ def test_long_reply_streams_in_segments_without_losing_text():
             assert len(reply.segments) > 1 and all(s.text.count("```") % 2 == 0 for s in reply.segments)
             assert shown == sorted(shown) and shown[-1] == len("".join(tokens))
     run(go())
+
+
+def test_a_fast_token_source_wakes_the_view_about_once_per_frame_not_per_token():
+    """Tokens fed between two flushes wait in the feed: the UI gets one wake-up message until the next
+    flush drains it, so 300 tokens fed over ~0.5 s cost a handful of wake-ups and renders, and every
+    character still arrives in order."""
+    tokens = [f" w{i}" for i in range(300)]
+
+    async def go():
+        app = ShellApp(boot=False)
+        async with app.run_test(size=(80, 24)) as pilot:
+            reply = await app.begin_reply()
+            woken = []
+            original = app.post_message
+            app.post_message = lambda m: (woken.append(m) if isinstance(m, ShellApp.Token) else None, original(m))[1]
+
+            def produce():
+                for tok in tokens:
+                    app.feed(tok)
+                    time.sleep(0.0015)
+
+            feeder = threading.Thread(target=produce)
+            feeder.start()
+            while feeder.is_alive():
+                await pilot.pause(0.02)
+            app.post_message(ShellApp.ReplyDone("done"))
+            await until(pilot, lambda: app.last_reply, 10)
+            assert app.last_reply["text"] == "".join(tokens)
+            frames = 0.5 / reply.interval  # the feed lasts >= 0.45 s: about this many flushes
+            assert 2 <= len(woken) <= 2 * frames + 4, (len(woken), frames)
+    run(go())
+
+
+def test_the_paint_benchmark_times_tokens_to_frames_written_to_a_real_terminal():
+    """B8a's harness (a child process on a pty): every token is painted after it was rendered, and a
+    token's paint comes from a frame written to the terminal, not from the end of the render."""
+    from llmos.benchmarks.shell_bench import _paint_delays
+
+    painted, rendered = _paint_delays(90, 150.0)
+    assert len(painted) == len(rendered) == 90
+    assert all(0 < r <= p < 5000 for p, r in zip(painted, rendered)), list(zip(painted, rendered))[:5]
+

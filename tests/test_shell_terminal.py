@@ -92,3 +92,29 @@ def test_the_terminal_shows_every_message_while_replies_stream_in():
             assert "Paragraph 39" in terminal.text and terminal.text == widgets_text(app), terminal.text
 
     asyncio.run(asyncio.wait_for(go(), 120))
+
+
+def test_a_paragraph_growing_within_its_lines_repaints_without_a_layout():
+    """Streaming mostly adds words to a paragraph's last line: that costs a repaint of the paragraph,
+    not a layout of the whole screen; a word that starts a new line asks for a layout, and both show."""
+    from llmos.shell.widgets.chat_message import StreamedParagraph
+
+    async def go():
+        app = ShellApp(boot=False)
+        async with app.run_test(size=(80, 24)) as pilot:
+            terminal = Terminal(app)
+            message = await app.chat_log.add("Hello", "assistant")
+            await pilot.pause(0.05)
+            paragraph = message.query_one(StreamedParagraph)
+            layouts = []
+            original = paragraph.update
+            paragraph.update = lambda content, layout=True: (layouts.append(layout), original(content, layout=layout))
+            await message.append(" there")
+            await pilot.pause(0.05)
+            await message.append(" " + "long words wrap " * 12)
+            await pilot.pause(0.05)
+            assert layouts == [False, True]
+            shown = widgets_text(app)
+            assert "Hello there" in shown and "long words wrap" in shown.split("Hello there", 1)[1]
+            assert terminal.text == shown, terminal.text  # what was painted, not only the widgets
+    asyncio.run(asyncio.wait_for(go(), 60))

@@ -103,11 +103,12 @@ def _windowed(submit: Callable[[dict], Any], rows: list[dict], window: int, prog
 
 
 def _perplexity(kernel, model: str, adapter: str | None, rows, progress, window) -> EvalResult:
-    # 1. How many leading tokens are context (a prompt's), not scored.
-    skips = [len(kernel.tokenize(scored(row)[1], model=model)) if scored(row)[1] else 1 for row in rows]
+    # 1. Each row's text, and how many of its leading tokens are context (a prompt's), not scored.
+    parts = {id(row): scored(row) for row in rows}
+    skips = [len(kernel.tokenize(parts[id(row)][1], model=model)) if parts[id(row)][1] else 1 for row in rows]
 
     def submit(row: dict):
-        return kernel.submit(scored(row)[0], model=model, adapter=adapter, max_tokens=1, temperature=0.0,
+        return kernel.submit(parts[id(row)][0], model=model, adapter=adapter, max_tokens=1, temperature=0.0,
                              prompt_logprobs=True, owner="eval")
 
     nll, tokens = 0.0, 0

@@ -11,7 +11,6 @@ from typing import Any
 from ..evaluation.data import CHECKS
 from ..evaluation.run import Target, evaluate
 from .data import load_jsonl
-from .schedule import convergence
 from .trainer import FinetuneOptions, FinetuneResult
 
 #: rows asked at most (the eval file's, else the training data's)
@@ -31,6 +30,4 @@ def review(kernel, opts: FinetuneOptions, result: FinetuneResult) -> FinetuneRes
         before = evaluate(kernel, Target(base), "keywords", rows)
         report.update(module=module.score, base=before.score, misses=module.misses[:3])
     accuracy = (round(report["module"] * len(rows)), len(rows)) if rows else None
-    verdict = convergence(result.plan, result.eval_loss, result.base_eval_loss, list(result.epoch_losses),
-                          accuracy) if result.plan else None
-    return replace(result, review={**report, "verdict": verdict})
+    return replace(result, review={**report, "verdict": result.verdict_with(accuracy)})

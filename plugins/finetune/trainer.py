@@ -93,9 +93,13 @@ class FinetuneResult:
     @property
     def verdict(self) -> str | None:
         """None when the run looks converged, else what is wrong and the flags to try (schedule.py)."""
+        return self.verdict_with()
+
+    def verdict_with(self, accuracy: tuple[int, int] | None = None) -> str | None:
+        """`verdict`, also judging how many checked rows the module answers (`accuracy`: right, asked)."""
         if self.plan is None:
             return None
-        return convergence(self.plan, self.eval_loss, self.base_eval_loss, list(self.epoch_losses))
+        return convergence(self.plan, self.eval_loss, self.base_eval_loss, list(self.epoch_losses), accuracy)
 
 
 class _Batches:

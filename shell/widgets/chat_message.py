@@ -6,7 +6,24 @@ import time
 from typing import Callable
 
 from textual.await_complete import AwaitComplete
+from textual.content import Content
 from textual.widgets import Markdown
+from textual.widgets._markdown import MarkdownParagraph
+
+
+class StreamedParagraph(MarkdownParagraph):
+    """A paragraph that grows without a layout while its line count stays the same: a streamed reply
+    mostly adds words to the last line, and a layout (every widget on the screen arranged again) costs
+    several times the repaint of one paragraph; the cores it takes are the model's."""
+
+    def set_content(self, content: Content) -> None:
+        width = self.content_region.width
+        if width <= 0 or not isinstance(getattr(self, "_content", None), Content):
+            super().set_content(content)
+            return
+        same_height = content.get_height(self.styles, width) == self._content.get_height(self.styles, width)
+        self._content = content
+        self.update(content, layout=not same_height)
 
 
 class ChatMessage(Markdown):
@@ -52,6 +69,8 @@ class ChatMessage(Markdown):
     }
     """
 
+    BLOCKS = {**Markdown.BLOCKS, "paragraph_open": StreamedParagraph}
+
     def __init__(self, text: str = "", role: str = "assistant", **kwargs) -> None:
         super().__init__(text, classes=role, **kwargs)
         self.role = role
@@ -62,13 +81,15 @@ class ChatMessage(Markdown):
     def text(self) -> str:
         return self.source
 
+    def on_resize(self) -> None:
+        if self.parent is not None:
+            self.parent.refresh()  # a taller message moved the messages above it (see ChatLog)
+
     def append(self, markdown: str) -> AwaitComplete:
         rendering = super().append(markdown)
 
         async def finished() -> None:
             await rendering
-            if self.parent is not None:
-                self.parent.refresh()  # the new text may have moved the messages above (see ChatLog)
             self.shown_chars += len(markdown)
             if self.on_shown is not None:
                 self.on_shown(self.shown_chars, time.perf_counter())
