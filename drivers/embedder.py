@@ -94,6 +94,53 @@ class TokenWindows:
         return [min(len(i), limit) for i in ids]
 
 
+class BatchedEncoder(TokenWindows):
+    """A transformer run here on length-bucketed batches (the ONNX and bf16 backends). A subclass's
+    `_load()` sets `_tokenizer`, `_max_seq_length` and `_dim`; `_encode` computes one padded batch's
+    token embeddings; pooling, normalization and the input order are done here for both."""
+
+    batch_size = 4
+    _tokenizer = None
+    _max_seq_length = 0
+    _dim = 0
+
+    def _load(self):
+        raise NotImplementedError
+
+    def _encode(self, input_ids: np.ndarray, mask: np.ndarray, options: dict) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def tokenizer(self):
+        self._load()
+        return self._tokenizer
+
+    @property
+    def max_seq_length(self) -> int:
+        self._load()
+        return self._max_seq_length
+
+    @property
+    def dim(self) -> int:
+        self._load()
+        return self._dim
+
+    def embed(self, texts: list[str], batch_size: int | None = None, **options) -> np.ndarray:
+        """L2-normalized vectors for `texts`, one row each, in input order. Texts are sorted by token
+        length and batched, each batch padded only to its longest text. `options` are the backend's
+        (and scheduling hints, which the kernel's queue reads)."""
+        self._load()
+        out = np.zeros((len(texts), self._dim), dtype=np.float32)
+        if not texts:
+            return out
+        ids = self._tokenizer(list(texts), add_special_tokens=True, truncation=True,
+                              max_length=self._max_seq_length)["input_ids"]
+        pad = self._tokenizer.pad_token_id or 0
+        for rows, input_ids, mask in length_batches(ids, batch_size or self.batch_size, pad):
+            out[rows] = mean_pooled(self._encode(input_ids, mask, options), mask)
+        return out
+
+
 class SentenceEmbedder(TokenWindows):
     """The torch backend: sentence-transformers' own encode (it truncates at max_seq_length)."""
 

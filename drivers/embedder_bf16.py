@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .embedder import TokenWindows, default_model_path, length_batches, mean_pooled
+from .embedder import BatchedEncoder, default_model_path
 from .embedder_onnx import read_model_config
 
 #: texts per forward pass (measured on 2 cores with ~120-token chunks: 4 and 8 alike, 1 slower)
@@ -43,11 +43,12 @@ def native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return any(flag in flags for flag in _CPU_FLAGS)
 
 
-class Bf16Embedder(TokenWindows):
+class Bf16Embedder(BatchedEncoder):
     """all-MiniLM-L6-v2 in bf16 on torch: `dim`, `chunk`, `count_tokens` and `embed` as the others."""
 
     name = "all-minilm-l6-v2"
     backend = "bf16"
+    batch_size = BF16_BATCH_SIZE
 
     def __init__(self, model_path: str | None = None) -> None:
         self.model_path = model_path
@@ -75,14 +76,15 @@ class Bf16Embedder(TokenWindows):
                 self._model = model.to(torch.bfloat16)
             return self._model
 
-    def _forward(self, input_ids: np.ndarray, mask: np.ndarray, traced: bool = True) -> np.ndarray:
-        """The last hidden states (fp32) of one padded batch."""
+    def _encode(self, input_ids: np.ndarray, mask: np.ndarray, options: dict) -> np.ndarray:
+        """The last hidden states (fp32) of one padded batch; `options["traced"] = False` runs the
+        untraced bf16 model (for checking the trace)."""
         import torch
 
-        model = self._load()
+        model = self._model
         ids, attention = torch.from_numpy(input_ids), torch.from_numpy(mask)
         with torch.inference_mode():
-            if not traced:
+            if not options.get("traced", True):
                 return model(input_ids=ids, attention_mask=attention).last_hidden_state.float().numpy()
             with self._lock:
                 if self._traced is None:
@@ -92,32 +94,3 @@ class Bf16Embedder(TokenWindows):
             out = self._traced(ids, attention)
             hidden = out["last_hidden_state"] if isinstance(out, dict) else out[0]
             return hidden.float().numpy()
-
-    @property
-    def tokenizer(self):
-        self._load()
-        return self._tokenizer
-
-    @property
-    def max_seq_length(self) -> int:
-        self._load()
-        return self._max_seq_length
-
-    @property
-    def dim(self) -> int:
-        self._load()
-        return self._dim
-
-    def embed(self, texts: list[str], batch_size: int = BF16_BATCH_SIZE, *, traced: bool = True,
-              **_scheduling) -> np.ndarray:
-        """L2-normalized vectors for `texts`, one row each, in input order (length-bucketed batches;
-        `traced=False` runs the untraced bf16 model, for checking the trace)."""
-        self._load()
-        out = np.zeros((len(texts), self._dim), dtype=np.float32)
-        if not texts:
-            return out
-        ids = self._tokenizer(list(texts), add_special_tokens=True, truncation=True,
-                              max_length=self._max_seq_length)["input_ids"]
-        for rows, input_ids, mask in length_batches(ids, batch_size, self._tokenizer.pad_token_id or 0):
-            out[rows] = mean_pooled(self._forward(input_ids, mask, traced), mask)
-        return out

@@ -33,7 +33,7 @@ import numpy as np
 from llmos.kernel.errors import ModelLoadError
 from llmos.kernel.lib.atomic import atomic_write_text, fsync_dir, fsync_file
 
-from .embedder import TokenWindows, default_model_path, length_batches, mean_pooled
+from .embedder import BatchedEncoder, default_model_path
 
 log = logging.getLogger("llmos.embedder")
 
@@ -121,11 +121,12 @@ def export_onnx(model_path: Path, target: Path) -> None:
                 pass
 
 
-class OnnxEmbedder(TokenWindows):
+class OnnxEmbedder(BatchedEncoder):
     """all-MiniLM-L6-v2 on onnxruntime: `dim`, `chunk`, `count_tokens` and `embed` as SentenceEmbedder."""
 
     name = "all-minilm-l6-v2"
     backend = "onnx"
+    batch_size = ONNX_BATCH_SIZE
 
     def __init__(self, model_path: str | None = None, *, cache_dir: str | Path, threads: int | None = None) -> None:
         self.model_path = model_path
@@ -202,33 +203,6 @@ class OnnxEmbedder(TokenWindows):
                 self._session = session
             return self._session
 
-    @property
-    def tokenizer(self):
-        self._load()
-        return self._tokenizer
-
-    @property
-    def max_seq_length(self) -> int:
-        self._load()
-        return self._max_seq_length
-
-    @property
-    def dim(self) -> int:
-        self._load()
-        return self._dim
-
-    # -- embedding ---------------------------------------------------------------------------------
-
-    def embed(self, texts: list[str], batch_size: int = ONNX_BATCH_SIZE, **_scheduling) -> np.ndarray:
-        """L2-normalized vectors for `texts`, one row each, in input order. Texts are sorted by token
-        length and batched, each batch padded only to its longest text."""
-        session = self._load()
-        out = np.zeros((len(texts), self._dim), dtype=np.float32)
-        if not texts:
-            return out
-        ids = self._tokenizer(list(texts), add_special_tokens=True, truncation=True,
-                              max_length=self._max_seq_length)["input_ids"]
-        for rows, input_ids, mask in length_batches(ids, batch_size, self._tokenizer.pad_token_id or 0):
-            feed = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
-            out[rows] = mean_pooled(session.run(None, {name: feed[name] for name in self._inputs})[0], mask)
-        return out
+    def _encode(self, input_ids: np.ndarray, mask: np.ndarray, options: dict) -> np.ndarray:
+        feed = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
+        return self._session.run(None, {name: feed[name] for name in self._inputs})[0]

@@ -27,8 +27,9 @@
     system_prompt = "..."    # prepended to chat requests that bring no system message ("" = none)
     mem_import_max_bytes = 10485760  # `mem import` skips (and reports) larger files
     embedder_backend = "auto"  # memfs/embeddings: "onnx" (ONNX Runtime, exported once under
-                             # $LLMOS_HOME/cache/embedder/), "torch" (sentence-transformers), or "auto"
-                             # (onnx when onnxruntime imports, else torch); same vectors either way
+                             # $LLMOS_HOME/cache/embedder/), "torch" (sentence-transformers), "bf16" (torch
+                             # in bfloat16, CPUs with bf16 instructions only), or "auto" (onnx when
+                             # onnxruntime imports, else torch); the same passages come back either way
 
     [models.mymodel]         # extra names for the model registry
     path = "/models/foo.gguf"

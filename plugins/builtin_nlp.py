@@ -72,10 +72,14 @@ def extract(kernel, text: str, types: Optional[list[str]] = None, model: Optiona
     types = list(dict.fromkeys(t.strip().upper() for t in (types or DEFAULT_TYPES) if t.strip()))
     if not types:
         raise InvalidRequestError("types must name at least one entity type", param="types")
-    item = {"type": "object", "properties": {"text": {"type": "string", "minLength": 1, "maxLength": 80},
+    # entities are copied from the text: no more of them than its words, none longer than it (a small
+    # model asked about a text with no names otherwise fills the list with made-up ones, 800 tokens long)
+    item = {"type": "object", "properties": {"text": {"type": "string", "minLength": 1,
+                                                      "maxLength": max(1, min(80, len(text)))},
                                              "type": {"enum": types}}, "required": ["text", "type"]}
     schema = {"type": "object", "properties": {"entities": {"type": "array", "items": item,
-                                                            "maxItems": MAX_ENTITIES}}, "required": ["entities"]}
+                                                            "maxItems": min(MAX_ENTITIES, len(text.split()))}},
+              "required": ["entities"]}
     example = ('Example: for "Angela Merkel met Apple staff in Berlin on 3 May." the answer is {"entities": '
                '[{"text": "Angela Merkel", "type": "PERSON"}, {"text": "Apple", "type": "ORGANIZATION"}, '
                '{"text": "Berlin", "type": "LOCATION"}, {"text": "3 May", "type": "DATE"}]}.')

@@ -64,6 +64,21 @@ def scorer(kernel):
     s.close()
 
 
+@pytest.fixture(scope="session")
+def torch_reference():
+    """The torch embedder and its vectors for the backends' agreement tests (computed once): ~450 real
+    chunks of a third of CPython's pydoc topics, and the fixed query set."""
+    from pydoc_data.topics import topics
+
+    from llmos.drivers.embedder_select import make_embedder
+
+    from .test_embedder_onnx import QUERIES
+
+    torch = make_embedder("torch")
+    corpus = [c.text for name in sorted(topics)[::3] for c in torch.chunk(topics[name])]
+    return torch, corpus, torch.embed(corpus), torch.embed(QUERIES)
+
+
 @pytest.fixture(scope="module")
 def fake_kernel(tmp_path_factory):
     """A kernel whose default model runs on the deterministic fake driver (tests/fakes.py): no model."""

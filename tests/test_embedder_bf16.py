@@ -10,35 +10,23 @@ import pytest
 from llmos.drivers.embedder_bf16 import native_bf16
 from llmos.kernel.errors import ConfigError
 
-from .test_embedder_onnx import MIN_COSINE, QUERIES
+from .test_embedder_onnx import assert_same_passages
 
 pytestmark = pytest.mark.skipif(not native_bf16(), reason="this CPU has no bf16 instructions")
 
 
 @pytest.fixture(scope="module")
-def backends():
+def backends(torch_reference):
     from llmos.drivers.embedder_select import make_embedder
 
-    return make_embedder("bf16"), make_embedder("torch")
+    return make_embedder("bf16"), torch_reference[0]
 
 
 @pytest.mark.model
-def test_the_same_passages_come_back(backends):
-    from pydoc_data.topics import topics
-
+def test_the_same_passages_come_back(backends, torch_reference):
     fast, torch = backends
-    corpus = [c.text for name in sorted(topics)[::3] for c in torch.chunk(topics[name])]
     assert fast.backend == "bf16" and fast.dim == torch.dim == 384
-    fc, tc = fast.embed(corpus), torch.embed(corpus)
-    fq, tq = fast.embed(QUERIES), torch.embed(QUERIES)
-    cosines = np.concatenate([(fc * tc).sum(1), (fq * tq).sum(1)])
-    assert cosines.min() >= MIN_COSINE, cosines.min()
-
-    def top5(c, q):
-        return [set(np.argsort(-(c @ v))[:5].tolist()) for v in q]
-
-    overlap = np.mean([len(a & b) / 5 for a, b in zip(top5(fc, fq), top5(tc, tq))])
-    assert overlap >= 0.98, overlap
+    assert_same_passages(fast, torch_reference)
 
 
 @pytest.mark.model

@@ -36,28 +36,23 @@ MIN_COSINE = 0.9999
 
 
 @pytest.fixture(scope="module")
-def backends(tmp_path_factory):
+def backends(tmp_path_factory, torch_reference):
     from llmos.drivers.embedder_select import make_embedder
 
     cache = tmp_path_factory.mktemp("embedder-cache")
-    return make_embedder("onnx", cache_dir=cache), make_embedder("torch")
+    return make_embedder("onnx", cache_dir=cache), torch_reference[0]
 
 
 @pytest.fixture(scope="module")
-def corpus(backends):
-    from pydoc_data.topics import topics
-
-    fast, _torch = backends
-    # a third of the topics keeps the torch side to seconds; still ~450 real chunks
-    return [c.text for name in sorted(topics)[::3] for c in fast.chunk(topics[name])]
+def corpus(torch_reference):
+    return torch_reference[1]
 
 
-@pytest.mark.model
-def test_the_same_passages_come_back(backends, corpus):
-    fast, torch = backends
-    assert fast.backend == "onnx" and torch.backend == "torch" and fast.dim == torch.dim == 384
-    fc, tc = fast.embed(corpus), torch.embed(corpus)
-    fq, tq = fast.embed(QUERIES), torch.embed(QUERIES)
+def assert_same_passages(fast, torch_reference) -> None:
+    """`fast`'s vectors of the reference corpus and queries: cosine >= MIN_COSINE with torch's for every
+    text, and top-5 overlap >= 0.98 over the queries."""
+    _torch, corpus, tc, tq = torch_reference
+    fc, fq = fast.embed(corpus), fast.embed(QUERIES)
     cosines = np.concatenate([(fc * tc).sum(1), (fq * tq).sum(1)])
     assert cosines.min() >= MIN_COSINE, cosines.min()
 
@@ -66,6 +61,13 @@ def test_the_same_passages_come_back(backends, corpus):
 
     overlap = np.mean([len(a & b) / 5 for a, b in zip(top5(fc, fq), top5(tc, tq))])
     assert overlap >= 0.98, overlap
+
+
+@pytest.mark.model
+def test_the_same_passages_come_back(backends, torch_reference):
+    fast, torch = backends
+    assert fast.backend == "onnx" and torch.backend == "torch" and fast.dim == torch.dim == 384
+    assert_same_passages(fast, torch_reference)
 
 
 @pytest.mark.model
