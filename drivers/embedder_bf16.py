@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .embedder import BatchedEncoder, default_model_path
-from .embedder_onnx import read_model_config
+from .embedder import BatchedEncoder
 
 #: texts per forward pass (measured on 2 cores with ~120-token chunks: 4 and 8 alike, 1 slower)
 BF16_BATCH_SIZE = 4
@@ -54,9 +53,6 @@ class Bf16Embedder(BatchedEncoder):
         self.model_path = model_path
         self._model = None
         self._traced = None
-        self._tokenizer = None
-        self._max_seq_length = 0
-        self._dim = 0
         self._lock = threading.Lock()
 
     def _load(self):
@@ -64,15 +60,13 @@ class Bf16Embedder(BatchedEncoder):
             if self._model is None:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 import torch
-                from transformers import AutoModel, AutoTokenizer
+                from transformers import AutoModel
                 from transformers.utils import logging as hf_logging
 
                 hf_logging.disable_progress_bar()
-                source = Path(self.model_path or default_model_path())
-                self._max_seq_length = read_model_config(source)
-                self._tokenizer = AutoTokenizer.from_pretrained(str(source))
+                source = self._source()
+                _ = self.shape  # a model this backend can't run is refused before loading it
                 model = AutoModel.from_pretrained(str(source), attn_implementation="eager").eval()
-                self._dim = int(model.config.hidden_size)
                 self._model = model.to(torch.bfloat16)
             return self._model
 

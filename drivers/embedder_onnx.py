@@ -6,8 +6,8 @@ fused by onnxruntime's BERT optimizer into `<cache_dir>/<name>-<fingerprint>/mod
 the fingerprint covers the source weights and EXPORT_VERSION, and a manifest records the file's sha256,
 so a changed model re-exports and a damaged file (a torn copy, bit rot) is re-exported, never used.
 Both are written atomically (temporary file, fsync, rename), so a crash mid-export leaves the old state.
-Later constructions need no torch: the tokenizer (transformers, the same files sentence-transformers
-reads) and onnxruntime. Pooling (mean over the attention mask) and L2 normalization are done here, as
+Later constructions need no torch: the tokenizer (tokenizers, from the model's tokenizer.json) and
+onnxruntime. Pooling (mean over the attention mask) and L2 normalization are done here, as
 the model's sentence-transformers modules do; only that module stack (Transformer, mean Pooling,
 Normalize) is accepted.
 
@@ -33,7 +33,7 @@ import numpy as np
 from llmos.kernel.errors import ModelLoadError
 from llmos.kernel.lib.atomic import atomic_write_text, fsync_dir, fsync_file
 
-from .embedder import BatchedEncoder, default_model_path
+from .embedder import BatchedEncoder
 
 log = logging.getLogger("llmos.embedder")
 
@@ -44,32 +44,11 @@ OPSET = 17
 #: 32: 58, 64: 51 (larger batches only add memory traffic there; the length buckets keep padding small)
 ONNX_BATCH_SIZE = 4
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-_MODULES = ["sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
-            "sentence_transformers.models.Normalize"]
 
 
 def _sha256(path: Path) -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def read_model_config(model_path: Path) -> int:
-    """max_seq_length of a sentence-transformers model directory this backend can run; raises
-    ModelLoadError naming what differs (another pooling, another module stack)."""
-    try:
-        modules = json.loads((model_path / "modules.json").read_text())
-        pooling = json.loads((model_path / "1_Pooling" / "config.json").read_text())
-        st_config = json.loads((model_path / "sentence_bert_config.json").read_text())
-        hf_config = json.loads((model_path / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{model_path} is not a sentence-transformers model directory the ONNX embedder "
-                             f"can read ({exc}); set embedder_backend = 'torch'") from exc
-    kinds = [m.get("type") for m in modules]
-    modes = [k for k, v in pooling.items() if k.startswith("pooling_mode") and v]
-    if kinds != _MODULES or modes != ["pooling_mode_mean_tokens"]:
-        raise ModelLoadError(f"the ONNX embedder runs Transformer + mean Pooling + Normalize models; {model_path} "
-                             f"has {kinds} pooling {modes}: set embedder_backend = 'torch'")
-    return min(int(st_config.get("max_seq_length") or 512), int(hf_config.get("max_position_embeddings", 512)))
 
 
 def export_onnx(model_path: Path, target: Path) -> None:
@@ -133,16 +112,10 @@ class OnnxEmbedder(BatchedEncoder):
         self.cache_dir = Path(cache_dir)
         self.threads = threads
         self._session = None
-        self._tokenizer = None
-        self._max_seq_length = 0
-        self._dim = 0
         self.export_s: float | None = None  # seconds the last export took (None: the cache served)
         self._lock = threading.Lock()
 
     # -- loading -----------------------------------------------------------------------------------
-
-    def _source(self) -> Path:
-        return Path(self.model_path or default_model_path())
 
     def cached_model(self) -> Path:
         """Where this model's export lives: keyed by the source weights and the export recipe."""
@@ -181,13 +154,10 @@ class OnnxEmbedder(BatchedEncoder):
             if self._session is None:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 import onnxruntime as ort
-                from transformers import AutoTokenizer
 
                 from llmos.kernel.config import available_cores
 
-                source = self._source()
-                self._max_seq_length = read_model_config(source)
-                self._tokenizer = AutoTokenizer.from_pretrained(str(source))
+                _ = self.shape  # a model this backend can't run is refused before its export
                 path = self._ensure_export()
                 opts = ort.SessionOptions()
                 opts.intra_op_num_threads = self.threads or available_cores()
@@ -199,7 +169,6 @@ class OnnxEmbedder(BatchedEncoder):
                     raise ModelLoadError(f"onnxruntime cannot load {path} ({exc}); delete {path.parent} "
                                          f"to export again") from exc
                 self._inputs = [i.name for i in session.get_inputs()]
-                self._dim = int(session.get_outputs()[0].shape[-1])
                 self._session = session
             return self._session
 

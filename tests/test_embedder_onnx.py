@@ -6,6 +6,8 @@ and redone when damaged; the `embedder_backend` setting picks the backend."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -100,7 +102,7 @@ def test_a_long_text_is_truncated_the_same_way(backends):
 
     fast, torch = backends
     long = topics["typesseq"]  # thousands of tokens: both read the first 256 (special tokens included)
-    ids = fast.tokenizer(long, add_special_tokens=False, verbose=False)["input_ids"]
+    ids = fast.tokenizer.encode(long, add_special_tokens=False).ids
     head = fast.tokenizer.decode(ids[:254])
     v_long, v_head, v_torch = fast.embed([long])[0], fast.embed([head])[0], torch.embed([long])[0]
     assert float(v_long @ v_torch) >= MIN_COSINE
@@ -112,11 +114,17 @@ def test_the_export_is_cached_checked_and_redone_when_damaged(backends, tmp_path
     from llmos.drivers.embedder_onnx import OnnxEmbedder
 
     fast, _torch = backends
+    fast.embed(["exported on first use"])
     cached = fast.cached_model()
     assert cached.exists() and json.loads(cached.with_name("manifest.json").read_text())["bytes"] == cached.stat().st_size
     again = OnnxEmbedder(cache_dir=fast.cache_dir)
     again.embed(["reuses the export"])
     assert again.export_s is None  # served from the cache, no export
+    served = subprocess.run([sys.executable, "-c", (  # a process served by the cache imports no torch
+        "import sys; from llmos.drivers.embedder_onnx import OnnxEmbedder; "
+        f"OnnxEmbedder(cache_dir={str(fast.cache_dir)!r}).embed(['no torch here']); "
+        "print(sorted({'torch', 'transformers'} & set(sys.modules)))")], capture_output=True, text=True, timeout=120)
+    assert served.stdout.strip() == "[]", served.stderr
     probe = ["the export is redone"]
     expected = fast.embed(probe)
     data = bytearray(cached.read_bytes())
@@ -143,3 +151,28 @@ def test_the_setting_picks_the_backend(tmp_path, monkeypatch):
         Config.load(tmp_path)
     with pytest.raises(ConfigError, match="embedder_backend"):
         make_embedder("fast")
+
+
+def test_the_shape_is_read_from_the_config_without_loading_and_other_poolings_are_refused(tmp_path):
+    """memfs opens a volume's index with `dim`: reading it loads no model (`llmos mem ls` took 5 s, now
+    ~1.3 s). A model with another pooling is refused with the setting that runs it."""
+    import shutil
+    from pathlib import Path
+
+    from llmos.drivers.embedder import default_model_path
+    from llmos.drivers.embedder_onnx import OnnxEmbedder
+    from llmos.kernel.errors import ModelLoadError
+
+    fast = OnnxEmbedder(cache_dir=tmp_path / "cache")
+    assert (fast.dim, fast.max_seq_length) == (384, 256)
+    assert fast._session is None and fast._tokenizer is None and not (tmp_path / "cache").exists()
+    cls_model = tmp_path / "cls-model"
+    for name in ("modules.json", "sentence_bert_config.json", "config.json", "1_Pooling/config.json"):
+        (cls_model / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(default_model_path()) / name, cls_model / name)
+    pooling = cls_model / "1_Pooling" / "config.json"
+    config = json.loads(pooling.read_text())
+    pooling.write_text(json.dumps(config | {"pooling_mode_mean_tokens": False, "pooling_mode_cls_token": True}))
+    with pytest.raises(ModelLoadError, match="the onnx embedder runs Transformer \\+ mean Pooling.*"
+                                             "pooling_mode_cls_token.*set embedder_backend = 'torch'"):
+        _ = OnnxEmbedder(str(cls_model), cache_dir=tmp_path / "cache").dim
