@@ -97,7 +97,7 @@ def test_the_terminal_shows_every_message_while_replies_stream_in():
 def test_a_paragraph_growing_within_its_lines_repaints_without_a_layout():
     """Streaming mostly adds words to a paragraph's last line: that costs a repaint of the paragraph,
     not a layout of the whole screen; a word that starts a new line asks for a layout, and both show."""
-    from llmos.shell.widgets.chat_message import StreamedParagraph
+    from llmos.shell.widgets.streamed_blocks import StreamedParagraph
 
     async def go():
         app = ShellApp(boot=False)
@@ -118,3 +118,81 @@ def test_a_paragraph_growing_within_its_lines_repaints_without_a_layout():
             assert "Hello there" in shown and "long words wrap" in shown.split("Hello there", 1)[1]
             assert terminal.text == shown, terminal.text  # what was painted, not only the widgets
     asyncio.run(asyncio.wait_for(go(), 60))
+
+
+LISTS = """Steps to follow:
+
+- first item with **bold** words
+- second item
+  - nested one
+  - nested two that runs long enough to wrap onto a second line of the terminal
+- third item
+
+  with a second paragraph
+- fourth item with steps
+  1. nested first
+  2. nested second
+- fifth item with code
+
+  ```python
+  print("in a list")
+  ```
+
+1. one
+2. two
+3. three
+4. four
+5. five
+6. six
+7. seven
+8. eight
+9. nine
+10. ten
+
+Done."""
+
+
+def test_lists_grow_in_place_and_show_what_a_fresh_render_shows():
+    """A list that is the reply's last block keeps its widgets while it grows (Textual mounted it again
+    on every frame); the streamed reply's screen is the same as the whole text rendered at once, and
+    the terminal shows it. The ordered list's tenth item widens its numbers: that one remounts."""
+    from llmos.shell.widgets.chat_message import ChatMessage
+    from llmos.shell.widgets.streamed_blocks import StreamedBulletList
+
+    tokens = [piece for piece in re.split(r"(\s+)", LISTS) if piece]
+
+    async def streamed() -> tuple[str, int]:
+        app = ShellApp(boot=False)
+        async with app.run_test(size=(60, 60)) as pilot:
+            terminal = Terminal(app)
+            await app.begin_reply()
+            await pilot.pause(0.1)
+            first_list, lists = None, set()
+            for i, token in enumerate(tokens):
+                app.feed(token)
+                if i % 3 == 0:
+                    await pilot.pause(0.06)
+                    for found in app.chat_log.query(StreamedBulletList):
+                        if isinstance(found.parent, ChatMessage):  # the top-level list, not a nested one
+                            first_list = first_list or found
+                            lists.add(id(found))
+            app.post_message(ShellApp.ReplyDone("done"))
+            await until(pilot, lambda: app.reply is None, 10, "the reply to finish")
+            await pilot.pause(0.2)
+            assert first_list is not None and first_list.is_attached
+            assert terminal.text == widgets_text(app), terminal.text
+            return widgets_text(app), len(lists)
+
+    async def at_once() -> str:
+        app = ShellApp(boot=False)
+        async with app.run_test(size=(60, 60)) as pilot:
+            await app.chat_log.add(LISTS, "assistant")
+            await pilot.pause(0.3)
+            return widgets_text(app)
+
+    shown, lists_seen = asyncio.run(asyncio.wait_for(streamed(), 120))
+    assert lists_seen == 1  # one bullet-list widget from its first item to the end
+    reply_part = shown.split("Done.")[0]  # the status line below differs ("reply done" / "ready")
+    assert reply_part == asyncio.run(asyncio.wait_for(at_once(), 60)).split("Done.")[0], shown
+    assert "nested two" in shown and "10. ten" in shown and "with a second paragraph" in shown
+    assert "2. nested second" in shown and 'print("in a list")' in shown

@@ -5,9 +5,10 @@ from __future__ import annotations
 from textual.containers import VerticalScroll
 
 from .chat_message import ChatMessage
+from .streamed_blocks import LaidOutOnce
 
 
-class ChatLog(VerticalScroll):
+class ChatLog(LaidOutOnce, VerticalScroll):
     """Messages stacked bottom-up (anchored: short content sits at the bottom, long content stays
     scrolled to the end).
 

@@ -6,27 +6,12 @@ import time
 from typing import Callable
 
 from textual.await_complete import AwaitComplete
-from textual.content import Content
 from textual.widgets import Markdown
-from textual.widgets._markdown import MarkdownParagraph
+
+from .streamed_blocks import LaidOutOnce, StreamedBulletList, StreamedOrderedList, StreamedParagraph
 
 
-class StreamedParagraph(MarkdownParagraph):
-    """A paragraph that grows without a layout while its line count stays the same: a streamed reply
-    mostly adds words to the last line, and a layout (every widget on the screen arranged again) costs
-    several times the repaint of one paragraph; the cores it takes are the model's."""
-
-    def set_content(self, content: Content) -> None:
-        width = self.content_region.width
-        if width <= 0 or not isinstance(getattr(self, "_content", None), Content):
-            super().set_content(content)
-            return
-        same_height = content.get_height(self.styles, width) == self._content.get_height(self.styles, width)
-        self._content = content
-        self.update(content, layout=not same_height)
-
-
-class ChatMessage(Markdown):
+class ChatMessage(LaidOutOnce, Markdown):
     """A user, assistant, info or error message. Assistant replies stream in through
     `Markdown.get_stream(message)`, which batches fragments while a render is in flight so a fast
     token source never queues renders behind each other."""
@@ -69,7 +54,8 @@ class ChatMessage(Markdown):
     }
     """
 
-    BLOCKS = {**Markdown.BLOCKS, "paragraph_open": StreamedParagraph}
+    BLOCKS = {**Markdown.BLOCKS, "paragraph_open": StreamedParagraph, "bullet_list_open": StreamedBulletList,
+              "ordered_list_open": StreamedOrderedList}
 
     def __init__(self, text: str = "", role: str = "assistant", **kwargs) -> None:
         super().__init__(text, classes=role, **kwargs)
