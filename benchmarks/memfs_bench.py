@@ -1,4 +1,5 @@
-"""memfs ingest benchmark (memfs issue): B6, torch per chunk vs ONNX batched (search: search_bench.py)."""
+"""memfs ingest benchmark (memfs issue): B6, torch per chunk vs ONNX batched, and B6h, vs the bf16 backend
+batched where the CPU has bf16 instructions (search: search_bench.py)."""
 
 from __future__ import annotations
 

@@ -18,26 +18,37 @@ def onnx_available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
 
 
-def make_embedder(backend: str = "auto", *, cache_dir: str | Path | None = None, model_path: str | None = None):
-    """The embedder for `backend` (one of kernel/config.py EMBEDDER_BACKENDS): "auto" is ONNX when
-    onnxruntime imports, else torch. `cache_dir` holds the ONNX export (default: $LLMOS_HOME/cache/embedder)."""
+def resolve_backend(backend: str = "auto") -> str:
+    """The backend `backend` names on this machine ("auto": onnx when installed, else torch); raises
+    ConfigError when it can't run here. Cheap (no model loaded): the kernel calls it at boot, so a
+    setting this machine can't honour stops the boot, not the first write to memory."""
     check_embedder_backend(backend)
     if backend == "auto":
-        backend = "onnx" if onnx_available() else "torch"
+        return "onnx" if onnx_available() else "torch"
+    if backend == "bf16":
+        from .embedder_bf16 import native_bf16
+
+        if not native_bf16():
+            raise ConfigError("embedder_backend = 'bf16' needs a CPU with bf16 instructions (AVX512-BF16 or AMX); "
+                              "this one would emulate them, slower than fp32: use 'onnx' or 'auto'")
+    if backend == "onnx" and not onnx_available():
+        raise ConfigError("embedder_backend = 'onnx' needs onnxruntime and onnx: pip install 'llmos[memory]', "
+                          "or set embedder_backend = 'torch'")
+    return backend
+
+
+def make_embedder(backend: str = "auto", *, cache_dir: str | Path | None = None, model_path: str | None = None):
+    """The embedder for `backend` (one of kernel/config.py EMBEDDER_BACKENDS, see `resolve_backend`).
+    `cache_dir` holds the ONNX export (default: $LLMOS_HOME/cache/embedder)."""
+    backend = resolve_backend(backend)
     if backend == "torch":
         from .embedder import SentenceEmbedder
 
         return SentenceEmbedder(model_path)
     if backend == "bf16":
-        from .embedder_bf16 import Bf16Embedder, native_bf16
+        from .embedder_bf16 import Bf16Embedder
 
-        if not native_bf16():
-            raise ConfigError("embedder_backend = 'bf16' needs a CPU with bf16 instructions (AVX512-BF16 or AMX); "
-                              "this one would emulate them, slower than fp32: use 'onnx' or 'auto'")
         return Bf16Embedder(model_path)
-    if not onnx_available():
-        raise ConfigError("embedder_backend = 'onnx' needs onnxruntime and onnx: pip install 'llmos[memory]', "
-                          "or set embedder_backend = 'torch'")
     from .embedder_onnx import OnnxEmbedder
 
     if cache_dir is None:

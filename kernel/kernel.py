@@ -47,12 +47,14 @@ log = logging.getLogger("llmos.kernel")
 class Kernel(ModuleCalls, MemCalls, AlertCalls, JobCalls):
     def __init__(self, config: Config | None = None, *, plugins=None,
                  progress: LoadProgress | None = None, load_entrypoints: bool = True) -> None:
+        from llmos.drivers.embedder_select import resolve_backend
         from llmos.plugins.manager import PluginManager
 
         self.config = config or Config.load()
         self.plugins = plugins or PluginManager(load_entrypoints=load_entrypoints)
         self.config.check_tables({t.name: t.keys for t in self.plugins.collect("register_config", PluginTable)
                                   .values()})  # an unknown key or table in llmos.toml stops the boot
+        resolve_backend(self.config.embedder_backend)  # ... and so does an embedder this machine can't run
         private_home(self.config.home)  # conversations, keys, memory: no other user reads them
         self.registry = ModelRegistry(self.config.home, self.config.models)
         self.drivers = self.plugins.collect_drivers()

@@ -7,12 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import llmos
 from llmos.drivers.embedder_bf16 import native_bf16
 from llmos.kernel.errors import ConfigError
 
 from .test_embedder_onnx import assert_same_passages
 
-pytestmark = pytest.mark.skipif(not native_bf16(), reason="this CPU has no bf16 instructions")
+needs_bf16 = pytest.mark.skipif(not native_bf16(), reason="this CPU has no bf16 instructions")
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +23,7 @@ def backends(torch_reference):
     return make_embedder("bf16"), torch_reference[0]
 
 
+@needs_bf16
 @pytest.mark.model
 def test_the_same_passages_come_back(backends, torch_reference):
     fast, torch = backends
@@ -29,6 +31,7 @@ def test_the_same_passages_come_back(backends, torch_reference):
     assert_same_passages(fast, torch_reference)
 
 
+@needs_bf16
 @pytest.mark.model
 def test_the_trace_holds_no_shape_of_its_first_batch(backends):
     """Traced on a batch of 4 short texts, then asked batches of 1 to 7 texts of 3 to 256 tokens: the same
@@ -46,6 +49,7 @@ def test_the_trace_holds_no_shape_of_its_first_batch(backends):
     assert ((one_by_one * fast.embed(texts)).sum(1) > 0.9999).all()
 
 
+@needs_bf16
 @pytest.mark.model
 def test_chunks_and_token_counts_agree(backends):
     from pydoc_data.topics import topics
@@ -69,3 +73,5 @@ def test_bf16_is_refused_where_the_cpu_would_emulate_it(tmp_path, monkeypatch):
     monkeypatch.setattr(embedder_bf16, "native_bf16", lambda: False)
     with pytest.raises(ConfigError, match="bf16 instructions"):
         make_embedder("bf16")
+    with pytest.raises(ConfigError, match="embedder_backend = 'bf16' needs a CPU with bf16 instructions.*'onnx'"):
+        llmos.boot(home=tmp_path / "home", embedder_backend="bf16", load_entrypoints=False)  # at boot, not at first use
