@@ -156,6 +156,8 @@ def test_lists_grow_in_place_and_show_what_a_fresh_render_shows():
     """A list that is the reply's last block keeps its widgets while it grows (Textual mounted it again
     on every frame); the streamed reply's screen is the same as the whole text rendered at once, and
     the terminal shows it. The ordered list's tenth item widens its numbers: that one remounts."""
+    from textual.widgets import Markdown
+
     from llmos.shell.widgets.chat_message import ChatMessage
     from llmos.shell.widgets.streamed_blocks import StreamedBulletList
 
@@ -183,11 +185,15 @@ def test_lists_grow_in_place_and_show_what_a_fresh_render_shows():
             assert terminal.text == widgets_text(app), terminal.text
             return widgets_text(app), len(lists)
 
+    class TextualBlocks(ChatMessage):  # the message's styling, Textual's own Markdown blocks
+        BLOCKS = Markdown.BLOCKS
+
     async def at_once() -> str:
         app = ShellApp(boot=False)
         async with app.run_test(size=(60, 60)) as pilot:
-            await app.chat_log.add(LISTS, "assistant")
+            await app.chat_log.mount(TextualBlocks(LISTS, "assistant"))
             await pilot.pause(0.3)
+            assert not app.chat_log.query(StreamedBulletList)
             return widgets_text(app)
 
     shown, lists_seen = asyncio.run(asyncio.wait_for(streamed(), 120))

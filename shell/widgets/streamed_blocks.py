@@ -6,9 +6,10 @@ but removes and mounts a list again: a list that is the reply's last block (chat
 was remounted whole on every frame, the widgets of all its items built, styled and laid out again, and
 thrown away as cyclic garbage (~900k objects over a 2,000-token reply, one 0.85 s collection at its
 end). Here a list grows where it is: changed paragraphs get their new text, new blocks and items are
-mounted beside the old ones, a block inside an item that changed kind is replaced alone. Anything else
-(fewer items, an ordered list whose numbers change width) falls back to Textual's remount, so what is shown is always what the
-source says (tests/test_shell_terminal.py compares both against a fresh render).
+mounted beside the old ones, a block inside an item that changed kind is replaced alone. Anything
+else (fewer items, an ordered list whose numbers change width) falls back to Textual's remount, so
+what is shown is always what the source says (tests/test_shell_terminal.py compares a streamed reply
+with the whole text rendered at once by Textual's own blocks).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class LaidOutOnce:
     """A widget that asks for no second layout when a layout changed its size. Textual's `virtual_size`
     is a reactive that asks for a layout when set, and the layout pass itself sets it: every layout
     that resized a widget was followed by another that changed nothing (measured on a 2,000-token
-    reply: 298 layouts, 218 with this on the chat's widgets). Scrollbars still update (a scrollable
+    reply: 298 layouts, 230 with this on the chat's widgets). Scrollbars still update (a scrollable
     widget's `_size_updated` refreshes them either way)."""
 
     def _size_updated(self, size, virtual_size, container_size, layout: bool = True) -> bool:
