@@ -7,7 +7,10 @@ is in flight):
   each flush pulls (`source`): tokens between two flushes wake the UI thread not at all;
 - a long reply is split at paragraph breaks into segments of about `segment_chars` (each its own
   Markdown widget, styled as one message), so each render re-lays out a small widget and the cost
-  per token stays flat over a 2,000-token reply.
+  per token stays flat over a 2,000-token reply;
+- while a segment streams (`ChatMessage.reserving`), its last paragraph grows a few lines at a time
+  (widgets/streamed_blocks.py): words filling the lines held below the text repaint that paragraph
+  only; the lines are given back when the segment stops (`ChatMessage.settle`).
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ class ReplyStream:
             message.add_class("continues")
         offset = self._done_chars
         message.on_shown = lambda chars, t: self._shown(offset + chars, t)
+        message.reserving = True
         self.segments.append(message)
         self._stream = Markdown.get_stream(message)
         self._written = self._fences = 0
@@ -137,6 +141,7 @@ class ReplyStream:
             head, tail = text[:cut], text[cut + 2:]
             await self._stream.write(head)
             await self._stream.stop()
+            self.message.settle()
             self._done_chars += self._written + len(head) + 2
             await self._new_segment()
             text = tail
@@ -149,6 +154,7 @@ class ReplyStream:
         if self._stream is not None:
             await self._stream.stop()
             self._stream = None
+            self.message.settle()
 
     async def append_note(self, markdown: str) -> None:
         """Text after the reply (a cancelled marker, sources), once the stream has stopped."""

@@ -202,3 +202,34 @@ def test_lists_grow_in_place_and_show_what_a_fresh_render_shows():
     assert reply_part == asyncio.run(asyncio.wait_for(at_once(), 60)).split("Done.")[0], shown
     assert "nested two" in shown and "10. ten" in shown and "with a second paragraph" in shown
     assert "2. nested second" in shown and 'print("in a list")' in shown
+
+
+def test_a_streaming_paragraph_grows_lines_at_a_time_and_gives_them_back():
+    """While a reply streams, its paragraph's height steps by RESERVE_LINES (a word wrapping inside
+    that height repaints the paragraph, no layout and no scroll of the log); when the reply ends the
+    blank lines go, and the terminal shows the same as the widgets."""
+    from llmos.shell.widgets.streamed_blocks import RESERVE_LINES, StreamedParagraph
+
+    async def go():
+        app = ShellApp(boot=False)
+        async with app.run_test(size=(60, 30)) as pilot:
+            terminal = Terminal(app)
+            await app.begin_reply()
+            await pilot.pause(0.1)
+            seen = set()
+            for i in range(120):  # ~14 lines of 60 columns
+                app.feed(f" word{i}")
+                if i % 6 == 5:
+                    await pilot.pause(0.08)
+                    paragraph = app.reply.message.query_one(StreamedParagraph)
+                    lines = paragraph._content.get_height(paragraph.styles, paragraph.content_region.width)
+                    assert paragraph.size.height % RESERVE_LINES == 0 and paragraph.size.height >= lines
+                    seen.add(paragraph.size.height)
+            app.post_message(ShellApp.ReplyDone("done"))
+            await until(pilot, lambda: app.reply is None, 10, "the reply to finish")
+            await pilot.pause(0.2)
+            paragraph = app.chat_log.messages[-1].query_one(StreamedParagraph)
+            lines = paragraph._content.get_height(paragraph.styles, paragraph.content_region.width)
+            assert len(seen) >= 3 and paragraph.size.height == lines > RESERVE_LINES * 2
+            assert "word119" in widgets_text(app) and terminal.text == widgets_text(app), terminal.text
+    asyncio.run(asyncio.wait_for(go(), 60))

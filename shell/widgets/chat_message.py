@@ -62,6 +62,27 @@ class ChatMessage(LaidOutOnce, Markdown):
         self.role = role
         self.shown_chars = len(text)  # characters whose render has completed
         self.on_shown: Callable[[int, float], None] | None = None  # (shown_chars, perf_counter) hook
+        self.reserving = False  # streaming: the last paragraph holds blank lines to grow into
+        self._reserver: StreamedParagraph | None = None
+
+    def reserved_by(self, paragraph: StreamedParagraph) -> None:
+        """`paragraph` now holds lines to grow into; one paragraph of a message holds them at a time."""
+        if self._reserver is not None and self._reserver is not paragraph:
+            self._reserver.release()
+        self._reserver = paragraph
+
+    def settle(self) -> None:
+        """The message's stream stopped: the lines held below its text are given back."""
+        self.reserving = False
+        if self._reserver is not None:
+            self._reserver.release()
+            self._reserver = None
+
+    def _last_leaf(self):
+        node = self
+        while node.children:
+            node = node.children[-1]
+        return node
 
     @property
     def text(self) -> str:
@@ -76,6 +97,9 @@ class ChatMessage(LaidOutOnce, Markdown):
 
         async def finished() -> None:
             await rendering
+            if self._reserver is not None and self._reserver is not self._last_leaf():
+                self._reserver.release()  # another block came after it: no blank lines between them
+                self._reserver = None
             self.shown_chars += len(markdown)
             if self.on_shown is not None:
                 self.on_shown(self.shown_chars, time.perf_counter())

@@ -43,14 +43,24 @@ def _same_content(a: Content, b: Content) -> bool:
     return a.plain == b.plain and list(a.spans) == list(b.spans)
 
 
+#: a paragraph that streams grows in steps of this many lines: the lines below its text wait blank,
+#: so the words that fill them repaint the paragraph alone (no layout, no scroll of the whole log)
+RESERVE_LINES = 4
+
+
 class StreamedParagraph(LaidOutOnce, MarkdownParagraph):
-    """A paragraph that grows without a layout while its line count stays the same: a streamed reply
-    mostly adds words to the last line, and a layout (every widget on the screen arranged again) costs
-    several times the repaint of one paragraph; the cores it takes are the model's."""
+    """A paragraph that grows without a layout while its height stays the same: a streamed reply
+    mostly adds words to the last line, and a layout (every widget on the screen arranged again, and,
+    with the log scrolled to its end, every line of it painted again) costs many times the repaint of
+    one paragraph; the cores it takes are the model's. While its message streams (`reserving`), the
+    paragraph's height grows RESERVE_LINES at a time, so a line wrap inside that height needs no
+    layout either; `release()` gives the blank lines back (the message calls it when another block
+    becomes its last, and when its stream stops)."""
 
     _height_at: tuple[int, int] | None = None  # (width, height) of the content shown
+    _reserved = 0  # the height held for the text while it streams (0: none)
 
-    def set_content(self, content: Content) -> None:
+    def set_content(self, content: Content, reserve: bool = False) -> None:
         width = self.content_region.width
         if width <= 0 or not isinstance(getattr(self, "_content", None), Content):
             self._height_at = None
@@ -58,11 +68,27 @@ class StreamedParagraph(LaidOutOnce, MarkdownParagraph):
             return
         if self._height_at is None or self._height_at[0] != width:
             self._height_at = (width, self._content.get_height(self.styles, width))
+        before = max(self._height_at[1], self._reserved)
         height = content.get_height(self.styles, width)
-        same_height = height == self._height_at[1]
+        if reserve and height > self._reserved:
+            self._reserved = -(-height // RESERVE_LINES) * RESERVE_LINES
+            self.styles.min_height = self._reserved
+            self._markdown.reserved_by(self)  # type: ignore[attr-defined]
         self._height_at = (width, height)
         self._content = content
-        self.update(content, layout=not same_height)
+        self.update(content, layout=max(height, self._reserved) != before)
+
+    def on_mount(self) -> None:
+        if getattr(self._markdown, "reserving", False):  # a new last paragraph of a streaming message
+            self._reserved = RESERVE_LINES
+            self.styles.min_height = RESERVE_LINES
+            self._markdown.reserved_by(self)  # type: ignore[attr-defined]
+
+    def release(self) -> None:
+        """Give back the lines held below the text."""
+        if self._reserved:
+            self._reserved = 0
+            self.styles.min_height = None
 
     async def _update_from_block(self, block: MarkdownBlock) -> None:
         if isinstance(block, MarkdownParagraph):
@@ -73,7 +99,7 @@ class StreamedParagraph(LaidOutOnce, MarkdownParagraph):
     def take(self, block: MarkdownParagraph) -> None:
         """Show `block`'s text (a freshly parsed twin of this paragraph), repainting only if it differs."""
         if not _same_content(self._content, block._content):
-            self.set_content(block._content)
+            self.set_content(block._content, reserve=getattr(self._markdown, "reserving", False))
         self._copy_context(block)
 
 
