@@ -142,19 +142,6 @@ class TokenWindows:
         limit = self.max_seq_length
         return [min(len(e.ids), limit) for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=True)]
 
-    def truncated_ids(self, texts: list[str]) -> list[list[int]]:
-        """Token ids as the model reads them: special tokens added, cut to max_seq_length as
-        transformers truncates (the closing special token kept)."""
-        with self._truncating_lock:
-            if self._truncating is None:
-                tok = plain_tokenizer(self.tokenizer)
-                tok.enable_truncation(self.max_seq_length)
-                self._truncating = tok
-        return [e.ids for e in self._truncating.encode_batch(list(texts), add_special_tokens=True)]
-
-    _truncating = None
-    _truncating_lock = threading.Lock()
-
 
 class BatchedEncoder(TokenWindows):
     """A transformer run here on length-bucketed batches (the ONNX and bf16 backends). A subclass sets
@@ -168,6 +155,7 @@ class BatchedEncoder(TokenWindows):
     model_path: str | None = None
     _tokenizer = None
     _shape: ModelShape | None = None
+    _truncating = None  # a copy of the tokenizer that truncates at max_seq_length
     _tokenizer_lock = threading.Lock()
 
     def _load(self):
@@ -193,6 +181,18 @@ class BatchedEncoder(TokenWindows):
             if self._tokenizer is None:
                 self._tokenizer = plain_tokenizer(self._source())
         return self._tokenizer
+
+    def truncated_ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids as the model reads them: special tokens added, cut to max_seq_length as
+        transformers truncates (the closing special token kept)."""
+        if self._truncating is None:
+            base, limit = self.tokenizer, self.max_seq_length
+            with self._tokenizer_lock:
+                if self._truncating is None:
+                    tok = plain_tokenizer(base)
+                    tok.enable_truncation(limit)
+                    self._truncating = tok
+        return [e.ids for e in self._truncating.encode_batch(list(texts), add_special_tokens=True)]
 
     @property
     def max_seq_length(self) -> int:
