@@ -221,6 +221,7 @@ def test_a_streaming_paragraph_grows_lines_at_a_time_and_gives_them_back():
                 app.feed(f" word{i}")
                 if i % 6 == 5:
                     await pilot.pause(0.08)
+                    await pilot.pause()  # idle: the last flush's layout has been applied
                     paragraph = app.reply.message.query_one(StreamedParagraph)
                     lines = paragraph._content.get_height(paragraph.styles, paragraph.content_region.width)
                     assert paragraph.size.height % RESERVE_LINES == 0 and paragraph.size.height >= lines
