@@ -161,7 +161,8 @@ class ShellApp(App):
 
     async def _show_conversation(self) -> None:
         assert self.conv is not None
-        await self.chat_log.show(self.conv.messages[-REPLAY:])
+        shown = self.conv.messages[-REPLAY:]
+        await self.chat_log.show(shown, earlier=len(self.conv.messages) - len(shown))
         self.update_header()
 
     def update_header(self) -> None:

@@ -87,7 +87,7 @@ class ReplyStream:
     async def _new_segment(self) -> None:
         if self.segments:
             self.segments[-1].add_class("continued-by")
-        message = await self.log.add("", self.role)
+        message = await self.log.add("", self.role, keep_last=not self.segments)  # none leaves mid-reply
         if self.segments:
             message.add_class("continues")
         offset = self._done_chars
@@ -140,7 +140,7 @@ class ReplyStream:
                 and (self._fences + text[:cut].count("```")) % 2 == 0:  # never split inside a code fence
             head, tail = text[:cut], text[cut + 2:]
             await self._stream.write(head)
-            await self._stream.stop()
+            await _stop(self._stream)
             self.message.settle()
             self._done_chars += self._written + len(head) + 2
             await self._new_segment()
@@ -152,13 +152,23 @@ class ReplyStream:
     async def stop(self) -> None:
         await self.flush()
         if self._stream is not None:
-            await self._stream.stop()
+            await _stop(self._stream)
             self._stream = None
             self.message.settle()
 
     async def append_note(self, markdown: str) -> None:
         """Text after the reply (a cancelled marker, sources), once the stream has stopped."""
         await self.message.append(markdown)
+
+
+async def _stop(stream) -> None:
+    """Stop a Textual `MarkdownStream` once its task has started. `stop` cancels the task; a task
+    cancelled before its first step never enters its own `try` (so the text written to it is lost) and
+    raises CancelledError into `stop`'s caller: the handler ending the reply was cancelled with it, and
+    the shell stayed busy. A segment made by the last flush and stopped before the event loop turned
+    did exactly that (tests/test_shell.py, the log test)."""
+    await asyncio.sleep(0)  # the stream's task was scheduled when it was made: it runs first
+    await stream.stop()
 
 
 def finished_completion(handle: Any):

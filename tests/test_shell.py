@@ -415,6 +415,112 @@ def test_a_fast_token_source_wakes_the_view_about_once_per_frame_not_per_token()
     run(go())
 
 
+def test_a_reply_whose_last_flush_starts_a_segment_still_ends():
+    """The last flush of a long reply can start a new segment (its text crossed the segment size and
+    ended with a paragraph break) and the reply stops at once: Textual's MarkdownStream, stopped before
+    its task ran, raised CancelledError into the handler ending the reply, and the shell stayed busy."""
+    async def go():
+        app = ShellApp(boot=False)
+        async with app.run_test(size=(80, 24)):
+            reply = await app.begin_reply()
+            reply.segment_chars = 40
+            app.feed("a first paragraph that is longer than forty characters\n\n")
+            app.post_message(ShellApp.ReplyDone("done"))  # no flush ran before: this one splits, then stops
+            deadline = time.monotonic() + 10
+            while not app.last_reply and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert app.last_reply.get("status") == "done", "the reply never ended"
+            assert len(reply.segments) == 2 and not app._busy
+            assert reply.segments[0].text == "a first paragraph that is longer than forty characters"
+    run(go())
+
+
+def test_the_log_keeps_its_last_messages_and_says_how_many_left(monkeypatch):
+    """Textual lays out every widget of the log on each layout, shown or not, so the log keeps the last
+    KEEP_MESSAGES mounted: older ones leave it when a message is added (none while a reply streams: its
+    segments all stay, and its text is whole), the note at the top counts them, a resumed session's
+    unshown messages count too, and /clear starts over. (Waits use asyncio.sleep: Pilot.pause waits on
+    every widget it saw, removed ones included.)"""
+    from llmos.shell.widgets import chat_log
+    from llmos.shell.widgets.chat_log import EarlierNote
+
+    monkeypatch.setattr(chat_log, "KEEP_MESSAGES", 6)
+    tokens = [f"word{i} " + ("\n\n" if i % 3 == 2 else "") for i in range(90)]
+
+    async def go():
+        app = ShellApp(boot=False)
+        async with app.run_test(size=(80, 24)):
+            log = app.chat_log
+            for i in range(10):
+                await log.add(f"message {i}", "user" if i % 2 == 0 else "assistant")
+            assert [m.text for m in log.messages] == [f"message {i}" for i in range(4, 10)]
+            [note] = log.query(EarlierNote)
+            assert log.children[0] is note and "4 earlier messages not shown" in str(note.render())
+            reply = await app.begin_reply()
+            reply.segment_chars = 40  # a reply of several segments, more than the log keeps
+            for tok in tokens:
+                app.feed(tok)
+                await asyncio.sleep(0.01)
+            app.post_message(ShellApp.ReplyDone("done"))
+            deadline = time.monotonic() + 10
+            while not app.last_reply and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert app.last_reply["text"] == "".join(tokens)
+            # no message leaves while a reply streams: all of its segments are there until the next one
+            assert len(reply.segments) > 6 and log.messages[-len(reply.segments):] == reply.segments
+            assert len(log.messages) == 5 + len(reply.segments) and log.earlier == 5
+            await log.add("next question", "user")
+            assert len(log.messages) == 6 and log.messages[-1].text == "next question"
+            assert log.earlier == 5 + len(reply.segments) and f"{log.earlier} earlier messages" in str(note.render())
+            await log.show([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], earlier=38)
+            assert [m.text for m in log.messages] == ["q", "a"] and "38 earlier messages" in str(log.children[0].render())
+            await log.clear()
+            assert not log.query(EarlierNote) and log.earlier == 0
+    run(go())
+
+
+def test_a_streamed_reply_reuses_one_markdown_parser_and_renders_like_a_fresh_one():
+    """Textual builds a new MarkdownIt (linkify patterns compiled again) for every append unless given a
+    factory: the chat's messages share one parser per thread, so a streamed reply builds none, and what
+    it shows (links, tables, code) equals a message given the whole text at once."""
+    from markdown_it import MarkdownIt
+
+    from llmos.shell.widgets.chat_message import shared_parser
+
+    text = "See https://example.org and **bold** text.\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n```py\nx = 1\n```\n\nend"
+    built = []
+    original = MarkdownIt.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(args)
+        original(self, *args, **kwargs)
+
+    async def go():
+        app = ShellApp(boot=False)
+        async with app.run_test(size=(80, 30)) as pilot:
+            shared_parser()  # this thread's parser exists before the reply starts
+            MarkdownIt.__init__ = counting
+            try:
+                reply = await app.begin_reply()
+                for i in range(0, len(text), 7):
+                    app.feed(text[i:i + 7])
+                    await pilot.pause(0.01)
+                app.post_message(ShellApp.ReplyDone("done"))
+                await until(pilot, lambda: app.last_reply, 10)
+            finally:
+                MarkdownIt.__init__ = original
+            assert built == [], f"{len(built)} parsers built while streaming"
+            whole = ChatMessage(text)
+            await app.chat_log.mount(whole)
+            await pilot.pause()
+            streamed = reply.message
+            shape = lambda m: [(type(b).__name__, str(getattr(b, "_content", "")) + getattr(b, "code", ""))  # noqa: E731
+                               for b in m.query("MarkdownBlock")]
+            assert shape(streamed) == shape(whole) and any(t == "MarkdownTable" for t, _ in shape(whole))
+            assert "https://example.org" in "".join(c for _t, c in shape(streamed))
+    run(go())
+
+
 def test_the_paint_benchmark_times_tokens_to_frames_written_to_a_real_terminal():
     """B8a's harness (a child process on a pty): every token is painted after it was rendered, and a
     token's paint comes from a frame written to the terminal, not from the end of the render."""
