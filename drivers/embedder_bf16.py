@@ -75,7 +75,7 @@ class Bf16Embedder(BatchedEncoder):
         untraced bf16 model (for checking the trace)."""
         import torch
 
-        model = self._model
+        model = self._load()  # loaded once; also when called before `embed` (a subclass, a test)
         ids, attention = torch.from_numpy(input_ids), torch.from_numpy(mask)
         with torch.inference_mode():
             if not options.get("traced", True):

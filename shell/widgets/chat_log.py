@@ -66,9 +66,10 @@ class ChatLog(LaidOutOnce, VerticalScroll):
     async def _keep_last(self, keep: int) -> None:
         """Unmount all but the last `keep` messages, and say how many have gone in the note at the top."""
         messages = self.messages
-        if len(messages) > keep:
-            await self.remove_children(messages[:len(messages) - keep])
-            self.earlier += len(messages) - keep
+        leaving = [m for m in messages[:max(0, len(messages) - keep)] if not m.reserving]  # never one streaming
+        if leaving:
+            await self.remove_children(leaving)
+            self.earlier += len(leaving)
         if self.earlier:
             text = (f"{self.earlier} earlier message{'s' if self.earlier != 1 else ''} not shown "
                     "(the conversation keeps them: `llmos sessions export`)")
