@@ -216,6 +216,10 @@ class ShellApp(App):
     @on(CommandDone)
     async def _command_done(self, event: CommandDone) -> None:
         reply = event.reply
+        if reply.action in ("conversation", "clear") and self._busy:  # the streaming reply would go nowhere
+            await self.chat_log.add("a reply is still streaming: esc cancels it, then run the command again", "error")
+            self.commands_done += 1
+            return
         if reply.action == "screen":
             self.action_open_screen(reply.arg)
         elif reply.action == "conversation":
@@ -314,12 +318,14 @@ class ShellApp(App):
     @on(ReplyDone)
     async def _reply_done(self, event: ReplyDone) -> None:
         message, handle = self.reply, event.handle
-        if message is not None:
-            await message.write(self._feed.drain())  # what the worker fed after the last wake-up
-            await message.stop()
+        try:
+            if message is not None:
+                await message.write(self._feed.drain())  # what the worker fed after the last wake-up
+                await message.stop()
+        finally:  # a failed render still ends the reply: the shell takes the next message
+            self.handle, self.reply, self._busy = None, None, False
+            gc.enable()
         text = message.text if message is not None else ""
-        self.handle, self.reply, self._busy = None, None, False
-        gc.enable()
         done = finished_completion(handle)
         self.last_reply = {"status": event.status, "error": event.error, "text": text,
                            "id": handle.id if handle is not None else None,

@@ -87,12 +87,12 @@ class ReplyStream:
     async def _new_segment(self) -> None:
         if self.segments:
             self.segments[-1].add_class("continued-by")
-        message = await self.log.add("", self.role, keep_last=not self.segments)  # none leaves mid-reply
+        message = await self.log.add("", self.role)
         if self.segments:
             message.add_class("continues")
         offset = self._done_chars
         message.on_shown = lambda chars, t: self._shown(offset + chars, t)
-        message.reserving = True
+        message.reserving = message.streaming = True
         self.segments.append(message)
         self._stream = Markdown.get_stream(message)
         self._written = self._fences = 0
@@ -155,6 +155,8 @@ class ReplyStream:
             await _stop(self._stream)
             self._stream = None
             self.message.settle()
+        for segment in self.segments:
+            segment.streaming = False
 
     async def append_note(self, markdown: str) -> None:
         """Text after the reply (a cancelled marker, sources), once the stream has stopped."""

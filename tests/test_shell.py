@@ -435,10 +435,37 @@ def test_a_reply_whose_last_flush_starts_a_segment_still_ends():
     run(go())
 
 
+def test_clearing_or_switching_chats_while_a_reply_streams_is_refused_and_the_reply_ends():
+    """/clear, /new and /sessions NAME would remove the streaming reply's widgets (its text going
+    nowhere, then stored in the other chat): refused while a reply streams, with what to do; the reply
+    then ends normally and the shell takes the next message."""
+    from llmos.shell.commands import Reply
+
+    async def go():
+        app = ShellApp(boot=False)
+        async with app.run_test(size=(80, 24)):
+            await app.begin_reply()
+            app.feed("half a reply")
+            for action in ("clear", "conversation"):
+                app.post_message(ShellApp.CommandDone(Reply(action=action, arg=object())))
+            deadline = time.monotonic() + 10
+            while app.commands_done < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            errors = [m.text for m in app.chat_log.messages if m.role == "error"]
+            assert len(errors) == 2 and all("esc cancels it" in e for e in errors), errors
+            app.feed(", and the rest")
+            app.post_message(ShellApp.ReplyDone("done"))
+            while not app.last_reply and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert app.last_reply["text"] == "half a reply, and the rest" and not app.busy
+            assert any(m.text == "half a reply, and the rest" for m in app.chat_log.messages)
+    run(go())
+
+
 def test_the_log_keeps_its_last_messages_and_says_how_many_left(monkeypatch):
     """Textual lays out every widget of the log on each layout, shown or not, so the log keeps the last
-    KEEP_MESSAGES mounted: older ones leave it when a message is added (none while a reply streams: its
-    segments all stay, and its text is whole), the note at the top counts them, a resumed session's
+    KEEP_MESSAGES mounted: older ones leave it when a message is added, never a reply still streaming
+    (its segments all stay, and its text is whole), the note at the top counts them, a resumed session's
     unshown messages count too, and /clear starts over. (Waits use asyncio.sleep: Pilot.pause waits on
     every widget it saw, removed ones included.)"""
     from llmos.shell.widgets import chat_log
@@ -466,12 +493,11 @@ def test_the_log_keeps_its_last_messages_and_says_how_many_left(monkeypatch):
             while not app.last_reply and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             assert app.last_reply["text"] == "".join(tokens)
-            # no message leaves while a reply streams: all of its segments are there until the next one
-            assert len(reply.segments) > 6 and log.messages[-len(reply.segments):] == reply.segments
-            assert len(log.messages) == 5 + len(reply.segments) and log.earlier == 5
-            await log.add("next question", "user")
+            # while the reply streamed, the messages before it left; none of its segments did
+            assert len(reply.segments) > 6 and log.messages == reply.segments and log.earlier == 10
+            await log.add("next question", "user")  # the reply has ended: its first segments go now
             assert len(log.messages) == 6 and log.messages[-1].text == "next question"
-            assert log.earlier == 5 + len(reply.segments) and f"{log.earlier} earlier messages" in str(note.render())
+            assert log.earlier == 10 + len(reply.segments) - 5 and f"{log.earlier} earlier messages" in str(note.render())
             await log.show([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], earlier=38)
             assert [m.text for m in log.messages] == ["q", "a"] and "38 earlier messages" in str(log.children[0].render())
             await log.clear()
@@ -481,8 +507,9 @@ def test_the_log_keeps_its_last_messages_and_says_how_many_left(monkeypatch):
 
 def test_a_streamed_reply_reuses_one_markdown_parser_and_renders_like_a_fresh_one():
     """Textual builds a new MarkdownIt (linkify patterns compiled again) for every append unless given a
-    factory: the chat's messages share one parser per thread, so a streamed reply builds none, and what
-    it shows (links, tables, code) equals a message given the whole text at once."""
+    factory: the chat's messages parse on one parser per thread (appends on the UI thread, each mount's
+    `update` in a worker thread), so a streamed reply builds none on the UI thread and at most one per
+    worker, and what it shows (links, tables, code) equals a message given the whole text at once."""
     from markdown_it import MarkdownIt
 
     from llmos.shell.widgets.chat_message import shared_parser
@@ -492,13 +519,13 @@ def test_a_streamed_reply_reuses_one_markdown_parser_and_renders_like_a_fresh_on
     original = MarkdownIt.__init__
 
     def counting(self, *args, **kwargs):
-        built.append(args)
+        built.append(threading.get_ident())
         original(self, *args, **kwargs)
 
     async def go():
         app = ShellApp(boot=False)
         async with app.run_test(size=(80, 30)) as pilot:
-            shared_parser()  # this thread's parser exists before the reply starts
+            shared_parser().parse("warm")  # the UI thread's parser exists before the reply starts
             MarkdownIt.__init__ = counting
             try:
                 reply = await app.begin_reply()
@@ -509,7 +536,7 @@ def test_a_streamed_reply_reuses_one_markdown_parser_and_renders_like_a_fresh_on
                 await until(pilot, lambda: app.last_reply, 10)
             finally:
                 MarkdownIt.__init__ = original
-            assert built == [], f"{len(built)} parsers built while streaming"
+            assert threading.get_ident() not in built and len(built) == len(set(built)), built
             whole = ChatMessage(text)
             await app.chat_log.mount(whole)
             await pilot.pause()

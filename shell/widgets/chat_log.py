@@ -52,27 +52,29 @@ class ChatLog(LaidOutOnce, VerticalScroll):
     def on_mount(self) -> None:
         self.anchor()
 
-    async def add(self, text: str, role: str = "info", *, keep_last: bool = True) -> ChatMessage:
-        """A new message at the end; older ones beyond KEEP_MESSAGES leave the log, except when
-        `keep_last` is False (a streamed reply's next segment: none leaves while a reply streams)."""
+    async def add(self, text: str, role: str = "info") -> ChatMessage:
+        """A new message at the end; older ones beyond KEEP_MESSAGES leave the log (see _keep_last)."""
         message = ChatMessage(text, role)
         await self.mount(message)
-        if keep_last:
-            await self._keep_last(KEEP_MESSAGES)
+        await self._keep_last(KEEP_MESSAGES)
         self.anchor()
         self.refresh()
         return message
 
     async def _keep_last(self, keep: int) -> None:
         """Unmount all but the last `keep` messages, and say how many have gone in the note at the top."""
+        leaving = []
         messages = self.messages
-        leaving = [m for m in messages[:max(0, len(messages) - keep)] if not m.reserving]  # never one streaming
+        for message in messages[:max(0, len(messages) - keep)]:
+            if message.streaming:
+                break  # a reply still streaming stays whole, and so does everything after it
+            leaving.append(message)
         if leaving:
             await self.remove_children(leaving)
             self.earlier += len(leaving)
         if self.earlier:
-            text = (f"{self.earlier} earlier message{'s' if self.earlier != 1 else ''} not shown "
-                    "(the conversation keeps them: `llmos sessions export`)")
+            text = (f"{self.earlier} earlier message{'s' if self.earlier != 1 else ''} not shown here "
+                    "(a stored chat keeps its turns: llmos sessions export)")
             notes = self.query(EarlierNote)
             if notes:
                 notes.first().update(text)

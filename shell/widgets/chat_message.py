@@ -16,15 +16,26 @@ from .streamed_blocks import LaidOutOnce, StreamedBulletList, StreamedOrderedLis
 _parsers = threading.local()
 
 
-def shared_parser() -> MarkdownIt:
-    """The Markdown parser of this thread, made once: Textual builds a new "gfm-like" MarkdownIt (its
-    linkify patterns compiled again) for every `append`, about a tenth of the view's CPU while a reply
-    streams. A parser keeps no state between `parse` calls, except linkify's last match, hence one per
-    thread (Textual parses on the UI thread)."""
-    parser = getattr(_parsers, "parser", None)
-    if parser is None:
-        parser = _parsers.parser = MarkdownIt("gfm-like")
-    return parser
+class ThreadParser:
+    """What the chat's Markdown widgets get as their parser: `parse` runs on the calling thread's own
+    `MarkdownIt("gfm-like")`, made once per thread. Textual otherwise builds a new parser (its linkify
+    patterns compiled again) for every `append`, about a tenth of the view's CPU while a reply streams.
+    Per thread, looked up at each call: `append` parses on the UI thread, `update` (every message's
+    mount) in a worker thread, and a parser builds its rule caches on first use."""
+
+    def parse(self, src: str, env: dict | None = None):
+        parser = getattr(_parsers, "parser", None)
+        if parser is None:
+            parser = _parsers.parser = MarkdownIt("gfm-like")
+        return parser.parse(src, env)
+
+
+_THREAD_PARSER = ThreadParser()
+
+
+def shared_parser() -> ThreadParser:
+    """Textual's `parser_factory` for the chat (see ThreadParser)."""
+    return _THREAD_PARSER
 
 
 class ChatMessage(LaidOutOnce, Markdown):
@@ -79,6 +90,7 @@ class ChatMessage(LaidOutOnce, Markdown):
         self.shown_chars = len(text)  # characters whose render has completed
         self.on_shown: Callable[[int, float], None] | None = None  # (shown_chars, perf_counter) hook
         self.reserving = False  # streaming: the last paragraph holds blank lines to grow into
+        self.streaming = False  # a segment of a reply still streaming (the log keeps it and all after it)
         self._reserver: StreamedParagraph | None = None
 
     def reserved_by(self, paragraph: StreamedParagraph) -> None:
