@@ -88,13 +88,16 @@ class ChatLog(LaidOutOnce, VerticalScroll):
 
     async def show(self, messages: list[dict], earlier: int = 0) -> None:
         """Replace the log with stored chat messages (user and assistant turns; the rest as info);
-        `earlier`: the conversation's messages before these, noted at the top."""
+        `earlier`: the conversation's messages before these, noted at the top. Mounted in one batch
+        (one layout, not one per message)."""
         await self.clear()
         self.earlier = earlier
-        for m in messages:
-            role = m.get("role")
-            await self.add(str(m.get("content", "")), role if role in ("user", "assistant") else "info")
-        await self._keep_last(KEEP_MESSAGES)  # the note, also when nothing had to leave
+        roles = ("user", "assistant")
+        await self.mount_all([ChatMessage(str(m.get("content", "")), m.get("role") if m.get("role") in roles else "info")
+                              for m in messages])
+        await self._keep_last(KEEP_MESSAGES)
+        self.anchor()
+        self.refresh()
 
     @property
     def messages(self) -> list[ChatMessage]:
