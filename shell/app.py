@@ -318,14 +318,12 @@ class ShellApp(App):
     @on(ReplyDone)
     async def _reply_done(self, event: ReplyDone) -> None:
         message, handle = self.reply, event.handle
-        try:
-            if message is not None:
-                await message.write(self._feed.drain())  # what the worker fed after the last wake-up
-                await message.stop()
-        finally:  # a failed render still ends the reply: the shell takes the next message
-            self.handle, self.reply, self._busy = None, None, False
-            gc.enable()
+        if message is not None:
+            await message.write(self._feed.drain())  # what the worker fed after the last wake-up
+            await message.stop()
         text = message.text if message is not None else ""
+        self.handle, self.reply, self._busy = None, None, False
+        gc.enable()
         done = finished_completion(handle)
         self.last_reply = {"status": event.status, "error": event.error, "text": text,
                            "id": handle.id if handle is not None else None,

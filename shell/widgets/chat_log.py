@@ -8,7 +8,7 @@ from textual.widgets import Static
 from .chat_message import ChatMessage
 from .streamed_blocks import LaidOutOnce
 
-#: messages the log keeps mounted; older ones leave it (the conversation keeps them). Textual lays out
+#: messages the log keeps mounted; older ones leave it (a stored chat keeps its turns). Textual lays out
 #: every widget of the log, shown or not, each time a streamed reply wraps a line or starts a block:
 #: after 40 exchanges the paint p95 of a streamed story doubled (53 -> 107 ms, measured on a pty)
 KEEP_MESSAGES = 50
