@@ -168,7 +168,7 @@ async def _stop(stream) -> None:
     cancelled before its first step never enters its own `try` (so the text written to it is lost) and
     raises CancelledError into `stop`'s caller: the handler ending the reply was cancelled with it, and
     the shell stayed busy. A segment made by the last flush and stopped before the event loop turned
-    did exactly that (tests/test_shell.py::test_a_reply_whose_last_flush_starts_a_segment_still_ends)."""
+    did exactly that (tests/test_shell_streaming.py::test_a_reply_whose_last_flush_starts_a_segment_still_ends)."""
     await asyncio.sleep(0)  # the stream's task was scheduled when it was made: it runs first
     await stream.stop()
 
