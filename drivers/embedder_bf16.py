@@ -7,12 +7,13 @@ the real tokens in fp32, then L2); only the transformer runs in bf16. On first u
 (torch.jit, eager attention) on the first batch and frozen; the trace holds no shape of that batch
 (tests/test_embedder_bf16.py checks it against the untraced bf16 model on other shapes). Chosen with
 `embedder_backend = "bf16"`; `make_embedder` refuses it where the CPU lacks native bf16 (emulated bf16
-is slower than fp32).
+is slower than fp32). "auto" runs bulk ingest on it where it is offered (drivers/embedder_auto.py).
 
 Measured against the torch backend on CPython's pydoc topics (docs/memfs.md): cosine of the same text
 >= 0.9999, top-5 overlap 0.988 on 50 fixed queries; ~1.7x the fp32 ONNX graph's chunks/s on 2 Zen 4
-cores. Unlike ONNX Runtime's sleeping pool, torch's OpenMP threads spin a while after each batch: in a
-process that also decodes on llama.cpp, bulk ingest on this backend competes for the cores.
+cores. torch's OpenMP threads spin briefly after a batch (~10 ms of CPU per call measured); with
+llama.cpp decoding in the same process, an import on this backend still took less from the decode than
+one on ONNX (drivers/embedder_auto.py).
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@
     embedder_backend = "auto"  # memfs/embeddings: "onnx" (ONNX Runtime, exported once under
                              # $LLMOS_HOME/cache/embedder/), "torch" (sentence-transformers), "bf16" (torch
                              # in bfloat16, CPUs with bf16 instructions only), or "auto" (onnx when
-                             # onnxruntime imports, else torch); the same passages come back either way
+                             # onnxruntime imports, else torch; on bf16 CPUs also bf16 for bulk
+                             # ingest); the same passages come back either way
 
     [models.mymodel]         # extra names for the model registry
     path = "/models/foo.gguf"

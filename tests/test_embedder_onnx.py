@@ -53,8 +53,12 @@ def corpus(torch_reference):
 def assert_same_passages(fast, torch_reference) -> None:
     """`fast`'s vectors of the reference corpus and queries: cosine >= MIN_COSINE with torch's for every
     text, and top-5 overlap >= 0.98 over the queries."""
-    _torch, corpus, tc, tq = torch_reference
-    fc, fq = fast.embed(corpus), fast.embed(QUERIES)
+    assert_agreement(fast.embed(torch_reference[1]), fast.embed(QUERIES), torch_reference)
+
+
+def assert_agreement(fc, fq, torch_reference) -> None:
+    """Vectors `fc` of the reference corpus and `fq` of the queries against torch's (the bars above)."""
+    _torch, _corpus, tc, tq = torch_reference
     cosines = np.concatenate([(fc * tc).sum(1), (fq * tq).sum(1)])
     assert cosines.min() >= MIN_COSINE, cosines.min()
 

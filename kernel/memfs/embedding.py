@@ -127,8 +127,13 @@ class EmbeddingService:
         texts = [t for job in jobs for t in job.texts]
         counter = getattr(self.embedder, "count_tokens", None)
 
+        # a batch of bulk work says so to an embedder that routes it (drivers/embedder_auto.py); a batch
+        # holding any other job does not, so a client's vectors never depend on others' imports
+        bulk = getattr(self.embedder, "routes_bulk", False) and all(job.priority == Priority.BATCH for job in jobs)
+        hints = {"priority": "batch"} if bulk else {}
+
         def batch():
-            vectors = self.embedder.embed(texts)
+            vectors = self.embedder.embed(texts, **hints)
             counts = counter(texts) if counter is not None and any(j.count_tokens for j in jobs) else None
             return vectors, counts
 

@@ -1,0 +1,133 @@
+"""The "auto" embedder on a CPU with bf16 instructions (drivers/embedder_auto.py): which calls go to the
+bulk backend and when (logic, on recording embedders), what the kernel's queue tells it, and, with the
+real model, that passages written in bulk on bf16 are found by ONNX queries as torch finds them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+import pytest
+
+from llmos.drivers import embedder_select
+from llmos.drivers.embedder_auto import BULK_MIN_TEXTS, AutoEmbedder
+from llmos.drivers.embedder_bf16 import native_bf16
+from llmos.kernel.memfs.embedding import EmbeddingService
+
+from .test_embedder_onnx import QUERIES, assert_agreement
+
+
+class Recording:
+    """An embedder that records the calls it served and answers rows of its own `mark`."""
+
+    name, dim = "recording", 2
+
+    def __init__(self, mark: float, gate: threading.Event | None = None) -> None:
+        self.mark, self.gate, self.calls = mark, gate, []
+        self.started = threading.Event()
+
+    def embed(self, texts, batch_size=None, **options):
+        self.started.set()
+        if self.gate is not None:
+            self.gate.wait(10)
+        self.calls.append((len(texts), options.get("priority")))
+        return np.full((len(texts), 2), self.mark, dtype=np.float32)
+
+    def chunk(self, text):
+        return [text]
+
+    def count_tokens(self, texts):
+        return [len(t.split()) for t in texts]
+
+
+def _auto(gate=None, fail=False):
+    fast, bulk = Recording(1.0), Recording(2.0, gate)
+    made = []
+
+    def make_bulk():
+        made.append(1)
+        if fail:
+            raise RuntimeError("no torch here")
+        return bulk
+
+    return AutoEmbedder(fast, make_bulk), fast, bulk, made
+
+
+def test_queries_and_small_imports_stay_on_onnx_and_load_nothing():
+    auto, fast, _bulk, made = _auto()
+    auto.embed(["a query"], priority="high")
+    auto.embed(["t"] * 500)  # large, but not bulk work: an HTTP client's batch
+    auto.embed(["t"] * (BULK_MIN_TEXTS - 1), priority="batch")  # bulk work, but a few files
+    assert [n for n, _p in fast.calls] == [1, 500, BULK_MIN_TEXTS - 1]
+    assert made == [] and auto.bulk_state == "idle" and auto.backend == "onnx"
+
+
+def test_the_first_bulk_call_starts_the_load_and_is_served_meanwhile():
+    gate = threading.Event()  # the bulk backend's warm-up blocks: it is still loading
+    auto, fast, bulk, made = _auto(gate)
+    rows = auto.embed(["t"] * BULK_MIN_TEXTS, priority="batch")
+    assert (rows == 1.0).all() and auto.bulk_state == "loading"
+    auto.embed(["t"] * 40, priority=4)  # Priority.BATCH as a number: still loading, served by ONNX
+    assert len(fast.calls) == 2 and made == [1]
+    gate.set()
+    assert auto.start_bulk(wait=True) == "ready" and auto.backend == "onnx+bf16" and made == [1]
+    assert (auto.embed(["t"] * BULK_MIN_TEXTS, priority="batch") == 2.0).all()
+    assert (auto.embed(["t"] * BULK_MIN_TEXTS) == 1.0).all()  # not bulk: ONNX, even with bf16 ready
+    assert bulk.calls[-1] == (BULK_MIN_TEXTS, "batch") and len(fast.calls) == 3
+
+
+def test_a_bulk_backend_that_fails_to_load_leaves_onnx_serving(caplog):
+    auto, fast, _bulk, made = _auto(fail=True)
+    with caplog.at_level(logging.WARNING, logger="llmos.memfs"):
+        auto.embed(["t"] * 64, priority="batch")
+        assert auto.start_bulk(wait=True) == "failed"
+    assert "no torch here" in caplog.text and "ONNX serves all calls" in caplog.text
+    assert (auto.embed(["t"] * 64, priority="batch") == 1.0).all() and made == [1]  # not tried again
+    assert len(fast.calls) == 2
+
+
+def test_the_queue_says_bulk_only_for_a_batch_of_bulk_jobs():
+    """Through the kernel's queue: a batch made only of BATCH jobs reaches the embedder as bulk; one that
+    also holds a search goes to ONNX whole (a client's vectors never depend on others' imports)."""
+    gate = threading.Event()
+    fast = Recording(1.0, gate)
+    auto = AutoEmbedder(fast, lambda: Recording(2.0))
+    service = EmbeddingService(auto)
+    first = service.submit(["holds the worker"], priority="high")
+    assert fast.started.wait(10)  # the worker is in the first batch: the next three wait together
+    mixed = [service.submit(["t"] * 20, priority="batch"), service.submit(["q"], priority="high"),
+             service.submit(["t"] * 20, priority="batch")]
+    gate.set()
+    first.result(10)
+    for f in mixed:
+        assert (f.result(10) == 1.0).all()
+    assert fast.calls[1] == (41, None)  # one batch: the search and both imports, no bulk hint
+    assert auto.bulk_state == "idle"
+    bulk = service.submit(["t"] * 40, priority="batch").result(10)
+    assert (bulk == 1.0).all() and fast.calls[-1] == (40, "batch") and auto.bulk_state in ("loading", "ready")
+
+
+def test_auto_is_onnx_alone_where_bf16_would_be_emulated(monkeypatch, tmp_path):
+    from llmos.drivers import embedder_bf16
+    from llmos.drivers.embedder_onnx import OnnxEmbedder
+
+    monkeypatch.setattr(embedder_bf16, "native_bf16", lambda: False)
+    assert not embedder_select.bulk_bf16_available()
+    assert type(embedder_select.make_embedder("auto", cache_dir=tmp_path)) is OnnxEmbedder
+    monkeypatch.setattr(embedder_bf16, "native_bf16", lambda: True)
+    assert type(embedder_select.make_embedder("auto", cache_dir=tmp_path)) is AutoEmbedder
+    assert type(embedder_select.make_embedder("onnx", cache_dir=tmp_path)) is OnnxEmbedder
+
+
+@pytest.mark.skipif(not native_bf16(), reason="this CPU has no bf16 instructions")
+@pytest.mark.model
+def test_passages_written_in_bulk_are_found_by_onnx_queries_as_torch_finds_them(torch_reference):
+    corpus = torch_reference[1]
+    auto = embedder_select.make_embedder("auto")  # the suite's home: its ONNX export is shared
+    assert isinstance(auto, AutoEmbedder) and auto.start_bulk(wait=True) == "ready"
+    stored = auto.embed(corpus, priority="batch")  # bf16
+    queries = auto.embed(QUERIES, priority="high")  # ONNX
+    assert np.array_equal(queries, auto.fast.embed(QUERIES))
+    assert not np.array_equal(stored[:8], auto.fast.embed(corpus[:8]))  # really the other backend
+    assert_agreement(stored, queries, torch_reference)
