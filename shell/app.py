@@ -24,6 +24,7 @@ from .commands import CommandSet, Context, Reply, is_command
 from .completion import Completer
 from .conversation import Conversation
 from .palette import ShellCommandsProvider
+from .screens.chat import ChatScreen
 from .streaming import Feed, ReplyStream, finished_completion
 from .widgets.chat_log import ChatLog
 from .widgets.prompt_input import PromptInput
@@ -94,6 +95,9 @@ class ShellApp(App):
         self._feed = Feed()  # reply text from the worker, drained by the UI thread
 
     # -- layout and boot ---------------------------------------------------------------------------
+
+    def get_default_screen(self) -> ChatScreen:
+        return ChatScreen(id="_default")
 
     def compose(self) -> ComposeResult:
         yield Header()

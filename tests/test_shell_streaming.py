@@ -117,7 +117,8 @@ def test_clearing_or_switching_chats_while_a_reply_streams_is_refused_and_the_re
 def test_the_log_keeps_its_last_messages_and_says_how_many_left(monkeypatch):
     """Textual lays out every widget of the log on each layout, shown or not, so the log keeps the last
     KEEP_MESSAGES mounted: older ones leave it when a message is added, never a reply still streaming
-    (its segments all stay, and its text is whole), the note at the top counts them, a resumed session's
+    (its segments all stay, and its text is whole), the note at the top counts them (updated only when
+    its count changes), a resumed session's
     unshown messages count too, and /clear starts over. (Waits use asyncio.sleep: Pilot.pause waits on
     every widget it saw, removed ones included.)"""
     from llmos.shell.widgets import chat_log
@@ -135,6 +136,8 @@ def test_the_log_keeps_its_last_messages_and_says_how_many_left(monkeypatch):
             assert [m.text for m in log.messages] == [f"message {i}" for i in range(4, 10)]
             [note] = log.query(EarlierNote)
             assert log.children[0] is note and "4 earlier messages not shown" in str(note.render())
+            said, update = [], note.update
+            note.update = lambda text: (said.append(text), update(text))[1]
             reply = await app.begin_reply()
             reply.segment_chars = 40  # a reply of several segments, more than the log keeps
             for tok in tokens:
@@ -147,6 +150,7 @@ def test_the_log_keeps_its_last_messages_and_says_how_many_left(monkeypatch):
             assert app.last_reply["text"] == "".join(tokens)
             # while the reply streamed, the messages before it left; none of its segments did
             assert len(reply.segments) > 6 and log.messages == reply.segments and log.earlier == 10
+            assert len(said) == len(set(said)) == 6  # the note changed only when messages left
             await log.add("next question", "user")  # the reply has ended: its first segments go now
             assert len(log.messages) == 6 and log.messages[-1].text == "next question"
             assert log.earlier == 10 + len(reply.segments) - 5 and f"{log.earlier} earlier messages" in str(note.render())

@@ -56,10 +56,14 @@ class ChatLog(LaidOutOnce, VerticalScroll):
         """A new message at the end; older ones beyond KEEP_MESSAGES leave the log (see _keep_last)."""
         message = ChatMessage(text, role)
         await self.mount(message)
+        await self._settle()
+        return message
+
+    async def _settle(self) -> None:
+        """After messages were mounted: the bound kept, the view at the end, the log repainted (see above)."""
         await self._keep_last(KEEP_MESSAGES)
         self.anchor()
         self.refresh()
-        return message
 
     async def _keep_last(self, keep: int) -> None:
         """Unmount all but the last `keep` messages, and say how many have gone in the note at the top."""
@@ -72,14 +76,15 @@ class ChatLog(LaidOutOnce, VerticalScroll):
         if leaving:
             await self.remove_children(leaving)
             self.earlier += len(leaving)
-        if self.earlier:
-            text = (f"{self.earlier} earlier message{'s' if self.earlier != 1 else ''} not shown here "
-                    "(a stored chat keeps its turns: llmos sessions export)")
-            notes = self.query(EarlierNote)
-            if notes:
-                notes.first().update(text)
-            else:
-                await self.mount(EarlierNote(text, markup=False), before=0)
+        notes = self.query(EarlierNote)
+        if not self.earlier or (notes and not leaving):
+            return  # nothing to say, or the note already says it (no repaint per message added)
+        text = (f"{self.earlier} earlier message{'s' if self.earlier != 1 else ''} not shown here "
+                "(a stored chat keeps its turns: llmos sessions export)")
+        if notes:
+            notes.first().update(text)
+        else:
+            await self.mount(EarlierNote(text, markup=False), before=0)
 
     async def clear(self) -> None:
         await self.remove_children()
@@ -95,9 +100,7 @@ class ChatLog(LaidOutOnce, VerticalScroll):
         roles = ("user", "assistant")
         await self.mount_all([ChatMessage(str(m.get("content", "")), m.get("role") if m.get("role") in roles else "info")
                               for m in messages])
-        await self._keep_last(KEEP_MESSAGES)
-        self.anchor()
-        self.refresh()
+        await self._settle()
 
     @property
     def messages(self) -> list[ChatMessage]:
