@@ -1,22 +1,25 @@
 """`embedder_backend = "auto"` on a CPU with bf16 instructions: ONNX Runtime for every call, and the
-bf16 backend for bulk ingest once it has loaded.
+bf16 backend for bulk ingest once a large import has loaded it.
 
 Boundaries: wraps two embedders of the same model directory (so `chunk`, `count_tokens` and `dim` are
-the ONNX one's, and the bf16 one's are the same). A call is *bulk* when it runs at BATCH priority (an
-import, the index's upkeep; the kernel's queue passes `priority="batch"` only for a batch made wholly of
-such jobs) with at least BULK_MIN_TEXTS texts. The first bulk call starts loading the bf16 backend on a
-thread of its own and is served by ONNX; bulk calls use bf16 once it is ready (measured cold, 1,000
-chunks in batches of 64: the same chunks/s as ONNX alone, the load done after ~8 s; a niced loader
-starved behind ONNX's two threads for the whole import). A
-load that fails is logged once and ONNX keeps serving. Queries, HTTP embeddings and small writes always
-run on ONNX, so their vectors never depend on other clients' traffic, and a one-shot `llmos mem find`
-never loads torch.
+the ONNX one's, and the bf16 one's are the same). An import of at least BULK_WORTH_TEXTS files says so
+first (`expect_bulk`, called by `MemFS.import_dir` through the kernel's queue) and that starts loading
+the bf16 backend on a thread of its own while ONNX serves; once it is ready, *bulk* calls run on it: at
+BATCH priority (an import, the index's upkeep; the kernel's queue passes `priority="batch"` only for a
+batch made wholly of such jobs) with at least BULK_MIN_TEXTS texts. A load that fails is logged once
+and ONNX keeps serving. Queries, HTTP embeddings and small writes always run on ONNX, so their vectors
+never depend on other clients' traffic, and a one-shot `llmos mem find` never loads torch. The loader
+is not a daemon thread: torch abandoned mid-load aborted the interpreter at exit ("terminate called
+without an active exception", measured); a process that ends while it loads lets it stop first (at
+exit transformers refuses new work, so the load ends within a second, quietly).
 
 Why (measured on 2 Zen 4 cores, docs/memfs.md): bf16 embeds ~1.5x the chunks/s of fp32 ONNX, and with
 llama.cpp decoding in the same process both did better (decode 47 vs 22 tokens/s, embedding 35 vs 20
 chunks/s); but it costs ~4.5 s and ~300 MB to load (torch, the model, its trace) against ONNX's 0.4 s,
-and a single query costs alike (3.5 vs 2.9 ms). The two agree to cosine >= 0.9999 with torch, so a
-volume may hold vectors of both (tests/test_embedder_auto.py: bulk-written passages, ONNX queries).
+and a single query costs alike (3.5 vs 2.9 ms). Loading while ONNX works (~8 s on 2 busy cores; a
+niced loader starved for the whole import) pays off from ~900 chunks on (1,000 chunks cold ran at ONNX's
+own speed), hence the import-size gate. The two agree to cosine >= 0.9999 with torch, so a volume may
+hold vectors of both (tests/test_embedder_auto.py: bulk-written passages, ONNX queries).
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from llmos.kernel.sched.request import Priority
 
 log = logging.getLogger("llmos.memfs")
 
-#: a BATCH-priority call with fewer texts stays on ONNX and starts no load (a few files' import)
+#: an import of at least this many files loads the bulk backend (smaller ones finish sooner on ONNX)
+BULK_WORTH_TEXTS = 1000
+#: a BATCH-priority call with fewer texts stays on ONNX even once bf16 is ready (a few files' write)
 BULK_MIN_TEXTS = 32
 
 
@@ -69,14 +74,15 @@ class AutoEmbedder:
     def count_tokens(self, texts: list[str]) -> list[int]:
         return self.fast.count_tokens(texts)
 
-    def embed(self, texts: list[str], batch_size: int | None = None, **options) -> np.ndarray:
-        """Vectors for `texts`: on bf16 for a bulk call once it is loaded (a bulk call before that
-        starts the load), else on ONNX."""
-        bulk = _is_batch(options.get("priority")) and len(texts) >= BULK_MIN_TEXTS
-        if bulk and self.bulk_state == "ready":
-            return self._bulk.embed(texts, batch_size, **options)
-        if bulk and self.bulk_state == "idle":
+    def expect_bulk(self, texts: int) -> None:
+        """An import of about `texts` texts is starting: from BULK_WORTH_TEXTS on, load bf16 meanwhile."""
+        if texts >= BULK_WORTH_TEXTS:
             self.start_bulk()
+
+    def embed(self, texts: list[str], batch_size: int | None = None, **options) -> np.ndarray:
+        """Vectors for `texts`: on bf16 for a bulk call once it is loaded, else on ONNX."""
+        if self.bulk_state == "ready" and len(texts) >= BULK_MIN_TEXTS and _is_batch(options.get("priority")):
+            return self._bulk.embed(texts, batch_size, **options)
         return self.fast.embed(texts, batch_size, **options)
 
     def start_bulk(self, wait: bool = False) -> str:
@@ -84,7 +90,7 @@ class AutoEmbedder:
         with self._lock:
             if self._loader is None:
                 self.bulk_state = "loading"
-                self._loader = threading.Thread(target=self._load_bulk, name="llmos-embed-bf16-load", daemon=True)
+                self._loader = threading.Thread(target=self._load_bulk, name="llmos-embed-bf16-load")
                 self._loader.start()
         if wait:
             self._loader.join()
@@ -95,8 +101,11 @@ class AutoEmbedder:
             bulk = self._make_bulk()
             bulk.embed(["warm up", "the trace"])  # loads torch and the model, traces and freezes it
         except Exception as exc:  # noqa: BLE001 - ONNX keeps serving; the reason goes to the log
-            log.warning("the bf16 embedder for bulk ingest did not load (%s); ONNX serves all calls", exc)
             self.bulk_state = "failed"
+            if threading.main_thread().is_alive():
+                log.warning("the bf16 embedder for bulk ingest did not load (%s); ONNX serves all calls", exc)
+            else:  # the process is ending (torch's loading refuses new work then): nothing to report
+                log.debug("the bf16 embedder stopped loading at exit: %s", exc)
             return
         self._bulk = bulk
         self.bulk_state = "ready"

@@ -18,6 +18,7 @@ one on ONNX (drivers/embedder_auto.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import warnings
@@ -41,6 +42,20 @@ def native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
         return False
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     return any(flag in flags for flag in _CPU_FLAGS)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' notes while loading and tracing (config keys it ignores, such as `loss_type`) are
+    not the user's to act on: errors only, then the verbosity as it was."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 class Bf16Embedder(BatchedEncoder):
@@ -67,7 +82,8 @@ class Bf16Embedder(BatchedEncoder):
                 hf_logging.disable_progress_bar()
                 source = self._source()
                 _ = self.shape  # a model this backend can't run is refused before loading it
-                model = AutoModel.from_pretrained(str(source), attn_implementation="eager").eval()
+                with _quiet_transformers():
+                    model = AutoModel.from_pretrained(str(source), attn_implementation="eager").eval()
                 self._model = model.to(torch.bfloat16)
             return self._model
 
@@ -83,7 +99,7 @@ class Bf16Embedder(BatchedEncoder):
                 return model(input_ids=ids, attention_mask=attention).last_hidden_state.float().numpy()
             with self._lock:
                 if self._traced is None:
-                    with warnings.catch_warnings():
+                    with warnings.catch_warnings(), _quiet_transformers():
                         warnings.simplefilter("ignore")  # the tracer's notes on shape checks (tested on other shapes)
                         self._traced = torch.jit.freeze(torch.jit.trace(model, (ids, attention), strict=False))
             out = self._traced(ids, attention)

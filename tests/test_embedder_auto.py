@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from llmos.drivers import embedder_select
-from llmos.drivers.embedder_auto import BULK_MIN_TEXTS, AutoEmbedder
+from llmos.drivers.embedder import Chunk
+from llmos.drivers.embedder_auto import BULK_MIN_TEXTS, BULK_WORTH_TEXTS, AutoEmbedder
 from llmos.drivers.embedder_bf16 import native_bf16
 from llmos.kernel.memfs.embedding import EmbeddingService
 
@@ -35,7 +36,7 @@ class Recording:
         return np.full((len(texts), 2), self.mark, dtype=np.float32)
 
     def chunk(self, text):
-        return [text]
+        return [Chunk(0, len(text), text)]
 
     def count_tokens(self, texts):
         return [len(t.split()) for t in texts]
@@ -54,45 +55,77 @@ def _auto(gate=None, fail=False):
     return AutoEmbedder(fast, make_bulk), fast, bulk, made
 
 
-def test_queries_and_small_imports_stay_on_onnx_and_load_nothing():
+def test_calls_alone_and_small_imports_load_nothing():
     auto, fast, _bulk, made = _auto()
     auto.embed(["a query"], priority="high")
     auto.embed(["t"] * 500)  # large, but not bulk work: an HTTP client's batch
-    auto.embed(["t"] * (BULK_MIN_TEXTS - 1), priority="batch")  # bulk work, but a few files
-    assert [n for n, _p in fast.calls] == [1, 500, BULK_MIN_TEXTS - 1]
+    auto.embed(["t"] * 64, priority="batch")  # bulk work, but no import said it is large
+    auto.expect_bulk(BULK_WORTH_TEXTS - 1)
+    assert [n for n, _p in fast.calls] == [1, 500, 64]
     assert made == [] and auto.bulk_state == "idle" and auto.backend == "onnx"
 
 
-def test_the_first_bulk_call_starts_the_load_and_is_served_meanwhile():
+def test_a_large_import_starts_the_load_and_onnx_serves_meanwhile():
     gate = threading.Event()  # the bulk backend's warm-up blocks: it is still loading
     auto, fast, bulk, made = _auto(gate)
-    rows = auto.embed(["t"] * BULK_MIN_TEXTS, priority="batch")
-    assert (rows == 1.0).all() and auto.bulk_state == "loading"
-    auto.embed(["t"] * 40, priority=4)  # Priority.BATCH as a number: still loading, served by ONNX
-    assert len(fast.calls) == 2 and made == [1]
+    auto.expect_bulk(BULK_WORTH_TEXTS)
+    assert auto.bulk_state == "loading" and made == [1]
+    assert (auto.embed(["t"] * 64, priority="batch") == 1.0).all()
+    assert (auto.embed(["t"] * 40, priority=4) == 1.0).all()  # Priority.BATCH as a number
+    auto.expect_bulk(5000)  # a second import: the same load
     gate.set()
     assert auto.start_bulk(wait=True) == "ready" and auto.backend == "onnx+bf16" and made == [1]
     assert (auto.embed(["t"] * BULK_MIN_TEXTS, priority="batch") == 2.0).all()
     assert (auto.embed(["t"] * BULK_MIN_TEXTS) == 1.0).all()  # not bulk: ONNX, even with bf16 ready
-    assert bulk.calls[-1] == (BULK_MIN_TEXTS, "batch") and len(fast.calls) == 3
+    assert (auto.embed(["t"] * (BULK_MIN_TEXTS - 1), priority="batch") == 1.0).all()  # a few files' write
+    assert bulk.calls[-1] == (BULK_MIN_TEXTS, "batch") and len(fast.calls) == 4
 
 
 def test_a_bulk_backend_that_fails_to_load_leaves_onnx_serving(caplog):
     auto, fast, _bulk, made = _auto(fail=True)
     with caplog.at_level(logging.WARNING, logger="llmos.memfs"):
-        auto.embed(["t"] * 64, priority="batch")
+        auto.expect_bulk(BULK_WORTH_TEXTS)
         assert auto.start_bulk(wait=True) == "failed"
     assert "no torch here" in caplog.text and "ONNX serves all calls" in caplog.text
+    auto.expect_bulk(BULK_WORTH_TEXTS)
     assert (auto.embed(["t"] * 64, priority="batch") == 1.0).all() and made == [1]  # not tried again
-    assert len(fast.calls) == 2
+    assert len(fast.calls) == 1
+
+
+def test_import_dir_says_how_large_it_is_through_the_kernels_queue(tmp_path, monkeypatch):
+    """MemFS.import_dir tells the embedder (through the kernel's queue) how many files come, and its
+    batches reach it as bulk work once bf16 is ready."""
+    from llmos.drivers import embedder_auto
+    from llmos.drivers.memfs_index import VectorIndex
+    from llmos.kernel.memfs import MemFS
+
+    monkeypatch.setattr(embedder_auto, "BULK_WORTH_TEXTS", 40)
+    monkeypatch.setattr(embedder_auto, "BULK_MIN_TEXTS", 2)
+    auto, fast, bulk, made = _auto()
+    service = EmbeddingService(auto)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(39):
+        (src / f"f{i}.txt").write_text(f"file {i}")
+    fs = MemFS(tmp_path / "mem", lambda: (service, VectorIndex))
+    fs.import_dir(src, "/small")
+    assert made == [] and len(fast.calls) == 1
+    (src / "f39.txt").write_text("one more")
+    fs.import_dir(src, "/large", batch_files=20)  # 40 files: the load starts before the first batch
+    assert made == [1] and auto.start_bulk(wait=True) == "ready"
+    fs.import_dir(src, "/again", batch_files=20)
+    assert bulk.calls[-2:] == [(20, "batch"), (20, "batch")]
+    assert fs.stat("/again")["files"] == 40
+    fs.close()
 
 
 def test_the_queue_says_bulk_only_for_a_batch_of_bulk_jobs():
-    """Through the kernel's queue: a batch made only of BATCH jobs reaches the embedder as bulk; one that
-    also holds a search goes to ONNX whole (a client's vectors never depend on others' imports)."""
+    """Through the kernel's queue, bf16 ready: a batch that also holds a search goes to ONNX whole (a
+    client's vectors never depend on others' imports); a batch made only of BATCH jobs runs on bf16."""
     gate = threading.Event()
     fast = Recording(1.0, gate)
     auto = AutoEmbedder(fast, lambda: Recording(2.0))
+    auto.start_bulk(wait=True)
     service = EmbeddingService(auto)
     first = service.submit(["holds the worker"], priority="high")
     assert fast.started.wait(10)  # the worker is in the first batch: the next three wait together
@@ -103,9 +136,9 @@ def test_the_queue_says_bulk_only_for_a_batch_of_bulk_jobs():
     for f in mixed:
         assert (f.result(10) == 1.0).all()
     assert fast.calls[1] == (41, None)  # one batch: the search and both imports, no bulk hint
-    assert auto.bulk_state == "idle"
+    auto.start_bulk(wait=True)
     bulk = service.submit(["t"] * 40, priority="batch").result(10)
-    assert (bulk == 1.0).all() and fast.calls[-1] == (40, "batch") and auto.bulk_state in ("loading", "ready")
+    assert (bulk == 2.0).all() and fast.calls[-1] == (41, None)
 
 
 def test_auto_is_onnx_alone_where_bf16_would_be_emulated(monkeypatch, tmp_path):
@@ -131,3 +164,18 @@ def test_passages_written_in_bulk_are_found_by_onnx_queries_as_torch_finds_them(
     assert np.array_equal(queries, auto.fast.embed(QUERIES))
     assert not np.array_equal(stored[:8], auto.fast.embed(corpus[:8]))  # really the other backend
     assert_agreement(stored, queries, torch_reference)
+
+
+@pytest.mark.skipif(not native_bf16(), reason="this CPU has no bf16 instructions")
+@pytest.mark.model
+def test_a_process_that_ends_while_bf16_loads_exits_cleanly():
+    """torch abandoned mid-load on a daemon thread aborted the interpreter at exit ("terminate called
+    without an active exception", exit status 134): the loader is not a daemon, and ends quietly."""
+    import subprocess
+    import sys
+
+    code = ("from llmos.drivers.embedder_select import make_embedder; e = make_embedder('auto'); "
+            "e.expect_bulk(10**6); print(e.bulk_state)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "loading", done.stderr[-2000:]
+    assert "terminate called" not in done.stderr and "did not load" not in done.stderr

@@ -64,6 +64,12 @@ class EmbeddingService:
     def chunk(self, text: str):
         return self.embedder.chunk(text)
 
+    def expect_bulk(self, texts: int) -> None:
+        """Bulk work of about `texts` texts is coming (an import): told to an embedder that can prepare."""
+        expect = getattr(self.embedder, "expect_bulk", None)
+        if expect is not None:
+            expect(texts)
+
     def embed(self, texts: list[str], batch_size: int | None = None, *,
               priority: Priority | str | int = Priority.NORMAL, owner: str = "memfs"):
         """Queue texts for embedding and wait for the vectors (a float32 array, one row per text)."""

@@ -31,7 +31,8 @@ log = logging.getLogger("llmos.memfs")
 
 
 def default_backends():
-    """(embedder, index class): the "auto" embedder backend (ONNX Runtime, else sentence-transformers)
+    """(embedder, index class): the "auto" embedder backend (ONNX Runtime, else sentence-transformers;
+    bulk ingest on bf16 where the CPU has it)
     + FAISS, from drivers/ (imported lazily; the model itself loads on first use)."""
     from llmos.drivers.embedder_select import make_embedder
     from llmos.drivers.memfs_index import VectorIndex
@@ -233,6 +234,9 @@ class MemFS:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidRequestError(f"max_bytes must be a positive number of bytes, got {limit!r}", param="max_bytes")
         files, skipped = scan(src, hidden=hidden)
+        expect = getattr(self.resolve(to)[0].embedder, "expect_bulk", None) if files else None
+        if expect is not None:  # an "auto" embedder may load a faster backend for a large import
+            expect(len(files))
         done = seen = 0
         for start in range(0, len(files), batch_files):
             batch = []
