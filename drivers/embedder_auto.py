@@ -4,11 +4,12 @@ bf16 backend for bulk ingest once a large import has loaded it.
 Boundaries: wraps two embedders of the same model directory (so `chunk`, `count_tokens` and `dim` are
 the ONNX one's, and the bf16 one's are the same). An import of at least BULK_WORTH_TEXTS files says so
 first (`expect_bulk`, called by `MemFS.import_dir` through the kernel's queue) and that starts loading
-the bf16 backend on a thread of its own while ONNX serves; once it is ready, *bulk* calls run on it: at
-BATCH priority (an import, the index's upkeep; the kernel's queue passes `priority="batch"` only for a
-batch made wholly of such jobs) with at least BULK_MIN_TEXTS texts. A load that fails is logged once
-and ONNX keeps serving. Queries, HTTP embeddings and small writes always run on ONNX, so their vectors
-never depend on other clients' traffic, and a one-shot `llmos mem find` never loads torch. The loader
+the bf16 backend on a thread of its own while ONNX serves; once it is ready, *bulk* calls run on it:
+texts memfs embeds to store (`bulk=True`, set by `batch_prepare`: imports, multi-file writes; the
+kernel's queue passes it only for a batch made wholly of such jobs) of at least BULK_MIN_TEXTS. A load
+or a batch that fails is logged and ONNX serves from then on. Searches and HTTP embeddings always run
+on ONNX, whatever their priority (a batch-class tenant's too), so vectors handed to a client never
+depend on other clients' traffic, and a one-shot `llmos mem find` never loads torch. The loader
 is not a daemon thread: torch abandoned mid-load aborted the interpreter at exit ("terminate called
 without an active exception", measured); a process that ends while it loads lets it stop first (at
 exit transformers refuses new work, so the load ends within a second, quietly).
@@ -29,21 +30,12 @@ import threading
 
 import numpy as np
 
-from llmos.kernel.sched.request import Priority
-
 log = logging.getLogger("llmos.memfs")
 
 #: an import of at least this many files loads the bulk backend (smaller ones finish sooner on ONNX)
 BULK_WORTH_TEXTS = 1000
-#: a BATCH-priority call with fewer texts stays on ONNX even once bf16 is ready (a few files' write)
+#: a bulk call with fewer texts stays on ONNX even once bf16 is ready (a few files' write)
 BULK_MIN_TEXTS = 32
-
-
-def _is_batch(priority) -> bool:
-    try:
-        return priority is not None and Priority.parse(priority) == Priority.BATCH
-    except (ValueError, KeyError, TypeError):
-        return False
 
 
 class AutoEmbedder:
@@ -80,9 +72,14 @@ class AutoEmbedder:
             self.start_bulk()
 
     def embed(self, texts: list[str], batch_size: int | None = None, **options) -> np.ndarray:
-        """Vectors for `texts`: on bf16 for a bulk call once it is loaded, else on ONNX."""
-        if self.bulk_state == "ready" and len(texts) >= BULK_MIN_TEXTS and _is_batch(options.get("priority")):
-            return self._bulk.embed(texts, batch_size, **options)
+        """Vectors for `texts`: on bf16 for a bulk call (`bulk=True`: vectors memfs stores) once it is
+        loaded, else on ONNX. A bf16 batch that raises is served by ONNX, and bf16 is not used again."""
+        if self.bulk_state == "ready" and options.get("bulk") and len(texts) >= BULK_MIN_TEXTS:
+            try:
+                return self._bulk.embed(texts, batch_size, **options)
+            except Exception as exc:  # noqa: BLE001 - the same vectors to within the agreement bar
+                self.bulk_state = "failed"
+                log.warning("the bf16 embedder failed (%s); ONNX serves all calls from now on", exc)
         return self.fast.embed(texts, batch_size, **options)
 
     def start_bulk(self, wait: bool = False) -> str:

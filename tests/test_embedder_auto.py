@@ -32,7 +32,9 @@ class Recording:
         self.started.set()
         if self.gate is not None:
             self.gate.wait(10)
-        self.calls.append((len(texts), options.get("priority")))
+        if self.mark is None:
+            raise RuntimeError("out of memory")
+        self.calls.append((len(texts), options.get("bulk")))
         return np.full((len(texts), 2), self.mark, dtype=np.float32)
 
     def chunk(self, text):
@@ -59,7 +61,7 @@ def test_calls_alone_and_small_imports_load_nothing():
     auto, fast, _bulk, made = _auto()
     auto.embed(["a query"], priority="high")
     auto.embed(["t"] * 500)  # large, but not bulk work: an HTTP client's batch
-    auto.embed(["t"] * 64, priority="batch")  # bulk work, but no import said it is large
+    auto.embed(["t"] * 64, priority="batch", bulk=True)  # bulk work, but no import said it is large
     auto.expect_bulk(BULK_WORTH_TEXTS - 1)
     assert [n for n, _p in fast.calls] == [1, 500, 64]
     assert made == [] and auto.bulk_state == "idle" and auto.backend == "onnx"
@@ -70,15 +72,14 @@ def test_a_large_import_starts_the_load_and_onnx_serves_meanwhile():
     auto, fast, bulk, made = _auto(gate)
     auto.expect_bulk(BULK_WORTH_TEXTS)
     assert auto.bulk_state == "loading" and made == [1]
-    assert (auto.embed(["t"] * 64, priority="batch") == 1.0).all()
-    assert (auto.embed(["t"] * 40, priority=4) == 1.0).all()  # Priority.BATCH as a number
+    assert (auto.embed(["t"] * 64, bulk=True) == 1.0).all()  # still loading: ONNX
     auto.expect_bulk(5000)  # a second import: the same load
     gate.set()
     assert auto.start_bulk(wait=True) == "ready" and auto.backend == "onnx+bf16" and made == [1]
-    assert (auto.embed(["t"] * BULK_MIN_TEXTS, priority="batch") == 2.0).all()
-    assert (auto.embed(["t"] * BULK_MIN_TEXTS) == 1.0).all()  # not bulk: ONNX, even with bf16 ready
-    assert (auto.embed(["t"] * (BULK_MIN_TEXTS - 1), priority="batch") == 1.0).all()  # a few files' write
-    assert bulk.calls[-1] == (BULK_MIN_TEXTS, "batch") and len(fast.calls) == 4
+    assert (auto.embed(["t"] * BULK_MIN_TEXTS, bulk=True) == 2.0).all()
+    assert (auto.embed(["t"] * BULK_MIN_TEXTS, priority="batch") == 1.0).all()  # not bulk: ONNX, whatever its priority
+    assert (auto.embed(["t"] * (BULK_MIN_TEXTS - 1), bulk=True) == 1.0).all()  # a few files' write
+    assert bulk.calls == [(2, None), (BULK_MIN_TEXTS, True)] and len(fast.calls) == 3  # its warm-up, one bulk call
 
 
 def test_a_bulk_backend_that_fails_to_load_leaves_onnx_serving(caplog):
@@ -88,8 +89,17 @@ def test_a_bulk_backend_that_fails_to_load_leaves_onnx_serving(caplog):
         assert auto.start_bulk(wait=True) == "failed"
     assert "no torch here" in caplog.text and "ONNX serves all calls" in caplog.text
     auto.expect_bulk(BULK_WORTH_TEXTS)
-    assert (auto.embed(["t"] * 64, priority="batch") == 1.0).all() and made == [1]  # not tried again
+    assert (auto.embed(["t"] * 64, bulk=True) == 1.0).all() and made == [1]  # not tried again
     assert len(fast.calls) == 1
+
+
+def test_a_bf16_batch_that_fails_is_served_by_onnx_and_bf16_is_left(caplog):
+    auto = AutoEmbedder(Recording(1.0), lambda: Recording(None))  # loads, then raises on every batch
+    auto._bulk, auto.bulk_state = Recording(None), "ready"
+    with caplog.at_level(logging.WARNING, logger="llmos.memfs"):
+        assert (auto.embed(["t"] * 64, bulk=True) == 1.0).all()
+    assert auto.bulk_state == "failed" and "out of memory" in caplog.text
+    assert (auto.embed(["t"] * 64, bulk=True) == 1.0).all() and len(auto.fast.calls) == 2
 
 
 def test_import_dir_says_how_large_it_is_through_the_kernels_queue(tmp_path, monkeypatch):
@@ -114,31 +124,41 @@ def test_import_dir_says_how_large_it_is_through_the_kernels_queue(tmp_path, mon
     fs.import_dir(src, "/large", batch_files=20)  # 40 files: the load starts before the first batch
     assert made == [1] and auto.start_bulk(wait=True) == "ready"
     fs.import_dir(src, "/again", batch_files=20)
-    assert bulk.calls[-2:] == [(20, "batch"), (20, "batch")]
+    assert bulk.calls[-2:] == [(20, True), (20, True)]
     assert fs.stat("/again")["files"] == 40
     fs.close()
 
 
-def test_the_queue_says_bulk_only_for_a_batch_of_bulk_jobs():
-    """Through the kernel's queue, bf16 ready: a batch that also holds a search goes to ONNX whole (a
-    client's vectors never depend on others' imports); a batch made only of BATCH jobs runs on bf16."""
+def test_the_queue_says_bulk_only_for_a_batch_of_texts_to_store():
+    """Through the kernel's queue, bf16 ready: a batch of an import's texts with a search, or with a
+    batch-class tenant's HTTP texts (BATCH priority too), goes to ONNX whole: vectors handed to a
+    client never depend on others' imports. A batch made only of texts to store runs on bf16."""
     gate = threading.Event()
     fast = Recording(1.0, gate)
     auto = AutoEmbedder(fast, lambda: Recording(2.0))
     auto.start_bulk(wait=True)
     service = EmbeddingService(auto)
     first = service.submit(["holds the worker"], priority="high")
-    assert fast.started.wait(10)  # the worker is in the first batch: the next three wait together
-    mixed = [service.submit(["t"] * 20, priority="batch"), service.submit(["q"], priority="high"),
-             service.submit(["t"] * 20, priority="batch")]
+    assert fast.started.wait(10)  # the worker is in the first batch: the next ones wait together
+    mixed = [service.submit(["t"] * 20, priority="batch", bulk=True), service.submit(["q"], priority="high"),
+             service.submit(["t"] * 20, priority="batch", bulk=True)]
     gate.set()
     first.result(10)
     for f in mixed:
         assert (f.result(10) == 1.0).all()
     assert fast.calls[1] == (41, None)  # one batch: the search and both imports, no bulk hint
-    auto.start_bulk(wait=True)
-    bulk = service.submit(["t"] * 40, priority="batch").result(10)
-    assert (bulk == 2.0).all() and fast.calls[-1] == (41, None)
+    gate.clear()
+    fast.started.clear()
+    first = service.submit(["holds the worker"], priority="high")
+    assert fast.started.wait(10)
+    tenant = [service.submit(["t"] * 20, priority="batch", bulk=True),
+              service.submit(["a batch tenant's text"] * 20, priority="batch", user="nightly")]
+    gate.set()
+    for f in tenant:
+        assert (f.result(10) == 1.0).all()
+    assert fast.calls[-1] == (40, None)
+    stored = service.embed(["t"] * 40, priority="batch", bulk=True)
+    assert (stored == 2.0).all() and auto._bulk.calls[1:] == [(40, True)]  # after its warm-up
 
 
 def test_auto_is_onnx_alone_where_bf16_would_be_emulated(monkeypatch, tmp_path):

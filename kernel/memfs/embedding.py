@@ -44,6 +44,7 @@ class _Job:
     arrival: float = field(compare=False, default_factory=time.monotonic)
     started: float | None = field(compare=False, default=None)
     count_tokens: bool = field(compare=False, default=False)  # the result is (vectors, tokens read)
+    bulk: bool = field(compare=False, default=False)  # vectors to store (an import), never a client's answer
 
 
 class EmbeddingService:
@@ -70,20 +71,23 @@ class EmbeddingService:
         if expect is not None:
             expect(texts)
 
+    routes_bulk = True  # memfs marks the texts it embeds to store (`bulk`): passed on where the embedder routes them
+
     def embed(self, texts: list[str], batch_size: int | None = None, *,
-              priority: Priority | str | int = Priority.NORMAL, owner: str = "memfs"):
+              priority: Priority | str | int = Priority.NORMAL, owner: str = "memfs", bulk: bool = False):
         """Queue texts for embedding and wait for the vectors (a float32 array, one row per text)."""
-        return self.submit(texts, priority=priority, owner=owner).result()
+        return self.submit(texts, priority=priority, owner=owner, bulk=bulk).result()
 
     def submit(self, texts: list[str], *, priority: Priority | str | int = Priority.NORMAL, owner: str = "memfs",
-               max_waiting: int | None = None, user: str | None = None, count_tokens: bool = False) -> Future:
+               max_waiting: int | None = None, user: str | None = None, count_tokens: bool = False,
+               bulk: bool = False) -> Future:
         """Queue texts for embedding; the future gives the vectors (with `count_tokens`: (vectors, tokens
         the model read), 0 tokens for an embedder that cannot count). With `max_waiting`, a queue already
         holding that many waiting jobs refuses with QueueFullError. Cancelling the future before the job
         starts drops it from the queue (a job that started runs to its end)."""
         seq = next(_ids)
         job = _Job(int(Priority.parse(priority)), seq, list(texts), owner, Future(), user, f"embed-{seq}",
-                   count_tokens=count_tokens)
+                   count_tokens=count_tokens, bulk=bulk)
         with self._lock:
             if max_waiting is not None and sum(j.started is None for j in self._jobs.values()) >= max_waiting:
                 raise QueueFullError(max_waiting)
@@ -133,10 +137,11 @@ class EmbeddingService:
         texts = [t for job in jobs for t in job.texts]
         counter = getattr(self.embedder, "count_tokens", None)
 
-        # a batch of bulk work says so to an embedder that routes it (drivers/embedder_auto.py); a batch
-        # holding any other job does not, so a client's vectors never depend on others' imports
-        bulk = getattr(self.embedder, "routes_bulk", False) and all(job.priority == Priority.BATCH for job in jobs)
-        hints = {"priority": "batch"} if bulk else {}
+        # a batch made wholly of bulk jobs (vectors memfs stores) says so to an embedder that routes it
+        # (drivers/embedder_auto.py); any other job in the batch (a search, an HTTP client's texts, at
+        # whatever priority) keeps it off, so a client's vectors never depend on others' imports
+        bulk = getattr(self.embedder, "routes_bulk", False) and all(job.bulk for job in jobs)
+        hints = {"bulk": True} if bulk else {}
 
         def batch():
             vectors = self.embedder.embed(texts, **hints)

@@ -395,7 +395,9 @@ def batch_prepare(embedder, texts: list[str], progress: Callable[[int], None] | 
     queued at BATCH priority so interactive searches go first)."""
     per_text = [embedder.chunk(t) for t in texts]
     flat = [c.text for chunks in per_text for c in chunks]
-    vectors = embedder.embed(flat, priority="batch")
+    # stored, never handed to a client: an embedder that routes bulk work may run them on its bulk backend
+    hints = {"bulk": True} if getattr(embedder, "routes_bulk", False) else {}
+    vectors = embedder.embed(flat, priority="batch", **hints)
     out, offset = [], 0
     for chunks in per_text:
         out.append((chunks, vectors[offset:offset + len(chunks)]))
