@@ -179,7 +179,7 @@ def test_passages_written_in_bulk_are_found_by_onnx_queries_as_torch_finds_them(
     corpus = torch_reference[1]
     auto = embedder_select.make_embedder("auto")  # the suite's home: its ONNX export is shared
     assert isinstance(auto, AutoEmbedder) and auto.start_bulk(wait=True) == "ready"
-    stored = auto.embed(corpus, priority="batch")  # bf16
+    stored = auto.embed(corpus, bulk=True)  # bf16: texts to store
     queries = auto.embed(QUERIES, priority="high")  # ONNX
     assert np.array_equal(queries, auto.fast.embed(QUERIES))
     assert not np.array_equal(stored[:8], auto.fast.embed(corpus[:8]))  # really the other backend
