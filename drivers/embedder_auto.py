@@ -54,7 +54,6 @@ class AutoEmbedder:
 
     name = property(lambda self: self.fast.name)
     dim = property(lambda self: self.fast.dim)
-    max_seq_length = property(lambda self: self.fast.max_seq_length)
 
     @property
     def backend(self) -> str:

@@ -13,10 +13,15 @@ from llmos.kernel.config import check_embedder_backend
 from llmos.kernel.errors import ConfigError
 
 
+def _installed(*packages: str) -> bool:
+    """Whether all `packages` are installed (found, not imported)."""
+    return all(importlib.util.find_spec(name) is not None for name in packages)
+
+
 def onnx_available() -> bool:
     """Whether the ONNX backend can run here (onnxruntime and onnx are installed; found, not imported:
     importing onnx costs ~0.6 s and only the first export needs it)."""
-    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+    return _installed("onnx", "onnxruntime")
 
 
 def bulk_bf16_available() -> bool:
@@ -24,7 +29,7 @@ def bulk_bf16_available() -> bool:
     instructions, and torch and transformers installed (found, not imported)."""
     from .embedder_bf16 import native_bf16
 
-    return native_bf16() and all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers"))
+    return native_bf16() and _installed("torch", "transformers")
 
 
 def resolve_backend(backend: str = "auto") -> str:

@@ -48,6 +48,8 @@ class _Job:
 
 
 class EmbeddingService:
+    routes_bulk = True  # memfs marks the texts it embeds to store (`bulk`): passed on where the embedder routes them
+
     def __init__(self, embedder, name: str = "embedder") -> None:
         self.embedder = embedder
         self.name = getattr(embedder, "name", name)
@@ -70,8 +72,6 @@ class EmbeddingService:
         expect = getattr(self.embedder, "expect_bulk", None)
         if expect is not None:
             expect(texts)
-
-    routes_bulk = True  # memfs marks the texts it embeds to store (`bulk`): passed on where the embedder routes them
 
     def embed(self, texts: list[str], batch_size: int | None = None, *,
               priority: Priority | str | int = Priority.NORMAL, owner: str = "memfs", bulk: bool = False):
