@@ -124,7 +124,7 @@ PROMPT = "Write a long story about a lighthouse keeper."
 TOKENS_PER_S = re.compile(r"reply done: (\d+) tokens, ([\d.]+) tok/s")
 
 
-def _b8b(ctx: BenchContext, rounds: int = 3) -> BenchResult:
+def _b8b(ctx: BenchContext, rounds: int = 5) -> BenchResult:
     """Decode speed of one reply on a resident kernel (`llmos up`, a scratch home, greedy through its model
     table): read headless by a client, vs drawn by `llmos shell` attached in a real terminal (tmux), its
     own process at its own (lower) priority. Each measure runs on a freshly started kernel: decoding slows

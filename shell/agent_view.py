@@ -25,13 +25,14 @@ def relay(proc: Any, post: Callable[..., None]) -> None:
 
 
 class AgentView:
-    def __init__(self) -> None:
+    def __init__(self, pace: Callable[[], float] | None = None) -> None:
         self._stream: ReplyStream | None = None  # the "thinking" text streaming now
+        self._pace = pace  # the shell's frame pacer (shell/pacing.py)
 
     async def show(self, log: ChatLog, kind: str, text: str, step: int, data: dict[str, Any]) -> None:
         if kind == "token":
             if self._stream is None:
-                self._stream = await ReplyStream(log, "thinking").start()
+                self._stream = await ReplyStream(log, "thinking", pace=self._pace).start()
             await self._stream.write(text)
             return
         if self._stream is not None:

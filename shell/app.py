@@ -25,6 +25,7 @@ from .completion import Completer
 from .conversation import Conversation
 from .palette import ShellCommandsProvider
 from .screens.chat import ChatScreen
+from .pacing import FramePacer
 from .streaming import Feed, ReplyStream, finished_completion
 from .widgets.chat_log import ChatLog
 from .widgets.prompt_input import PromptInput
@@ -86,13 +87,14 @@ class ShellApp(App):
         self.agent: Any = None  # the agent Process running now
         self.reply: ReplyStream | None = None  # the reply streaming now
         self.last_reply: dict[str, Any] = {}  # status, error, text, request id of the last reply
-        self._agent_view = AgentView()
         self._busy = False
         self._cancel_requested = False
         self.commands_done = 0  # command lines answered so far
         self.ready = False  # booted and the conversation shown
         self.pause_gc = True  # no cyclic garbage collection while a reply streams (bounded by max_tokens)
         self._feed = Feed()  # reply text from the worker, drained by the UI thread
+        self.pacer = FramePacer()  # how often a streaming reply is drawn (slower while the cores are busy)
+        self._agent_view = AgentView(pace=self.pacer.interval)
 
     # -- layout and boot ---------------------------------------------------------------------------
 
@@ -280,7 +282,8 @@ class ShellApp(App):
         self._busy, self._cancel_requested = True, False
         if self.pause_gc:  # a full collection over a big heap stalls rendering for 100+ ms
             gc.disable()
-        self.reply = await ReplyStream(self.chat_log, source=self._feed.drain).start()
+        self.pacer.start()
+        self.reply = await ReplyStream(self.chat_log, source=self._feed.drain, pace=self.pacer.interval).start()
         return self.reply
 
     @work(thread=True, group="generate")

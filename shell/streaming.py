@@ -4,7 +4,9 @@ Two measures on top of Textual's `MarkdownStream` (which already coalesces fragm
 is in flight):
 - writes reach the stream at most every `interval` seconds (a 150 tok/s source then costs ~20 renders
   a second instead of 150, leaving the CPU to the model), and the text waits in the app's feed, which
-  each flush pulls (`source`): tokens between two flushes wake the UI thread not at all;
+  each flush pulls (`source`): tokens between two flushes wake the UI thread not at all; with `pace`
+  (the shell's `FramePacer`, shell/pacing.py) the interval is asked anew at each flush: 20 Hz on a
+  free core, 10 Hz while the machine's cores are busy (a model decoding on them);
 - a long reply is split at paragraph breaks into segments of about `segment_chars` (each its own
   Markdown widget, styled as one message), so each render re-lays out a small widget and the cost
   per token stays flat over a 2,000-token reply;
@@ -56,9 +58,11 @@ class Feed:
 
 class ReplyStream:
     def __init__(self, log: ChatLog, role: str = "assistant", *, interval: float = 0.05,
-                 segment_chars: int = 1200, source: Callable[[], str] | None = None) -> None:
+                 segment_chars: int = 1200, source: Callable[[], str] | None = None,
+                 pace: Callable[[], float] | None = None) -> None:
         self.log, self.role = log, role
         self.source = source  # pulled at each flush (the app's Feed): text waits there, not in messages
+        self.pace = pace  # asked at each flush for the interval to the next one
         self.interval, self.segment_chars = interval, segment_chars
         self.segments: list[ChatMessage] = []
         self.on_shown: Callable[[int, float], None] | None = None  # (characters rendered, perf_counter)
@@ -133,6 +137,8 @@ class ReplyStream:
         text = "".join(self._pending)
         self._pending.clear()
         self._last_flush = time.monotonic()
+        if self.pace is not None:
+            self.interval = self.pace()
         if not text or self._stream is None:
             return
         cut = text.rfind("\n\n")
