@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import threading
 import time
 
 import psutil
 
 from llmos.shell.app import ShellApp
 from llmos.shell.pacing import BUSY_BELOW, FAST_HZ, FREE_ABOVE, SLOW_HZ, WINDOW_S, FramePacer
+
+from .test_shell_streaming import stream_from_a_thread
 
 FAST, SLOW = 1 / FAST_HZ, 1 / SLOW_HZ
 
@@ -113,19 +114,7 @@ def test_a_reply_on_busy_cores_is_drawn_at_the_slow_rate():
                 await flush()
             reply.flush = timed_flush
 
-            def produce():
-                for tok in tokens:
-                    app.feed(tok)
-                    time.sleep(0.004)
-
-            feeder = threading.Thread(target=produce)
-            feeder.start()
-            while feeder.is_alive():
-                await asyncio.sleep(0.02)
-            app.post_message(ShellApp.ReplyDone("done"))
-            deadline = time.monotonic() + 10
-            while not app.last_reply and time.monotonic() < deadline:
-                await pilot.pause(0.02)
+            await stream_from_a_thread(app, pilot, tokens, gap=0.004)
             assert app.last_reply["text"] == "".join(tokens)
             assert app.pacer.slow and reply.interval == SLOW
             slow_since = next(i for i, t in enumerate(flushes) if t - flushes[0] >= WINDOW_S + FAST) + 1

@@ -13,6 +13,22 @@ from llmos.shell.widgets import ChatMessage
 from .test_shell import run, until
 
 
+async def stream_from_a_thread(app: ShellApp, pilot, tokens: list[str], gap: float) -> None:
+    """Feed `tokens` into the app's reply from another thread, `gap` seconds apart, as a reply's worker
+    does; then end the reply and wait until the app has finished it."""
+    def produce() -> None:
+        for tok in tokens:
+            app.feed(tok)
+            time.sleep(gap)
+
+    feeder = threading.Thread(target=produce)
+    feeder.start()
+    while feeder.is_alive():
+        await pilot.pause(0.02)
+    app.post_message(ShellApp.ReplyDone("done"))
+    await until(pilot, lambda: app.last_reply, 10)
+
+
 def test_long_reply_streams_in_segments_without_losing_text():
     from llmos.benchmarks.shell_bench import fake_tokens
 
@@ -46,21 +62,11 @@ def test_a_fast_token_source_wakes_the_view_about_once_per_frame_not_per_token()
         app = ShellApp(boot=False)
         async with app.run_test(size=(80, 24)) as pilot:
             reply = await app.begin_reply()
+            reply.pace = None  # a fixed rate (not the machine's load): the bound below counts its frames
             woken = []
             original = app.post_message
             app.post_message = lambda m: (woken.append(m) if isinstance(m, ShellApp.Token) else None, original(m))[1]
-
-            def produce():
-                for tok in tokens:
-                    app.feed(tok)
-                    time.sleep(0.0015)
-
-            feeder = threading.Thread(target=produce)
-            feeder.start()
-            while feeder.is_alive():
-                await pilot.pause(0.02)
-            app.post_message(ShellApp.ReplyDone("done"))
-            await until(pilot, lambda: app.last_reply, 10)
+            await stream_from_a_thread(app, pilot, tokens, gap=0.0015)
             assert app.last_reply["text"] == "".join(tokens)
             frames = 0.5 / reply.interval  # the feed lasts >= 0.45 s: about this many flushes
             assert 2 <= len(woken) <= 2 * frames + 4, (len(woken), frames)
