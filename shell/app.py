@@ -23,9 +23,9 @@ from .agent_view import AgentView, relay
 from .commands import CommandSet, Context, Reply, is_command
 from .completion import Completer
 from .conversation import Conversation
+from .pacing import FramePacer
 from .palette import ShellCommandsProvider
 from .screens.chat import ChatScreen
-from .pacing import FramePacer
 from .streaming import Feed, ReplyStream, finished_completion
 from .widgets.chat_log import ChatLog
 from .widgets.prompt_input import PromptInput
