@@ -47,12 +47,12 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY) | {"__version__"})
 
 
-def connect(url: str | None = None, api_key: str | None = None, *, home=None):
+def connect(url: str | None = None, api_key: str | None = None, *, home=None, stream_interval_ms: int | None = None):
     """A client of the resident kernel (`llmos up`), or of the server at `url` (LLMOS_URL), with the
     `Kernel` surface: see shell/client/__init__.py."""
     from .shell.client import connect as _connect
 
-    return _connect(url, api_key, home=home)
+    return _connect(url, api_key, home=home, stream_interval_ms=stream_interval_ms)
 
 
 __all__ = [  # noqa: F405 - most load on first use (__getattr__)

@@ -12,11 +12,16 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from .pacing import FAST_HZ
+
 #: how long a daemon the shell started stays up with no model loaded and no client
 AUTO_IDLE_EXIT = "5m"
 #: the niceness an attached shell draws at: on a machine whose cores all decode, drawing takes what
 #: decoding leaves instead of an equal share (the kernel is another process, at its own priority)
 ATTACHED_NICE = 10
+#: the cadence an attached shell asks its reply streams at (the HTTP extension `stream_interval_ms`):
+#: its fastest frame rate (shell/pacing.py), so it reads text no more often than it can draw it
+STREAM_INTERVAL_MS = round(1000 / FAST_HZ)
 
 
 def shell_kernel(home: str | None, *, local: bool, say: Callable[[str], None] = lambda _text: None) -> Any:
@@ -26,7 +31,7 @@ def shell_kernel(home: str | None, *, local: bool, say: Callable[[str], None] = 
     if local:
         return llmos.boot(home=home)
     if os.environ.get("LLMOS_URL"):
-        return llmos.connect()
+        return llmos.connect(stream_interval_ms=STREAM_INTERVAL_MS)
     from llmos.kernel.config import default_home
 
     from . import daemon
@@ -35,7 +40,7 @@ def shell_kernel(home: str | None, *, local: bool, say: Callable[[str], None] = 
     if daemon.daemon_address(where).state != "running":
         say("starting the resident kernel (llmos up)...")
         daemon.start(where, port=0, idle_exit=AUTO_IDLE_EXIT)
-    return llmos.connect(home=where)
+    return llmos.connect(home=where, stream_interval_ms=STREAM_INTERVAL_MS)
 
 
 def yield_cores_to_the_kernel() -> None:

@@ -80,6 +80,21 @@ def test_stream_yields_the_text_that_result_returns(k):
     assert "".join(k.stream(messages=QUESTION, **GREEDY)) == handle.result().text
 
 
+def test_a_client_asking_a_cadence_gets_the_same_text_in_fewer_deltas(kernels):
+    plain = kernels["client"]
+    paced = llmos.connect(f"unix:{plain.where}", stream_interval_ms=300)
+    try:
+        ask = {"messages": QUESTION, "max_tokens": 40, "temperature": 0, "ignore_eos": True}
+        every_token, joined = list(plain.stream(**ask)), list(paced.stream(**ask))
+        assert "".join(joined) == "".join(every_token) and len(joined) < len(every_token) / 3
+    finally:
+        paced.shutdown()
+    for bad in (-1, 1001, 0.5, True):
+        with pytest.raises(InvalidRequestError, match="stream_interval_ms") as info:
+            llmos.connect(f"unix:{plain.where}", stream_interval_ms=bad)
+        assert info.value.param == "stream_interval_ms"
+
+
 def test_submit_cancel_and_ps(k):
     handle = k.submit("Count from one to a thousand:", max_tokens=2000, temperature=0)
     first = next(iter(handle.stream()))

@@ -74,6 +74,34 @@ def test_concurrent_embedding_requests_each_get_what_they_get_alone(client):
             assert max(abs(x - y) for x, y in zip(a, b.embedding)) < 1e-4  # padding in a batch: float noise only
 
 
+def _events(server: str, body: dict) -> list[dict]:
+    """The object of each `data:` event of a streamed chat request, [DONE] left out."""
+    out = []
+    with httpx.stream("POST", f"{server}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                      json={**body, "stream": True}, timeout=120) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                out.append(json.loads(line[len("data: "):]))
+    return out
+
+
+def test_stream_interval_ms_joins_the_deltas_at_the_clients_cadence(server):
+    body = {"model": "smollm2", "max_tokens": 60, "temperature": 0, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "Write about the sea."}]}
+    plain, paced = _events(server, body), _events(server, {**body, "stream_interval_ms": 250})
+    text = lambda events: "".join(e["choices"][0]["delta"].get("content") or "" for e in events)  # noqa: E731
+    assert text(paced) == text(plain) and paced[-1]["usage"] == plain[-1]["usage"]
+    content = [e for e in paced if e["choices"][0]["delta"].get("content")]
+    # 60 tokens (~0.6 s here) in a few deltas as they come, not one event a token, nor one at the end
+    # (the gaps between deltas are checked where the clock is the server's: tests/test_stream_cadence.py)
+    assert 2 <= len(content) < len(plain) / 3
+    h = {"Authorization": f"Bearer {KEY}"}
+    for bad in (-1, 5000, "fast"):
+        r = httpx.post(f"{server}/v1/chat/completions", headers=h, json={**body, "stream_interval_ms": bad})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "stream_interval_ms", r.text
+
+
 def test_errors_have_the_openai_shape_and_status(server, client):
     import openai
 

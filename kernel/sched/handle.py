@@ -3,11 +3,16 @@
 The engine thread delivers `RequestOutput` events; the caller reads them synchronously (`stream`,
 `result`) or from asyncio (`astream`, `aresult`). Cancelling goes back through the kernel so the
 scheduler frees the sequence at the next step.
+
+An async reader's event loop is woken only while that reader waits for output (`_Waiter`): a reader
+pacing itself (`astream(every=...)`, a server streaming at a client's cadence) sleeps through the
+tokens decoded meanwhile and takes them in one piece, so its loop does not wake once per token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from typing import AsyncIterator, Callable, Iterator
@@ -33,7 +38,7 @@ class RequestHandle:
         self._chunks: list[str] = []
         self._tokens: list[int] = []
         self._final: RequestOutput | None = None
-        self._listeners: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = []
+        self._waiters: list[_Waiter] = []  # async readers (astream)
 
     @property
     def id(self) -> str:
@@ -64,14 +69,16 @@ class RequestHandle:
             if event.finished:
                 self._final = event
             self._cond.notify_all()
-            listeners = list(self._listeners)
-        for loop, queue in listeners:
+            woken = [w for w in self._waiters if w.wants(event)]
+            for waiter in woken:
+                waiter.waiting = _Waiter.NOT
+        for waiter in woken:
             try:
-                loop.call_soon_threadsafe(queue.put_nowait, event)
+                waiter.loop.call_soon_threadsafe(waiter.event.set)
             except RuntimeError:  # that reader's event loop is closed: forget it
                 with self._cond:
-                    if (loop, queue) in self._listeners:
-                        self._listeners.remove((loop, queue))
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
 
     # -- sync consumption ------------------------------------------------------------------------
 
@@ -110,48 +117,73 @@ class RequestHandle:
 
     # -- async consumption -----------------------------------------------------------------------
 
-    async def astream(self, idle: float | None = None) -> AsyncIterator[str]:
+    async def astream(self, idle: float | None = None, every: float | None = None) -> AsyncIterator[str]:
         """Text deltas as they come. With `idle`, an empty string is yielded whenever `idle` seconds pass
-        without one (a server's keep-alive while the request waits in a queue or prefills)."""
+        without one (a server's keep-alive while the request waits in a queue or prefills). With `every`
+        (seconds), deltas come at most once per `every`, each joining what was decoded since the last
+        (the first at once, the last as soon as the request ends)."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        read, due = 0, 0.0  # chunks taken; when the next delta may go (with `every`)
+        with self._waiting(loop) as waiter:
+            while True:
+                # 1. pacing: sleep until the next delta is due, woken early only by the request's end
+                if every and loop.time() < due:
+                    await self._wait(waiter, _Waiter.FINAL, due - loop.time(), read)
+                # 2. take what has come (or get ready to be woken by what comes next)
+                with self._cond:
+                    pending, read, final = self._chunks[read:], len(self._chunks), self._final
+                if pending:
+                    if every:
+                        due = loop.time() + every
+                        yield "".join(pending)
+                    else:
+                        for chunk in pending:
+                            yield chunk
+                    continue
+                if final is not None:
+                    break
+                # 3. nothing yet: wait for output, a keep-alive every `idle` seconds
+                if not await self._wait(waiter, _Waiter.ANY, idle, read) and idle is not None:
+                    yield ""
+        self._raise_if_error()
+
+    @contextlib.contextmanager
+    def _waiting(self, loop: asyncio.AbstractEventLoop) -> Iterator["_Waiter"]:
+        """An async reader on `loop`, known to `deliver` for as long as it reads."""
+        waiter = _Waiter(loop)
         with self._cond:
-            backlog = list(self._chunks)
-            final = self._final
-            if final is None:
-                self._listeners.append((loop, queue))
-        getter: asyncio.Future | None = None
+            self._waiters.append(waiter)
         try:
-            for chunk in backlog:
-                yield chunk
-            while final is None:
-                if idle is None:
-                    event = await queue.get()
-                else:
-                    getter = getter or asyncio.ensure_future(queue.get())  # kept across idle ticks: nothing lost
-                    if not (await asyncio.wait({getter}, timeout=idle))[0]:
-                        yield ""
-                        continue
-                    event, getter = getter.result(), None
-                if event.text:
-                    yield event.text
-                if event.finished:
-                    final = event
-            self._raise_if_error()
+            yield waiter
         finally:
-            if getter is not None:
-                getter.cancel()
             with self._cond:
-                if (loop, queue) in self._listeners:
-                    self._listeners.remove((loop, queue))
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    async def _wait(self, waiter: "_Waiter", wants: int, timeout: float | None, read: int) -> bool:
+        """Sleep until the engine delivers what `wants` says (True; now and then early, for a wake-up
+        meant for an earlier wait) or `timeout` passes (False). Returns at once when it is already
+        there (`read`: the chunks the reader has): the check and the arming are one step under the lock."""
+        with self._cond:
+            if self._final is not None or (wants == _Waiter.ANY and len(self._chunks) > read):
+                return True
+            waiter.event.clear()
+            waiter.waiting = wants
+        try:
+            await asyncio.wait_for(waiter.event.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            waiter.waiting = _Waiter.NOT
 
     async def aresult(self, *, check: bool = True) -> Completion:
-        try:
-            async for _ in self.astream():
-                pass
-        except tuple(_ERRORS.values()):
-            if check:
-                raise
+        """Async twin of `result()`: its loop is woken once, by the request's end, not per token."""
+        with self._waiting(asyncio.get_running_loop()) as waiter:
+            while self._final is None:
+                await self._wait(waiter, _Waiter.FINAL, None, 0)
+        if check:
+            self._raise_if_error()
         return self._completion()
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -178,6 +210,20 @@ class RequestHandle:
             return None
         scored = req.prompt_logprobs
         return tuple(scored[p] for p in range(1, len(req.prompt_token_ids)) if p in scored)
+
+
+class _Waiter:
+    """An async reader of a handle: its loop's event, set from the engine thread only while the reader
+    waits for what `waiting` says (any output, or only the request's end)."""
+
+    NOT, ANY, FINAL = 0, 1, 2
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop, self.event = loop, asyncio.Event()
+        self.waiting = _Waiter.NOT
+
+    def wants(self, event: RequestOutput) -> bool:
+        return self.waiting == _Waiter.ANY or (self.waiting == _Waiter.FINAL and event.finished)
 
 
 def cancel_on_close(handle: RequestHandle) -> Iterator[str]:

@@ -26,10 +26,17 @@ if TYPE_CHECKING:  # imported when used: a client starts light
 
 
 class Client:
-    def __init__(self, transport: Transport, *, client_version: str | None = None) -> None:
+    def __init__(self, transport: Transport, *, client_version: str | None = None,
+                 stream_interval_ms: int | None = None) -> None:
         from ..daemon import check_version
 
+        every = stream_interval_ms
+        if every is not None and (type(every) is not int or not 0 <= every <= 1000):  # a bool is no integer here
+            transport.close()
+            raise InvalidRequestError(f"stream_interval_ms must be an integer from 0 to 1000 (milliseconds), "
+                                      f"not {stream_interval_ms!r}", param="stream_interval_ms")
         self._t = transport
+        self.stream_interval_ms = stream_interval_ms  # the cadence its streams are asked at (None: per token)
         self.where = transport.where
         health = transport.call("GET", "/health")
         check_version(str(health.get("version")), client_version)
@@ -73,7 +80,8 @@ class Client:
             body["stop"] = list(body["stop"])
         rag_body = rag if rag is None or rag_k == 6 else {"path": rag, "k": rag_k}
         body.update({k: v for k, v in (("driver", driver), ("rag", rag_body), ("timeout", timeout),
-                                       ("keep_alive", keep_alive), ("session", session)) if v is not None})
+                                       ("keep_alive", keep_alive), ("session", session),
+                                       ("stream_interval_ms", self.stream_interval_ms)) if v is not None})
         if priority is not None:
             body["priority"] = priority.name.lower() if hasattr(priority, "name") else priority
         if params.json_schema is not None:
