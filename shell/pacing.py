@@ -26,6 +26,9 @@ FAST_HZ, SLOW_HZ = 20.0, 10.0
 BUSY_BELOW, FREE_ABOVE = 0.5, 0.8
 #: the shortest span the machine's idle time is measured over: the counters tick every 10 ms per core
 WINDOW_S = 0.25
+#: a window longer than this spans a pause between streams (an agent's next thought, a reply after a
+#: quiet minute): it is not measured, but started afresh, so the pause's idle cores do not count
+STALE_S = 4 * WINDOW_S
 
 
 def machine_idle_seconds() -> float:
@@ -47,7 +50,9 @@ class FramePacer:
         self._mark: tuple[float, float, float] | None = None  # (clock, idle, own CPU) at the window's start
 
     def start(self) -> None:
-        """A reply begins: measure from now (the rate keeps the last reply's until the first window ends)."""
+        """A reply begins: measure from now (the rate keeps the last reply's until the first window ends).
+        A stream that does not call it (an agent's thinking) starts afresh at its first frame after a
+        pause longer than STALE_S."""
         self._mark = self._read(self._clock())
 
     def _read(self, now: float) -> tuple[float, float, float] | None:
@@ -64,7 +69,7 @@ class FramePacer:
     def interval(self) -> float:
         # 1. a window shorter than WINDOW_S keeps the rate: the counters are too coarse to say more
         now = self._clock()
-        if self._mark is None:
+        if self._mark is None or now - self._mark[0] > STALE_S:
             self.start()
         elif now - self._mark[0] >= WINDOW_S:
             started, idle, own = self._mark

@@ -12,7 +12,7 @@ import time
 import psutil
 
 from llmos.shell.app import ShellApp
-from llmos.shell.pacing import BUSY_BELOW, FAST_HZ, FREE_ABOVE, SLOW_HZ, WINDOW_S, FramePacer
+from llmos.shell.pacing import BUSY_BELOW, FAST_HZ, FREE_ABOVE, SLOW_HZ, STALE_S, WINDOW_S, FramePacer
 
 from .test_shell_streaming import stream_from_a_thread
 
@@ -42,6 +42,22 @@ def test_busy_cores_halve_the_rate_and_free_ones_restore_it():
     assert pacer.interval() == SLOW and pacer.spare == 0.1
     c.window(WINDOW_S, idle_cores=1.5)
     assert pacer.interval() == FAST and pacer.spare == 1.5
+
+
+def test_a_window_spanning_a_pause_between_streams_starts_afresh_instead_of_counting_the_pause():
+    """An agent's thinking streams in bursts without `start()`: the idle minute between two bursts must
+    not make the next burst's first window look free."""
+    c = Counters()
+    pacer = c.pacer()
+    pacer.start()
+    c.window(WINDOW_S, idle_cores=0.1)
+    assert pacer.interval() == SLOW
+    c.window(60.0, idle_cores=2.0)  # a quiet minute: nothing drawn, the cores idle
+    assert pacer.interval() == SLOW and pacer.spare == 0.1  # not measured: a window starts now
+    c.window(WINDOW_S, idle_cores=0.1)  # the next burst decodes on busy cores again
+    assert pacer.interval() == SLOW and abs(pacer.spare - 0.1) < 1e-9
+    c.window(STALE_S, idle_cores=1.5)  # a window of STALE_S itself is still measured
+    assert pacer.interval() == FAST and abs(pacer.spare - 1.5) < 1e-9
 
 
 def test_what_the_drawing_itself_takes_counts_as_spare():
