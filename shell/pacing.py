@@ -27,7 +27,8 @@ BUSY_BELOW, FREE_ABOVE = 0.5, 0.8
 #: the shortest span the machine's idle time is measured over: the counters tick every 10 ms per core
 WINDOW_S = 0.25
 #: a window longer than this spans a pause between streams (an agent's next thought, a reply after a
-#: quiet minute): it is not measured, but started afresh, so the pause's idle cores do not count
+#: quiet minute): it is not measured, but started afresh, so the pause's idle cores do not count (a reply
+#: slower than a token a second is then never measured and keeps its rate: at that pace frames cost nothing)
 STALE_S = 4 * WINDOW_S
 
 

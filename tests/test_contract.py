@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
+import time
 
 import pytest
 
@@ -85,8 +86,12 @@ def test_a_client_asking_a_cadence_gets_the_same_text_in_fewer_deltas(kernels):
     paced = llmos.connect(f"unix:{plain.where}", stream_interval_ms=300)
     try:
         ask = {"messages": QUESTION, "max_tokens": 40, "temperature": 0, "ignore_eos": True}
-        every_token, joined = list(plain.stream(**ask)), list(paced.stream(**ask))
-        assert "".join(joined) == "".join(every_token) and len(joined) < len(every_token) / 3
+        every_token = list(plain.stream(**ask))
+        started = time.monotonic()
+        joined = list(paced.stream(**ask))
+        took = time.monotonic() - started
+        assert "".join(joined) == "".join(every_token)
+        assert 2 <= len(joined) <= took / 0.3 + 2 and len(joined) < len(every_token) - 1  # one per 300 ms at most
     finally:
         paced.shutdown()
     for bad in (-1, 1001, 0.5, True):

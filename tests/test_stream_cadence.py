@@ -74,7 +74,7 @@ def test_paced_deltas_join_the_text_in_between_at_the_cadence():
     assert "".join(chunk for _t, chunk in got) == "".join(tokens)  # nothing lost, nothing twice
     assert 2 <= len(got) <= (span[1] - span[0]) / 0.1 + 2 < len(tokens)  # one delta per 0.1 s (+ first, last)
     times = [t for t, _chunk in got[:-1]]  # the last comes with the request's end, whenever that is
-    assert all(b - a >= 0.09 for a, b in zip(times, times[1:]))
+    assert all(b - a >= 0.07 for a, b in zip(times, times[1:]))  # 0.1 s, less what a busy machine's clock reads late
 
 
 def test_the_first_delta_and_the_end_are_not_held_back_for_the_cadence_and_a_sleeping_reader_is_woken_once():

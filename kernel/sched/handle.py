@@ -126,8 +126,9 @@ class RequestHandle:
         read, due = 0, 0.0  # chunks taken; when the next delta may go (with `every`)
         with self._waiting(loop) as waiter:
             while True:
-                # 1. pacing: sleep until the next delta is due, woken early only by the request's end
-                if every and loop.time() < due:
+                # 1. pacing: sleep until the next delta is due, woken early only by the request's end (a
+                #    wake-up meant for an earlier wait sleeps again)
+                while every and loop.time() < due and self._final is None:
                     await self._wait(waiter, _Waiter.FINAL, due - loop.time(), read)
                 # 2. take what has come (or get ready to be woken by what comes next)
                 with self._cond:
@@ -169,10 +170,11 @@ class RequestHandle:
                 return True
             waiter.event.clear()
             waiter.waiting = wants
-        try:
-            await asyncio.wait_for(waiter.event.wait(), timeout)
+        try:  # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that races the wake-up
+            async with asyncio.timeout(timeout):
+                await waiter.event.wait()
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         finally:
             waiter.waiting = _Waiter.NOT
