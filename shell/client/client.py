@@ -16,6 +16,7 @@ from llmos.kernel.errors import InvalidRequestError, ProcessNotFoundError
 from llmos.kernel.sched.completion import Completion
 from llmos.kernel.sched.request import check_input, check_rag_k, parse_sampling
 
+from ..server.sse import MAX_STREAM_INTERVAL_MS
 from .handles import RemoteHandle, RemoteProcess
 from .transport import Transport, q
 from .views import ClientConfig, RemoteMem, RemoteModuleStore, RemoteRegistry, RemoteSessions, RemoteTools, manifest
@@ -30,11 +31,11 @@ class Client:
                  stream_interval_ms: int | None = None) -> None:
         from ..daemon import check_version
 
-        every = stream_interval_ms
-        if every is not None and (type(every) is not int or not 0 <= every <= 1000):  # a bool is no integer here
+        if stream_interval_ms is not None and (type(stream_interval_ms) is not int  # a bool is no integer here
+                                               or not 0 <= stream_interval_ms <= MAX_STREAM_INTERVAL_MS):
             transport.close()
-            raise InvalidRequestError(f"stream_interval_ms must be an integer from 0 to 1000 (milliseconds), "
-                                      f"not {stream_interval_ms!r}", param="stream_interval_ms")
+            raise InvalidRequestError(f"stream_interval_ms must be an integer from 0 to {MAX_STREAM_INTERVAL_MS} "
+                                      f"(milliseconds), not {stream_interval_ms!r}", param="stream_interval_ms")
         self._t = transport
         self.stream_interval_ms = stream_interval_ms  # the cadence its streams are asked at (None: per token)
         self.where = transport.where

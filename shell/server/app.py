@@ -143,15 +143,15 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
         metrics.submitted(handle)
         headers = {"X-Llmos-Request-Id": handle.id}
         if body.stream:
-            return StreamingResponse(_sse(request, handle, body, submit), media_type="text/event-stream",
-                                     headers=headers)
+            return StreamingResponse(_sse(request, handle, body.model, submit, body.stream_interval_ms),
+                                     media_type="text/event-stream", headers=headers)
         try:
             completion = await _until_done(request, handle.aresult(check=False), handle.cancel)
         finally:
             metrics.finished(handle)
         return completion
 
-    async def _sse(request: Request, handle, body, submit: dict[str, Any]):
+    async def _sse(request: Request, handle, model: str, submit: dict[str, Any], interval_ms: int | None):
         chat = "messages" in submit
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
@@ -164,10 +164,10 @@ def create_app(kernel, *, api_key: str | None = None, allowed_hosts: Iterable[st
             else:
                 choice = {"index": 0, "text": delta_text or "", "finish_reason": finish}
                 obj = "text_completion"
-            return sse({"id": rid, "object": obj, "created": created, "model": body.model, "choices": [choice]})
+            return sse({"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]})
 
         try:
-            every = (body.stream_interval_ms or 0) / 1000  # a client's cadence: text joined in between
+            every = (interval_ms or 0) / 1000  # a client's cadence: text joined in between
             async for chunk in handle.astream(idle=KEEPALIVE_S, every=every):  # "" while it waits: a comment
                 if await request.is_disconnected():
                     handle.cancel()

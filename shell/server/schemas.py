@@ -7,6 +7,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .sse import MAX_STREAM_INTERVAL_MS
+
 
 #: texts per embeddings request, and characters per text (all-MiniLM-L6-v2 reads 256 tokens, ~1,000 characters)
 MAX_EMBEDDING_INPUTS = 256
@@ -121,7 +123,7 @@ class _Sampling(_Body):
     #: with stream=true: at most one chunk per this many milliseconds, joining the text decoded in
     #: between (a client that draws at 10-20 Hz, as `llmos shell` does, needs no more; 0 or unset: a
     #: chunk per token, as OpenAI streams). The first chunk and the last are never held back.
-    stream_interval_ms: Optional[int] = Field(None, ge=0, le=1000, strict=True)  # an integer, as a Client checks
+    stream_interval_ms: Optional[int] = Field(None, ge=0, le=MAX_STREAM_INTERVAL_MS, strict=True)  # as a Client checks
     ignore_eos: bool = False  # as vLLM names it: decode max_tokens whatever the model says (benchmarks)
     #: as vLLM's extension (a bool here): the log-probability of each prompt token after the first, in the
     #: response's `llmos.prompt_logprobs` (perplexity: `llmos eval`)

@@ -10,6 +10,8 @@ from typing import Any
 
 #: seconds of silence on a stream before the server writes a keep-alive comment
 KEEPALIVE_S = 10.0
+#: the longest cadence a client may ask its stream at (`stream_interval_ms`, the server's and a Client's check)
+MAX_STREAM_INTERVAL_MS = 1000
 KEEPALIVE = ": keepalive\n\n"
 DONE = "data: [DONE]\n\n"
 
