@@ -134,3 +134,55 @@ def test_find_looks_further_when_the_best_chunks_share_a_file(tmp_path):
     assert [h["path"] for h in hits] == ["/big.txt"] + [passage_path(i) for i in exact]
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
     vol.close()
+
+
+def _mapping_of(address: int) -> dict[str, str]:
+    """/proc/self/smaps' fields for the mapping holding `address`."""
+    fields: dict[str, str] = {}
+    inside = False
+    for line in open("/proc/self/smaps"):
+        head = re.match(r"([0-9a-f]+)-([0-9a-f]+) ", line)
+        if head:
+            if inside:
+                break
+            inside = int(head[1], 16) <= address < int(head[2], 16)
+        elif inside:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return fields
+
+
+def test_an_hnsw_index_is_moved_onto_huge_pages_when_built_and_when_loaded(tmp_path):
+    import threading
+
+    import faiss
+    import pytest
+
+    from llmos.drivers.huge_pages import HUGE_PAGE, thp_mode
+    from llmos.drivers.memfs_index import VectorIndex
+
+    if thp_mode() not in ("madvise", "always"):
+        pytest.skip(f"transparent huge pages are {thp_mode() or 'absent'} here")
+    vectors = synthetic_embeddings(np.random.default_rng(0), 12_000)  # 4.6 MB of codes: two whole 2 MiB pages
+    ids = np.arange(12_000)
+    query = synthetic_embeddings(np.random.default_rng(1), 1)[0]
+
+    def codes_mapping(index: VectorIndex) -> dict[str, str]:
+        codes = faiss.downcast_index(faiss.downcast_index(index._index.index).storage).codes
+        start = faiss.rev_swig_ptr(codes.data(), 1).ctypes.data
+        return _mapping_of((start + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1))  # its first whole huge page
+
+    built = VectorIndex.build(DIM, ids, vectors, threshold=1_000)
+    assert built.kind == "hnsw"
+    mapping = codes_mapping(built)
+    assert " hg" in " " + mapping["VmFlags"]  # marked for huge pages
+    assert int(mapping["AnonHugePages"].split()[0]) >= 2048  # and already on them
+
+    built.save(tmp_path / "index.faiss")
+    loaded = VectorIndex.load(tmp_path / "index.faiss", DIM)
+    for thread in threading.enumerate():
+        if thread.name == "memfs-huge-pages":
+            thread.join(30)
+    mapping = codes_mapping(loaded)
+    assert " hg" in " " + mapping["VmFlags"] and int(mapping["AnonHugePages"].split()[0]) >= 2048
+    assert loaded.search(query, 10) == built.search(query, 10)  # the same index, on other pages
