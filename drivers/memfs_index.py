@@ -141,12 +141,14 @@ class VectorIndex:
                 return []
             sel = None if subset is None else faiss.IDSelectorBatch(np.ascontiguousarray(subset, dtype=np.int64))
             if self.kind == "hnsw":
-                ef = max(ef_search(len(self._ids)), want)
-                if sel is None:  # built once per efSearch: a SWIG object costs ~10 us to make
+                base = ef_search(len(self._ids))
+                ef = max(base, want)
+                if sel is None and ef == base:  # the usual query's, made once per size (a SWIG object: ~10 us)
                     params = self._plain_params.get(ef) or self._plain_params.setdefault(
                         ef, faiss.SearchParametersHNSW(efSearch=ef))
-                else:
-                    params = faiss.SearchParametersHNSW(sel=sel, efSearch=ef)
+                else:  # a scoped or wide search (its own k, tombstones): not kept, so clients cannot grow a cache
+                    params = faiss.SearchParametersHNSW(sel=sel, efSearch=ef) if sel is not None else \
+                        faiss.SearchParametersHNSW(efSearch=ef)
             elif sel is not None:
                 params = faiss.SearchParameters(sel=sel)
             threads = faiss.omp_get_max_threads()

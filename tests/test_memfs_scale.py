@@ -63,6 +63,34 @@ def test_each_tier_finds_the_exact_neighbours_and_the_rebuild_reads_bounded_batc
     vol.close()
 
 
+
+def test_rows_removed_while_a_rebuild_finishes_still_get_the_index_their_size_asks_for(tmp_path, monkeypatch):
+    import threading
+
+    import llmos.drivers.memfs_index as vi
+
+    monkeypatch.setattr(vi, "HNSW_THRESHOLD", 1_000)
+    vol = volume_of(synthetic_embeddings(np.random.default_rng(0), 3_000), tmp_path / "v", lambda _msg: None, batch=400)
+    assert vol.index.kind == "hnsw"
+    built, release = threading.Event(), threading.Event()
+    build_from = vi.VectorIndex.build_from.__func__
+
+    def held(cls, *args, **kwargs):  # the rebuild has read its rows; it waits before swapping them in
+        index = build_from(cls, *args, **kwargs)
+        built.set()
+        release.wait(30)
+        return index
+
+    monkeypatch.setattr(vi.VectorIndex, "build_from", classmethod(held))
+    vol.rm("/p/0", recursive=True)  # 2,000 left, 1,000 tombstones: a rebuild starts, as HNSW (2,000 > 1,000)
+    assert built.wait(60)
+    vol.rm("/p/1", recursive=True)  # 1,000 left while that rebuild finishes: its index is stale on arrival
+    release.set()
+    vol.rebuild_thread.join(60)
+    assert vol.index.kind == "flat" and len(vol.index) == 1_000 and not vol.index.needs_rebuild
+    vol.close()
+
+
 CRASHER = r"""
 import sys, pathlib
 import numpy as np

@@ -111,16 +111,19 @@ class IndexUpkeep:
 
         def work() -> None:
             try:
-                with self.lock:
-                    count = self.db.execute("SELECT count(*) FROM chunks").fetchone()[0]
-                    step = max(1, count // TRAIN_SAMPLE)
-                    _ids, sample = self._rows("SELECT id, vector FROM chunks WHERE id % ? = 0 AND vector IS NOT NULL LIMIT ?",
-                                              (step, TRAIN_SAMPLE))
-                fresh = self.index_cls.build_from(self.embedder.dim, count, self._row_batches(), sample=sample)
-                with self.lock:
-                    self.index, self._dirty = fresh, True
-                    self.reconcile()  # rows written or removed while it was built
-                log.info("memfs volume %s: index rebuilt as %s over %d vectors", self.name, fresh.kind, count)
+                again = True
+                while again:  # until the index fits: rows removed while it was built can leave it the wrong kind
+                    with self.lock:
+                        count = self.db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+                        step = max(1, count // TRAIN_SAMPLE)
+                        _ids, sample = self._rows("SELECT id, vector FROM chunks WHERE id % ? = 0 AND vector IS NOT NULL "
+                                                  "LIMIT ?", (step, TRAIN_SAMPLE))
+                    fresh = self.index_cls.build_from(self.embedder.dim, count, self._row_batches(), sample=sample)
+                    with self.lock:
+                        self.index, self._dirty = fresh, True
+                        self.reconcile()  # rows written or removed while it was built (its own rebuild waits for this loop)
+                        again = self.index.needs_rebuild
+                    log.info("memfs volume %s: index rebuilt as %s over %d vectors", self.name, fresh.kind, count)
             except Exception:  # noqa: BLE001 - the old index keeps serving
                 log.exception("memfs volume %s: index rebuild failed", self.name)
             finally:
