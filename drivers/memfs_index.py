@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from .huge_pages import advise_huge
+from .huge_pages import HUGE_PAGE, advise_huge
 
 #: above this many vectors a volume switches from the exact index to HNSW
 HNSW_THRESHOLD = 20_000
@@ -32,6 +33,8 @@ def ef_search(n: int) -> int:
     pages), 0.980 (80, 0.64 ms). M 24 and M 48 graphs were no better at equal time (M 48: 0.962 at ef 56,
     0.54 ms; M 24: 0.966 at ef 80, 0.66 ms); IVF over the same vectors reached 0.75 at nprobe 48."""
     return HNSW_EF_SEARCH + max(0, round(24 * math.log10(max(n, 1) / 100_000)))
+#: bytes moved onto huge pages per step (~60 ms with the index locked)
+MOVE_STEP = 32 << 20
 #: rebuild an HNSW index when this fraction of its vectors is deleted
 TOMBSTONE_REBUILD = 0.2
 
@@ -45,6 +48,9 @@ class VectorIndex:
         self._dead: set[int] = set()
         self._plain_params: dict[int, object] = {}
         self.lock = threading.RLock()
+        self._huge: list[tuple[int, int]] = []  # the (address, bytes) spans last put on huge pages
+        self._bulk = False  # True while build_from fills it: its pages are moved once, at the end
+        self._mover: threading.Thread | None = None
 
     def _new(self, kind: str):
         if kind == "flat":
@@ -68,24 +74,69 @@ class VectorIndex:
         trains on `sample` (a spread of the vectors) when given, else on the first batch."""
         limit = HNSW_THRESHOLD if threshold is None else threshold
         index = cls(dim, "hnsw" if count > limit else "flat")
+        index._bulk = True
         if sample is not None and len(sample) and not index._index.is_trained:
             index._index.train(np.ascontiguousarray(sample, dtype=np.float32))
         for ids, vectors in batches:
             index.add(ids, vectors)
+        index._bulk = False
         index.use_huge_pages(collapse=True)  # a rebuild runs on the upkeep thread: searches go on meanwhile
         return index
 
+    def _spans(self) -> list[tuple[int, int]]:
+        """(address, bytes) of an HNSW index's two big arrays, its codes and its graph (under the lock:
+        an add may move them)."""
+        hnsw = faiss.downcast_index(self._index.index)
+        arrays = [(faiss.downcast_index(hnsw.storage).codes, 1), (hnsw.hnsw.neighbors, 4)]
+        return [(faiss.rev_swig_ptr(vec.data(), 1).ctypes.data, vec.size() * size) for vec, size in arrays if vec.size()]
+
     def use_huge_pages(self, collapse: bool) -> int:
         """Put an HNSW index's codes and graph on 2 MiB pages (drivers/huge_pages.py: its random reads then
-        miss the TLB far less). Returns the bytes advised; 0 for the exact index or where THP is off."""
+        miss the TLB far less). Returns the bytes advised; 0 for the exact index or where THP is off.
+        With `collapse` the memory is moved MOVE_STEP bytes at a time, each step under the lock (an add
+        may move or free the arrays in between; a search waits at most one step)."""
         if self.kind != "hnsw":
             return 0
         with self.lock:
-            hnsw = faiss.downcast_index(self._index.index)
-            arrays = [(faiss.downcast_index(hnsw.storage).codes, 1), (hnsw.hnsw.neighbors, 4)]
-            spans = [(faiss.rev_swig_ptr(vec.data(), 1).ctypes.data, vec.size() * size)
-                     for vec, size in arrays if vec.size()]
-        return sum(advise_huge(address, nbytes, collapse=collapse) for address, nbytes in spans)
+            spans = self._spans()
+            advised = sum(advise_huge(address, nbytes, collapse=False) for address, nbytes in spans)
+            self._huge = spans
+        for address, nbytes in spans if collapse and advised else ():
+            first, end = (address + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1), address + nbytes
+            for at in range(first, end, MOVE_STEP):
+                with self.lock:
+                    if [a for a, _n in self._spans()] != [a for a, _n in spans]:
+                        return advised  # an add moved the arrays meanwhile: _move_while_growing goes again
+                    advise_huge(at, min(MOVE_STEP, end - at), collapse=True)
+        return advised
+
+    def _outgrown(self) -> bool:
+        """True when an array has moved or grown by a quarter since it was last put on huge pages."""
+        last = dict(self._huge)
+        return any(address not in last or nbytes > 1.25 * last[address] for address, nbytes in self._spans())
+
+    def _grown(self) -> None:
+        """After an add (under the lock): FAISS grows an HNSW index's arrays by reallocating them
+        (std::vector), and the new memory is on 4 KiB pages again. Without this a volume that grows from
+        20,000 vectors to 1e6 by writes would be on huge pages only once reloaded."""
+        if self.kind == "hnsw" and not self._bulk and self._mover is None and self._outgrown():
+            self._mover = threading.Thread(target=self._move_while_growing, daemon=True, name="memfs-huge-pages")
+            self._mover.start()
+
+    def _move_while_growing(self) -> None:
+        while True:
+            self.use_huge_pages(collapse=True)
+            with self.lock:
+                if not self._outgrown():
+                    self._mover = None  # under the lock: the next add that outgrows it starts another
+                    return
+
+    def settle(self, timeout: float = 60.0) -> bool:
+        """Wait for the background move onto huge pages, if one runs; True once none does."""
+        deadline = time.monotonic() + timeout
+        while (mover := self._mover) is not None and time.monotonic() < deadline:
+            mover.join(max(0.0, deadline - time.monotonic()))
+        return self._mover is None
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -118,6 +169,7 @@ class VectorIndex:
                 self._index.train(vectors)
             self._index.add_with_ids(vectors, ids)
             self._ids.update(int(i) for i in ids)
+            self._grown()
 
     def remove(self, ids) -> None:
         ids = [int(i) for i in ids if int(i) in self._ids]
@@ -176,7 +228,6 @@ class VectorIndex:
         index = cls(dim, "hnsw" if "HNSW" in type(faiss.downcast_index(raw.index)).__name__ else "flat")
         index._index = faiss.downcast_index(raw) if not isinstance(raw, faiss.IndexIDMap2) else raw
         index._ids = {int(i) for i in faiss.vector_to_array(index._index.id_map)}
-        if index.use_huge_pages(collapse=False):  # marked now; moved onto huge pages off this thread
-            threading.Thread(target=index.use_huge_pages, kwargs={"collapse": True}, daemon=True,
-                             name="memfs-huge-pages").start()
+        with index.lock:
+            index._grown()  # moved onto huge pages off this thread
         return index

@@ -181,8 +181,6 @@ def _mapping_of(address: int) -> dict[str, str]:
 
 
 def test_an_hnsw_index_is_moved_onto_huge_pages_when_built_and_when_loaded(tmp_path):
-    import threading
-
     import faiss
     import pytest
 
@@ -208,9 +206,37 @@ def test_an_hnsw_index_is_moved_onto_huge_pages_when_built_and_when_loaded(tmp_p
 
     built.save(tmp_path / "index.faiss")
     loaded = VectorIndex.load(tmp_path / "index.faiss", DIM)
-    for thread in threading.enumerate():
-        if thread.name == "memfs-huge-pages":
-            thread.join(30)
+    assert loaded.settle(timeout=30)
     mapping = codes_mapping(loaded)
     assert " hg" in " " + mapping["VmFlags"] and int(mapping["AnonHugePages"].split()[0]) >= 2048
     assert loaded.search(query, 10) == built.search(query, 10)  # the same index, on other pages
+
+
+def test_an_hnsw_index_grown_by_adds_is_moved_back_onto_huge_pages(tmp_path):
+    """FAISS reallocates a growing index's arrays, onto 4 KiB pages: a volume grown by writes past its
+    last rebuild must be moved again, in the background, without losing or changing anything."""
+    import faiss
+    import pytest
+
+    from llmos.drivers.huge_pages import HUGE_PAGE, thp_mode
+    from llmos.drivers.memfs_index import VectorIndex
+
+    if thp_mode() not in ("madvise", "always"):
+        pytest.skip(f"transparent huge pages are {thp_mode() or 'absent'} here")
+    vectors = synthetic_embeddings(np.random.default_rng(0), 40_000)
+    index = VectorIndex.build(DIM, np.arange(2_000), vectors[:2_000], threshold=1_000)
+    first_codes = faiss.downcast_index(faiss.downcast_index(index._index.index).storage).codes
+    start = faiss.rev_swig_ptr(first_codes.data(), 1).ctypes.data
+    for begin in range(2_000, 40_000, 2_000):  # 15 MB of codes and graph, reallocated as they grow
+        index.add(np.arange(begin, begin + 2_000), vectors[begin:begin + 2_000])
+    assert index.settle(timeout=30)
+    hnsw = faiss.downcast_index(index._index.index)
+    for array in (faiss.downcast_index(hnsw.storage).codes, hnsw.hnsw.neighbors):
+        address = faiss.rev_swig_ptr(array.data(), 1).ctypes.data
+        assert address != start  # really reallocated since the build
+        mapping = _mapping_of((address + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1))
+        assert " hg" in " " + mapping["VmFlags"] and int(mapping["AnonHugePages"].split()[0]) >= 2048
+    exact = VectorIndex.build(DIM, np.arange(40_000), vectors, threshold=10**9)  # flat: the true answer
+    query = synthetic_embeddings(np.random.default_rng(1), 1)[0]
+    assert len(index) == 40_000
+    assert len({i for i, _s in index.search(query, 10)} & {i for i, _s in exact.search(query, 10)}) >= 9

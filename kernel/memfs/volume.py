@@ -37,6 +37,8 @@ log = logging.getLogger("llmos.memfs")
 
 #: the most chunks one find looks at to fill k distinct files (past it: fewer files, the best ones)
 FIND_MAX_CHUNKS = 1024
+#: bytes of the database file read through a mapping (SQLite caps it at 2 GiB)
+MMAP_BYTES = 2 << 30
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, text TEXT NOT NULL, size INTEGER NOT NULL,
@@ -80,6 +82,12 @@ class Volume(IndexUpkeep):
         # 16 MiB of pages (SQLite's default is 2): at 1e6 chunks the B-tree's interior pages stay cached,
         # so each hit a search looks up costs one leaf read
         self.db.execute("PRAGMA cache_size=-16384")
+        # rows are read through a mapping of the file (up to SQLite's 2 GiB cap): a search's hits cost no
+        # read() each (1e6 chunks: 76 -> 52 us for 10 rows), and mapped pages are not the idle, unmapped
+        # page cache that proactive reclaim (DAMON pageout on VMs such as this one) drops after a minute,
+        # which turned a search's row reads into disk reads (1e5 chunks: 0.32 -> 1.33 ms a query). The
+        # mapped pages are page cache, shown as RssFile: clean, shared and reclaimable, not the process's own
+        self.db.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
         # directory prefixes are LIKE patterns: ASCII case-insensitive by default, which would make
         # /HOME/ALICE "below" /home/alice (another tenant's files listed, moved or removed with it)
         self.db.execute("PRAGMA case_sensitive_like=ON")
