@@ -6,21 +6,27 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from .registry import BenchContext, BenchResult, benchmark
 
 
-def _chunks(n: int) -> list[str]:
-    """`n` distinct real text chunks: 90-word windows of CPython's pydoc topics (one embedder window each,
-    ~110-200 tokens). The topics hold ~65,000 words, ~730 disjoint windows, so the windows start every
-    `stride` words and overlap (back-to-back windows left 1,272 of 2,000 files empty until stop 38)."""
+def _chunks(n: int, chunk: Callable[[str], list]) -> list[str]:
+    """`n` distinct real text chunks, each exactly one embedder chunk: the first chunk (`chunk`: the
+    embedder's chunker, 128-token windows) of 90-word windows of CPython's pydoc topics starting every
+    `stride` words. Until stop 39 the whole 90-word windows were stored: ~176 tokens, so 1,649 of the
+    2,000 "one-chunk" files were cut into two or more chunks (4,064 in all); before stop 38 the windows
+    did not overlap and ran out after 728, leaving 1,272 files empty."""
     from pydoc_data.topics import topics
 
     words = " ".join(topics.values()).split()
     stride = (len(words) - 90) // n
     if stride < 1:
         raise ValueError(f"pydoc topics hold {len(words)} words: too few for {n} chunks")
-    return [" ".join(words[i * stride:i * stride + 90]) for i in range(n)]
+    texts = [chunk(" ".join(words[i * stride:i * stride + 90]))[0].text for i in range(n)]
+    if len(set(texts)) != n or any(len(chunk(t)) != 1 for t in texts):
+        raise AssertionError("B6's chunks must be distinct and one embedder chunk each")
+    return texts
 
 
 @benchmark("B6", "ingest of 2,000 one-chunk files: torch embedder per chunk (write) vs the default backend batched (import)")
@@ -38,9 +44,9 @@ def b6(ctx: BenchContext) -> list[BenchResult]:
     from llmos.kernel.memfs import MemFS
 
     cache = (Path(ctx.home) if ctx.home else default_home()) / "cache" / "embedder"
-    texts = _chunks(2000)
     fast_backends = ["auto"] + (["onnx"] if bulk_bf16_available() else [])
     embedders = {name: make_embedder(name, cache_dir=cache) for name in ["torch", *fast_backends]}
+    texts = _chunks(2000, embedders["torch"].chunk)
     with tempfile.TemporaryDirectory() as tmp:
         volumes = {name: MemFS(Path(tmp) / name, lambda e=e: (e, VectorIndex)) for name, e in embedders.items()}
         for fs in volumes.values():
