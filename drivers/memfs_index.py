@@ -124,12 +124,17 @@ class VectorIndex:
             self._mover.start()
 
     def _move_while_growing(self) -> None:
-        while True:
-            self.use_huge_pages(collapse=True)
-            with self.lock:
-                if not self._outgrown():
-                    self._mover = None  # under the lock: the next add that outgrows it starts another
-                    return
+        try:
+            while True:
+                self.use_huge_pages(collapse=True)
+                with self.lock:
+                    if not self._outgrown():
+                        self._mover = None  # under the lock: the next add that outgrows it starts another
+                        return
+        except BaseException:
+            with self.lock:  # a failed move leaves the pages as they were; a later add may try again
+                self._mover = None
+            raise
 
     def settle(self, timeout: float = 60.0) -> bool:
         """Wait for the background move onto huge pages, if one runs; True once none does."""
