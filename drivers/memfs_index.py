@@ -204,8 +204,7 @@ class VectorIndex:
                     params = self._plain_params.get(ef) or self._plain_params.setdefault(
                         ef, faiss.SearchParametersHNSW(efSearch=ef))
                 else:  # a scoped or wide search (its own k, tombstones): not kept, so clients cannot grow a cache
-                    params = faiss.SearchParametersHNSW(sel=sel, efSearch=ef) if sel is not None else \
-                        faiss.SearchParametersHNSW(efSearch=ef)
+                    params = faiss.SearchParametersHNSW(sel=sel, efSearch=ef)  # sel None: every id
             elif sel is not None:
                 params = faiss.SearchParameters(sel=sel)
             threads = faiss.omp_get_max_threads()
